@@ -1,0 +1,123 @@
+"""Child processes that never outlive their owner.
+
+A server is started under a small reaper (``python -m labkit._reaper``) that leads its own
+process group and holds the read end of a pipe whose write end only the owner holds. When
+the owner exits in any way, including SIGKILL of a Jupyter kernel, the pipe closes and the
+reaper takes the whole group down. ``close()``, ``atexit`` and garbage collection stop it
+earlier in the ordinary case.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import psutil
+
+_LIVE: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
+_LOCK = threading.Lock()
+
+
+def _group_alive(pgid: int) -> bool:
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+def _kill_group(pgid: int, reaper: subprocess.Popen, grace_s: float) -> None:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        reaper.poll()  # reap our own child so it does not linger as a zombie
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    reaper.wait(timeout=5)
+
+
+class ManagedProcess:
+    """A command run in its own process group, logged to a file, stopped with its children."""
+
+    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 grace_s: float = 15.0):
+        self.cmd = cmd
+        self.log_path = Path(log_path)
+        self.grace_s = grace_s
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        read_end, self._lifeline = os.pipe()
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "labkit._reaper", str(read_end), "--", *cmd],
+                pass_fds=(read_end,), start_new_session=True, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )
+        os.close(read_end)
+        self.pgid = self._proc.pid
+        self._stopped = False
+        with _LOCK:
+            _LIVE.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        """Exit code, or None while running."""
+        return self._proc.poll()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def process(self) -> psutil.Process | None:
+        """The root of the process tree (the reaper); its children are the command's tree."""
+        try:
+            return psutil.Process(self._proc.pid)
+        except psutil.NoSuchProcess:
+            return None
+
+    def stop(self) -> None:
+        """Stop the whole process group: SIGTERM, then SIGKILL after the grace period."""
+        if self._stopped:
+            return
+        self._stopped = True
+        _kill_group(self.pgid, self._proc, self.grace_s)
+        try:
+            os.close(self._lifeline)
+        except OSError:
+            pass
+
+    def __del__(self):
+        try:
+            self.stop()
+        except Exception:
+            pass
+
+
+@atexit.register
+def _stop_all() -> None:
+    with _LOCK:
+        live = list(_LIVE)
+    for p in live:
+        p.stop()

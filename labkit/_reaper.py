@@ -1,0 +1,41 @@
+"""``python -m labkit._reaper FD -- CMD...``: run CMD, and end its process group with the owner.
+
+FD is the read end of a pipe whose write end only the owner holds; EOF on it means the
+owner is gone (closed on purpose or killed), so the command and everything it spawned is
+stopped. See labkit/_procs.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+
+def main() -> int:
+    fd = int(sys.argv[1])
+    cmd = sys.argv[sys.argv.index("--") + 1 :]
+    child = subprocess.Popen(cmd)
+
+    def watch_owner() -> None:
+        while True:
+            try:
+                if not os.read(fd, 1024):
+                    break
+            except OSError:
+                break
+        child.terminate()
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        os.killpg(os.getpgrp(), signal.SIGKILL)  # ourselves and anything the child left
+
+    threading.Thread(target=watch_owner, daemon=True).start()
+    return child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The ``labkit`` command: the same functions as the Python API, from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .errors import LabkitError
+
+_COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def register(name: str, help_text: str, func: Callable[[argparse.Namespace], int],
+             add_args: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> None:
+    """Make ``func`` the ``labkit NAME`` subcommand; ``add_args`` declares its arguments."""
+    _COMMANDS[name] = (func, add_args, help_text)
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="llama.cpp", help="llama.cpp, vllm, llama-server, vllm-server or openai")
+    p.add_argument("--model", default="smollm2-135m", help="bundled name, NAME:QUANT, .gguf path or HF directory")
+    p.add_argument("--url", help="for --engine openai: the server's base URL (…/v1)")
+    p.add_argument("--threads", type=int, help="CPU threads for local engines")
+    p.add_argument("--context", type=int, help="context length per sequence")
+    p.add_argument("--parallel", type=int, help="llama-server parallel slots")
+    p.add_argument("--gpu-layers", type=int, help="llama.cpp layers on the GPU")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Engine keyword arguments from the common flags (only those given)."""
+    if args.engine == "openai":
+        if not args.url:
+            raise LabkitError("--engine openai needs --url (e.g. http://127.0.0.1:8000/v1).")
+        kw: dict[str, Any] = {"url": args.url}
+        if args.model != "smollm2-135m":
+            kw["model"] = args.model
+        return kw
+    kw = {"model": args.model}
+    for flag, key in (("threads", "threads"), ("context", "context"), ("parallel", "parallel"),
+                      ("gpu_layers", "gpu_layers")):
+        if getattr(args, flag, None) is not None:
+            kw[key] = getattr(args, flag)
+    return kw
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    entries = list_models()
+    if args.json:
+        for e in entries:
+            print(json.dumps(e.to_dict()))
+    else:
+        width = max(len(e.name) for e in entries)
+        for e in entries:
+            print(f"{e.name:<{width}}  {e.kind:<9}  {e.size_mb:8.1f} MB  {e.path}")
+    return 0
+
+
+def _models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON object per model")
+
+
+register("models", "list bundled models and cached variants", _models, _models_args)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .engines import load
+
+    params = {"max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed}
+    if args.logprobs:
+        params["logprobs"] = args.logprobs
+    with load(args.engine, **engine_kwargs(args)) as engine:
+        if args.chat:
+            outs = engine.chat([[{"role": "user", "content": p}] for p in args.prompts], **params)
+        else:
+            outs = engine.generate(args.prompts, **params)
+        for out in outs:
+            if args.json:
+                print(json.dumps({**out.to_dict(), "info": engine.info.to_dict()}))
+            else:
+                print(out.text)
+    return 0
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    _engine_args(p)
+    p.add_argument("prompts", nargs="+", help="one or more prompts")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--logprobs", type=int, help="top-k logprobs per token")
+    p.add_argument("--chat", action="store_true", help="send each prompt as a one-message chat")
+    p.add_argument("--json", action="store_true", help="one JSON object per prompt")
+
+
+register("generate", "generate text with one engine", _generate, _generate_args)
+
+
+def _setup(args: argparse.Namespace) -> int:
+    """Build what is cached once per machine, so the first notebook does not wait for it."""
+    from . import models
+    from .llamacpp_tools import tools_dir
+
+    print(f"llama.cpp tools: {tools_dir()}")
+    print(f"bundled GGUF:    {models.gguf_path(models.DEFAULT_MODEL)}")
+    print(f"vLLM directory:  {models.hf_dir(models.DEFAULT_MODEL)}")
+    return 0
+
+
+register("setup", "build llama.cpp's tools and convert the bundled model (cached)", _setup)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labkit", description="Compare vLLM and llama.cpp on this machine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (func, args_fn, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        args_fn(p)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LabkitError as e:
+        print(f"labkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("labkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""llama.cpp in process, through llama-cpp-python's ``Llama``.
+
+One ``Llama`` context runs one sequence at a time, so concurrent callers queue on a lock and
+``info.concurrency`` says "sequential": for many users compare with ``llama-server``, which
+batches across parallel slots. Tokens come from ``Llama.generate`` directly (not
+``create_completion``) so every token has its id and its own timestamp, and ``ignore_eos``
+is possible for fixed-length benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import threading
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from .. import models
+from .._cache import file_sha256
+from ..errors import EngineError, InvalidInput
+from .base import Conversation, Engine, EngineInfo, SamplingParams, Token
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class LlamaCppEngine(Engine):
+    """llama-cpp-python ``Llama`` in this process."""
+
+    name = "llama.cpp"
+    summary = "llama-cpp-python in process (one sequence at a time)"
+
+    def __init__(self, model: str = models.DEFAULT_MODEL, *, threads: int | None = None,
+                 context: int = 2048, gpu_layers: int = 0, batch: int = 512, seed: int = 0,
+                 flash_attn: bool = False, **llama_kwargs: Any):
+        super().__init__()
+        try:
+            import llama_cpp
+        except ImportError as e:
+            raise EngineError("llama-cpp-python is not installed: run `make test` once, or "
+                              "`pip install -r environments/cpu.txt`.") from e
+        if threads is not None and threads <= 0:
+            raise InvalidInput(f"threads must be positive, got {threads}.")
+        self._llama_cpp = llama_cpp
+        self._path = models.gguf_path(model)
+        self._model_name = str(model)
+        self._threads = threads or default_threads()
+        self._args = {"context": context, "gpu_layers": gpu_layers, "batch": batch, "seed": seed,
+                      "flash_attn": flash_attn, **llama_kwargs}
+        self._lock = threading.Lock()
+        with _quiet_stderr():
+            self._llm = llama_cpp.Llama(
+                model_path=str(self._path), n_ctx=context, n_batch=batch, n_threads=self._threads,
+                n_threads_batch=self._threads, n_gpu_layers=gpu_layers, seed=seed, verbose=False,
+                flash_attn=flash_attn,
+                **llama_kwargs,
+            )
+        self._eog = self._llm._model.token_eos()
+        self._vocab = self._llm._model.vocab
+        self._formatter = None
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            eos = self._llm._model.token_eos()
+            bos = self._llm._model.token_bos()
+            self._formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=self._llm._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=self._llm._model.token_get_text(bos) if bos != -1 else "",
+                stop_token_ids=[eos],
+            )
+        self._info = EngineInfo(
+            engine=self.name,
+            engine_version=f"llama-cpp-python {metadata.version('llama-cpp-python')}",
+            model=self._model_name,
+            model_path=str(self._path),
+            model_sha256=file_sha256(self._path),
+            args=self._args,
+            threads=self._threads,
+            device="cuda" if gpu_layers else "cpu",
+            pid=os.getpid(),
+            concurrency="sequential",
+        )
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def llama(self):
+        """The underlying ``llama_cpp.Llama`` object, for anything labkit does not wrap."""
+        self._check_open()
+        return self._llm
+
+    # --- tokenization ------------------------------------------------------------------------
+    def _render(self, prompt: str | Conversation, chat: bool) -> tuple[list[int], list[str]]:
+        if not chat:
+            return self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True), []
+        if self._formatter is None:
+            raise InvalidInput(f"{self._path.name} carries no chat template; use generate() "
+                               "with a raw prompt instead of chat().")
+        result = self._formatter(messages=prompt)
+        ids = self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
+                                 special=True)
+        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        return ids, stop
+
+    def tokenize(self, text: str | Conversation, *, chat: bool = False) -> list[int]:
+        self._check_open()
+        return self._render(text, chat)[0]
+
+    # --- generation --------------------------------------------------------------------------
+    def _stream(self, prompt, params: SamplingParams, chat: bool, t0: float) -> Iterator[Token]:
+        ids, template_stops = self._render(prompt, chat)
+        n_ctx = self._llm.n_ctx()
+        if len(ids) + params.max_tokens > n_ctx:
+            raise InvalidInput(
+                f"The prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}, more "
+                f"than the context of {n_ctx}. Shorten the prompt, lower max_tokens, or load "
+                f"with a larger context=."
+            )
+        stops = [s for s in (*params.stop, *template_stops) if s]
+        return self._run(ids, params, stops, t0)
+
+    def _run(self, ids: list[int], params: SamplingParams, stops: list[str], t0: float) -> Iterator[Token]:
+        llm = self._llm
+        with self._lock:
+            self._check_open()
+            llm.set_seed(params.seed)
+            # reset=True re-evaluates the prompt every time: the KV prefix reuse of
+            # llama-cpp-python would make a repeated prompt look faster than a new one.
+            llm.reset()
+            gen = llm.generate(ids, temp=params.temperature, top_p=params.top_p, top_k=0 if
+                               params.temperature else 40, min_p=0.0, repeat_penalty=1.0)
+            out: list[int] = []
+            text_so_far = b""
+            emitted = 0
+            finish = "length"
+            for tok in gen:
+                now = time.perf_counter() - t0
+                if self._llama_cpp.llama_vocab_is_eog(self._vocab, tok) and not params.ignore_eos:
+                    finish = "stop"
+                    break
+                lp, top = self._logprobs(tok, params.logprobs) if params.logprobs else (None, None)
+                out.append(tok)
+                text_so_far = llm.detokenize(out)
+                # Emit only whole UTF-8 characters; a token may end in the middle of one.
+                decoded = text_so_far.decode("utf-8", errors="ignore")
+                piece = decoded[emitted:]
+                emitted = len(decoded)
+                hit = next((s for s in stops if s in decoded), None)
+                if hit:
+                    cut = decoded.index(hit)
+                    piece = piece[: max(0, len(piece) - (len(decoded) - cut))]
+                    yield Token(piece, tok, now, lp, top)
+                    finish = "stop"
+                    break
+                yield Token(piece, tok, now, lp, top)
+                if len(out) >= params.max_tokens:
+                    break
+            gen.close()
+            yield Token("", None, time.perf_counter() - t0, finish_reason=finish)
+
+    def _logprobs(self, tok: int, k: int) -> tuple[float, dict[int, float]]:
+        """Log-softmax of the logits that produced ``tok`` (the last evaluated position)."""
+        n_vocab = self._llm.n_vocab()
+        ptr = self._llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
+        logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+        return _top_logprobs(logits, tok, k)
+
+    def score(self, prompt_ids: list[int], continuation_ids: list[int], k: int = 20) -> list[dict[int, float]]:
+        """Teacher forcing: top-k logprobs (always including the forced token) at each
+        continuation position, given the prompt and the forced tokens before it."""
+        self._check_open()
+        llm = self._llm
+        if len(prompt_ids) + len(continuation_ids) > llm.n_ctx():
+            raise InvalidInput(f"{len(prompt_ids) + len(continuation_ids)} tokens do not fit the "
+                               f"context of {llm.n_ctx()}; load with a larger context=.")
+        result = []
+        with self._lock:
+            llm.reset()
+            llm.eval(prompt_ids)
+            for tok in continuation_ids:
+                result.append(self._logprobs(tok, k)[1])
+                llm.eval([tok])
+        return result
+
+    def _close(self) -> None:
+        with self._lock:
+            llm, self._llm = self._llm, None
+            if llm is not None:
+                llm.close()
+            del llm
+        gc.collect()
+
+
+def _top_logprobs(logits: np.ndarray, chosen: int, k: int) -> tuple[float, dict[int, float]]:
+    x = logits.astype(np.float64)
+    m = x.max()
+    lse = m + np.log(np.exp(x - m).sum())
+    lp = x - lse
+    top = np.argpartition(-lp, k)[:k] if k < len(lp) else np.arange(len(lp))
+    out = {int(i): float(lp[i]) for i in top[np.argsort(-lp[top])]}
+    out.setdefault(int(chosen), float(lp[chosen]))
+    return float(lp[chosen]), out
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """llama.cpp prints its load log to fd 2 even with verbose=False; keep notebooks clean."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)

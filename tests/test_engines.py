@@ -1,0 +1,125 @@
+"""The engine protocol on every local engine, with the real bundled model."""
+
+from __future__ import annotations
+
+import pytest
+
+import labkit
+from labkit.errors import EngineError, InvalidInput
+
+from .conftest import CHAT, PROMPTS
+
+LOCAL = ["llama.cpp", "vllm", "llama-server", "vllm-server"]
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_greedy_generation_is_nonempty_and_deterministic(engine_by_name, name):
+    engine = engine_by_name(name)
+    first = engine.generate(PROMPTS[:2], max_tokens=16, temperature=0)
+    again = engine.generate(PROMPTS[:2], max_tokens=16, temperature=0)
+    assert [g.text for g in first] == [g.text for g in again]
+    for g in first:
+        assert g.text.strip()
+        assert g.token_ids and len(g.token_ids) <= 16
+        assert g.finish_reason in ("length", "stop")
+        assert g.ttft_s is not None and 0 < g.ttft_s <= g.e2e_s
+        assert len(g.token_times_s) == len(g.token_ids)
+        assert g.prompt_token_ids
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_stream_yields_the_same_tokens_as_generate(engine_by_name, name):
+    engine = engine_by_name(name)
+    gen = engine.generate([PROMPTS[0]], max_tokens=12)[0]
+    toks = [t for t in engine.stream(PROMPTS[0], max_tokens=12) if t.token_id is not None]
+    assert [t.token_id for t in toks] == gen.token_ids
+    assert "".join(t.text for t in toks) == gen.text
+    times = [t.t_s for t in toks]
+    assert times == sorted(times) and times[0] > 0
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_chat_applies_the_template(engine_by_name, name):
+    engine = engine_by_name(name)
+    out = engine.chat(CHAT[:1], max_tokens=24)[0]
+    assert out.text.strip()
+    ids = engine.tokenize(CHAT[0], chat=True)
+    raw = engine.tokenize(CHAT[0][0]["content"])
+    assert len(ids) > len(raw)  # the template adds role markers around the message
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_info_says_what_produced_the_numbers(engine_by_name, name):
+    info = engine_by_name(name).info
+    assert info.engine == name
+    assert info.engine_version and info.model == "smollm2-135m" and info.model_path
+    assert info.threads and info.threads >= 1
+    assert info.pid
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_bad_requests_are_clear_errors(engine_by_name, name):
+    engine = engine_by_name(name)
+    with pytest.raises(InvalidInput, match="max_tokens"):
+        engine.generate(["hi"], max_tokens=0)
+    with pytest.raises(InvalidInput, match="empty"):
+        engine.generate([])
+    with pytest.raises(InvalidInput):
+        engine.generate(["word " * 3000], max_tokens=8)
+
+
+@pytest.mark.parametrize(("local", "server"), [("llama.cpp", "llama-server"), ("vllm", "vllm-server")])
+def test_same_engine_same_weights_same_greedy_text(engine_by_name, local, server):
+    a = engine_by_name(local).generate(PROMPTS, max_tokens=32)
+    b = engine_by_name(server).generate(PROMPTS, max_tokens=32)
+    assert [g.text for g in a] == [g.text for g in b]
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+def test_concurrent_requests_are_batched_by_vllm(vllm_engine):
+    outs = vllm_engine.generate(PROMPTS, max_tokens=8)
+    assert len(outs) == len(PROMPTS)
+    # Batched requests start together: every first token comes before the slowest finishes.
+    assert max(g.ttft_s for g in outs) < max(g.e2e_s for g in outs)
+
+
+def test_logprobs_on_in_process_engines(llama, vllm_engine):
+    for engine in (llama, vllm_engine):
+        g = engine.generate([PROMPTS[1]], max_tokens=4, logprobs=5)[0]
+        assert g.logprobs and len(g.logprobs) == len(g.token_ids)
+        for tid, top in zip(g.token_ids, g.logprobs, strict=True):
+            assert tid in top and max(top.values()) <= 0.0
+            # greedy: the chosen token is the most likely one
+            assert top[tid] == pytest.approx(max(top.values()), abs=1e-3)
+
+
+def test_closed_engine_refuses_requests():
+    engine = labkit.load("llama.cpp", model="smollm2-135m", threads=1, context=256)
+    engine.close()
+    engine.close()  # twice is fine
+    with pytest.raises(EngineError, match="closed"):
+        engine.generate(["hi"])
+
+
+def test_unknown_engine_lists_the_known_ones():
+    with pytest.raises(InvalidInput, match="llama-server.*vllm-server"):
+        labkit.load("tensorrt")
+
+
+def test_openai_engine_against_a_running_server(llama_server):
+    ext = labkit.load("openai", url=llama_server.url)
+    try:
+        assert ext.flavor == "llama-server"
+        out = ext.generate([PROMPTS[1]], max_tokens=8)[0]
+        assert out.text == llama_server.generate([PROMPTS[1]], max_tokens=8)[0].text
+    finally:
+        ext.close()
+
+
+def test_unreachable_url_is_a_clear_error():
+    from labkit.engines.servers import free_port
+
+    with pytest.raises(EngineError, match="Cannot reach"):
+        labkit.load("openai", url=f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(InvalidInput, match="http"):
+        labkit.load("openai", url="localhost:8000")

@@ -1,0 +1,79 @@
+"""Managed servers: free ports, startup failures, and no process outliving its owner."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+import labkit
+from labkit.errors import InvalidInput, ServerError
+
+from .conftest import MODEL
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def test_server_binds_loopback_and_close_ends_its_whole_tree():
+    srv = labkit.load("llama-server", model=MODEL, threads=1, context=256)
+    try:
+        assert srv.url.startswith("http://127.0.0.1:")
+        procs = _tree(srv.info.pid)
+        assert any("llama-server" in " ".join(p.cmdline()) for p in procs)
+    finally:
+        srv.close()
+    gone, alive = psutil.wait_procs(procs, timeout=30)
+    assert not alive
+
+
+def test_port_already_taken_is_refused_before_starting():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(InvalidInput, match=f"Port {port}.*in use"):
+            labkit.load("llama-server", model=MODEL, port=port)
+
+
+def test_server_that_exits_during_startup_shows_its_log():
+    with pytest.raises(ServerError, match="exited with code") as err:
+        labkit.load("llama-server", model=MODEL, extra_args=["--no-such-flag"])
+    assert "no-such-flag" in err.value.log_tail
+
+
+def test_server_dies_with_its_owner_even_on_sigkill(tmp_path):
+    # A separate Python process owns a llama-server and is then killed without any chance
+    # to clean up (as a crashed Jupyter kernel would be): the reaper must end the server.
+    script = textwrap.dedent(f"""
+        import labkit, sys
+        srv = labkit.load("llama-server", model={MODEL!r}, threads=1, context=256)
+        print(srv.info.pid, flush=True)
+        sys.stdin.read()
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        root = int(owner.stdout.readline())
+        procs = _tree(root)
+        assert len(procs) >= 2
+    finally:
+        owner.kill()
+        owner.wait()
+    gone, alive = psutil.wait_procs(procs, timeout=60)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def test_failed_test_midway_leaves_no_server():
+    holder = {}
+    with pytest.raises(RuntimeError), labkit.load("llama-server", model=MODEL, threads=1,
+                                                  context=256) as srv:
+        holder["procs"] = _tree(srv.info.pid)
+        raise RuntimeError("a test failing half-way")
+    gone, alive = psutil.wait_procs(holder["procs"], timeout=30)
+    assert not alive
