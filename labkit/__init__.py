@@ -6,13 +6,18 @@ The public API, in one place:
   ``vllm-server``, ``openai``); every engine has ``generate``, ``chat``, ``stream``,
   ``tokenize``, ``info`` and ``close``.
 - :mod:`labkit.models`: model names, GGUF <-> Hugging Face conversion, quantized variants.
+- :func:`bench` with :mod:`workloads`: throughput, latency and memory under 1..N users.
+- :func:`fit`: will this model fit that machine, in which engine (metadata only).
 
 >>> import labkit
 >>> with labkit.load("llama.cpp", model="smollm2-135m") as llm:
 ...     print(llm.generate(["Why do people use vLLM?"], max_tokens=32)[0].text)
 """
 
+__version__ = "0.1.0"  # before the imports below: submodules record it in their results
+
 from . import models
+from .bench import BenchResult, bench, workloads
 from .engines import ENGINES, Engine, EngineInfo, Generation, SamplingParams, Token, load
 from .errors import (
     EngineError,
@@ -23,13 +28,14 @@ from .errors import (
     NotebookError,
     ServerError,
 )
-
-__version__ = "0.1.0"
+from .fit import FitPlan, fit
 
 __all__ = [
+    "BenchResult",
     "ENGINES",
     "Engine",
     "EngineError",
+    "FitPlan",
     "EngineInfo",
     "Generation",
     "InvalidInput",
@@ -40,6 +46,9 @@ __all__ = [
     "SamplingParams",
     "ServerError",
     "Token",
+    "bench",
+    "fit",
     "load",
     "models",
+    "workloads",
 ]

@@ -36,7 +36,7 @@ import pandas as pd
 
 from .errors import InvalidInput, ModelError
 
-__all__ = ["ModelSpec", "FitPlan", "fit", "model_spec", "GPU_PRESETS", "parse_bytes",
+__all__ = ["ModelSpec", "FitPlan", "fit", "fits_where", "model_spec", "GPU_PRESETS", "parse_bytes",
            "tensor_bytes", "kv_bytes_per_token"]
 
 GiB = 1024**3
@@ -52,7 +52,7 @@ GPU_PRESETS: dict[str, float] = {
 #: tree after loading, minus weights, KV and buffers); vLLM's is two Python processes with
 #: torch loaded (front end + engine core).
 RUNTIME_OVERHEAD = {
-    ("llama.cpp", "cpu"): 0.03 * GiB,
+    ("llama.cpp", "cpu"): 0.04 * GiB,  # libllama, thread pool, tokenizer tables
     ("llama.cpp", "cuda"): 0.35 * GiB,  # CUDA context and cuBLAS workspace
     ("vllm", "cpu"): 1.20 * GiB,
     ("vllm", "cuda"): 1.00 * GiB,  # CUDA context, torch allocator slack, NCCL
@@ -429,7 +429,10 @@ def _plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_type, ubatc
     weights, per_layer, note = llamacpp_weight_bytes(spec, quant)
     kv_tok = kv_bytes_per_token(spec, kv_type)
     kv_total = kv_tok * context * users
-    compute = ubatch * (spec.vocab_size + 4 * spec.hidden_size) * 4
+    # Compute buffers are reserved for the worst-case batch, but only the activations of a
+    # ubatch (and one row of logits per sequence) are ever touched, so that is what is resident.
+    compute = ubatch * (4 * spec.hidden_size + (spec.intermediate_size or 4 * spec.hidden_size)) * 4 * 2 \
+        + users * spec.vocab_size * 4
     device = "cuda" if gpu else "cpu"
     overhead = RUNTIME_OVERHEAD[("llama.cpp", device)]
     total = weights + kv_total + compute + overhead
@@ -456,6 +459,11 @@ def _plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_type, ubatc
 
 
 def _plan_vllm(engine, spec, dtype, quant, context, users, gpu, ram, util, cpu_kv_gb) -> dict[str, Any]:
+    note = "paged KV cache reserved up front"
+    if quant and quant.upper() in _BASE_TYPE and quant.lower() not in _VLLM_DTYPE_BYTES:
+        # A GGUF quantization is llama.cpp's; vLLM would load the model's own weights.
+        note = f"vLLM does not run {quant.upper()} GGUF; planned at {dtype}"
+        quant = None
     key = (quant or dtype).lower()
     if key not in _VLLM_DTYPE_BYTES:
         raise InvalidInput(f"vLLM weight type {quant or dtype!r} unknown to the planner; known: "
@@ -469,7 +477,7 @@ def _plan_vllm(engine, spec, dtype, quant, context, users, gpu, ram, util, cpu_k
     batched = max(context, 2048)
     activation = batched * (spec.intermediate_size or 4 * spec.hidden_size) * 2 * 2 + 256 * spec.vocab_size * 4
     row = {"engine": engine, "quant": key, "weights_gib": weights / GiB, "kv_per_token_kib": kv_tok / 1024,
-           "note": "paged KV cache reserved up front"}
+           "note": note}
     if gpu:
         budget = gpu * util
         kv_space = budget - weights - activation - overhead

@@ -26,10 +26,16 @@ CHAT = [[{"role": "user", "content": "What is the tallest mountain in the world?
 
 
 def _descendants() -> set[int]:
-    try:
-        return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
-    except psutil.Error:
-        return set()
+    # multiprocessing's resource tracker is started once per Python process by the first
+    # multiprocessing user (vLLM here) and exits with it; it is not an engine process.
+    out = set()
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "resource_tracker" not in " ".join(p.cmdline()):
+                out.add(p.pid)
+        except psutil.Error:
+            continue
+    return out
 
 
 @pytest.fixture(scope="session", autouse=True)

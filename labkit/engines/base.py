@@ -208,6 +208,11 @@ class Engine(ABC):
             self._closed = True
             self._close()
 
+    def memory_scope(self):
+        """What :class:`labkit.memory.MemorySampler` should measure for this engine, or None
+        when its memory is out of reach (a remote server)."""
+        return None
+
     @property
     def closed(self) -> bool:
         return self._closed

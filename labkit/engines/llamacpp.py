@@ -24,6 +24,7 @@ import numpy as np
 from .. import models
 from .._cache import file_sha256
 from ..errors import EngineError, InvalidInput
+from ..memory import EngineMemory, self_memory
 from .base import Conversation, Engine, EngineInfo, SamplingParams, Token
 
 
@@ -55,6 +56,7 @@ class LlamaCppEngine(Engine):
         self._args = {"context": context, "gpu_layers": gpu_layers, "batch": batch, "seed": seed,
                       "flash_attn": flash_attn, **llama_kwargs}
         self._lock = threading.Lock()
+        self._baseline = self_memory()
         with _quiet_stderr():
             self._llm = llama_cpp.Llama(
                 model_path=str(self._path), n_ctx=context, n_batch=batch, n_threads=self._threads,
@@ -93,6 +95,9 @@ class LlamaCppEngine(Engine):
     @property
     def info(self) -> EngineInfo:
         return self._info
+
+    def memory_scope(self) -> EngineMemory:
+        return EngineMemory([], self._baseline)
 
     @property
     def llama(self):

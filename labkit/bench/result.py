@@ -1,0 +1,138 @@
+"""BenchResult: what a benchmark run measured, written to disk as it goes.
+
+A run folder holds ``manifest.json`` (labkit version, engine and its arguments, model and
+its sha256, threads, CPU, GPU, library versions, start time, workload), ``requests.jsonl``
+(one line per finished or failed request, appended and flushed as each one ends, so an
+interrupted run keeps everything it measured), ``memory.csv`` and ``summary.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .metrics import summarize
+
+REQUEST_COLUMNS = ["mode", "level", "index", "start_s", "started_at", "ttft_s", "tpot_s", "itl_s",
+                   "e2e_s", "input_tokens", "output_tokens", "finish_reason", "error"]
+
+
+class RunWriter:
+    """Appends request rows to ``requests.jsonl`` as they finish (thread-safe)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = Path(folder) if folder else None
+        self._lock = threading.Lock()
+        self._file = None
+        if self.folder:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.folder / "requests.jsonl", "a")  # noqa: SIM115 (closed in close())
+
+    def manifest(self, manifest: dict[str, Any]) -> None:
+        if self.folder:
+            (self.folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._file:
+            with self._lock:
+                self._file.write(json.dumps(row, default=_json_default) + "\n")
+                self._file.flush()
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+            self._file = None
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+@dataclass
+class BenchResult:
+    """Requests, per-level summary and memory timeline of one benchmark run.
+
+    ``requests`` has one row per request (failed ones carry their ``error``); ``summary``
+    one row per load level; ``memory`` the sampled timeline with phases; ``kv`` the engine's
+    own account of its KV cache where it gives one; ``manifest`` says what ran where.
+    """
+
+    requests: pd.DataFrame
+    memory: pd.DataFrame
+    manifest: dict[str, Any]
+    kv: pd.DataFrame = field(default_factory=pd.DataFrame)
+    slo_ms: dict[str, float] | None = None
+    folder: Path | None = None
+    interrupted: bool = False
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        s = summarize(self.requests, self.slo_ms)
+        if s.empty:
+            return s
+        s.insert(0, "engine", self.manifest.get("engine", {}).get("engine", ""))
+        peaks = self.memory_peaks()
+        if not peaks.empty:
+            s["phase"] = [_phase_name(m, lv) for m, lv in zip(s["mode"], s["level"], strict=True)]
+            s = s.merge(peaks.add_prefix("peak_").rename(columns={"peak_phase": "phase"}),
+                        on="phase", how="left")
+        return s
+
+    def memory_peaks(self) -> pd.DataFrame:
+        if self.memory.empty:
+            return pd.DataFrame()
+        cols = [c for c in self.memory.columns if c.endswith("_bytes")]
+        return self.memory.groupby("phase", sort=False)[cols].max().reset_index()
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.summary
+
+    def _repr_html_(self) -> str:
+        eng = self.manifest.get("engine", {})
+        cols = ["engine", "mode", "level", "completed", "errors", "req_per_s", "output_tok_per_s",
+                "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "itl_p50_ms", "e2e_p50_ms", "peak_pss_bytes"]
+        s = self.summary
+        s = s[[c for c in cols if c in s.columns]]
+        note = " <b>(interrupted: unfinished requests are marked)</b>" if self.interrupted else ""
+        head = (f"<p><b>{eng.get('engine', '?')}</b> {eng.get('engine_version', '')} on "
+                f"{self.manifest.get('environment', {}).get('cpu', '?')}, model {eng.get('model', '?')}, "
+                f"threads {eng.get('threads')}, concurrency model: {eng.get('concurrency')}{note}</p>")
+        return head + s.to_html(index=False, float_format=lambda x: f"{x:,.1f}")
+
+    # --- persistence ---------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
+        if self.folder is None or Path(self.folder).resolve() != folder.resolve():
+            with open(folder / "requests.jsonl", "w") as f:
+                for row in self.requests.to_dict("records"):
+                    f.write(json.dumps(row, default=_json_default) + "\n")
+        self.memory.to_csv(folder / "memory.csv", index=False)
+        self.summary.to_csv(folder / "summary.csv", index=False)
+        if not self.kv.empty:
+            self.kv.to_csv(folder / "kv.csv", index=False)
+        (folder / "run.json").write_text(json.dumps({"slo_ms": self.slo_ms, "interrupted": self.interrupted}))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> BenchResult:
+        folder = Path(folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        rows = [json.loads(line) for line in (folder / "requests.jsonl").read_text().splitlines() if line.strip()]
+        requests = pd.DataFrame(rows, columns=REQUEST_COLUMNS) if rows else pd.DataFrame(columns=REQUEST_COLUMNS)
+        mem = pd.read_csv(folder / "memory.csv") if (folder / "memory.csv").exists() else pd.DataFrame()
+        kv = pd.read_csv(folder / "kv.csv") if (folder / "kv.csv").exists() else pd.DataFrame()
+        extra = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+        return cls(requests, mem, manifest, kv, extra.get("slo_ms"), folder, extra.get("interrupted", False))
+
+
+def _phase_name(mode: str, level: Any) -> str:
+    return f"concurrency {level}" if mode == "concurrency" else f"rate {level}/s"

@@ -1,0 +1,367 @@
+"""The load generator: closed-loop concurrency levels and open-loop Poisson rates.
+
+It only calls ``engine.stream`` from worker threads; whether requests are batched is the
+engine's business (vLLM and the servers batch; in-process llama.cpp serves one at a time,
+and the result's manifest says so). Every finished request is written to disk at once, so a
+sweep that is interrupted (Ctrl-C, a dying server, failing requests) keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..engines.base import Engine, load
+from ..environment import environment
+from ..errors import EngineError, InvalidInput
+from ..memory import EngineMemory, MemorySampler, self_memory
+from .kv import kv_snapshot
+from .metrics import request_metrics
+from .result import REQUEST_COLUMNS, BenchResult, RunWriter, _phase_name
+from .workloads import Request, Workload, chat
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=True)
+
+
+def run_request(engine: Engine, req: Request, mode: str, level: Any, index: int, origin: float) -> dict[str, Any]:
+    """Send one request, stream it, and return its row (errors become rows, not exceptions)."""
+    started_at = time.time()
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"mode": mode, "level": level, "index": index, "start_s": t0 - origin,
+                           "started_at": started_at, "input_tokens": req.input_tokens}
+    tokens = []
+    try:
+        for tok in engine.stream(req.prompt, max_tokens=req.max_tokens, temperature=0.0,
+                                 ignore_eos=req.ignore_eos):
+            tokens.append(tok)
+        error = None
+    except Exception as e:  # one failing request must not end the sweep
+        error = f"{type(e).__name__}: {e}"
+    e2e = time.perf_counter() - t0
+    real = [t for t in tokens if t.token_id is not None or t.text]
+    finish = next((t.finish_reason for t in reversed(tokens) if t.finish_reason), None)
+    row.update(request_metrics([t.t_s for t in real], e2e))
+    row.update(output_tokens=len(real), finish_reason=finish, error=error)
+    return row
+
+
+class _Sweep:
+    """State of one bench() call: rows so far, the writer, the stop flag."""
+
+    def __init__(self, engine: Engine, writer: RunWriter, progress: bool):
+        self.engine = engine
+        self.writer = writer
+        self.progress = progress
+        self.rows: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.origin = time.perf_counter()
+        self.on_level_done: Callable[[pd.DataFrame], None] | None = None
+
+    def record(self, row: dict[str, Any]) -> None:
+        with self.lock:
+            self.rows.append(row)
+        self.writer.write(row)
+
+    def _join(self, threads: list[threading.Thread]) -> None:
+        # join() with a timeout so Ctrl-C reaches the main thread while workers run.
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+
+    def closed_level(self, requests: list[Request], concurrency: int, record: bool = True,
+                     label: str | None = None) -> None:
+        todo = list(enumerate(requests))
+        lock = threading.Lock()
+        bar = _progress(len(requests), label or f"concurrency {concurrency}", self.progress)
+
+        def worker() -> None:
+            while not self.stop.is_set():
+                with lock:
+                    if not todo:
+                        return
+                    i, req = todo.pop(0)
+                row = run_request(self.engine, req, "concurrency", concurrency, i, self.origin)
+                if record:
+                    self.record(row)
+                if bar is not None:
+                    bar.update(1)
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(concurrency, len(requests)))]
+        for t in threads:
+            t.start()
+        try:
+            self._join(threads)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def poisson_level(self, requests: list[Request], rate: float, arrivals: np.ndarray) -> None:
+        bar = _progress(len(arrivals), f"rate {rate}/s", self.progress)
+        threads = []
+        start = time.perf_counter()
+
+        def one(i: int, req: Request) -> None:
+            self.record(run_request(self.engine, req, "rate", rate, i, self.origin))
+            if bar is not None:
+                bar.update(1)
+
+        try:
+            for i, at in enumerate(arrivals):
+                delay = start + at - time.perf_counter()
+                if delay > 0 and self.stop.wait(delay):  # pacing the arrivals, not syncing
+                    break
+                t = threading.Thread(target=one, args=(i, requests[i % len(requests)]), daemon=True)
+                t.start()
+                threads.append(t)
+            self._join(threads)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _check_levels(concurrency, rate, requests_per_level, duration_s) -> tuple[list[int], list[float]]:
+    if concurrency is None and rate is None:
+        concurrency = [1]
+    levels = [] if concurrency is None else list(concurrency if isinstance(concurrency, Sequence) else [concurrency])
+    rates = [] if rate is None else list(rate if isinstance(rate, Sequence) else [rate])
+    for c in levels:
+        if not isinstance(c, int | np.integer) or c <= 0:
+            raise InvalidInput(f"Concurrency levels must be positive integers, got {c!r}.")
+    for r in rates:
+        if not isinstance(r, int | float) or r <= 0:
+            raise InvalidInput(f"Request rates must be positive (requests per second), got {r!r}.")
+    if not levels and not rates:
+        raise InvalidInput("Give at least one concurrency level or rate.")
+    if requests_per_level <= 0:
+        raise InvalidInput(f"requests_per_level must be positive, got {requests_per_level}.")
+    if rates and duration_s <= 0:
+        raise InvalidInput(f"duration_s must be positive, got {duration_s}.")
+    return [int(c) for c in levels], [float(r) for r in rates]
+
+
+def _new_children_scope() -> tuple[set[int], tuple[int, int, int]]:
+    import psutil
+
+    return {c.pid for c in psutil.Process().children()}, self_memory()
+
+
+class _LoadingScope(EngineMemory):
+    """While an engine loads: this process's growth plus any child that appeared."""
+
+    def __init__(self):
+        self.before, baseline = _new_children_scope()
+        super().__init__([], baseline)
+
+    def measure(self):
+        import psutil
+
+        self.roots = [c for c in psutil.Process().children() if c.pid not in self.before]
+        return super().measure()
+
+
+def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = None,
+          rate: Sequence[float] | float | None = None, requests_per_level: int = 32,
+          duration_s: float = 30.0, workload: Workload | None = None, warmup: int = 2,
+          out: str | Path | None = None, slo_ms: dict[str, float] | None = None,
+          memory_interval_s: float = 0.1, progress: bool = True, seed: int = 0,
+          on_level_done: Callable[[BenchResult], None] | None = None,
+          stop_event: threading.Event | None = None, **engine_kwargs: Any) -> BenchResult:
+    """Measure throughput, latency and memory of ``engine`` under load.
+
+    ``concurrency``: closed-loop levels (N users, each sending its next request when the
+    last one finished), ``requests_per_level`` requests each. ``rate``: open-loop Poisson
+    arrivals (requests per second) for ``duration_s`` each. ``engine`` may be a loaded engine
+    or a registry name (then it is loaded under the "load" memory phase and closed at the
+    end; ``engine_kwargs`` go to :func:`labkit.load`). ``out``: a folder that receives the
+    manifest and one JSONL line per request as it finishes. ``slo_ms``: e.g.
+    ``{"ttft": 500, "tpot": 50}`` adds goodput. Ctrl-C (or ``stop_event``) stops the sweep and
+    returns what was measured, with unfinished requests marked.
+
+    >>> res = bench(engine, concurrency=[1, 8], requests_per_level=16,
+    ...             workload=workloads.chat(input_tokens=128, output_tokens=64))
+    >>> res.summary[["level", "output_tok_per_s", "ttft_p50_ms"]]
+    """
+    levels, rates = _check_levels(concurrency, rate, requests_per_level, duration_s)
+    workload = workload or chat(output_tokens=64)
+    if not isinstance(workload, Workload):
+        raise InvalidInput(f"workload must be a labkit Workload (see labkit.workloads), got {type(workload).__name__}.")
+    if slo_ms:
+        bad = [k for k in slo_ms if k not in ("ttft", "tpot", "e2e")]
+        if bad:
+            raise InvalidInput(f"slo_ms keys are ttft, tpot and e2e (milliseconds), not {bad}.")
+    owned = isinstance(engine, str)
+    loading_scope = _LoadingScope() if owned else None
+    sampler = MemorySampler(loading_scope, memory_interval_s) if owned else None
+    if owned:
+        sampler.start()
+        try:
+            with sampler.phase("load"):
+                engine = load(engine, **engine_kwargs)
+        except BaseException:
+            sampler.stop()
+            raise
+    elif engine_kwargs:
+        raise InvalidInput(f"Engine options {sorted(engine_kwargs)} only apply when bench() loads the engine by name.")
+    try:
+        return _bench_loaded(engine, levels, rates, requests_per_level, duration_s, workload, warmup,
+                             out, slo_ms, memory_interval_s, progress, seed, sampler, on_level_done,
+                             stop_event)
+    finally:
+        if owned:
+            engine.close()
+
+
+def _bench_loaded(engine, levels, rates, requests_per_level, duration_s, workload, warmup, out,
+                  slo_ms, memory_interval_s, progress, seed, sampler, on_level_done, stop_event) -> BenchResult:
+    if engine.closed:
+        raise EngineError(f"The {engine.name} engine is closed; load it again before benchmarking.")
+    if hasattr(engine, "_get"):  # an HTTP engine: is the server still there?
+        engine._get("/v1/models")
+    scope = engine.memory_scope()
+    if sampler is None:
+        sampler = MemorySampler(scope, memory_interval_s) if scope is not None else None
+        if sampler is not None:
+            sampler.start()
+    elif scope is not None:
+        sampler.scope = scope
+    writer = RunWriter(Path(out) if out else None)
+    manifest = {"labkit_version": __version__, "engine": engine.info.to_dict(),
+                "environment": environment(), "workload": workload.describe(),
+                "levels": {"concurrency": levels, "rate": rates},
+                "requests_per_level": requests_per_level, "duration_s": duration_s,
+                "warmup_requests": warmup, "seed": seed, "slo_ms": slo_ms,
+                "caveats": _caveats(engine, workload)}
+    writer.manifest(manifest)
+    sweep = _Sweep(engine, writer, progress)
+    if stop_event is not None:
+        sweep.stop = stop_event
+    kv_rows: list[dict[str, Any]] = []
+    interrupted = False
+    planned: list[tuple[str, Any, int]] = []
+
+    def snapshot_kv(phase: str) -> None:
+        snap = kv_snapshot(engine)
+        if snap:
+            kv_rows.append({"phase": phase, "t_s": time.perf_counter() - sweep.origin, **snap})
+
+    def result() -> BenchResult:
+        frame = pd.DataFrame(sweep.rows, columns=REQUEST_COLUMNS)
+        mem = sampler.frame() if sampler is not None else pd.DataFrame()
+        return BenchResult(frame, mem, manifest, pd.DataFrame(kv_rows), slo_ms, writer.folder, interrupted)
+
+    try:
+        requests = workload.build(engine, requests_per_level)
+        if warmup > 0:
+            with _phase(sampler, "warm-up"):
+                sweep.closed_level(requests[:warmup], min(warmup, max(levels or [1])), record=False,
+                                   label="warm-up")
+        snapshot_kv("idle")
+        rng = np.random.default_rng(seed)
+        plan = [("concurrency", c) for c in levels] + [("rate", r) for r in rates]
+        for mode, level in plan:
+            if sweep.stop.is_set():
+                break
+            phase = _phase_name(mode, level)
+            poller = _KvPoller(snapshot_kv, phase)
+            with _phase(sampler, phase), poller:
+                if mode == "concurrency":
+                    planned.append((mode, level, len(requests)))
+                    sweep.closed_level(requests, level)
+                else:
+                    gaps = rng.exponential(1.0 / level, size=int(level * duration_s * 3) + 10)
+                    arrivals = np.cumsum(gaps)
+                    arrivals = arrivals[arrivals < duration_s]
+                    reqs = workload.build(engine, max(1, len(arrivals))) if len(arrivals) > len(requests) else requests
+                    planned.append((mode, level, len(arrivals)))
+                    sweep.poisson_level(reqs, level, arrivals)
+            if on_level_done is not None and not sweep.stop.is_set():
+                on_level_done(result())
+    except KeyboardInterrupt:
+        interrupted = True
+        sweep.stop.set()
+        warnings.warn("Benchmark interrupted: returning the requests measured so far; unfinished "
+                      "ones are marked in the result.", stacklevel=2)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        interrupted = interrupted or sweep.stop.is_set()
+        if interrupted:
+            _mark_unfinished(sweep, planned, levels, rates, requests_per_level)
+        writer.close()
+    res = result()
+    if out:
+        res.save(out)
+    return res
+
+
+def _mark_unfinished(sweep: _Sweep, planned, levels, rates, requests_per_level) -> None:
+    done = {(r["mode"], r["level"], r["index"]) for r in sweep.rows}
+    counts = {(m, lv): n for m, lv, n in planned}
+    for mode, level in [("concurrency", c) for c in levels] + [("rate", r) for r in rates]:
+        n = counts.get((mode, level), requests_per_level)
+        for i in range(n):
+            if (mode, level, i) not in done:
+                sweep.record({"mode": mode, "level": level, "index": i, "start_s": None,
+                              "started_at": None, "ttft_s": None, "tpot_s": None, "itl_s": [],
+                              "e2e_s": None, "input_tokens": None, "output_tokens": 0,
+                              "finish_reason": None, "error": "interrupted: not measured"})
+
+
+def _phase(sampler: MemorySampler | None, name: str):
+    return sampler.phase(name) if sampler is not None else nullcontext()
+
+
+class _KvPoller:
+    """Reads the engine's KV account about once a second during a level."""
+
+    def __init__(self, snap: Callable[[str], None], phase: str, every_s: float = 1.0):
+        self.snap, self.phase, self.every_s = snap, phase, every_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            try:
+                self.snap(self.phase)
+            except Exception:
+                continue
+
+    def __enter__(self):
+        self.thread.start()
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        try:
+            self.snap(self.phase)
+        except Exception:
+            pass
+
+
+def _caveats(engine: Engine, workload: Workload) -> list[str]:
+    notes = []
+    if engine.info.concurrency == "sequential":
+        notes.append(f"{engine.name} serves one sequence at a time: concurrent users queue, so "
+                     "TTFT includes waiting; compare with llama-server for batching.")
+    if workload.ignore_eos and getattr(engine, "flavor", None) == "generic":
+        notes.append("This server may ignore ignore_eos: output lengths can vary.")
+    if getattr(engine, "flavor", None) == "generic":
+        notes.append("Token ids are unknown for this server: output tokens are counted as "
+                     "streamed chunks.")
+    return notes

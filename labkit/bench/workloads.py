@@ -1,0 +1,184 @@
+"""Workloads: the exact requests a benchmark sends, reproducible from a seed.
+
+A :class:`Workload` is a recipe; :meth:`Workload.build` turns it into concrete
+:class:`Request` objects for one engine, counting input tokens with that engine's own
+tokenizer so "128 input tokens" means 128 tokens to the model, template included.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engines.base import Conversation, Engine
+from ..errors import InvalidInput
+
+# Common English words; only those that are one token (with a leading space) for the
+# engine's tokenizer are used as filler, so token counts can be hit exactly.
+_WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "her", "an", "which", "be", "this", "are", "not", "have", "had", "one", "all", "were", "we", "when", "there", "can", "more", "would", "so", "what", "up", "out", "if", "about", "who", "into", "time", "has", "two", "like", "other", "them", "than", "first", "been", "its", "now", "people", "over", "only", "new", "some", "could", "made", "after", "very", "way", "many", "years", "just", "most", "where", "good", "well", "world", "long", "little", "day", "under", "great", "three", "small", "between", "old", "state", "city", "water", "house", "year", "own", "part", "place", "same", "work", "life", "school", "family", "number", "system", "group", "country", "point", "hand", "high", "large", "home", "light", "power", "war", "name", "game", "music", "food", "road", "story", "table", "river", "field", "market", "paper"]
+
+CHAT_QUESTIONS = [
+    "What is the tallest mountain in the world?",
+    "Explain what a hash table is in two sentences.",
+    "Give me three tips for writing clear emails.",
+    "Why is the sky blue?",
+    "Write a haiku about autumn leaves.",
+    "What are the main causes of inflation?",
+    "How does a bicycle stay upright?",
+    "Summarize the plot of Romeo and Juliet.",
+    "What is the difference between a virus and a bacterium?",
+    "Suggest a name for a bakery that sells only bread.",
+    "How do I make a good cup of tea?",
+    "What does a compiler do?",
+    "List four planets of the solar system.",
+    "Why do cats purr?",
+    "What is machine learning, in simple words?",
+    "Describe the water cycle.",
+]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a workload."""
+
+    prompt: str | Conversation
+    max_tokens: int
+    input_tokens: int | None = None
+    ignore_eos: bool = True
+
+    @property
+    def chat(self) -> bool:
+        return not isinstance(self.prompt, str)
+
+
+@dataclass
+class Workload:
+    """A recipe for requests: ``kind`` is "synthetic", "chat" or "prompts"."""
+
+    kind: str
+    output_tokens: int
+    input_tokens: int | None = None
+    prompts: list[str | Conversation] = field(default_factory=list)
+    seed: int = 0
+    ignore_eos: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.output_tokens, int) or self.output_tokens <= 0:
+            raise InvalidInput(f"output_tokens must be a positive integer, got {self.output_tokens!r}.")
+        if self.input_tokens is not None and self.input_tokens <= 0:
+            raise InvalidInput(f"input_tokens must be positive, got {self.input_tokens!r}.")
+        if self.kind == "prompts" and not self.prompts:
+            raise InvalidInput("The workload has no prompts: give at least one.")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "seed": self.seed,
+                "ignore_eos": self.ignore_eos, "n_prompts": len(self.prompts) or None}
+
+    def build(self, engine: Engine, n: int) -> list[Request]:
+        """``n`` concrete requests for ``engine`` (same seed, same requests)."""
+        if n <= 0:
+            raise InvalidInput(f"A workload needs at least one request, got n={n}.")
+        rng = random.Random(self.seed)
+        if self.kind == "prompts":
+            return [Request(self.prompts[i % len(self.prompts)], self.output_tokens, None, self.ignore_eos)
+                    for i in range(n)]
+        filler = _single_token_words(engine)
+        out = []
+        for i in range(n):
+            if self.kind == "chat":
+                question = CHAT_QUESTIONS[(i + self.seed) % len(CHAT_QUESTIONS)]
+                prompt: str | Conversation = [{"role": "user", "content": question}]
+            else:
+                prompt = rng.choice(filler).capitalize()
+            if self.input_tokens is not None:
+                prompt = _pad_to(engine, prompt, self.input_tokens, filler, rng)
+            count = len(engine.tokenize(prompt, chat=not isinstance(prompt, str)))
+            out.append(Request(prompt, self.output_tokens, count, self.ignore_eos))
+        return out
+
+
+def _single_token_words(engine: Engine) -> list[str]:
+    base = len(engine.tokenize("the"))
+    words = [w for w in _WORDS if len(engine.tokenize("the " + w)) == base + 1]
+    if len(words) < 20:
+        raise InvalidInput("This tokenizer splits too many common words; use workloads.prompts() "
+                           "with your own prompts instead of exact input lengths.")
+    return words
+
+
+def _pad_to(engine: Engine, prompt: str | Conversation, target: int, filler: list[str],
+            rng: random.Random) -> str | Conversation:
+    chat = not isinstance(prompt, str)
+
+    def with_words(words: list[str]) -> str | Conversation:
+        extra = (" " + " ".join(words)) if words else ""
+        if chat:
+            msg = prompt[-1]
+            return [*prompt[:-1], {**msg, "content": msg["content"] + extra}]
+        return prompt + extra
+
+    count = len(engine.tokenize(prompt, chat=chat))
+    if count > target:
+        raise InvalidInput(f"input_tokens={target} is shorter than the base prompt ({count} tokens, "
+                           "template included); ask for more input tokens.")
+    words = [rng.choice(filler) for _ in range(target - count)]
+    padded = with_words(words)
+    # One filler word is one token; a merge at the boundary is corrected word by word.
+    for _ in range(8):
+        got = len(engine.tokenize(padded, chat=chat))
+        if got == target:
+            return padded
+        if got > target:
+            words = words[: len(words) - (got - target)]
+        else:
+            words += [rng.choice(filler) for _ in range(target - got)]
+        padded = with_words(words)
+    raise InvalidInput(f"Could not build a prompt of exactly {target} tokens with this tokenizer.")
+
+
+def synthetic(input_tokens: int = 128, output_tokens: int = 64, seed: int = 0,
+              ignore_eos: bool = True) -> Workload:
+    """Random common words, exactly ``input_tokens`` long; fixed ``output_tokens``."""
+    return Workload("synthetic", output_tokens, input_tokens, seed=seed, ignore_eos=ignore_eos)
+
+
+def chat(input_tokens: int | None = None, output_tokens: int = 64, seed: int = 0,
+         ignore_eos: bool = True) -> Workload:
+    """The built-in chat questions, optionally padded to exactly ``input_tokens`` (template
+    included)."""
+    return Workload("chat", output_tokens, input_tokens, seed=seed, ignore_eos=ignore_eos)
+
+
+def prompts(items: Sequence[str | Conversation] | str | Path, output_tokens: int = 64,
+            ignore_eos: bool = True) -> Workload:
+    """Your own prompts: a list of strings / conversations, or a JSONL file whose lines are
+    strings, ``{"prompt": ...}`` or ``{"messages": [...]}``."""
+    if isinstance(items, str | Path) and Path(items).suffix in (".jsonl", ".json") or isinstance(items, Path):
+        path = Path(items)
+        if not path.exists():
+            raise InvalidInput(f"No prompts file at {path}.")
+        loaded: list[str | Conversation] = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InvalidInput(f"{path}:{n} is not JSON ({e.msg}).") from e
+            if isinstance(obj, str):
+                loaded.append(obj)
+            elif isinstance(obj, dict) and "messages" in obj:
+                loaded.append(obj["messages"])
+            elif isinstance(obj, dict) and "prompt" in obj:
+                loaded.append(obj["prompt"])
+            else:
+                raise InvalidInput(f"{path}:{n}: expected a string, {{'prompt': ...}} or {{'messages': [...]}}.")
+        items = loaded
+    elif isinstance(items, str):
+        raise InvalidInput("prompts() takes a list of prompts or a .jsonl path, not a single string.")
+    return Workload("prompts", output_tokens, prompts=list(items), ignore_eos=ignore_eos)
