@@ -100,6 +100,80 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 register("generate", "generate text with one engine", _generate, _generate_args)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LabkitError(f"Expected comma-separated integers like 1,8,32, got {text!r}.") from None
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import bench, workloads
+
+    wl = (workloads.synthetic(args.input_tokens, args.output_tokens) if args.workload == "synthetic"
+          else workloads.chat(args.input_tokens, args.output_tokens))
+    kwargs = engine_kwargs(args)
+    rates = [float(x) for x in args.rate.split(",")] if args.rate else None
+    res = bench(args.engine, concurrency=_int_list(args.concurrency) if args.concurrency else None,
+                rate=rates, requests_per_level=args.requests, duration_s=args.duration, workload=wl,
+                out=args.out, progress=not args.json, **kwargs)
+    summary = res.summary
+    if args.json:
+        for row in summary.to_dict("records"):
+            print(json.dumps(row, default=str))
+    else:
+        cols = ["level", "completed", "errors", "req_per_s", "output_tok_per_s", "ttft_p50_ms", "tpot_p50_ms"]
+        print(summary[[c for c in cols if c in summary.columns]].to_string(index=False))
+        if args.out:
+            print(f"results: {args.out}")
+    return 0
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    _engine_args(p)
+    p.add_argument("--concurrency", help="comma-separated concurrency levels, e.g. 1,8,32")
+    p.add_argument("--rate", help="comma-separated Poisson request rates (req/s)")
+    p.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per rate level")
+    p.add_argument("--workload", choices=["chat", "synthetic"], default="chat")
+    p.add_argument("--input-tokens", type=int, default=None)
+    p.add_argument("--output-tokens", type=int, default=64)
+    p.add_argument("--out", help="folder for manifest.json, requests.jsonl, summary.csv, memory.csv")
+    p.add_argument("--json", action="store_true", help="one JSON object per level")
+
+
+register("bench", "measure throughput, latency and memory under load", _bench, _bench_args)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .fit import fit
+
+    engines = args.engines.split(",")
+    plan = fit(args.model, engines=engines, quant=args.quant, dtype=args.dtype, context=args.context,
+               users=args.users, gpu_memory=args.gpu_memory, system_memory=args.system_memory)
+    if args.json:
+        for row in plan.table.to_dict("records"):
+            print(json.dumps(row, default=str))
+    else:
+        print(plan.table.to_string(index=False))
+    return 0
+
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="name, .gguf, HF directory or config.json")
+    p.add_argument("--engines", default="llama.cpp,vllm")
+    p.add_argument("--quant", help="GGUF type for llama.cpp (Q4_K_M, IQ3_S, ...) or vLLM weight type")
+    p.add_argument("--dtype", default="bfloat16", help="vLLM weight dtype")
+    p.add_argument("--context", type=int, default=4096)
+    p.add_argument("--users", type=int, default=1)
+    p.add_argument("--gpu-memory", help="e.g. 12GiB; omit for CPU only")
+    p.add_argument("--system-memory", help="e.g. 64GiB; default: this machine's")
+    p.add_argument("--json", action="store_true", help="one JSON object per engine")
+
+
+register("fit", "plan memory: will a model fit, in which engine", _fit, _fit_args)
+
+
 def _setup(args: argparse.Namespace) -> int:
     """Build what is cached once per machine, so the first notebook does not wait for it."""
     from . import models

@@ -1,0 +1,109 @@
+"""The memory planner: exact tensor sizes, engine rules, and a check against reality."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from gguf import GGUFReader
+
+from labkit import fit, models
+from labkit.errors import InvalidInput
+from labkit.fit import model_spec, tensor_bytes
+
+CFG_26B = {"name": "26B", "num_hidden_layers": 46, "hidden_size": 4608, "num_attention_heads": 32,
+           "num_key_value_heads": 16, "head_dim": 128, "vocab_size": 256000,
+           "intermediate_size": 36864, "num_parameters": 27_000_000_000}
+
+
+@pytest.mark.parametrize("quant", [None, "Q8_0"])
+def test_tensor_bytes_match_the_gguf_exactly(quant):
+    path = models.resolve("smollm2-135m") if quant is None else models.variant("smollm2-135m", quant)
+    reader = GGUFReader(path)
+    for t in reader.tensors:
+        assert tensor_bytes(tuple(int(x) for x in t.shape), t.tensor_type.name) == int(t.n_bytes), t.name
+
+
+def test_spec_from_gguf_and_from_hf_directory_agree():
+    g = model_spec("smollm2-135m")
+    h = model_spec(models.hf_dir("smollm2-135m"))
+    assert (g.n_layers, g.n_kv_heads, g.head_dim, g.vocab_size) == (30, 3, 64, 49152)
+    assert (h.n_layers, h.n_kv_heads, h.head_dim, h.vocab_size) == (30, 3, 64, 49152)
+    assert abs(g.n_params - h.n_params) / h.n_params < 0.01
+
+
+def test_26b_on_a_12gb_card():
+    plan = fit(CFG_26B, quant="IQ3_S", gpu_memory="12GiB", context=4096, users=1)
+    llama, vllm = plan.row("llama.cpp"), plan.row("vllm")
+    assert llama["fits"] and 0 < llama["gpu_layers"] < 46 and llama["where"] == "gpu+cpu"
+    assert not vllm["fits"] and "exceed" in vllm["note"]
+    # and on an 80 GB card vLLM fits, with a concurrency limit from its KV blocks
+    big = fit(CFG_26B, engines=["vllm"], gpu_memory="80GiB", context=4096).row("vllm")
+    assert big["fits"] and big["max_users"] >= 1 and big["kv_blocks"] > 0
+
+
+def test_kv_cache_grows_with_users_and_context():
+    a = fit("smollm2-135m", engines=["llama.cpp"], context=1024, users=1).row("llama.cpp")
+    b = fit("smollm2-135m", engines=["llama.cpp"], context=4096, users=8).row("llama.cpp")
+    assert b["kv_total_gib"] == pytest.approx(a["kv_total_gib"] * 32)
+
+
+@pytest.mark.parametrize("bad", [
+    {"hidden_size": 4096},  # missing fields
+    {**CFG_26B, "num_hidden_layers": 0},
+])
+def test_bad_configs_are_clear_errors(bad):
+    with pytest.raises(InvalidInput):
+        fit(bad)
+
+
+def test_unknown_quant_and_memory_size():
+    with pytest.raises(InvalidInput, match="Q4_K_M"):
+        fit("smollm2-135m", quant="Q7_X")
+    with pytest.raises(InvalidInput, match="memory size"):
+        fit("smollm2-135m", gpu_memory="twelve gigs")
+
+
+MEASURE = """
+import json, sys, labkit
+from labkit.memory import MemorySampler
+if __name__ == "__main__":
+    name, column = sys.argv[1], sys.argv[2]
+    with labkit.load(name, context=1024) as engine:
+        sampler = MemorySampler(engine.memory_scope(), 0.05, device=False)
+        with sampler.running():
+            engine.generate(["the " * 900], max_tokens=64, ignore_eos=True)
+        print(json.dumps({"measured": int(sampler.frame()[column].max())}))
+"""
+
+
+@pytest.mark.parametrize(("engine", "column"), [("llama.cpp", "rss_bytes"), ("vllm", "pss_bytes")])
+def test_estimate_is_within_25_percent_of_measured_memory(tmp_path, engine, column):
+    """Planner vs. the memory sampler, in a fresh process (an in-process engine is measured
+    as the growth of its process, which another engine in the same process would inflate),
+    after a prompt that fills most of the context.
+
+    In-process llama.cpp is one process: its RSS growth is the number. vLLM is a tree of
+    processes sharing torch's libraries: PSS splits the shared pages fairly.
+    """
+    script = tmp_path / "measure.py"
+    script.write_text(MEASURE)
+    r = subprocess.run([sys.executable, str(script), engine, column], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = next(x for x in r.stdout.splitlines() if x.startswith("{\"measured\""))
+    measured = json.loads(line)["measured"]
+    est = fit("smollm2-135m", engines=[engine], context=1024).row(engine)["total_gib"] * 1024**3
+    assert 0.75 <= est / measured <= 1.25, (engine, est / 2**20, measured / 2**20)
+
+
+def test_fit_cli_json():
+    r = subprocess.run([sys.executable, "-m", "labkit.cli", "fit", "--model", "smollm2-135m",
+                        "--context", "4096", "--users", "8", "--gpu-memory", "12GiB", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {row["engine"] for row in rows} == {"llama.cpp", "vllm"}
+    assert all(row["fits"] for row in rows)
