@@ -8,6 +8,9 @@ The public API, in one place:
 - :mod:`labkit.models`: model names, GGUF <-> Hugging Face conversion, quantized variants.
 - :func:`bench` with :mod:`workloads`: throughput, latency and memory under 1..N users.
 - :func:`fit`: will this model fit that machine, in which engine (metadata only).
+- :func:`compare` and :func:`quant_ladder`: where outputs differ, across engines and GGUF types.
+- :mod:`plots` (plotly), :mod:`labkit.widgets` (ipywidgets), :func:`record` and
+  :mod:`labkit.runner` (papermill) for notebooks.
 
 >>> import labkit
 >>> with labkit.load("llama.cpp", model="smollm2-135m") as llm:
@@ -16,8 +19,9 @@ The public API, in one place:
 
 __version__ = "0.1.0"  # before the imports below: submodules record it in their results
 
-from . import models
+from . import models, plots
 from .bench import BenchResult, bench, workloads
+from .compare import Comparison, QuantLadder, compare, quant_ladder
 from .engines import ENGINES, Engine, EngineInfo, Generation, SamplingParams, Token, load
 from .errors import (
     EngineError,
@@ -29,9 +33,11 @@ from .errors import (
     ServerError,
 )
 from .fit import FitPlan, fit
+from .runner import record
 
 __all__ = [
     "BenchResult",
+    "Comparison",
     "ENGINES",
     "Engine",
     "EngineError",
@@ -43,12 +49,17 @@ __all__ = [
     "ModelError",
     "ModelNotFound",
     "NotebookError",
+    "QuantLadder",
     "SamplingParams",
     "ServerError",
     "Token",
     "bench",
+    "compare",
     "fit",
     "load",
     "models",
+    "plots",
+    "quant_ladder",
+    "record",
     "workloads",
 ]

@@ -163,7 +163,7 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="name, .gguf, HF directory or config.json")
     p.add_argument("--engines", default="llama.cpp,vllm")
     p.add_argument("--quant", help="GGUF type for llama.cpp (Q4_K_M, IQ3_S, ...) or vLLM weight type")
-    p.add_argument("--dtype", default="bfloat16", help="vLLM weight dtype")
+    p.add_argument("--dtype", default="auto", help="vLLM weight dtype (auto: bf16 on GPUs and bf16-capable CPUs, else float32)")
     p.add_argument("--context", type=int, default=4096)
     p.add_argument("--users", type=int, default=1)
     p.add_argument("--gpu-memory", help="e.g. 12GiB; omit for CPU only")
@@ -172,6 +172,32 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 
 
 register("fit", "plan memory: will a model fit, in which engine", _fit, _fit_args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import run
+
+    params = {}
+    for name, value in args.param or []:
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name] = value
+    folder = run(args.notebook, params, out=args.out)
+    stem = args.notebook.rsplit("/", 1)[-1].removesuffix(".ipynb")
+    print(f"report: {folder / (stem + '.html')}")
+    print(f"executed notebook, results.json and manifest.json: {folder}")
+    return 0
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("notebook", help="path to a .ipynb")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="override a parameter (VALUE is read as JSON when it parses)")
+    p.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")
+
+
+register("run", "run a notebook headlessly and write its report", _run, _run_args)
 
 
 def _setup(args: argparse.Namespace) -> int:

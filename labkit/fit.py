@@ -396,7 +396,7 @@ def _system_memory() -> float:
 
 
 def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, ...] = ("llama.cpp", "vllm"),
-        quant: str | None = None, dtype: str = "bfloat16", context: int = 4096, users: int = 1,
+        quant: str | None = None, dtype: str = "auto", context: int = 4096, users: int = 1,
         gpu_memory: str | float | None = None, system_memory: str | float | None = None,
         gpu_memory_utilization: float = 0.9, kv_cache_type: str = "f16",
         cpu_kv_cache_gb: float = 1.0, ubatch: int = 512) -> FitPlan:
@@ -414,6 +414,10 @@ def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, .
         raise InvalidInput("gpu_memory_utilization must be in (0, 1].")
     spec = model_spec(model)
     gpu = parse_bytes(gpu_memory)
+    if dtype == "auto":  # what labkit's vLLM engines pick: see engines/vllm.py default_dtype
+        from .engines.vllm import default_dtype
+
+        dtype = "bfloat16" if gpu else default_dtype()
     ram = parse_bytes(system_memory) or _system_memory()
     rows = []
     for engine in engines:

@@ -192,6 +192,13 @@ class LlamaCppEngine(Engine):
         result = []
         with self._lock:
             llm.reset()
+            if llm._logits_all:  # loaded with logits_all=True: one batched pass over everything
+                ids = list(prompt_ids) + list(continuation_ids)
+                llm.eval(ids)
+                start = len(prompt_ids) - 1
+                for i, tok in enumerate(continuation_ids):
+                    result.append(_top_logprobs(llm.scores[start + i], tok, k)[1])
+                return result
             llm.eval(prompt_ids)
             for tok in continuation_ids:
                 result.append(self._logprobs(tok, k)[1])

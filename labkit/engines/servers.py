@@ -169,17 +169,18 @@ class VllmServerEngine(_ManagedServer):
 
     def __init__(self, model: str = models.DEFAULT_MODEL, *, context: int = 2048,
                  threads: int | None = None, kv_cache_gb: float = 1.0,
-                 gpu_memory_utilization: float | None = None, dtype: str = "bfloat16",
+                 gpu_memory_utilization: float | None = None, dtype: str = "auto",
                  max_num_seqs: int = 256, enforce_eager: bool = True, host: str = "127.0.0.1",
                  port: int | None = None,
                  startup_timeout_s: float = 300.0, extra_args: list[str] | None = None,
                  log_dir: str | None = None):
         self._closed = False
-        from .vllm import vllm_env, vllm_version
+        from .vllm import default_dtype, vllm_env, vllm_version
 
         directory = models.hf_dir(model)
         label = str(model) if isinstance(model, str) and "/" not in str(model) else directory.name
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
+        dtype = default_dtype() if dtype == "auto" else dtype
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory),
                "--served-model-name", label, "--max-model-len", str(context), "--dtype", dtype,
                "--max-num-seqs", str(max_num_seqs), "--disable-uvicorn-access-log",

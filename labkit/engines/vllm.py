@@ -54,6 +54,20 @@ def _has_cuda() -> bool:
         return False
 
 
+def default_dtype() -> str:
+    """bfloat16 where the hardware computes in it (GPUs, CPUs with AVX512-BF16 or AMX);
+    float32 on other CPUs, where vLLM emulates bf16 and batched decoding gets ~5x slower
+    (measured on an AVX2-only CPU: 28 vs 136 output tok/s at 32 users)."""
+    if _has_cuda():
+        return "bfloat16"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return "bfloat16"
+    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
 def vllm_env(threads: int | None, kv_cache_gb: float) -> tuple[dict[str, str], int | None, str]:
     """Environment for a vLLM engine: (variables, CPU threads it will use, device).
 
@@ -97,13 +111,14 @@ class VllmEngine(Engine):
     summary = "vllm.LLM in process (continuous batching)"
 
     def __init__(self, model: str = models.DEFAULT_MODEL, *, threads: int | None = None,
-                 context: int = 2048, kv_cache_gb: float = 1, dtype: str = "bfloat16",
+                 context: int = 2048, kv_cache_gb: float = 1, dtype: str = "auto",
                  enforce_eager: bool = True, max_num_seqs: int = 256, seed: int = 0,
                  gpu_memory_utilization: float | None = None, **llm_kwargs: Any):
         super().__init__()
         version = vllm_version()
         directory = models.hf_dir(model)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
+        dtype = default_dtype() if dtype == "auto" else dtype
         kwargs: dict[str, Any] = dict(model=str(directory), max_model_len=context, dtype=dtype,
                                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
                                       seed=seed, **llm_kwargs)

@@ -1,0 +1,148 @@
+"""Benchmarks that print measured ratios (not tests: speed is never asserted).
+
+    .venv/bin/python benchmarks/engines.py [--quick] [--threads N] [--out DIR]
+
+1. labkit single-stream llama.cpp decode tok/s vs `llama-bench` tg on the same GGUF, same
+   build, same threads                                           (target >= 0.90)
+2. labkit in-process vLLM throughput at 32 users vs a bare `LLM.generate` of the same 32
+   prompts on the same LLM                                        (target >= 0.97)
+3. labkit HTTP metrics vs vLLM's own serving benchmark against the same vLLM server and
+   the same prompts: TTFT and TPOT medians                        (target within 5%)
+4. output tok/s per engine at 1 and 32 users: the common-wisdom claim, as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import labkit
+import labkit.environment
+from labkit import workloads
+from labkit.bench import from_llama_bench, from_vllm_bench
+from labkit.llamacpp_tools import tool
+
+OUT_TOKENS = 64
+
+
+def line(name: str, value: float, target: str) -> None:
+    print(f"{name:<62} {value:8.3f}   ({target})", flush=True)
+
+
+def llama_cpp_vs_llama_bench(threads: int) -> dict:
+    gguf = labkit.models.gguf_path("smollm2-135m")
+    r = subprocess.run([str(tool("llama-bench")), "-m", str(gguf), "-t", str(threads), "-p", "0",
+                        "-n", str(OUT_TOKENS), "-r", "3", "-o", "json"], capture_output=True, text=True, check=True)
+    anchor = from_llama_bench(json.loads(r.stdout)).iloc[0]["output_tok_per_s"]
+    with labkit.load("llama.cpp", threads=threads) as llm:
+        llm.generate(["Hello"], max_tokens=8)
+        speeds = []
+        for _ in range(3):
+            g = llm.generate(["Once upon a time"], max_tokens=OUT_TOKENS, ignore_eos=True)[0]
+            # decode rate, as llama-bench's tg measures it: tokens after the first over their time
+            speeds.append((g.n_tokens - 1) / (g.token_times_s[-1] - g.token_times_s[0]))
+    ours = sorted(speeds)[1]
+    line("llama.cpp decode tok/s: labkit / llama-bench tg64", ours / anchor, "target >= 0.90")
+    print(f"    labkit {ours:.1f} tok/s, llama-bench {anchor:.1f} tok/s, {threads} threads")
+    return {"labkit_tok_s": ours, "llama_bench_tok_s": anchor}
+
+
+def vllm_vs_bare_generate(threads: int, users: int) -> dict:
+    from vllm import SamplingParams
+
+    engine = labkit.load("vllm", threads=threads)
+    try:
+        reqs = workloads.synthetic(input_tokens=128, output_tokens=OUT_TOKENS).build(engine, users)
+        prompts = [r.prompt for r in reqs]
+        engine.generate(prompts[:2], max_tokens=8)
+        sp = SamplingParams(max_tokens=OUT_TOKENS, temperature=0, ignore_eos=True)
+        t = time.perf_counter()
+        outs = engine.llm.generate(prompts, sp, use_tqdm=False)
+        bare = sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - t)
+        res = labkit.bench(engine, concurrency=[users], requests_per_level=users, warmup=0,
+                           workload=workloads.prompts(prompts, output_tokens=OUT_TOKENS), progress=False)
+        ours = res.summary.iloc[0]["output_tok_per_s"]
+    finally:
+        engine.close()
+    line(f"vLLM in process, {users} users: labkit bench / bare LLM.generate", ours / bare, "target >= 0.97")
+    print(f"    labkit {ours:.1f} tok/s, LLM.generate {bare:.1f} tok/s")
+    return {"labkit_tok_s": ours, "bare_tok_s": bare}
+
+
+def http_metrics_vs_vllm_bench(threads: int, users: int, n: int) -> dict:
+    with labkit.load("vllm-server", threads=threads) as srv, tempfile.TemporaryDirectory() as tmp:
+        reqs = workloads.synthetic(input_tokens=128, output_tokens=OUT_TOKENS).build(srv, n)
+        data = Path(tmp) / "prompts.jsonl"
+        data.write_text("".join(json.dumps({"prompt": r.prompt, "output_tokens": OUT_TOKENS}) + "\n" for r in reqs))
+        ours = labkit.bench(srv, concurrency=[users], requests_per_level=n, progress=False,
+                            workload=workloads.prompts([r.prompt for r in reqs], output_tokens=OUT_TOKENS)).summary.iloc[0]
+        cmd = [sys.executable, "-c", "import sys; from vllm.benchmarks.serve import add_cli_args, main; "
+               "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; p = P(); add_cli_args(p); "
+               "main(p.parse_args(sys.argv[1:]))",
+               "--backend", "vllm", "--base-url", srv.url[: -len("/v1")], "--endpoint", "/v1/completions",
+               "--model", srv.model, "--tokenizer", srv.info.model_path, "--dataset-name", "custom",
+               "--dataset-path", str(data), "--custom-output-len", str(OUT_TOKENS), "--skip-chat-template",
+               "--num-prompts", str(n), "--max-concurrency", str(users), "--ignore-eos", "--disable-tqdm",
+               "--save-result", "--result-dir", tmp, "--result-filename", "vllm.json",
+               "--percentile-metrics", "ttft,tpot,itl,e2el"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            print("    vllm bench serve failed:", r.stderr[-1500:])
+            return {}
+        theirs = from_vllm_bench(Path(tmp) / "vllm.json").iloc[0]
+    for metric in ("ttft_p50_ms", "tpot_p50_ms"):
+        line(f"vLLM server, {users} users: {metric} labkit / vllm bench serve", ours[metric] / theirs[metric],
+             "target within 0.95..1.05")
+    print(f"    labkit TTFT {ours['ttft_p50_ms']:.1f} ms TPOT {ours['tpot_p50_ms']:.1f} ms; "
+          f"vllm bench TTFT {theirs['ttft_p50_ms']:.1f} ms TPOT {theirs['tpot_p50_ms']:.1f} ms")
+    return {"labkit": ours[["ttft_p50_ms", "tpot_p50_ms"]].to_dict(), "vllm_bench": theirs[["ttft_p50_ms", "tpot_p50_ms"]].to_dict()}
+
+
+def common_wisdom(threads: int, users: int, out: Path | None) -> dict:
+    speeds: dict[str, dict[int, float]] = {}
+    configs = {"llama.cpp": {"threads": threads}, "llama-server": {"threads": threads, "parallel": users},
+               "vllm": {"threads": threads}, "vllm-server": {"threads": threads}}
+    for name, kw in configs.items():
+        levels = [1] if name == "llama.cpp" else [1, users]
+        res = labkit.bench(name, concurrency=levels, requests_per_level=users, progress=False,
+                           workload=workloads.chat(input_tokens=128, output_tokens=OUT_TOKENS),
+                           out=out / name if out else None, **kw)
+        speeds[name] = dict(zip(res.summary["level"], res.summary["output_tok_per_s"], strict=True))
+        print(f"    {name:<13} " + ", ".join(f"{lv} users {v:.1f} tok/s" for lv, v in speeds[name].items()), flush=True)
+    line("output tok/s at 1 user: llama.cpp / vllm", speeds["llama.cpp"][1] / speeds["vllm"][1], "wisdom: > 1")
+    line(f"output tok/s at {users} users: vllm / llama-server", speeds["vllm"][users] / speeds["llama-server"][users], "wisdom: > 1")
+    line(f"output tok/s at {users} users: vllm-server / llama-server",
+         speeds["vllm-server"][users] / speeds["llama-server"][users], "wisdom: > 1")
+    return speeds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--users", type=int, default=32)
+    ap.add_argument("--out", type=Path, help="keep every run's results here")
+    ap.add_argument("--only", help="comma-separated subset: llama-bench,vllm-generate,vllm-serve,wisdom")
+    args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else {"llama-bench", "vllm-generate", "vllm-serve", "wisdom"}
+    results = {"environment": labkit.environment.environment()}
+    if "llama-bench" in only:
+        results["llama_bench"] = llama_cpp_vs_llama_bench(args.threads)
+    if "vllm-generate" in only:
+        results["vllm_generate"] = vllm_vs_bare_generate(args.threads, args.users)
+    if "vllm-serve" in only:
+        results["vllm_serve"] = http_metrics_vs_vllm_bench(args.threads, 8, args.users)
+    if "wisdom" in only:
+        results["wisdom"] = common_wisdom(args.threads, args.users, args.out)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "ratios.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

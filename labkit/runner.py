@@ -1,0 +1,122 @@
+"""Run notebooks headlessly with papermill, and read back what they recorded.
+
+A notebook records a result with :func:`record` (a number, a dict, or a DataFrame); it
+becomes an output with labkit's MIME type in the executed notebook, so tests and reports
+read numbers back with :func:`results` instead of scraping text. :func:`run` executes a
+notebook on the project's kernel with the notebook's folder as working directory and writes a
+run folder: the executed notebook, an offline HTML export, ``results.json`` and the
+environment manifest. A failing cell raises :class:`~labkit.errors.NotebookError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .environment import environment
+from .errors import InvalidInput, NotebookError
+
+MIME = "application/vnd.labkit.record+json"
+KERNEL = "labkit"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, pd.DataFrame):
+        return {"__frame__": json.loads(value.to_json(orient="split", default_handler=str))}
+    if hasattr(value, "to_frame") and not isinstance(value, pd.Series):
+        return _jsonable(value.to_frame())
+    if isinstance(value, pd.Series):
+        return _jsonable(value.to_frame())
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _restore(value: Any) -> Any:
+    if isinstance(value, dict) and "__frame__" in value:
+        f = value["__frame__"]
+        return pd.DataFrame(f["data"], index=f["index"], columns=f["columns"])
+    if isinstance(value, dict):
+        return {k: _restore(v) for k, v in value.items()}
+    return value
+
+
+def record(name: str, value: Any) -> None:
+    """Record a named result in the running notebook (shown as a small line of text)."""
+    from IPython.display import display
+
+    payload = {"name": name, "value": _jsonable(value)}
+    shown = f"recorded {name!r}" + (f": {value}" if isinstance(value, int | float | str) else "")
+    display({MIME: payload, "text/plain": shown}, raw=True)
+
+
+def results(path: str | Path) -> dict[str, Any]:
+    """Every value a notebook recorded, by name (the last one wins), from an executed .ipynb."""
+    nb = json.loads(Path(path).read_text())
+    out: dict[str, Any] = {}
+    for cell in nb.get("cells", []):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if MIME in data:
+                out[data[MIME]["name"]] = _restore(data[MIME]["value"])
+    return out
+
+
+def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str | Path | None = None,
+        kernel: str = KERNEL, timeout_s: int = 1800) -> Path:
+    """Execute ``notebook`` and return its run folder (executed .ipynb, .html, results.json)."""
+    import papermill as pm
+
+    nb_path = Path(notebook).resolve()
+    if not nb_path.exists():
+        raise InvalidInput(f"No notebook at {nb_path}.")
+    folder = Path(out) if out else Path("runs") / f"{nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    executed = folder / nb_path.name
+    manifest = {"notebook": str(nb_path), "parameters": parameters or {}, "environment": environment(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    try:
+        pm.execute_notebook(str(nb_path), str(executed), parameters=parameters or {}, kernel_name=kernel,
+                            cwd=str(nb_path.parent), progress_bar=False, execution_timeout=timeout_s,
+                            log_output=False)
+    except pm.PapermillExecutionError as e:
+        raise NotebookError(nb_path.name, e.cell_index,
+                            e.ename, e.evalue, str(executed)) from None
+    (folder / "results.json").write_text(json.dumps(_jsonable(results(executed)), indent=2, default=str))
+    _export_html(executed, folder / (nb_path.stem + ".html"))
+    return folder
+
+
+def _export_html(executed: Path, target: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(executed), as_version=4)
+    # Figures are stored as plotly JSON (small notebooks); the report draws them with one
+    # inlined copy of plotly.js, so it opens offline.
+    n_figures = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            fig = output.get("data", {}).get("application/vnd.plotly.v1+json")
+            if fig is not None:
+                div = f"labkit-figure-{n_figures}"
+                output["data"]["text/html"] = (
+                    f"<div id='{div}' style='height:420px'></div><script>Plotly.newPlot('{div}', "
+                    f"{json.dumps(fig.get('data', []))}, {json.dumps(fig.get('layout', {}))});</script>")
+                n_figures += 1
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    if n_figures:
+        from plotly.offline import get_plotlyjs
+
+        body = body.replace("<head>", f"<head><script>{get_plotlyjs()}</script>", 1)
+    target.write_text(body)

@@ -1,0 +1,158 @@
+"""The load generator, metrics, memory timeline and results on disk, with real engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import labkit
+from labkit import workloads
+from labkit.bench import BenchResult, from_llama_bench, from_vllm_bench
+from labkit.errors import EngineError, InvalidInput
+
+from .conftest import MODEL
+
+SMALL = workloads.synthetic(input_tokens=32, output_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def llama_run(llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return labkit.bench(llama, concurrency=[1, 2], requests_per_level=3, workload=SMALL, out=out,
+                        progress=False), out
+
+
+def test_workload_has_exact_input_lengths_and_is_seeded(llama):
+    a = workloads.synthetic(input_tokens=64, output_tokens=8, seed=3).build(llama, 4)
+    b = workloads.synthetic(input_tokens=64, output_tokens=8, seed=3).build(llama, 4)
+    assert [r.prompt for r in a] == [r.prompt for r in b]
+    assert all(len(llama.tokenize(r.prompt)) == 64 for r in a)
+    c = workloads.chat(input_tokens=96, output_tokens=8).build(llama, 3)
+    assert all(len(llama.tokenize(r.prompt, chat=True)) == 96 for r in c)
+
+
+def test_summary_token_counts_equal_the_request_rows(llama_run):
+    res, _ = llama_run
+    req, summ = res.requests, res.summary
+    assert len(req) == 6 and req["error"].isna().all()
+    assert (req["output_tokens"] == 8).all()  # ignore_eos gives fixed output lengths
+    for _, row in summ.iterrows():
+        rows = req[req["level"] == row["level"]]
+        assert row["output_tokens"] == rows["output_tokens"].sum()
+        assert row["input_tokens"] == rows["input_tokens"].sum() == 32 * len(rows)
+
+
+def test_tpot_and_itl_follow_from_the_token_times(llama_run):
+    res, _ = llama_run
+    for _, r in res.requests.iterrows():
+        itl = r["itl_s"]
+        assert len(itl) == r["output_tokens"] - 1
+        # TTFT + all gaps = time of the last token, which is at most E2E
+        assert r["ttft_s"] + sum(itl) <= r["e2e_s"] + 1e-6
+        assert r["tpot_s"] == pytest.approx((r["e2e_s"] - r["ttft_s"]) / (r["output_tokens"] - 1))
+    all_itl = [g for lst in res.requests["itl_s"] for g in lst]
+    s = res.summary.iloc[0]
+    assert s["itl_p50_ms"] > 0 and np.isfinite(s["tpot_p50_ms"])
+    assert min(all_itl) > 0
+
+
+def test_memory_timeline_covers_every_phase(llama_run):
+    res, _ = llama_run
+    phases = set(res.memory["phase"])
+    assert {"warm-up", "concurrency 1", "concurrency 2"} <= phases
+    assert (res.memory_peaks()["rss_bytes"] > 0).all()
+    assert "vram_used_bytes" not in res.memory.columns  # no GPU here: absent, not zero
+
+
+def test_results_round_trip_and_carry_their_environment(llama_run):
+    res, out = llama_run
+    back = BenchResult.load(out)
+    assert len(back.requests) == len(res.requests)
+    assert back.summary["output_tokens"].tolist() == res.summary["output_tokens"].tolist()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["engine"]["engine"] == "llama.cpp" and m["engine"]["model_sha256"]
+    assert m["environment"]["libraries"]["llama-cpp-python"]
+    assert "one sequence at a time" in " ".join(m["caveats"])
+    assert "<table" in res._repr_html_()
+
+
+def test_bench_loads_by_name_and_records_the_load_phase():
+    res = labkit.bench("llama-server", model=MODEL, threads=1, context=256, concurrency=[1],
+                       requests_per_level=2, workload=SMALL, progress=False)
+    assert "load" in set(res.memory["phase"])
+    assert res.memory[res.memory["phase"] == "load"]["rss_bytes"].max() > 0
+    assert res.kv["kv_capacity_tokens"].max() > 0  # llama-server's own account
+
+
+def test_more_users_more_throughput_on_vllm_server(vllm_server):
+    res = labkit.bench(vllm_server, concurrency=[1, 8], requests_per_level=8,
+                       workload=workloads.synthetic(input_tokens=32, output_tokens=16), progress=False)
+    s = res.summary.set_index("level")
+    assert s.loc[8, "output_tok_per_s"] > s.loc[1, "output_tok_per_s"]
+    print(f"vllm-server output tok/s: 1 user {s.loc[1, 'output_tok_per_s']:.1f}, "
+          f"8 users {s.loc[8, 'output_tok_per_s']:.1f}")
+    assert "kv_used_fraction" in res.kv.columns
+
+
+def test_server_killed_midway_keeps_finished_rows_and_marks_failures(tmp_path):
+    srv = labkit.load("llama-server", model=MODEL, threads=1, context=256)
+    try:
+        def kill_after_first_level(partial):
+            os.killpg(srv.process.pgid, signal.SIGKILL)
+
+        res = labkit.bench(srv, concurrency=[1, 2], requests_per_level=3, workload=SMALL,
+                           out=tmp_path, progress=False, on_level_done=kill_after_first_level)
+    finally:
+        srv.close()
+    rows = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    first = [r for r in rows if r["level"] == 1]
+    second = [r for r in rows if r["level"] == 2]
+    assert len(first) == 3 and all(r["error"] is None and r["output_tokens"] == 8 for r in first)
+    assert len(second) == 3 and all(r["error"] for r in second)
+    s = res.summary.set_index("level")
+    assert s.loc[1, "completed"] == 3 and s.loc[2, "errors"] == 3
+
+
+def test_bad_input_fails_before_any_load(llama):
+    for kwargs in ({"concurrency": [0]}, {"concurrency": [-2]}, {"rate": [0]},
+                   {"requests_per_level": 0}):
+        with pytest.raises(InvalidInput):
+            labkit.bench(llama, progress=False, **kwargs)
+    with pytest.raises(InvalidInput, match="output_tokens"):
+        workloads.chat(output_tokens=0)
+    with pytest.raises(InvalidInput, match="no prompts"):
+        workloads.prompts([])
+    closed = labkit.load("llama.cpp", model=MODEL, threads=1, context=256)
+    closed.close()
+    with pytest.raises(EngineError, match="closed"):
+        labkit.bench(closed, progress=False)
+
+
+def test_unreachable_server_fails_before_the_sweep():
+    srv = labkit.load("llama-server", model=MODEL, threads=1, context=256)
+    srv.process.stop()
+    try:
+        with pytest.raises(EngineError, match="Cannot reach"):
+            labkit.bench(srv, concurrency=[1], progress=False)
+    finally:
+        srv.close()
+
+
+def test_poisson_rate_mode(llama_server):
+    res = labkit.bench(llama_server, rate=[4], duration_s=2, workload=SMALL, progress=False, seed=1)
+    s = res.summary.iloc[0]
+    assert s["mode"] == "rate" and s["completed"] >= 1 and s["errors"] == 0
+
+
+def test_imports_of_other_tools_results():
+    vb = from_vllm_bench({"backend": "vllm", "max_concurrency": 8, "completed": 32,
+                          "duration": 10.0, "request_throughput": 3.2, "output_throughput": 204.8,
+                          "median_ttft_ms": 120.0, "median_tpot_ms": 30.0, "p99_ttft_ms": 300.0})
+    assert vb.loc[0, "level"] == 8 and vb.loc[0, "ttft_p50_ms"] == 120.0
+    lb = from_llama_bench([{"n_prompt": 0, "n_gen": 64, "avg_ts": 173.2, "n_threads": 2},
+                           {"n_prompt": 512, "n_gen": 0, "avg_ts": 900.0, "n_threads": 2}])
+    assert lb.loc[0, "output_tok_per_s"] == 173.2 and lb.loc[1, "test"] == "pp512"

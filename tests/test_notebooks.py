@@ -1,0 +1,83 @@
+"""Every notebook runs headlessly under papermill, and its recorded numbers are checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from labkit.errors import NotebookError
+from labkit.runner import results, run
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_are_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "labkit"
+    assert "parameters" in nb.cells[0].metadata.get("tags", [])
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, "outputs committed"
+    assert any(c.cell_type == "markdown" for c in nb.cells)
+
+
+def _run(name: str, tmp_path: Path, **params) -> tuple[Path, dict]:
+    folder = run(Path(__file__).parent.parent / "notebooks" / f"{name}.ipynb", params, out=tmp_path / name)
+    executed = folder / f"{name}.ipynb"
+    assert (folder / f"{name}.html").stat().st_size > 1000
+    assert json.loads((folder / "manifest.json").read_text())["environment"]["libraries"]["labkit"]
+    # executed notebooks stay small: figures are data, not a copy of plotly.js each
+    assert executed.stat().st_size < 2_000_000
+    return folder, results(executed)
+
+
+def test_01_quickstart(tmp_path):
+    _, r = _run("01-quickstart", tmp_path, MAX_TOKENS=16)
+    assert r["texts"]["llama.cpp"] and r["texts"]["vllm"]
+    assert r["ttft_ms"]["llama.cpp"] > 0 and isinstance(r["identical"], bool)
+
+
+def test_02_compare_outputs(tmp_path):
+    _, r = _run("02-compare-outputs", tmp_path, MAX_TOKENS=16)
+    assert r["prompt_ids_identical"] is True
+    parity = r["parity"].set_index("engine")
+    assert parity.loc["vllm", "top1_agreement"] > 0.8
+    assert len(r["table"]) == 6
+
+
+def test_03_throughput_and_latency(tmp_path):
+    _, r = _run("03-throughput-and-latency", tmp_path, REQUESTS=4, OUTPUT_TOKENS=8)
+    s = r["summary"]
+    assert set(s["engine"]) == {"llama.cpp", "llama-server", "vllm", "vllm-server"}
+    assert (s["errors"] == 0).all() and (s["output_tok_per_s"] > 0).all()
+
+
+def test_04_memory_and_quantization(tmp_path):
+    _, r = _run("04-memory-and-quantization", tmp_path, QUANTS=["Q8_0", "Q2_K"], CHUNKS=1, USERS=2)
+    ladder = r["ladder"].set_index("quant")
+    assert ladder.loc["Q8_0", "mean_kld"] < ladder.loc["Q2_K", "mean_kld"]
+    assert all(v > 0 for v in r["peak_pss_gib"].values())
+
+
+def test_05_which_engine(tmp_path):
+    _, r = _run("05-which-engine", tmp_path, USERS=4, REQUESTS=4, OUTPUT_TOKENS=8)
+    v = r["verdict"]
+    assert len(v) == 8
+    assert v["measured here"].str.contains(r"\d").all()  # a number in every row
+    assert set(v["claim holds here"]) <= {"yes", "no", "n/a"}
+    assert "users" in r["recommendation"]
+
+
+def test_a_failing_cell_names_the_cell(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("1 / 0")]
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(NotebookError, match="cell 1 raised ZeroDivisionError") as err:
+        run(path, out=tmp_path / "out")
+    assert Path(err.value.output_path).exists()
