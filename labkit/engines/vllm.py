@@ -270,15 +270,18 @@ class VllmEngine(Engine):
             out.append(assemble(self.name, prompt, tokens, tokens[-1].t_s, started, ids))
         return out
 
-    def _drain(self, pending: _Pending) -> Iterator[Token]:
+    def _items(self, pending: _Pending) -> Iterator[Any]:
+        """Everything the loop sends for one request, until it is done; errors are raised."""
         while True:
             item = pending.out.get()
             if item is _DONE:
                 return
             if isinstance(item, Exception):
                 raise item
-            if isinstance(item, Token):
-                yield item
+            yield item
+
+    def _drain(self, pending: _Pending) -> Iterator[Token]:
+        return (item for item in self._items(pending) if isinstance(item, Token))
 
     def score(self, prompt_ids: list[int], continuation_ids: list[int], k: int = 20) -> list[dict[int, float]]:
         """Teacher forcing: top-k logprobs (always including the forced token) at each
@@ -287,15 +290,8 @@ class VllmEngine(Engine):
         ids = list(prompt_ids) + list(continuation_ids)
         params = SamplingParams(max_tokens=1)
         pending = self._submit(ids, self._sampling(params, len(ids), prompt_logprobs=k), time.perf_counter())
-        plp = None
-        while True:
-            item = pending.out.get()
-            if item is _DONE:
-                break
-            if isinstance(item, Exception):
-                raise item
-            if isinstance(item, tuple) and item[0] == "prompt_logprobs":
-                plp = item[1]
+        plp = next((item[1] for item in self._items(pending)
+                    if isinstance(item, tuple) and item[0] == "prompt_logprobs"), None)
         if plp is None:
             raise EngineError("vLLM returned no prompt logprobs.")
         start = len(prompt_ids)
