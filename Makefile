@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.labkit-installed
 ENV_FILE ?= environments/cpu.txt
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean browser
 
 setup: $(STAMP)
 	@# Cached outside the checkout (~/.cache/labkit), keyed by version: quick when built.
@@ -26,8 +26,14 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	$(BIN)/python -m ipykernel install --sys-prefix --name labkit --display-name "Python (labkit)"
 	touch $(STAMP)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
+
+# The browser test drives Debian's chromium (Playwright downloads no browser here). Where it
+# cannot be installed the test is skipped, and says so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "chromium not installed: the browser test will be skipped"; }
 
 demo: setup
 	$(BIN)/labkit run notebooks/05-which-engine.ipynb --out reports/demo

@@ -37,10 +37,12 @@ def line(name: str, value: float, target: str) -> None:
 
 def llama_cpp_vs_llama_bench(threads: int) -> dict:
     gguf = labkit.models.gguf_path("smollm2-135m")
+    # Same settings on both sides: threads and flash attention (llama-bench's default is auto).
     r = subprocess.run([str(tool("llama-bench")), "-m", str(gguf), "-t", str(threads), "-p", "0",
-                        "-n", str(OUT_TOKENS), "-r", "3", "-o", "json"], capture_output=True, text=True, check=True)
+                        "-n", str(OUT_TOKENS), "-r", "3", "-fa", "1", "-o", "json"],
+                       capture_output=True, text=True, check=True)
     anchor = from_llama_bench(json.loads(r.stdout)).iloc[0]["output_tok_per_s"]
-    with labkit.load("llama.cpp", threads=threads) as llm:
+    with labkit.load("llama.cpp", threads=threads, flash_attn=True) as llm:
         llm.generate(["Hello"], max_tokens=8)
         speeds = []
         for _ in range(3):

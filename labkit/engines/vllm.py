@@ -126,6 +126,8 @@ class VllmEngine(Engine):
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         before_children = {c.pid for c in psutil.Process().children()}
         self._baseline = self_memory()
+        # vLLM logs every step of its start at INFO; in a notebook that buries the output.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # read while the engine core starts; restored right after
         try:

@@ -68,7 +68,10 @@ class ModelLoader(w.VBox):
     """Pick an engine, a model and the engine's main options; Load / Unload. ``.engine`` is
     the loaded engine (or None)."""
 
-    def __init__(self, engine: str = "llama.cpp", model: str = models.DEFAULT_MODEL, **kwargs: Any):
+    def __init__(self, engine: str | Engine = "llama.cpp", model: str = models.DEFAULT_MODEL, **kwargs: Any):
+        attached = engine if isinstance(engine, Engine) else None
+        if attached is not None:  # show an engine loaded in code, so the panel can unload it
+            engine, model = attached.name, attached.info.model
         choices = [e.name for e in models.list_models() if e.path] or [model]
         self.engine_name = w.Dropdown(options=[e for e in ENGINES if e != "openai"], value=engine,
                                       description="engine")
@@ -91,6 +94,18 @@ class ModelLoader(w.VBox):
         super().__init__([w.HBox([self.engine_name, self.model]), w.HBox([self.threads, self.context]),
                           w.HBox([self.parallel, self.gpu]),
                           w.HBox([self.load_button, self.unload_button, self.progress]), self.status], **kwargs)
+        if attached is not None:
+            self._loaded(attached)
+
+    def _loaded(self, engine: Engine) -> None:
+        self.engine = engine
+        LOADED[f"{engine.name}: {engine.info.model}"] = engine
+        self.progress.value, self.progress.bar_style = 1, "success"
+        info = engine.info
+        self._worker.show(f"loaded: {info.engine} ({info.engine_version}), {info.model}, "
+                          f"threads {info.threads}, device {info.device}", "#080")
+        self.unload_button.disabled = False
+        self.load_button.disabled = False
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments this panel passes to :func:`labkit.load`."""
@@ -111,23 +126,13 @@ class ModelLoader(w.VBox):
         self.progress.bar_style, self.progress.value = "info", 0
         self._worker.show(f"loading {kw['model']} in {name}…")
 
-        def done(engine: Engine) -> None:
-            self.engine = engine
-            LOADED[f"{name}: {kw['model']}"] = engine
-            self.progress.value, self.progress.bar_style = 1, "success"
-            info = engine.info
-            self._worker.show(f"loaded: {info.engine} ({info.engine_version}), {info.model}, "
-                              f"threads {info.threads}, device {info.device}", "#080")
-            self.unload_button.disabled = False
-            self.load_button.disabled = False
-
         def job() -> Engine:
             try:
                 return load(name, **kw)
             finally:
                 self.load_button.disabled = False
 
-        self._worker.start(job, done)
+        self._worker.start(job, self._loaded)
 
     def unload(self) -> None:
         if self.engine is not None:
