@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import difflib
 import html
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -358,7 +357,3 @@ def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, 
              f"KLD over {len(windows)} chunks of {chunk_tokens} tokens of the reference text, top-{k} "
              "approximation (see labkit.compare)."]
     return QuantLadder(rows, "F16", notes)
-
-
-def _now() -> float:
-    return time.perf_counter()

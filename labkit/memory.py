@@ -223,8 +223,12 @@ class MemorySampler:
 
     def peaks(self) -> pd.DataFrame:
         """Peak of every memory column per phase."""
-        df = self.frame()
-        if df.empty:
-            return df
-        cols = [c for c in df.columns if c.endswith("_bytes")]
-        return df.groupby("phase", sort=False)[cols].max().reset_index()
+        return phase_peaks(self.frame())
+
+
+def phase_peaks(timeline: pd.DataFrame) -> pd.DataFrame:
+    """Peak of every ``*_bytes`` column of a memory timeline, per phase."""
+    if timeline.empty:
+        return pd.DataFrame()
+    cols = [c for c in timeline.columns if c.endswith("_bytes")]
+    return timeline.groupby("phase", sort=False)[cols].max().reset_index()

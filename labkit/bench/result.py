@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..memory import phase_peaks
 from .metrics import summarize
 
 REQUEST_COLUMNS = ["mode", "level", "index", "start_s", "started_at", "ttft_s", "tpot_s", "itl_s",
@@ -86,10 +87,7 @@ class BenchResult:
         return s
 
     def memory_peaks(self) -> pd.DataFrame:
-        if self.memory.empty:
-            return pd.DataFrame()
-        cols = [c for c in self.memory.columns if c.endswith("_bytes")]
-        return self.memory.groupby("phase", sort=False)[cols].max().reset_index()
+        return phase_peaks(self.memory)
 
     def to_frame(self) -> pd.DataFrame:
         return self.summary

@@ -71,7 +71,6 @@ class _Sweep:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.origin = time.perf_counter()
-        self.on_level_done: Callable[[pd.DataFrame], None] | None = None
 
     def record(self, row: dict[str, Any]) -> None:
         with self.lock:

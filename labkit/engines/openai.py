@@ -132,7 +132,6 @@ class OpenAIEngine(Engine):
                 if r.status_code >= 400:
                     r.read()
                     _raise_http(url, r.status_code, r.text)
-                finish = None
                 for line in r.iter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -143,9 +142,7 @@ class OpenAIEngine(Engine):
                     chunk = json.loads(data)
                     if "error" in chunk:
                         raise EngineError(f"{url} reported an error mid-stream: {chunk['error']}")
-                    for tok in _chunk_tokens(chunk, chat, now):
-                        finish = tok.finish_reason or finish
-                        yield tok
+                    yield from _chunk_tokens(chunk, chat, now)
         except httpx.HTTPError as e:
             raise EngineError(f"Request to {url} failed ({type(e).__name__}: {e}).") from e
 
