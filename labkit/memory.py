@@ -9,6 +9,13 @@ What counts as "the engine":
 RSS double-counts pages shared between processes (torch's libraries in every vLLM process)
 and USS leaves them out; PSS shares them fairly, so ``pss_bytes`` is the number to add up.
 Without a GPU there are no VRAM columns at all (absent, not zero).
+
+RSS is a counter the kernel keeps; USS and PSS are not: the kernel walks every page table of
+the process to compute them, which took 80 ms for in-process vLLM's tree on a 2-core CPU.
+Sampled every 100 ms, that walk alone took most of a core from the engine being measured
+(labkit's vLLM throughput dropped by a third). So the sampler reads RSS every interval and
+USS/PSS only as often as a CPU budget allows (1% of one core by default), plus at every
+phase edge; between those readings the USS/PSS cells are empty (NaN).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from typing import Any, Protocol
 
 import pandas as pd
 import psutil
+
+from .errors import InvalidInput
 
 GiB = 1024**3
 
@@ -83,13 +92,15 @@ def gpu_name() -> str | None:
 @dataclass
 class TreeMemory:
     rss_bytes: int
-    uss_bytes: int
-    pss_bytes: int
+    uss_bytes: int | None  # None when only RSS was read (detail=False)
+    pss_bytes: int | None
     n_processes: int
     pids: set[int] = field(default_factory=set)
 
 
-def _own(p: psutil.Process) -> tuple[int, int, int]:
+def _own(p: psutil.Process, detail: bool = True) -> tuple[int, int | None, int | None]:
+    if not detail:
+        return p.memory_info().rss, None, None
     try:
         m = p.memory_full_info()
         return m.rss, m.uss, getattr(m, "pss", m.uss)
@@ -98,8 +109,12 @@ def _own(p: psutil.Process) -> tuple[int, int, int]:
         return m.rss, m.rss, m.rss
 
 
-def tree_memory(roots: list[psutil.Process]) -> TreeMemory:
-    """Sum of RSS / USS / PSS over ``roots`` and all their descendants."""
+def _add(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b
+
+
+def descendants(roots: list[psutil.Process]) -> list[psutil.Process]:
+    """``roots`` and all their descendants that are alive (each process once)."""
     seen: dict[int, psutil.Process] = {}
     for root in roots:
         try:
@@ -107,19 +122,52 @@ def tree_memory(roots: list[psutil.Process]) -> TreeMemory:
                 seen.setdefault(p.pid, p)
         except psutil.NoSuchProcess:
             continue
-    rss = uss = pss = 0
-    for p in seen.values():
+    return list(seen.values())
+
+
+def tree_memory(roots: list[psutil.Process], detail: bool = True,
+                processes: list[psutil.Process] | None = None) -> TreeMemory:
+    """Sum of RSS / USS / PSS over ``roots`` and all their descendants (RSS only, with USS
+    and PSS None, when ``detail`` is False: see the module docstring for why).
+    ``processes``: the tree already found by :func:`descendants`."""
+    members = descendants(roots) if processes is None else processes
+    rss = 0
+    uss = pss = 0 if detail else None
+    pids = set()
+    for p in members:
         try:
-            r, u, s = _own(p)
+            r, u, s = _own(p, detail)
         except psutil.NoSuchProcess:
             continue
-        rss, uss, pss = rss + r, uss + u, pss + s
-    return TreeMemory(rss, uss, pss, len(seen), set(seen))
+        rss, uss, pss = rss + r, _add(uss, u), _add(pss, s)
+        pids.add(p.pid)
+    return TreeMemory(rss, uss, pss, len(pids), pids)
 
 
-def self_memory() -> tuple[int, int, int]:
+def self_memory(detail: bool = True) -> tuple[int, int | None, int | None]:
     """(rss, uss, pss) of this process alone."""
-    return _own(psutil.Process(os.getpid()))
+    return _own(psutil.Process(os.getpid()), detail)
+
+
+def new_children(before: set[int]) -> list[psutil.Process]:
+    """Children of this process that were not in ``before`` (a set of pids), leaving out
+    multiprocessing's resource tracker: one per Python process, shared by whatever in it
+    uses multiprocessing, so it belongs to no engine."""
+    found = []
+    for c in psutil.Process().children():
+        if c.pid in before:
+            continue
+        try:
+            if "resource_tracker" in " ".join(c.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        found.append(c)
+    return found
+
+
+def child_pids() -> set[int]:
+    return {c.pid for c in psutil.Process().children()}
 
 
 @dataclass
@@ -128,20 +176,41 @@ class EngineMemory:
 
     roots: list[psutil.Process] = field(default_factory=list)  # child trees that are the engine
     self_baseline: tuple[int, int, int] | None = None  # this process before the engine loaded
+    #: How long a found process tree is reused. Finding it scans all of /proc (3 ms per root
+    #: here), which every 100 ms would cost more than reading the memory itself.
+    tree_max_age_s: float = 1.0
+    _tree: tuple[float, tuple[int, ...], list[psutil.Process]] | None = field(default=None, repr=False)
 
-    def measure(self) -> TreeMemory:
-        tree = tree_memory(self.roots)
+    def processes(self) -> list[psutil.Process]:
+        """The engine's process tree, found again when older than ``tree_max_age_s`` or when
+        the roots changed."""
+        key = tuple(r.pid for r in self.roots)
+        now = time.monotonic()
+        if self._tree is None or self._tree[1] != key or now - self._tree[0] > self.tree_max_age_s:
+            self._tree = (now, key, descendants(self.roots))
+        return self._tree[2]
+
+    def measure(self, detail: bool = True) -> TreeMemory:
+        tree = tree_memory(self.roots, detail, self.processes())
         if self.self_baseline is None:
             return tree
-        r, u, s = self_memory()
+        r, u, s = self_memory(detail)
         br, bu, bs = self.self_baseline
-        return TreeMemory(tree.rss_bytes + max(0, r - br), tree.uss_bytes + max(0, u - bu),
-                          tree.pss_bytes + max(0, s - bs), tree.n_processes + 1,
+
+        def grown(now: int | None, base: int | None) -> int | None:
+            return None if now is None or base is None else max(0, now - base)
+
+        return TreeMemory(tree.rss_bytes + max(0, r - br), _add(tree.uss_bytes, grown(u, bu)),
+                          _add(tree.pss_bytes, grown(s, bs)), tree.n_processes + 1,
                           tree.pids | {os.getpid()})
 
 
 class MemorySampler:
     """Samples an engine's memory every ``interval_s`` on a background thread, by phase.
+
+    RSS is read at every sample; USS and PSS at the start and end of every phase and
+    otherwise as often as ``cpu_budget`` (the fraction of one core the page-table walks may
+    take) allows. Rows without them hold NaN there.
 
     >>> sampler = MemorySampler(engine.memory_scope())
     >>> with sampler.running():
@@ -151,9 +220,15 @@ class MemorySampler:
     """
 
     def __init__(self, scope: EngineMemory, interval_s: float = 0.1,
-                 device: DeviceMemory | None | bool = True):
+                 device: DeviceMemory | None | bool = True, cpu_budget: float = 0.01):
+        if interval_s <= 0:
+            raise InvalidInput(f"interval_s must be positive (seconds), got {interval_s}.")
+        if not 0 < cpu_budget <= 1:
+            raise InvalidInput(f"cpu_budget is a fraction of one core in (0, 1], got {cpu_budget}.")
         self.scope = scope
         self.interval_s = interval_s
+        self.cpu_budget = cpu_budget
+        self._next_detail = 0.0
         self.device = nvml() if device is True else (device or None)
         self._phase = "idle"
         self._rows: list[dict[str, Any]] = []
@@ -162,11 +237,22 @@ class MemorySampler:
         self._t0 = time.perf_counter()
         self._lock = threading.Lock()
 
-    def sample(self) -> dict[str, Any]:
-        m = self.scope.measure()
-        row: dict[str, Any] = {"t_s": time.perf_counter() - self._t0, "phase": self._phase,
-                               "rss_bytes": m.rss_bytes, "uss_bytes": m.uss_bytes,
-                               "pss_bytes": m.pss_bytes, "n_processes": m.n_processes}
+    def sample(self, detail: bool | None = None) -> dict[str, Any]:
+        """Take one sample now; ``detail`` forces (True) or skips (False) USS and PSS, else
+        the CPU budget decides."""
+        began = time.perf_counter()
+        if detail is None:
+            detail = began >= self._next_detail
+        m = self.scope.measure(detail)
+        if detail:
+            # Wait long enough that this walk's cost stays within the budget.
+            self._next_detail = began + (time.perf_counter() - began) / self.cpu_budget
+        nan = float("nan")
+        row: dict[str, Any] = {"t_s": began - self._t0, "phase": self._phase,
+                               "rss_bytes": m.rss_bytes,
+                               "uss_bytes": nan if m.uss_bytes is None else m.uss_bytes,
+                               "pss_bytes": nan if m.pss_bytes is None else m.pss_bytes,
+                               "n_processes": m.n_processes}
         if self.device is not None:
             row["vram_used_bytes"] = self.device.used_bytes()
             row["vram_process_bytes"] = self.device.process_bytes(m.pids)
@@ -183,7 +269,7 @@ class MemorySampler:
 
     def start(self) -> MemorySampler:
         self._stop.clear()
-        self.sample()
+        self.sample(detail=True)
         self._thread = threading.Thread(target=self._run, name="labkit-memory", daemon=True)
         self._thread.start()
         return self
@@ -193,7 +279,7 @@ class MemorySampler:
         if self._thread:
             self._thread.join(timeout=5)
         try:
-            self.sample()
+            self.sample(detail=True)
         except Exception:
             pass
 
@@ -210,11 +296,11 @@ class MemorySampler:
         """Mark samples taken inside the block with ``name`` (one sample at each edge)."""
         previous = self._phase
         self._phase = name
-        self.sample()
+        self.sample(detail=True)
         try:
             yield
         finally:
-            self.sample()
+            self.sample(detail=True)
             self._phase = previous
 
     def frame(self) -> pd.DataFrame:

