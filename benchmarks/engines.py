@@ -1,6 +1,6 @@
 """Benchmarks that print measured ratios (not tests: speed is never asserted).
 
-    .venv/bin/python benchmarks/engines.py [--quick] [--threads N] [--out DIR]
+    .venv/bin/python benchmarks/engines.py [--only PARTS] [--threads N] [--rounds R] [--out DIR]
 
 1. labkit single-stream llama.cpp decode tok/s vs `llama-bench` tg on the same GGUF, same
    build, same threads                                           (target >= 0.90)
@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 import labkit
 import labkit.environment
@@ -55,69 +58,114 @@ def llama_cpp_vs_llama_bench(threads: int) -> dict:
     return {"labkit_tok_s": ours, "llama_bench_tok_s": anchor}
 
 
-def vllm_vs_bare_generate(threads: int, users: int) -> dict:
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def vllm_vs_bare_generate(threads: int, users: int, rounds: int) -> dict:
+    """Both sides on the same LLM and prompts, interleaved round by round so that drift of
+    a shared machine hits both alike; the ratio is of the medians over rounds."""
     from vllm import SamplingParams
 
     engine = labkit.load("vllm", threads=threads)
     try:
         reqs = workloads.synthetic(input_tokens=128, output_tokens=OUT_TOKENS).build(engine, users)
         prompts = [r.prompt for r in reqs]
-        engine.generate(prompts[:2], max_tokens=8)
         sp = SamplingParams(max_tokens=OUT_TOKENS, temperature=0, ignore_eos=True)
-        t = time.perf_counter()
-        outs = engine.llm.generate(prompts, sp, use_tqdm=False)
-        bare = sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - t)
-        res = labkit.bench(engine, concurrency=[users], requests_per_level=users, warmup=0,
-                           workload=workloads.prompts(prompts, output_tokens=OUT_TOKENS), progress=False)
-        ours = res.summary.iloc[0]["output_tok_per_s"]
+        workload = workloads.prompts(prompts, output_tokens=OUT_TOKENS)
+
+        def bare() -> float:
+            t = time.perf_counter()
+            outs = engine.llm.generate(prompts, sp, use_tqdm=False)
+            return sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - t)
+
+        def ours() -> float:
+            res = labkit.bench(engine, concurrency=[users], requests_per_level=users, warmup=0,
+                               workload=workload, progress=False)
+            return float(res.summary.iloc[0]["output_tok_per_s"])
+
+        bare(), ours()  # warm-up: first batches of this shape
+        b, o = [], []
+        for _ in range(rounds):
+            b.append(bare())
+            o.append(ours())
     finally:
         engine.close()
-    line(f"vLLM in process, {users} users: labkit bench / bare LLM.generate", ours / bare, "target >= 0.97")
-    print(f"    labkit {ours:.1f} tok/s, LLM.generate {bare:.1f} tok/s")
-    return {"labkit_tok_s": ours, "bare_tok_s": bare}
+    line(f"vLLM in process, {users} users: labkit bench / bare LLM.generate", _median(o) / _median(b),
+         "target >= 0.97")
+    print(f"    labkit {_fmt(o)} tok/s; LLM.generate {_fmt(b)} tok/s ({rounds} interleaved rounds)")
+    return {"labkit_tok_s": o, "bare_tok_s": b}
 
 
-def http_metrics_vs_vllm_bench(threads: int, users: int, n: int) -> dict:
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
+def _vllm_bench_serve(srv, data: Path, tmp: str, users: int, n: int) -> dict:
+    cmd = [sys.executable, "-c", "import sys; from vllm.benchmarks.serve import add_cli_args, main; "
+           "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; p = P(); add_cli_args(p); "
+           "main(p.parse_args(sys.argv[1:]))",
+           "--backend", "vllm", "--base-url", srv.url[: -len("/v1")], "--endpoint", "/v1/completions",
+           "--model", srv.model, "--tokenizer", srv.info.model_path, "--dataset-name", "custom",
+           "--dataset-path", str(data), "--custom-output-len", str(OUT_TOKENS), "--skip-chat-template",
+           "--num-prompts", str(n), "--max-concurrency", str(users), "--ignore-eos", "--disable-tqdm",
+           "--save-result", "--result-dir", tmp, "--result-filename", "vllm.json",
+           "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-detailed"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("vllm bench serve failed: " + r.stderr[-1500:])
+    return from_vllm_bench(Path(tmp) / "vllm.json").iloc[0][["ttft_p50_ms", "tpot_p50_ms"]].to_dict()
+
+
+def http_metrics_vs_vllm_bench(threads: int, users: int, n: int, rounds: int) -> dict:
+    """labkit's HTTP load generator and vLLM's serving benchmark take turns against one
+    server with the same prompts; medians over rounds of each side's p50."""
+    metrics = ("ttft_p50_ms", "tpot_p50_ms")
     with labkit.load("vllm-server", threads=threads) as srv, tempfile.TemporaryDirectory() as tmp:
         reqs = workloads.synthetic(input_tokens=128, output_tokens=OUT_TOKENS).build(srv, n)
         data = Path(tmp) / "prompts.jsonl"
         data.write_text("".join(json.dumps({"prompt": r.prompt, "output_tokens": OUT_TOKENS}) + "\n" for r in reqs))
-        ours = labkit.bench(srv, concurrency=[users], requests_per_level=n, progress=False,
-                            workload=workloads.prompts([r.prompt for r in reqs], output_tokens=OUT_TOKENS)).summary.iloc[0]
-        cmd = [sys.executable, "-c", "import sys; from vllm.benchmarks.serve import add_cli_args, main; "
-               "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; p = P(); add_cli_args(p); "
-               "main(p.parse_args(sys.argv[1:]))",
-               "--backend", "vllm", "--base-url", srv.url[: -len("/v1")], "--endpoint", "/v1/completions",
-               "--model", srv.model, "--tokenizer", srv.info.model_path, "--dataset-name", "custom",
-               "--dataset-path", str(data), "--custom-output-len", str(OUT_TOKENS), "--skip-chat-template",
-               "--num-prompts", str(n), "--max-concurrency", str(users), "--ignore-eos", "--disable-tqdm",
-               "--save-result", "--result-dir", tmp, "--result-filename", "vllm.json",
-               "--percentile-metrics", "ttft,tpot,itl,e2el"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            print("    vllm bench serve failed:", r.stderr[-1500:])
-            return {}
-        theirs = from_vllm_bench(Path(tmp) / "vllm.json").iloc[0]
-    for metric in ("ttft_p50_ms", "tpot_p50_ms"):
-        line(f"vLLM server, {users} users: {metric} labkit / vllm bench serve", ours[metric] / theirs[metric],
+        workload = workloads.prompts([r.prompt for r in reqs], output_tokens=OUT_TOKENS)
+        me = psutil.Process()
+
+        def ours() -> dict:
+            cpu, t = sum(me.cpu_times()[:2]), time.perf_counter()
+            s = labkit.bench(srv, concurrency=[users], requests_per_level=n, progress=False, workload=workload).summary.iloc[0]
+            return {**s[list(metrics)].to_dict(), "client_cpu": (sum(me.cpu_times()[:2]) - cpu) / (time.perf_counter() - t)}
+
+        ours()  # warm-up
+        mine, theirs = [], []
+        for _ in range(rounds):
+            mine.append(ours())
+            theirs.append(_vllm_bench_serve(srv, data, tmp, users, n))
+    for m in metrics:
+        a, b = [r[m] for r in mine], [r[m] for r in theirs]
+        line(f"vLLM server, {users} users: {m} labkit / vllm bench serve", _median(a) / _median(b),
              "target within 0.95..1.05")
-    print(f"    labkit TTFT {ours['ttft_p50_ms']:.1f} ms TPOT {ours['tpot_p50_ms']:.1f} ms; "
-          f"vllm bench TTFT {theirs['ttft_p50_ms']:.1f} ms TPOT {theirs['tpot_p50_ms']:.1f} ms")
-    return {"labkit": ours[["ttft_p50_ms", "tpot_p50_ms"]].to_dict(), "vllm_bench": theirs[["ttft_p50_ms", "tpot_p50_ms"]].to_dict()}
+        print(f"    labkit {_fmt(a)} ms; vllm bench serve {_fmt(b)} ms ({rounds} interleaved rounds)")
+    print(f"    labkit's client (with its memory sampler) used {_median([r['client_cpu'] for r in mine]):.0%} of one core")
+    return {"labkit": mine, "vllm_bench": theirs}
 
 
 def common_wisdom(threads: int, users: int, out: Path | None) -> dict:
+    """Output tok/s of every engine with 1 user (8 requests) and ``users`` users (``users``
+    requests), chat prompts of 128 tokens, 64 tokens out."""
     speeds: dict[str, dict[int, float]] = {}
     configs = {"llama.cpp": {"threads": threads}, "llama-server": {"threads": threads, "parallel": users},
                "vllm": {"threads": threads}, "vllm-server": {"threads": threads}}
+    workload = workloads.chat(input_tokens=128, output_tokens=OUT_TOKENS)
     for name, kw in configs.items():
-        levels = [1] if name == "llama.cpp" else [1, users]
-        res = labkit.bench(name, concurrency=levels, requests_per_level=users, progress=False,
-                           workload=workloads.chat(input_tokens=128, output_tokens=OUT_TOKENS),
-                           out=out / name if out else None, **kw)
-        speeds[name] = dict(zip(res.summary["level"], res.summary["output_tok_per_s"], strict=True))
+        speeds[name] = {}
+        with labkit.load(name, **kw) as engine:
+            levels = [(1, 8)] if name == "llama.cpp" else [(1, 8), (users, users)]
+            for level, n in levels:
+                res = labkit.bench(engine, concurrency=[level], requests_per_level=n, progress=False,
+                                   workload=workload, out=out / f"{name}-{level}" if out else None)
+                speeds[name][level] = float(res.summary.iloc[0]["output_tok_per_s"])
         print(f"    {name:<13} " + ", ".join(f"{lv} users {v:.1f} tok/s" for lv, v in speeds[name].items()), flush=True)
     line("output tok/s at 1 user: llama.cpp / vllm", speeds["llama.cpp"][1] / speeds["vllm"][1], "wisdom: > 1")
+    line("output tok/s at 1 user: llama-server / vllm-server",
+         speeds["llama-server"][1] / speeds["vllm-server"][1], "wisdom: > 1")
     line(f"output tok/s at {users} users: vllm / llama-server", speeds["vllm"][users] / speeds["llama-server"][users], "wisdom: > 1")
     line(f"output tok/s at {users} users: vllm-server / llama-server",
          speeds["vllm-server"][users] / speeds["llama-server"][users], "wisdom: > 1")
@@ -128,6 +176,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--users", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds for the anchor comparisons")
     ap.add_argument("--out", type=Path, help="keep every run's results here")
     ap.add_argument("--only", help="comma-separated subset: llama-bench,vllm-generate,vllm-serve,wisdom")
     args = ap.parse_args()
@@ -136,9 +185,9 @@ def main() -> None:
     if "llama-bench" in only:
         results["llama_bench"] = llama_cpp_vs_llama_bench(args.threads)
     if "vllm-generate" in only:
-        results["vllm_generate"] = vllm_vs_bare_generate(args.threads, args.users)
+        results["vllm_generate"] = vllm_vs_bare_generate(args.threads, args.users, args.rounds)
     if "vllm-serve" in only:
-        results["vllm_serve"] = http_metrics_vs_vllm_bench(args.threads, 8, args.users)
+        results["vllm_serve"] = http_metrics_vs_vllm_bench(args.threads, 8, args.users, args.rounds)
     if "wisdom" in only:
         results["wisdom"] = common_wisdom(args.threads, args.users, args.out)
     if args.out:

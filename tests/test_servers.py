@@ -77,3 +77,24 @@ def test_failed_test_midway_leaves_no_server():
         raise RuntimeError("a test failing half-way")
     gone, alive = psutil.wait_procs(holder["procs"], timeout=30)
     assert not alive
+
+
+@pytest.mark.parametrize("name", ["llama-server", "vllm-server"])
+def test_astream_gives_the_same_tokens_as_stream(engine_by_name, name):
+    """The load generator's asyncio path and the threaded path are the same request."""
+    import asyncio
+
+    srv = engine_by_name(name)
+
+    async def collect():
+        try:
+            return [t async for t in srv.astream("The capital of France is", max_tokens=12)]
+        finally:
+            await srv.aclose()
+
+    async_tokens = asyncio.run(collect())
+    sync_tokens = list(srv.stream("The capital of France is", max_tokens=12))
+    assert [t.token_id for t in async_tokens] == [t.token_id for t in sync_tokens]
+    assert "".join(t.text for t in async_tokens) == "".join(t.text for t in sync_tokens)
+    times = [t.t_s for t in async_tokens]
+    assert times == sorted(times) and times[0] > 0

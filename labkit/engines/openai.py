@@ -1,6 +1,9 @@
 """Any OpenAI-compatible server, over HTTP with streaming (SSE).
 
 Every request streams, so every chunk gets its own arrival time, even for ``generate``.
+``astream`` is the same request on asyncio: the load generator drives all users of a level
+from one event loop, as vLLM's serving benchmark does, so a wave of requests leaves in one
+burst and the client spends little CPU next to a server on the same cores.
 The server's kind is read from ``/v1/models`` (``owned_by``): for llama-server and vLLM the
 engine also asks for the generated token ids (``verbose``/``return_tokens`` and
 ``return_token_ids``) and uses their tokenize endpoints; against other servers token ids
@@ -9,16 +12,26 @@ are unknown and only text and timings are reported.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
 from ..errors import EngineError, InvalidInput
-from .base import Conversation, Engine, EngineInfo, Generation, SamplingParams, Token
+from .base import (
+    Conversation,
+    Engine,
+    EngineInfo,
+    Generation,
+    SamplingParams,
+    Token,
+    _tupled,
+    check_conversation,
+)
 
 
 def _root(url: str) -> str:
@@ -39,11 +52,14 @@ class OpenAIEngine(Engine):
             raise InvalidInput(f"url must start with http:// or https://, got {url!r}.")
         self.url = _root(url) + "/v1"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
+        self._client_options: dict[str, Any] = dict(
             timeout=httpx.Timeout(timeout_s, connect=10.0), headers=headers,
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections),
         )
+        self._client = httpx.Client(**self._client_options)
+        # One async client per event loop (an httpx.AsyncClient belongs to the loop that used it).
+        self._aclient: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
         try:
             listing = self._get("/v1/models")
         except EngineError:
@@ -133,18 +149,47 @@ class OpenAIEngine(Engine):
                     r.read()
                     _raise_http(url, r.status_code, r.text)
                 for line in r.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                    tokens = _sse_line(line, chat, t0, url)
+                    if tokens is None:
                         break
-                    now = time.perf_counter() - t0
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise EngineError(f"{url} reported an error mid-stream: {chunk['error']}")
-                    yield from _chunk_tokens(chunk, chat, now)
+                    yield from tokens
         except httpx.HTTPError as e:
             raise EngineError(f"Request to {url} failed ({type(e).__name__}: {e}).") from e
+
+    async def astream(self, prompt: str | Conversation, **params: Any) -> AsyncIterator[Token]:
+        """``stream`` on asyncio: the same request, tokens and timings, without a thread."""
+        chat = not isinstance(prompt, str)
+        if chat:
+            check_conversation(prompt)
+        self._check_open()
+        path, body = self._body(prompt, SamplingParams(**_tupled(params)), chat)
+        url = _root(self.url) + path
+        t0 = time.perf_counter()
+        try:
+            async with self._async_client().stream("POST", url, json=body) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    _raise_http(url, r.status_code, r.text)
+                async for line in r.aiter_lines():
+                    tokens = _sse_line(line, chat, t0, url)
+                    if tokens is None:
+                        break
+                    for tok in tokens:
+                        yield tok
+        except httpx.HTTPError as e:
+            raise EngineError(f"Request to {url} failed ({type(e).__name__}: {e}).") from e
+
+    def _async_client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aclient[0] is not loop:
+            self._aclient = (loop, httpx.AsyncClient(**self._client_options))
+        return self._aclient[1]
+
+    async def aclose(self) -> None:
+        """Close the async client of the running event loop (call before that loop ends)."""
+        if self._aclient is not None and self._aclient[0] is asyncio.get_running_loop():
+            client, self._aclient = self._aclient[1], None
+            await client.aclose()
 
     def _generate_many(self, prompts: list[Any], params: SamplingParams, chat: bool) -> list[Generation]:
         # All prompts go out at once, as a batching server expects; results keep their order.
@@ -189,6 +234,20 @@ def _raise_http(url: str, status: int, text: str) -> None:
     if status == 400 and ("context" in low or "maximum" in low or "too long" in low or "exceed" in low):
         raise InvalidInput(f"The server refused the request as too long for its context: {text[:400]}")
     raise EngineError(f"POST {url} answered HTTP {status}: {text[:500]}")
+
+
+def _sse_line(line: str, chat: bool, t0: float, url: str) -> list[Token] | None:
+    """Tokens in one server-sent-events line (timed now); None at the end of the stream."""
+    if not line.startswith("data:"):
+        return []
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return None
+    now = time.perf_counter() - t0
+    chunk = json.loads(data)
+    if "error" in chunk:
+        raise EngineError(f"{url} reported an error mid-stream: {chunk['error']}")
+    return _chunk_tokens(chunk, chat, now)
 
 
 def _chunk_tokens(chunk: dict, chat: bool, now: float) -> list[Token]:
