@@ -13,6 +13,7 @@ import gc
 import itertools
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +44,18 @@ def _has_cuda() -> bool:
         return bool(torch.cuda.is_available())
     except Exception:
         return False
+
+
+def _script_hint() -> str:
+    """vLLM starts its engine core with multiprocessing's spawn, which imports the user's
+    script again in the child; an unguarded labkit.load() there fails with a long traceback
+    that never names the cause."""
+    import __main__
+
+    if getattr(__main__, "__file__", None) and not hasattr(sys, "ps1"):
+        return (" If this runs from a script, put the code that loads the engine under "
+                "`if __name__ == \"__main__\":` (vLLM spawns processes that import the script again).")
+    return ""
 
 
 def default_dtype() -> str:
@@ -126,7 +139,7 @@ class VllmEngine(Engine):
 
             self._llm = LLM(**kwargs)
         except Exception as e:
-            raise EngineError(f"vLLM failed to load {directory}: {type(e).__name__}: {e}") from e
+            raise EngineError(f"vLLM failed to load {directory}: {type(e).__name__}: {e}{_script_hint()}") from e
         finally:
             for k, v in saved.items():
                 if v is None:
