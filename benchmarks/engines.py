@@ -109,6 +109,7 @@ def _vllm_bench_serve(srv, data: Path, tmp: str, users: int, n: int) -> dict:
            "--model", srv.model, "--tokenizer", srv.info.model_path, "--dataset-name", "custom",
            "--dataset-path", str(data), "--custom-output-len", str(OUT_TOKENS), "--skip-chat-template",
            "--num-prompts", str(n), "--max-concurrency", str(users), "--ignore-eos", "--disable-tqdm",
+           "--temperature", "0",  # greedy, as labkit sends (vllm bench no longer defaults to it)
            "--save-result", "--result-dir", tmp, "--result-filename", "vllm.json",
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-detailed"]
     r = subprocess.run(cmd, capture_output=True, text=True)

@@ -115,6 +115,46 @@ class ManagedProcess:
             pass
 
 
+class OrphanGuard:
+    """Stops ``processes`` (and their descendants) when this process dies or calls
+    :meth:`release`: for children that a library spawned inside this process, such as vLLM's
+    engine core, which would otherwise survive a killed kernel or script."""
+
+    def __init__(self, processes: list[psutil.Process]):
+        read_end, self._lifeline = os.pipe()
+        args = [f"{p.pid}:{p.create_time():.3f}" for p in processes]
+        # Its own session, so a Ctrl-C or kill aimed at the owner's group leaves it to act.
+        self._proc = subprocess.Popen([sys.executable, "-m", "labkit._guard", str(read_end), *args],
+                                      pass_fds=(read_end,), start_new_session=True,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        os.close(read_end)
+        self._released = False
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def release(self, timeout_s: float = 30.0) -> None:
+        """Call after shutting the processes down: the guard ends any straggler, then exits."""
+        if self._released:
+            return
+        self._released = True
+        try:
+            os.close(self._lifeline)
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:
+            pass
+
+
 @atexit.register
 def _stop_all() -> None:
     with _LOCK:

@@ -151,14 +151,15 @@ def self_memory(detail: bool = True) -> tuple[int, int | None, int | None]:
 
 def new_children(before: set[int]) -> list[psutil.Process]:
     """Children of this process that were not in ``before`` (a set of pids), leaving out
-    multiprocessing's resource tracker: one per Python process, shared by whatever in it
-    uses multiprocessing, so it belongs to no engine."""
+    multiprocessing's resource tracker (one per Python process, shared by whatever in it
+    uses multiprocessing, so it belongs to no engine) and labkit's orphan guards."""
     found = []
     for c in psutil.Process().children():
         if c.pid in before:
             continue
         try:
-            if "resource_tracker" in " ".join(c.cmdline()):
+            cmd = " ".join(c.cmdline())
+            if "resource_tracker" in cmd or "labkit._guard" in cmd:
                 continue
         except psutil.Error:
             continue

@@ -22,6 +22,7 @@ from importlib import metadata
 from typing import Any
 
 from .. import models
+from .._procs import OrphanGuard
 from ..errors import EngineError, InvalidInput
 from ..memory import EngineMemory, child_pids, new_children, self_memory
 from .base import Conversation, Engine, EngineInfo, Generation, SamplingParams, Token, assemble
@@ -147,7 +148,9 @@ class VllmEngine(Engine):
                 else:
                     os.environ[k] = v
         # The engine core (and its workers) are the children that appeared while loading.
+        # vLLM spawned them, not labkit: a guard ends them if this process dies without close().
         self._children = new_children(before_children)
+        self._guard = OrphanGuard(self._children)
         self._engine = self._llm.llm_engine
         self._tokenizer = self._llm.get_tokenizer()
         self._context = context
@@ -308,6 +311,7 @@ class VllmEngine(Engine):
             self._engine.engine_core.shutdown()
         except Exception:
             pass
+        self._guard.release()  # and it ends whatever the shutdown left behind
         self._engine = None
         self._llm = None
         gc.collect()
