@@ -158,3 +158,27 @@ def test_imports_of_other_tools_results():
     lb = from_llama_bench([{"n_prompt": 0, "n_gen": 64, "avg_ts": 173.2, "n_threads": 2},
                            {"n_prompt": 512, "n_gen": 0, "avg_ts": 900.0, "n_threads": 2}])
     assert lb.loc[0, "output_tok_per_s"] == 173.2 and lb.loc[1, "test"] == "pp512"
+
+
+def test_in_process_vllm_closed_loop_and_poisson_through_submit(vllm_engine):
+    """In-process vLLM is driven by callbacks on its own loop thread (engine.submit)."""
+    res = labkit.bench(vllm_engine, concurrency=[1, 4], requests_per_level=4, workload=SMALL,
+                       progress=False)
+    req = res.requests
+    assert len(req) == 8 and req["error"].isna().all() and (req["output_tokens"] == 8).all()
+    assert all(len(r["itl_s"]) == 7 for _, r in req.iterrows())
+    s = res.summary.set_index("level")
+    assert s.loc[4, "output_tokens"] == 32
+    rate = labkit.bench(vllm_engine, rate=[8], duration_s=1, workload=SMALL, progress=False, seed=2)
+    assert rate.summary.iloc[0]["errors"] == 0 and rate.summary.iloc[0]["completed"] >= 1
+
+
+def test_refused_requests_become_rows_and_the_level_goes_on(vllm_engine):
+    too_long = "word " * 3000  # more tokens than the engine's context
+    wl = workloads.prompts([too_long, "Hello there", too_long, "Tell me a story"], output_tokens=8)
+    res = labkit.bench(vllm_engine, concurrency=[2], requests_per_level=4, workload=wl, warmup=0,
+                       progress=False)
+    req = res.requests.sort_values("index")
+    assert req["error"].notna().tolist() == [True, False, True, False]
+    assert "context" in req["error"].iloc[0]
+    assert (req[req["error"].isna()]["output_tokens"] == 8).all()

@@ -1,8 +1,9 @@
 """The load generator: closed-loop concurrency levels and open-loop Poisson rates.
 
-It calls ``engine.astream`` from one event loop where the engine has it (the HTTP engines),
-else ``engine.stream`` from a thread per user; whether requests are batched is the
-engine's business (vLLM and the servers batch; in-process llama.cpp serves one at a time,
+It drives each engine the cheapest way it offers: ``engine.submit`` with callbacks
+(in-process vLLM), ``engine.astream`` from one event loop (the HTTP engines), else
+``engine.stream`` from a thread per user. Whether requests are batched is the engine's
+business (vLLM and the servers batch; in-process llama.cpp serves one at a time,
 and the result's manifest says so). Every finished request is written to disk at once, so a
 sweep that is interrupted (Ctrl-C, a dying server, failing requests) keeps what it measured.
 """
@@ -85,11 +86,14 @@ async def arun_request(engine: Any, req: Request, mode: str, level: Any, index: 
 class _Sweep:
     """State of one bench() call: rows so far, the writer, the stop flag.
 
-    Engines with ``astream`` (HTTP) are driven from one asyncio event loop on one thread:
+    Engines with ``submit`` (in-process vLLM) take requests with callbacks that run on the
+    engine's own loop thread. Engines with ``astream`` (HTTP) are driven from one asyncio
+    event loop on one thread:
     a wave of requests leaves in one burst, as from vLLM's serving benchmark, and the client
     costs little CPU. A thread per user there was slow enough, next to a server using every
     core, that a wave trickled out and the server prefilled it in pieces (TTFT 0.6x and
-    TPOT 1.1x those of ``vllm bench serve``). Other engines get a thread per user.
+    TPOT 1.1x those of ``vllm bench serve``). Other engines (in-process llama.cpp) get a
+    thread per user.
     """
 
     def __init__(self, engine: Engine, writer: RunWriter, progress: bool):
@@ -101,6 +105,7 @@ class _Sweep:
         self.stop = threading.Event()
         self.origin = time.perf_counter()
         self.use_async = hasattr(engine, "astream")
+        self.use_submit = hasattr(engine, "submit")
 
     def record(self, row: dict[str, Any]) -> None:
         with self.lock:
@@ -141,7 +146,9 @@ class _Sweep:
         bar = _progress(len(requests), label or f"concurrency {concurrency}", self.progress)
         users = min(concurrency, len(requests))
         try:
-            if self.use_async:
+            if self.use_submit:
+                self._closed_submit(requests, concurrency, users, record, bar)
+            elif self.use_async:
                 self._run_async(lambda: self._closed_async(requests, concurrency, users, record, bar))
             else:
                 self._closed_threads(requests, concurrency, users, record, bar)
@@ -154,6 +161,95 @@ class _Sweep:
             self.record(row)
         if bar is not None:
             bar.update(1)
+
+    def _submission(self, req: Request, mode: str, level: Any, index: int, record: bool, bar,
+                    then: Callable[[], None]):
+        """(a request for ``engine.submit`` whose callbacks record its row and then call
+        ``then``, a function that records the row of a request the engine refused)."""
+        from ..engines.vllm import Submission
+
+        row, t0 = _new_row(req, mode, level, index, self.origin)
+        tokens: list[Token] = []
+
+        def finish(error: Exception | None) -> None:
+            message = None if error is None else f"{type(error).__name__}: {error}"
+            self._done(_finish_row(row, tokens, time.perf_counter() - t0, message), record, bar)
+
+        def on_done(error: Exception | None) -> None:
+            finish(error)
+            then()
+
+        params = {"max_tokens": req.max_tokens, "temperature": 0.0, "ignore_eos": req.ignore_eos}
+        return Submission(req.prompt, tokens.append, on_done, params), finish
+
+    def _wait(self, finished: threading.Event) -> None:
+        while not finished.wait(0.2):  # a timeout so Ctrl-C reaches the main thread
+            pass
+
+    def _closed_submit(self, requests, concurrency, users, record, bar) -> None:
+        # The engine's loop thread runs the callbacks: a user whose request finished sends
+        # the next one from there, so no thread per user competes with the engine for CPU.
+        todo = iter(enumerate(requests))
+        lock = threading.Lock()
+        finished = threading.Event()
+        in_flight = 0
+
+        def send(n: int, returning: int = 0) -> None:
+            nonlocal in_flight
+            while True:
+                with lock:
+                    in_flight -= returning
+                    returning = 0
+                    batch = [] if self.stop.is_set() else [x for _, x in zip(range(n), todo, strict=False)]
+                    in_flight += len(batch)
+                    if in_flight == 0:
+                        finished.set()
+                if not batch:
+                    return
+                made = [self._submission(req, "concurrency", concurrency, i, record, bar, lambda: send(1, 1))
+                        for i, req in batch]
+                try:
+                    self.engine.submit([sub for sub, _ in made])
+                    return
+                except Exception as e:  # refused before it started: rows with the error, go on
+                    for _, refused in made:
+                        refused(e)
+                    returning = len(made)
+
+        send(users)  # the first wave in one call, so one scheduler step, as LLM.generate
+        self._wait(finished)
+
+    def _poisson_submit(self, requests, rate, arrivals, bar) -> None:
+        lock = threading.Lock()
+        finished = threading.Event()
+        state = {"in_flight": 0, "sending": True}
+
+        def one_done() -> None:
+            with lock:
+                state["in_flight"] -= 1
+                if not state["in_flight"] and not state["sending"]:
+                    finished.set()
+
+        start = time.perf_counter()
+        try:
+            for i, at in enumerate(arrivals):
+                delay = start + at - time.perf_counter()
+                if delay > 0 and self.stop.wait(delay):  # pacing the arrivals, not syncing
+                    break
+                sub, refused = self._submission(requests[i % len(requests)], "rate", rate, i, True, bar, one_done)
+                with lock:
+                    state["in_flight"] += 1
+                try:
+                    self.engine.submit([sub])
+                except Exception as e:
+                    refused(e)
+                    one_done()
+        finally:
+            with lock:
+                state["sending"] = False
+                if not state["in_flight"]:
+                    finished.set()
+        self._wait(finished)
 
     async def _closed_async(self, requests, concurrency, users, record, bar) -> None:
         todo = iter(enumerate(requests))  # shared by the users; one loop thread, so no lock
@@ -187,7 +283,9 @@ class _Sweep:
     def poisson_level(self, requests: list[Request], rate: float, arrivals: np.ndarray) -> None:
         bar = _progress(len(arrivals), f"rate {rate}/s", self.progress)
         try:
-            if self.use_async:
+            if self.use_submit:
+                self._poisson_submit(requests, rate, arrivals, bar)
+            elif self.use_async:
                 self._run_async(lambda: self._poisson_async(requests, rate, arrivals, bar))
             else:
                 self._poisson_threads(requests, rate, arrivals, bar)
@@ -264,7 +362,8 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
           rate: Sequence[float] | float | None = None, requests_per_level: int = 32,
           duration_s: float = 30.0, workload: Workload | None = None, warmup: int = 2,
           out: str | Path | None = None, slo_ms: dict[str, float] | None = None,
-          memory_interval_s: float = 0.1, progress: bool = True, seed: int = 0,
+          memory_interval_s: float = 0.1, kv_interval_s: float | None = 1.0,
+          progress: bool = True, seed: int = 0,
           on_level_done: Callable[[BenchResult], None] | None = None,
           stop_event: threading.Event | None = None, **engine_kwargs: Any) -> BenchResult:
     """Measure throughput, latency and memory of ``engine`` under load.
@@ -275,7 +374,9 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
     or a registry name (then it is loaded under the "load" memory phase and closed at the
     end; ``engine_kwargs`` go to :func:`labkit.load`). ``out``: a folder that receives the
     manifest and one JSONL line per request as it finishes. ``slo_ms``: e.g.
-    ``{"ttft": 500, "tpot": 50}`` adds goodput. Ctrl-C (or ``stop_event``) stops the sweep and
+    ``{"ttft": 500, "tpot": 50}`` adds goodput. ``kv_interval_s``: how often the engine's KV
+    account is read during a level (a server renders its /metrics page each time); None
+    reads it only at the end of each level. Ctrl-C (or ``stop_event``) stops the sweep and
     returns what was measured, with unfinished requests marked.
 
     >>> res = bench(engine, concurrency=[1, 8], requests_per_level=16,
@@ -283,6 +384,8 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
     >>> res.summary[["level", "output_tok_per_s", "ttft_p50_ms"]]
     """
     levels, rates = _check_levels(concurrency, rate, requests_per_level, duration_s)
+    if kv_interval_s is not None and kv_interval_s <= 0:
+        raise InvalidInput(f"kv_interval_s must be positive (seconds) or None, got {kv_interval_s}.")
     workload = workload or chat(output_tokens=64)
     if not isinstance(workload, Workload):
         raise InvalidInput(f"workload must be a labkit Workload (see labkit.workloads), got {type(workload).__name__}.")
@@ -306,14 +409,15 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
     try:
         return _bench_loaded(engine, levels, rates, requests_per_level, duration_s, workload, warmup,
                              out, slo_ms, memory_interval_s, progress, seed, sampler, on_level_done,
-                             stop_event)
+                             stop_event, kv_interval_s)
     finally:
         if owned:
             engine.close()
 
 
 def _bench_loaded(engine, levels, rates, requests_per_level, duration_s, workload, warmup, out,
-                  slo_ms, memory_interval_s, progress, seed, sampler, on_level_done, stop_event) -> BenchResult:
+                  slo_ms, memory_interval_s, progress, seed, sampler, on_level_done, stop_event,
+                  kv_interval_s) -> BenchResult:
     if engine.closed:
         raise EngineError(f"The {engine.name} engine is closed; load it again before benchmarking.")
     if hasattr(engine, "_get"):  # an HTTP engine: is the server still there?
@@ -363,7 +467,7 @@ def _bench_loaded(engine, levels, rates, requests_per_level, duration_s, workloa
             if sweep.stop.is_set():
                 break
             phase = _phase_name(mode, level)
-            poller = _KvPoller(snapshot_kv, phase)
+            poller = _KvPoller(snapshot_kv, phase, kv_interval_s)
             with _phase(sampler, phase), poller:
                 if mode == "concurrency":
                     planned.append((mode, level, len(requests)))
@@ -415,7 +519,7 @@ def _phase(sampler: MemorySampler | None, name: str):
 class _KvPoller:
     """Reads the engine's KV account about once a second during a level."""
 
-    def __init__(self, snap: Callable[[str], None], phase: str, every_s: float = 1.0):
+    def __init__(self, snap: Callable[[str], None], phase: str, every_s: float | None = 1.0):
         self.snap, self.phase, self.every_s = snap, phase, every_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -428,11 +532,13 @@ class _KvPoller:
                 continue
 
     def __enter__(self):
-        self.thread.start()
+        if self.every_s is not None:
+            self.thread.start()
 
     def __exit__(self, *exc):
         self.stop.set()
-        self.thread.join(timeout=5)
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
         try:
             self.snap(self.phase)
         except Exception:

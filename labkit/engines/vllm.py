@@ -16,16 +16,26 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 from .. import models
 from .._procs import OrphanGuard
-from ..errors import EngineError, InvalidInput
+from ..errors import EngineError, InvalidInput, LabkitError
 from ..memory import EngineMemory, child_pids, new_children, self_memory
-from .base import Conversation, Engine, EngineInfo, Generation, SamplingParams, Token, assemble
+from .base import (
+    Conversation,
+    Engine,
+    EngineInfo,
+    Generation,
+    SamplingParams,
+    Token,
+    _tupled,
+    assemble,
+    check_conversation,
+)
 
 
 def vllm_version() -> str:
@@ -98,15 +108,44 @@ def vllm_env(threads: int | None, kv_cache_gb: float) -> tuple[dict[str, str], i
     return env, used, "cpu"
 
 
+_DONE = object()
+
+
 @dataclass
 class _Pending:
+    """One request in the step loop. Its tokens go to ``out`` for a reader thread, or, when
+    it came through :meth:`VllmEngine.submit`, straight to the callbacks."""
+
     ids: list[int]
     params: Any  # vllm.SamplingParams
     t0: float
     out: queue.Queue = field(default_factory=queue.Queue)
+    on_token: Callable[[Token], None] | None = None
+    on_done: Callable[[Exception | None], None] | None = None
+    refused: Exception | None = None
+
+    def emit(self, item: Any) -> None:
+        if self.on_done is None:
+            self.out.put(item)
+            return
+        try:
+            if isinstance(item, Token):
+                self.on_token(item)
+            elif item is _DONE or isinstance(item, Exception):
+                self.on_done(None if item is _DONE else item)
+        except Exception:  # a caller's callback must never stop the loop that serves everyone
+            pass
 
 
-_DONE = object()
+@dataclass
+class Submission:
+    """One request for :meth:`VllmEngine.submit`: a raw prompt or a conversation, sampling
+    keywords (see :class:`labkit.engines.base.SamplingParams`) and two callbacks."""
+
+    prompt: str | Conversation
+    on_token: Callable[[Token], None]
+    on_done: Callable[[Exception | None], None]
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 class VllmEngine(Engine):
@@ -200,25 +239,28 @@ class VllmEngine(Engine):
                     items.append(self._inbox.get_nowait())
             except queue.Empty:
                 pass
-            for item in items:
+            for item in [i for entry in items for i in (entry if isinstance(entry, list) else [entry])]:
                 if item is None:
                     for p in active.values():
-                        p.out.put(EngineError("The vllm engine was closed during the request."))
+                        p.emit(EngineError("The vllm engine was closed during the request."))
                     return
+                if item.refused is not None:  # failed its checks in submit()
+                    item.emit(item.refused)
+                    continue
                 try:
                     # Outputs carry the id given here (vLLM adds a random suffix internally).
                     rid = str(next(self._ids))
                     self._engine.add_request(rid, {"prompt_token_ids": item.ids}, item.params)
                     active[rid] = item
                 except Exception as e:
-                    item.out.put(EngineError(f"vLLM refused the request: {e}"))
+                    item.emit(EngineError(f"vLLM refused the request: {e}"))
             if not active:
                 continue
             try:
                 outputs = self._engine.step()
             except Exception as e:
                 for p in active.values():
-                    p.out.put(EngineError(f"vLLM engine failed: {type(e).__name__}: {e}"))
+                    p.emit(EngineError(f"vLLM engine failed: {type(e).__name__}: {e}"))
                 active.clear()
                 continue
             now = time.perf_counter()
@@ -230,14 +272,37 @@ class VllmEngine(Engine):
                 lps = c.logprobs or []
                 for i, tid in enumerate(c.token_ids):
                     top = {int(k): float(v.logprob) for k, v in lps[i].items()} if i < len(lps) else None
-                    p.out.put(Token(c.text if i == 0 else "", int(tid), now - p.t0,
+                    p.emit(Token(c.text if i == 0 else "", int(tid), now - p.t0,
                                     top.get(int(tid)) if top else None, top))
                 if o.finished:
                     if o.prompt_logprobs is not None:
-                        p.out.put(("prompt_logprobs", o.prompt_logprobs))
-                    p.out.put(Token("", None, now - p.t0, finish_reason=c.finish_reason))
-                    p.out.put(_DONE)
+                        p.emit(("prompt_logprobs", o.prompt_logprobs))
+                    p.emit(Token("", None, now - p.t0, finish_reason=c.finish_reason))
+                    p.emit(_DONE)
                     del active[o.request_id]
+
+    def submit(self, requests: Sequence[Submission]) -> None:
+        """Start requests and return at once; for load generators, which then need no thread
+        per user. Each request's ``on_token(Token)`` runs for every token and ``on_done(error
+        or None)`` once, on the engine's step-loop thread: keep them short (they may submit
+        more). Requests given in one call enter the same scheduler step, as with
+        ``LLM.generate``. A request that fails its checks (too long for the context, bad
+        parameters) gets ``on_done(error)`` like any other, and the rest still run."""
+        self._check_open()
+        pendings = []
+        for r in requests:
+            p = _Pending([], None, 0.0, on_token=r.on_token, on_done=r.on_done)
+            try:
+                chat = not isinstance(r.prompt, str)
+                p.ids = self.tokenize(check_conversation(r.prompt) if chat else r.prompt, chat=chat)
+                p.params = self._sampling(SamplingParams(**_tupled(r.params)), len(p.ids))
+            except LabkitError as e:
+                p.refused = e
+            pendings.append(p)
+        now = time.perf_counter()
+        for p in pendings:
+            p.t0 = now
+        self._inbox.put(pendings)
 
     def _submit(self, ids: list[int], params: Any, t0: float) -> _Pending:
         pending = _Pending(ids, params, t0)
