@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..engines.base import Engine, Token, load
+from ..engines.base import Engine, Submission, Token, load
 from ..environment import environment
 from ..errors import EngineError, InvalidInput
 from ..memory import EngineMemory, MemorySampler, child_pids, new_children, self_memory
@@ -166,8 +166,6 @@ class _Sweep:
                     then: Callable[[], None]):
         """(a request for ``engine.submit`` whose callbacks record its row and then call
         ``then``, a function that records the row of a request the engine refused)."""
-        from ..engines.vllm import Submission
-
         row, t0 = _new_row(req, mode, level, index, self.origin)
         tokens: list[Token] = []
 

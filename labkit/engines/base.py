@@ -17,7 +17,7 @@ import importlib
 import platform
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -60,6 +60,18 @@ class Token:
     logprob: float | None = None
     top_logprobs: dict[int, float] | None = None
     finish_reason: str | None = None
+
+
+@dataclass
+class Submission:
+    """One request for an engine's ``submit`` (engines that take requests with callbacks,
+    such as in-process vLLM): a raw prompt or a conversation, sampling keywords (see
+    :class:`SamplingParams`) and two callbacks, ``on_token(Token)`` and ``on_done(error or None)``."""
+
+    prompt: str | Conversation
+    on_token: Callable[[Token], None]
+    on_done: Callable[[Exception | None], None]
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

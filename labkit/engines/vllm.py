@@ -31,6 +31,7 @@ from .base import (
     EngineInfo,
     Generation,
     SamplingParams,
+    Submission,
     Token,
     _tupled,
     assemble,
@@ -135,17 +136,6 @@ class _Pending:
                 self.on_done(None if item is _DONE else item)
         except Exception:  # a caller's callback must never stop the loop that serves everyone
             pass
-
-
-@dataclass
-class Submission:
-    """One request for :meth:`VllmEngine.submit`: a raw prompt or a conversation, sampling
-    keywords (see :class:`labkit.engines.base.SamplingParams`) and two callbacks."""
-
-    prompt: str | Conversation
-    on_token: Callable[[Token], None]
-    on_done: Callable[[Exception | None], None]
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 class VllmEngine(Engine):
