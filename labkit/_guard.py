@@ -9,21 +9,17 @@ START is each process's creation time, so a recycled pid is never touched.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import psutil
+
+from labkit._reaper import wait_for_owner_exit
 
 
 def main() -> int:
     fd = int(sys.argv[1])
     wanted = [tuple(arg.split(":")) for arg in sys.argv[2:]]
-    while True:
-        try:
-            if not os.read(fd, 1024):
-                break
-        except OSError:
-            break
+    wait_for_owner_exit(fd)
     victims: dict[int, psutil.Process] = {}
     for pid, start in wanted:
         try:

@@ -14,18 +14,23 @@ import sys
 import threading
 
 
+def wait_for_owner_exit(fd: int) -> None:
+    """Block until EOF on the lifeline: the owner closed its end or died."""
+    while True:
+        try:
+            if not os.read(fd, 1024):
+                return
+        except OSError:
+            return
+
+
 def main() -> int:
     fd = int(sys.argv[1])
     cmd = sys.argv[sys.argv.index("--") + 1 :]
     child = subprocess.Popen(cmd)
 
     def watch_owner() -> None:
-        while True:
-            try:
-                if not os.read(fd, 1024):
-                    break
-            except OSError:
-                break
+        wait_for_owner_exit(fd)
         child.terminate()
         try:
             child.wait(timeout=15)
