@@ -121,7 +121,7 @@ def test_server_killed_midway_keeps_finished_rows_and_marks_failures(tmp_path):
 
 def test_bad_input_fails_before_any_load(llama):
     for kwargs in ({"concurrency": [0]}, {"concurrency": [-2]}, {"rate": [0]},
-                   {"requests_per_level": 0}):
+                   {"requests_per_level": 0}, {"kv_interval_s": 0}):
         with pytest.raises(InvalidInput):
             labkit.bench(llama, progress=False, **kwargs)
     with pytest.raises(InvalidInput, match="output_tokens"):
