@@ -11,6 +11,7 @@ sweep that is interrupted (Ctrl-C, a dying server, failing requests) keeps what 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 import warnings
@@ -81,6 +82,43 @@ async def arun_request(engine: Any, req: Request, mode: str, level: Any, index: 
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
     return _finish_row(row, tokens, time.perf_counter() - t0, error)
+
+
+class _InFlight:
+    """Requests sent to an engine's own loop and not yet finished.
+
+    ``wait()`` returns once ``close()`` has said that no more will be sent and every sent
+    one has called ``done()``. Callbacks on the engine's thread call ``done``; the sweep's
+    thread waits.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._open = True
+        self._idle = threading.Event()
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self._count += n
+
+    def done(self, n: int = 1) -> None:
+        with self._lock:
+            self._count -= n
+            self._check()
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
+            self._check()
+
+    def _check(self) -> None:
+        if not self._open and self._count == 0:
+            self._idle.set()
+
+    def wait(self) -> None:
+        while not self._idle.wait(0.2):  # a timeout so Ctrl-C reaches the main thread
+            pass
 
 
 class _Sweep:
@@ -180,29 +218,22 @@ class _Sweep:
         params = {"max_tokens": req.max_tokens, "temperature": 0.0, "ignore_eos": req.ignore_eos}
         return Submission(req.prompt, tokens.append, on_done, params), finish
 
-    def _wait(self, finished: threading.Event) -> None:
-        while not finished.wait(0.2):  # a timeout so Ctrl-C reaches the main thread
-            pass
-
     def _closed_submit(self, requests, concurrency, users, record, bar) -> None:
         # The engine's loop thread runs the callbacks: a user whose request finished sends
         # the next one from there, so no thread per user competes with the engine for CPU.
         todo = iter(enumerate(requests))
-        lock = threading.Lock()
-        finished = threading.Event()
-        in_flight = 0
+        taking = threading.Lock()
+        flight = _InFlight()
 
         def send(n: int, returning: int = 0) -> None:
-            nonlocal in_flight
             while True:
-                with lock:
-                    in_flight -= returning
-                    returning = 0
-                    batch = [] if self.stop.is_set() else [x for _, x in zip(range(n), todo, strict=False)]
-                    in_flight += len(batch)
-                    if in_flight == 0:
-                        finished.set()
+                with taking:
+                    batch = [] if self.stop.is_set() else list(itertools.islice(todo, n))
+                flight.add(len(batch))
+                flight.done(returning)  # after add: the count must not touch zero in between
+                returning = 0
                 if not batch:
+                    flight.close()
                     return
                 made = [self._submission(req, "concurrency", concurrency, i, record, bar, lambda: send(1, 1))
                         for i, req in batch]
@@ -215,39 +246,26 @@ class _Sweep:
                     returning = len(made)
 
         send(users)  # the first wave in one call, so one scheduler step, as LLM.generate
-        self._wait(finished)
+        flight.wait()
 
     def _poisson_submit(self, requests, rate, arrivals, bar) -> None:
-        lock = threading.Lock()
-        finished = threading.Event()
-        state = {"in_flight": 0, "sending": True}
-
-        def one_done() -> None:
-            with lock:
-                state["in_flight"] -= 1
-                if not state["in_flight"] and not state["sending"]:
-                    finished.set()
-
+        flight = _InFlight()
         start = time.perf_counter()
         try:
             for i, at in enumerate(arrivals):
                 delay = start + at - time.perf_counter()
                 if delay > 0 and self.stop.wait(delay):  # pacing the arrivals, not syncing
                     break
-                sub, refused = self._submission(requests[i % len(requests)], "rate", rate, i, True, bar, one_done)
-                with lock:
-                    state["in_flight"] += 1
+                sub, refused = self._submission(requests[i % len(requests)], "rate", rate, i, True, bar, flight.done)
+                flight.add()
                 try:
                     self.engine.submit([sub])
                 except Exception as e:
                     refused(e)
-                    one_done()
+                    flight.done()
         finally:
-            with lock:
-                state["sending"] = False
-                if not state["in_flight"]:
-                    finished.set()
-        self._wait(finished)
+            flight.close()
+        flight.wait()
 
     async def _closed_async(self, requests, concurrency, users, record, bar) -> None:
         todo = iter(enumerate(requests))  # shared by the users; one loop thread, so no lock
