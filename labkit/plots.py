@@ -64,18 +64,24 @@ def latency(results, metrics: Sequence[str] = ("ttft", "tpot"), percentile: str 
     return fig
 
 
-def memory_timeline(results, column: str = "pss_bytes") -> go.Figure:
-    """Memory of each engine's process tree over time (GiB), phases shaded."""
+def memory_timeline(results, column: str = "rss_bytes") -> go.Figure:
+    """Memory of each engine's process tree over time (GiB), phases shaded.
+
+    ``column`` is drawn as a line from every sample; PSS, which is read less often (at phase
+    edges during a bench, see labkit.memory), is drawn as markers where it was read.
+    """
     fig = go.Figure()
     colors = ["rgba(99,110,250,0.08)", "rgba(239,85,59,0.08)"]
     for k, (label, r) in enumerate(_results(results).items()):
         m = r.memory
         if m.empty:
             continue
-        # USS/PSS are read less often than RSS (see labkit.memory): plot the rows that have them.
         line = m.dropna(subset=[column])
         fig.add_scatter(x=line["t_s"], y=line[column] / 1024**3, mode="lines+markers" if len(line) < 50 else "lines",
                         name=f"{label} {column.split('_')[0].upper()}")
+        if column != "pss_bytes" and "pss_bytes" in m.columns:
+            pss = m.dropna(subset=["pss_bytes"])
+            fig.add_scatter(x=pss["t_s"], y=pss["pss_bytes"] / 1024**3, mode="markers", name=f"{label} PSS")
         if "vram_used_bytes" in m.columns:
             fig.add_scatter(x=m["t_s"], y=m["vram_used_bytes"] / 1024**3, mode="lines", name=f"{label} VRAM")
         for i, (_run, g) in enumerate(m.groupby((m["phase"] != m["phase"].shift()).cumsum())):

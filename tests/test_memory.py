@@ -50,8 +50,20 @@ def test_uss_and_pss_are_read_within_the_cpu_budget_and_at_phase_edges(child):
     assert all(generous.sample()["pss_bytes"] > 0 for _ in range(3))
 
 
+def test_a_zero_budget_reads_uss_and_pss_only_at_phase_edges(child):
+    _, proc = child
+    sampler = MemorySampler(EngineMemory([psutil.Process(proc.pid)]), interval_s=60, device=False, cpu_budget=0)
+    assert math.isnan(sampler.sample()["pss_bytes"])  # not even the first free-running sample
+    with sampler.phase("level 1"):
+        assert math.isnan(sampler.sample()["pss_bytes"])
+    rows = sampler.frame()
+    assert rows["pss_bytes"].notna().tolist() == [False, True, False, True]
+
+
 def test_bad_sampler_settings_are_refused():
     with pytest.raises(InvalidInput, match="interval_s"):
         MemorySampler(EngineMemory(), interval_s=0)
     with pytest.raises(InvalidInput, match="cpu_budget"):
         MemorySampler(EngineMemory(), cpu_budget=2)
+    with pytest.raises(InvalidInput, match="cpu_budget"):
+        MemorySampler(EngineMemory(), cpu_budget=-0.1)
