@@ -127,8 +127,8 @@ def _vllm_bench_serve(srv, data: Path, tmp: str, users: int, n: int) -> dict:
 
 
 def http_metrics_vs_vllm_bench(threads: int, users: int, n: int, rounds: int) -> dict:
-    """labkit's HTTP load generator and vLLM's serving benchmark take turns against one
-    server with the same prompts. The ratio is of medians over every request of every
+    """labkit's HTTP load generator and vLLM's serving benchmark take turns (alternating who
+    goes first) against one server with the same prompts. The ratio is of medians over every request of every
     round (pooled), so one slow round moves it less than a median of per-round p50s."""
     with labkit.load("vllm-server", threads=threads) as srv, tempfile.TemporaryDirectory() as tmp:
         reqs = workloads.synthetic(input_tokens=128, output_tokens=OUT_TOKENS).build(srv, n)
@@ -148,9 +148,15 @@ def http_metrics_vs_vllm_bench(threads: int, users: int, n: int, rounds: int) ->
 
         ours()  # warm-up
         mine, theirs = [], []
-        for _ in range(rounds):
-            mine.append(ours())
-            theirs.append(_vllm_bench_serve(srv, data, tmp, users, n))
+        for i in range(rounds):
+            # Alternate who goes first, so whatever the previous run leaves behind (a
+            # subprocess exiting, a drained queue) does not always fall on the same side.
+            if i % 2:
+                theirs.append(_vllm_bench_serve(srv, data, tmp, users, n))
+                mine.append(ours())
+            else:
+                mine.append(ours())
+                theirs.append(_vllm_bench_serve(srv, data, tmp, users, n))
     for m in ("ttft", "tpot"):
         a = _median([v for r in mine for v in r[f"{m}_ms"]])
         b = _median([v for r in theirs for v in r[f"{m}_ms"]])
