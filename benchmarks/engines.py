@@ -128,8 +128,9 @@ def _vllm_bench_serve(srv, data: Path, tmp: str, users: int, n: int) -> dict:
 
 def http_metrics_vs_vllm_bench(threads: int, users: int, n: int, rounds: int) -> dict:
     """labkit's HTTP load generator and vLLM's serving benchmark take turns (alternating who
-    goes first) against one server with the same prompts. The ratio is of medians over every request of every
-    round (pooled), so one slow round moves it less than a median of per-round p50s."""
+    goes first) against one server with the same prompts. The ratio is of medians over every
+    request of every round (pooled), so one slow round moves it less than a median of
+    per-round p50s."""
     with labkit.load("vllm-server", threads=threads) as srv, tempfile.TemporaryDirectory() as tmp:
         reqs = workloads.synthetic(input_tokens=128, output_tokens=OUT_TOKENS).build(srv, n)
         data = Path(tmp) / "prompts.jsonl"
