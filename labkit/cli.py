@@ -108,7 +108,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import bench, workloads
+    from .loadgen import bench, workloads
 
     wl = (workloads.synthetic(args.input_tokens, args.output_tokens) if args.workload == "synthetic"
           else workloads.chat(args.input_tokens, args.output_tokens))
@@ -146,7 +146,7 @@ register("bench", "measure throughput, latency and memory under load", _bench, _
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from .fit import fit
+    from .planner import fit
 
     engines = args.engines.split(",")
     plan = fit(args.model, engines=engines, quant=args.quant, dtype=args.dtype, context=args.context,
@@ -200,18 +200,92 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 register("run", "run a notebook headlessly and write its report", _run, _run_args)
 
 
+def _step(n: int, total: int, what: str, func: Callable[[], Any]) -> Any:
+    """Run one setup step, saying what it does and how long it took (on stderr)."""
+    import time
+
+    print(f"[{n}/{total}] {what} ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    value = func()
+    print(f"[{n}/{total}] {what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr,
+          flush=True)
+    return value
+
+
 def _setup(args: argparse.Namespace) -> int:
     """Build what is cached once per machine, so the first notebook does not wait for it."""
+    if args.check:
+        return _doctor(args)
     from . import models
-    from .llamacpp_tools import tools_dir
+    from .native import torch_dtypes
+    from .native.llamacpp import current_build
 
-    print(f"llama.cpp tools: {tools_dir()}")
-    print(f"bundled GGUF:    {models.gguf_path(models.DEFAULT_MODEL)}")
-    print(f"vLLM directory:  {models.hf_dir(models.DEFAULT_MODEL)}")
+    build = _step(1, 4, "llama.cpp: build and check on this CPU (first time: ~5 min on 2 cores)",
+                  current_build)
+    gguf = _step(2, 4, "bundled model", lambda: models.gguf_path(models.DEFAULT_MODEL))
+    hf = _step(3, 4, "convert the bundled model for vLLM (first time: ~20 s)",
+               lambda: models.hf_dir(models.DEFAULT_MODEL))
+    dtypes = _step(4, 4, "check torch's float32/bfloat16 kernels for vLLM (first time: ~5 s)",
+                   torch_dtypes.check)
+    print(build.explain())
+    print(f"bundled GGUF:    {gguf}")
+    print(f"vLLM directory:  {hf}")
+    print(f"vLLM CPU dtype:  {'bfloat16' if dtypes.bfloat16_native else 'float32'} ({dtypes.reason})")
     return 0
 
 
-register("setup", "build llama.cpp's tools and convert the bundled model (cached)", _setup)
+def _setup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true", help="re-run the checks (as `labkit doctor`)")
+    p.add_argument("--json", action="store_true", help="with --check: one JSON object")
+
+
+register("setup", "build llama.cpp for this CPU, check it, convert the bundled model (cached)",
+         _setup, _setup_args)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    """Re-run every check of this machine's native builds, in child processes."""
+    from .environment import environment
+    from .errors import EngineError
+    from .native import cpu, torch_dtypes
+    from .native.llamacpp import current_build
+
+    report: dict[str, Any] = {"cpu": {**cpu.features(), "fingerprint": cpu.fingerprint()}}
+    ok = True
+    try:
+        build = current_build(recheck=True)
+        report["llama.cpp"] = build.to_dict()
+        ok &= build.probe.ok
+    except EngineError as e:
+        report["llama.cpp"] = {"error": str(e)}
+        ok = False
+    dtypes = torch_dtypes.check(recheck=True)
+    report["torch"] = dtypes.to_dict()
+    ok &= dtypes.float32_ok
+    report["gpu"] = environment()["gpu"]
+    report["ok"] = bool(ok)
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0 if ok else 1
+    print(f"CPU: {report['cpu']['model']} ({report['cpu']['machine']}), fingerprint "
+          f"{report['cpu']['fingerprint']}\n     flags: {' '.join(report['cpu']['flags'])}")
+    if "error" in report["llama.cpp"]:
+        print(f"llama.cpp: FAIL\n{report['llama.cpp']['error']}")
+    else:
+        print(build.explain())
+    print(f"torch: float32 {'ok' if dtypes.float32_ok else 'FAIL'}, bfloat16 "
+          f"{'ok' if dtypes.bfloat16_ok else 'FAIL'}: {dtypes.reason}")
+    print(f"GPU: {report['gpu'] or 'none'}")
+    print("all checks passed" if ok else "some checks FAILED (see above)")
+    return 0 if ok else 1
+
+
+def _doctor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
+
+register("doctor", "re-check this machine's llama.cpp build and torch kernels", _doctor,
+         _doctor_args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -119,6 +119,8 @@ class EngineInfo:
     url: str | None = None
     pid: int | None = None  # root of the engine's process tree, for memory sampling
     concurrency: str = "batched"  # "batched" or "sequential" (one sequence at a time)
+    log_path: str | None = None  # where the engine's own output went
+    build: str | None = None  # which native build runs it, and why it was chosen
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

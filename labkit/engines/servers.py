@@ -13,7 +13,6 @@ import os
 import socket
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from .._cache import cache_dir, file_sha256
 from .._procs import ManagedProcess
 from ..errors import InvalidInput, ServerError
 from ..memory import EngineMemory
+from ..synthetic import is_synthetic
 from .llamacpp import default_threads
 from .openai import OpenAIEngine
 
@@ -127,12 +127,13 @@ class LlamaServerEngine(_ManagedServer):
             raise InvalidInput(f"parallel must be >= 1, got {parallel}.")
         if threads is not None and threads <= 0:
             raise InvalidInput(f"threads must be positive, got {threads}.")
-        from ..llamacpp_tools import tool
+        from ..native.llamacpp import current_build, llama_cpp_python_version
 
+        build = current_build()
         path = models.gguf_path(model)
         threads = threads or default_threads()
-        label = str(model) if isinstance(model, str) and "/" not in str(model) else path.stem
-        cmd = [str(tool("llama-server")), "-m", str(path), "-a", label,
+        label = models.label(model, path)
+        cmd = [str(build.bin_dir / "llama-server"), "-m", str(path), "-a", label,
                "-np", str(parallel), "-c", str(context * parallel), "-t", str(threads),
                "-tb", str(threads), "-ngl", str(gpu_layers),
                # Same attention kernels as the in-process engine (whose default is off), so
@@ -142,13 +143,15 @@ class LlamaServerEngine(_ManagedServer):
         self._proc, base = self._start(cmd, host, port, "/health", startup_timeout_s, None,
                                        log_dir, label)
         self._info.engine = self.name
-        self._info.engine_version = f"llama.cpp from llama-cpp-python {metadata.version('llama-cpp-python')}"
-        self._info.model = str(model)
+        self._info.engine_version = f"llama.cpp from llama-cpp-python {build.cmake_args and llama_cpp_python_version()}"
+        self._info.model = models.label(model)
         self._info.model_path = str(path)
         self._info.model_sha256 = file_sha256(path)
         self._info.threads = threads
         self._info.device = "cuda" if gpu_layers else "cpu"
         self._info.pid = self._proc.pid
+        self._info.log_path = str(self._proc.log_path)
+        self._info.build = f"{build.variant}: {build.probe.reason}"
         self._info.args = {"parallel": parallel, "context": context, "gpu_layers": gpu_layers,
                            "flash_attn": flash_attn,
                            "host": host, "port": int(base.rsplit(":", 1)[1]),
@@ -175,12 +178,12 @@ class VllmServerEngine(_ManagedServer):
                  startup_timeout_s: float = 300.0, extra_args: list[str] | None = None,
                  log_dir: str | None = None):
         self._closed = False
-        from .vllm import default_dtype, vllm_env, vllm_version
+        from .vllm import check_dtype, default_dtype, vllm_env, vllm_version
 
         directory = models.hf_dir(model)
-        label = str(model) if isinstance(model, str) and "/" not in str(model) else directory.name
+        label = models.label(model, directory)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
-        dtype = default_dtype() if dtype == "auto" else dtype
+        dtype = default_dtype() if dtype == "auto" else check_dtype(dtype)
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory),
                "--served-model-name", label, "--max-model-len", str(context), "--dtype", dtype,
                "--max-num-seqs", str(max_num_seqs), "--disable-uvicorn-access-log",
@@ -188,17 +191,19 @@ class VllmServerEngine(_ManagedServer):
                # a start in seconds instead of minutes of torch.compile on a small CPU.
                *(["--enforce-eager"] if enforce_eager else []),
                *(["--gpu-memory-utilization", str(gpu_memory_utilization)] if gpu_memory_utilization else []),
+               *(["--load-format", "dummy"] if is_synthetic(directory) else []),
                *(extra_args or [])]
         self._proc, base = self._start(cmd, host, port, "/health", startup_timeout_s,
                                        {**os.environ, **env}, log_dir, label)
         self._info.engine = self.name
         self._info.engine_version = f"vllm {vllm_version()}"
-        self._info.model = str(model)
+        self._info.model = models.label(model)
         self._info.model_path = str(directory)
         self._info.model_sha256 = None
         self._info.threads = threads_used
         self._info.device = device
         self._info.pid = self._proc.pid
+        self._info.log_path = str(self._proc.log_path)
         self._info.args = {"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
                            "max_num_seqs": max_num_seqs, "enforce_eager": enforce_eager, "host": host,
                            "port": int(base.rsplit(":", 1)[1]), "extra_args": extra_args or []}

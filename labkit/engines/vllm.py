@@ -16,6 +16,7 @@ import queue
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -25,6 +26,8 @@ from .. import models
 from .._procs import OrphanGuard
 from ..errors import EngineError, InvalidInput, LabkitError
 from ..memory import EngineMemory, child_pids, new_children, self_memory
+from ..synthetic import is_synthetic
+from ._output import log_path, output_to, tail
 from .base import (
     Conversation,
     Engine,
@@ -71,18 +74,34 @@ def _script_hint() -> str:
 
 
 def default_dtype() -> str:
-    """bfloat16 where the hardware computes in it (GPUs, CPUs with AVX512-BF16 or AMX);
-    float32 on other CPUs, where vLLM emulates bf16 and batched decoding gets ~5x slower
-    (measured on an AVX2-only CPU: 28 vs 136 output tok/s at 32 users). Where bf16 is native
-    it wins (2-core EPYC with AVX512-BF16: 311 vs 187 tok/s at 32 users, 37 vs 25 at 1)."""
+    """bfloat16 where the hardware computes in it (GPUs, CPUs whose bf16 matmul checks out as
+    native), float32 on other CPUs, where vLLM emulates bf16 and batched decoding gets ~5x
+    slower (measured on an AVX2-only CPU: 28 vs 136 output tok/s at 32 users). Where bf16 is
+    native it wins (2-core EPYC with AVX512-BF16: 311 vs 187 tok/s at 32 users, 37 vs 25 at
+    1). The CPU decision is :func:`labkit.native.torch_dtypes.check`: a child process runs
+    both dtypes, so a CPU that reports bf16 and traps or emulates it picks float32."""
     if _has_cuda():
         return "bfloat16"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return "bfloat16"
-    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+    from ..native.torch_dtypes import check
+
+    return "bfloat16" if check().bfloat16_native else "float32"
+
+
+_WARNED: set[str] = set()
+
+
+def check_dtype(dtype: str) -> str:
+    """An explicit dtype is honoured; bf16 where this CPU only emulates it is said once."""
+    if dtype in ("bfloat16", "bf16") and not _has_cuda() and "bf16" not in _WARNED:
+        from ..native.torch_dtypes import check
+
+        result = check()
+        if not result.bfloat16_native:
+            _WARNED.add("bf16")
+            warnings.warn(f"labkit: bfloat16 is not native on this CPU ({result.reason}); vLLM "
+                          "will run it several times slower than float32. dtype='auto' picks "
+                          "float32 here.", stacklevel=3)
+    return dtype
 
 
 def vllm_env(threads: int | None, kv_cache_gb: float) -> tuple[dict[str, str], int | None, str]:
@@ -153,24 +172,29 @@ class VllmEngine(Engine):
         version = vllm_version()
         directory = models.hf_dir(model)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
-        dtype = default_dtype() if dtype == "auto" else dtype
+        dtype = default_dtype() if dtype == "auto" else check_dtype(dtype)
         kwargs: dict[str, Any] = dict(model=str(directory), max_model_len=context, dtype=dtype,
                                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
                                       seed=seed, **llm_kwargs)
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if is_synthetic(directory):
+            kwargs.setdefault("load_format", "dummy")  # random weights, nothing read from disk
         before_children = child_pids()
         self._baseline = self_memory()
-        # vLLM logs every step of its start at INFO; in a notebook that buries the output.
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # read while the engine core starts; restored right after
+        self._log = log_path("vllm")
         try:
-            from vllm import LLM
+            # vLLM's logger binds the stream it sees at import: import and start inside the
+            # redirect, and its log (and the engine core's, which inherits it) stays in the file.
+            with output_to(self._log):
+                from vllm import LLM
 
-            self._llm = LLM(**kwargs)
+                self._llm = LLM(**kwargs)
         except Exception as e:
-            raise EngineError(f"vLLM failed to load {directory}: {type(e).__name__}: {e}{_script_hint()}") from e
+            raise EngineError(f"vLLM failed to load {directory}: {type(e).__name__}: {e}"
+                              f"{_script_hint()}\nvLLM's log: {self._log}\n{tail(self._log, 15)}") from e
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -189,12 +213,13 @@ class VllmEngine(Engine):
         self._thread = threading.Thread(target=self._loop, name="labkit-vllm-loop", daemon=True)
         self._thread.start()
         self._info = EngineInfo(
-            engine=self.name, engine_version=f"vllm {version}", model=str(model),
+            engine=self.name, engine_version=f"vllm {version}", model=models.label(model),
             model_path=str(directory), model_sha256=None,
             args={"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
                   "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs, "seed": seed,
                   **llm_kwargs},
             threads=threads_used, device=device, pid=os.getpid(), concurrency="batched",
+            log_path=str(self._log),
         )
 
     @property
