@@ -54,13 +54,18 @@ class ServerError(EngineError):
 class NotebookError(LabkitError):
     """A notebook cell failed while labkit ran it headlessly."""
 
-    def __init__(self, notebook: str, cell_index: int, ename: str, evalue: str, output_path: str):
+    def __init__(self, notebook: str, cell_index: int, ename: str, evalue: str, output_path: str,
+                 first_line: str = "", signal: str | None = None, hint: str = ""):
         self.notebook = notebook
-        self.cell_index = cell_index
+        self.cell_index = cell_index  # as the source notebook counts (0-based, no injected cell)
         self.ename = ename
         self.evalue = evalue
         self.output_path = output_path
+        self.first_line = first_line
+        self.signal = signal
+        where = f"cell {cell_index}" + (f" (`{first_line[:80]}`)" if first_line else "")
+        what = evalue if ename == "DeadKernelError" else f"raised {ename}: {evalue}"
         super().__init__(
-            f"{notebook}: cell {cell_index} raised {ename}: {evalue}\n"
-            f"The executed notebook, with the traceback, is at {output_path}"
+            f"{notebook}: {where}: {what}\n" + (f"{hint}\n" if hint else "") +
+            f"The executed notebook is at {output_path}"
         )

@@ -85,16 +85,84 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     manifest = {"notebook": str(nb_path), "parameters": parameters or {}, "environment": environment(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    from nbclient.exceptions import DeadKernelError
+
+    deaths: list[int] = []
     try:
         pm.execute_notebook(str(nb_path), str(executed), parameters=parameters or {}, kernel_name=kernel,
                             cwd=str(nb_path.parent), progress_bar=False, execution_timeout=timeout_s,
-                            log_output=False)
+                            log_output=False, kernel_manager_class=_kernel_manager(deaths))
     except pm.PapermillExecutionError as e:
-        raise NotebookError(nb_path.name, e.cell_index,
-                            e.ename, e.evalue, str(executed)) from None
+        index, first = _source_cell(executed, e.cell_index)
+        raise NotebookError(nb_path.name, index, e.ename, e.evalue, str(executed),
+                            first_line=first) from None
+    except DeadKernelError:
+        index, first = _source_cell(executed, None)
+        code = deaths[-1] if deaths else None
+        raise NotebookError(nb_path.name, index, "DeadKernelError", _death(code), str(executed),
+                            first_line=first, signal=_signal(code),
+                            hint="Run `labkit doctor`: it checks this machine's native builds "
+                                 "(llama.cpp, torch) in child processes and names the one "
+                                 "that crashes.") from None
     (folder / "results.json").write_text(json.dumps(_jsonable(results(executed)), indent=2, default=str))
     _export_html(executed, folder / (nb_path.stem + ".html"))
     return folder
+
+
+def _kernel_manager(deaths: list[int]) -> type:
+    """A kernel manager that records how its kernel process ended, so a dead kernel can be
+    reported with its signal (SIGILL says "a native build uses an instruction this CPU
+    traps"; SIGKILL often says "out of memory")."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class _Recording(AsyncKernelManager):
+        async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+            proc = getattr(self.provisioner, "process", None)
+            if proc is not None and proc.poll() is not None:
+                deaths.append(proc.returncode)
+            await super().shutdown_kernel(now=now, restart=restart)
+
+    return _Recording
+
+
+def _signal(code: int | None) -> str | None:
+    import signal
+
+    if code is None or code >= 0:
+        return None
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _death(code: int | None) -> str:
+    sig = _signal(code)
+    meaning = {"SIGILL": "an illegal instruction: native code this CPU cannot run",
+               "SIGKILL": "killed from outside, often by the kernel's out-of-memory killer",
+               "SIGSEGV": "a segmentation fault in native code",
+               "SIGABRT": "native code aborted"}
+    if sig:
+        return f"the kernel died from {sig} ({meaning.get(sig, 'a fatal signal')})"
+    return f"the kernel died (exit code {code})" if code is not None else "the kernel died"
+
+
+def _source_cell(executed: Path, cell_index: int | None) -> tuple[int, str]:
+    """The failing cell as the source notebook numbers it (papermill's injected parameters
+    cell not counted) and its first line. ``None`` means "the cell papermill was running"."""
+    try:
+        cells = json.loads(executed.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return (cell_index if cell_index is not None else -1), ""
+    if cell_index is None:
+        status = [c.get("metadata", {}).get("papermill", {}).get("status") for c in cells]
+        cell_index = status.index("running") if "running" in status else len(cells) - 1
+    injected = sum(1 for c in cells[:cell_index]
+                   if "injected-parameters" in c.get("metadata", {}).get("tags", []))
+    source = cells[cell_index].get("source", "") if 0 <= cell_index < len(cells) else ""
+    source = "".join(source) if isinstance(source, list) else source
+    first = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
+    return cell_index - injected, first
 
 
 def _export_html(executed: Path, target: Path) -> None:
