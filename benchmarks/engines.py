@@ -29,8 +29,8 @@ import psutil
 import labkit
 import labkit.environment
 from labkit import workloads
-from labkit.bench import from_llama_bench, from_vllm_bench
-from labkit.llamacpp_tools import tool
+from labkit.loadgen import from_llama_bench, from_vllm_bench
+from labkit.native.llamacpp import tool
 
 OUT_TOKENS = 64
 

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from .bench.result import BenchResult
+from .loadgen.result import BenchResult
 
 
 def _results(results: BenchResult | Sequence[BenchResult] | dict[str, BenchResult]) -> dict[str, BenchResult]:

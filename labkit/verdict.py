@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from .bench.result import BenchResult
-from .fit import FitPlan
+from .loadgen.result import BenchResult
+from .planner import FitPlan
 
 CLAIMS = [
     ("multi-user", "excellent", "poor"),

@@ -11,8 +11,8 @@ import pytest
 
 import labkit
 from labkit import workloads
-from labkit.bench import BenchResult, from_llama_bench, from_vllm_bench
 from labkit.errors import EngineError, InvalidInput
+from labkit.loadgen import BenchResult, from_llama_bench, from_vllm_bench
 
 from .conftest import MODEL
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labkit.compare import compare, first_divergence, kl_topk, quant_ladder
+from labkit.comparison import compare, first_divergence, kl_topk, quant_ladder
 from labkit.errors import InvalidInput
 
 from .conftest import PROMPTS

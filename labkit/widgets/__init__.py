@@ -179,7 +179,7 @@ class ComparePanel(w.VBox):
         return self._engines if self._engines is not None else LOADED
 
     def run(self) -> None:
-        from ..compare import compare
+        from ..comparison import compare
 
         engines = {k: self._available()[k] for k in self.pick.value}
         prompts = [p for p in self.prompts.value.splitlines() if p.strip()]
@@ -232,7 +232,7 @@ class BenchPanel(w.VBox):
         return engine
 
     def run(self) -> None:
-        from ..bench import bench, workloads
+        from ..loadgen import bench, workloads
 
         try:
             levels = [int(x) for x in self.levels.value.split(",") if x.strip()]

@@ -347,7 +347,7 @@ def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, 
             bar.update(1)
     if bar is not None:
         bar.close()
-    from .fit import model_spec
+    from .planner import model_spec
 
     n_params = model_spec(model).n_params
     for r in rows:
@@ -355,5 +355,5 @@ def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, 
     notes = [f"Reference: F16 of {model}. The bundled file is Q4_1, so F16 is its dequantized "
              "conversion and every other variant is quantized from that F16.",
              f"KLD over {len(windows)} chunks of {chunk_tokens} tokens of the reference text, top-{k} "
-             "approximation (see labkit.compare)."]
+             "approximation (see labkit.comparison)."]
     return QuantLadder(rows, "F16", notes)

@@ -82,8 +82,12 @@ class BenchResult:
         peaks = self.memory_peaks()
         if not peaks.empty:
             s["phase"] = [_phase_name(m, lv) for m, lv in zip(s["mode"], s["level"], strict=True)]
-            s = s.merge(peaks.add_prefix("peak_").rename(columns={"peak_phase": "phase"}),
-                        on="phase", how="left")
+            s = s.merge(peaks.add_prefix("peak_").rename(columns={
+                "peak_phase": "phase", "peak_gpu_energy_j": "gpu_energy_j",
+                "peak_gpu_power_w_mean": "gpu_power_w_mean"}), on="phase", how="left")
+            if "gpu_energy_j" in s.columns:  # the level's whole energy, not only its tokens'
+                s["j_per_output_token"] = s["gpu_energy_j"] / s["output_tokens"].where(
+                    s["output_tokens"] > 0)
         return s
 
     def memory_peaks(self) -> pd.DataFrame:
