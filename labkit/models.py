@@ -14,12 +14,13 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ._cache import build_atomically, cache_dir, file_sha256
 from .errors import InvalidInput, ModelError, ModelNotFound
 
 __all__ = ["BUNDLED", "ModelEntry", "resolve", "gguf_path", "hf_dir", "variant", "list_models",
-           "quant_types", "check_gguf", "DEFAULT_MODEL"]
+           "quant_types", "check_gguf", "synthetic", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -75,12 +76,41 @@ def _known_names() -> list[str]:
     return sorted(BUNDLED) + sorted(e.name for e in list_models() if e.kind == "variant")
 
 
+def synthetic(shape: Any, quant: str | None = "Q4_K_M", **kwargs: Any) -> Any:
+    """A synthetic model: a real model's shape and tensor types with random weights
+    (see :mod:`labkit.synthetic`). ``synthetic("llama-3-8b", quant="Q4_K_M")``."""
+    from .synthetic import synthetic as make
+
+    return make(shape, quant, **kwargs)
+
+
+def _synthetic_path(model: Any) -> Path | None:
+    """The folder of a synthetic model given as an object or as ``synthetic:SHAPE[:QUANT]``."""
+    if getattr(model, "synthetic", False) and hasattr(model, "folder"):
+        return Path(model.folder)
+    if isinstance(model, str) and model.startswith("synthetic:"):
+        parts = model.split(":")
+        quant = parts[2] if len(parts) > 2 else "Q4_K_M"
+        return synthetic(parts[1], None if quant.lower() == "dummy" else quant).folder
+    return None
+
+
+def label(model: Any, path: Path | None = None) -> str:
+    """How results name ``model``: its name, ``synthetic:SHAPE:QUANT``, or the file's stem."""
+    if getattr(model, "synthetic", False) or isinstance(model, str) and "/" not in model:
+        return str(model)
+    return path.stem if path is not None else str(model)
+
+
 def resolve(model: str | Path) -> Path:
     """Turn a model name or path into an existing file or directory, checked for validity.
 
     >>> resolve("smollm2-135m").suffix
     '.gguf'
     """
+    folder = _synthetic_path(model)
+    if folder is not None:
+        return folder
     if isinstance(model, str) and model in BUNDLED:
         return _bundled_path(model)
     if isinstance(model, str) and ":" in model and not Path(model).exists():
@@ -134,6 +164,10 @@ def gguf_path(model: str | Path) -> Path:
     path = resolve(model)
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
+        if not ggufs and (path / "labkit-synthetic.json").exists():
+            raise ModelError(f"The synthetic model in {path} was made without a GGUF (quant=None, "
+                             "for vLLM only); make it with quant='Q4_K_M' (or another type) for "
+                             "llama.cpp.")
         if ggufs:
             check_gguf(ggufs[0])
             return ggufs[0]
@@ -146,6 +180,8 @@ def hf_dir(model: str | Path) -> Path:
     path = resolve(model)
     if path.is_dir():
         return path
+    if (path.parent / "labkit-synthetic.json").exists():
+        return path.parent  # a synthetic GGUF's folder: vLLM loads its config with dummy weights
     sha = file_sha256(path)
     target = cache_dir("hf") / f"{path.stem}-{sha[:16]}"
 
@@ -162,7 +198,7 @@ def hf_dir(model: str | Path) -> Path:
 
 
 def _hf_to_gguf(directory: Path) -> Path:
-    from .llamacpp_tools import convert_script
+    from .native.llamacpp import convert_script
 
     key = file_sha256(directory / "config.json")[:16]
     target = cache_dir("gguf") / f"{directory.name}-{key}"
@@ -210,7 +246,7 @@ def variant(model: str | Path, quant: str) -> Path:
     from_file = src if quant == "F16" else variant(base, "F16")
 
     def quantize(tmp: Path) -> None:
-        from .llamacpp_tools import tool
+        from .native.llamacpp import tool
 
         out = tmp / f"{name}-{quant}.gguf"
         cmd = [str(tool("llama-quantize")), "--allow-requantize", str(from_file), str(out), quant]

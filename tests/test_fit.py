@@ -11,7 +11,7 @@ from gguf import GGUFReader
 
 from labkit import fit, models
 from labkit.errors import InvalidInput
-from labkit.fit import model_spec, tensor_bytes
+from labkit.planner import model_spec, tensor_bytes
 
 CFG_26B = {"name": "26B", "num_hidden_layers": 46, "hidden_size": 4608, "num_attention_heads": 32,
            "num_key_value_heads": 16, "head_dim": 128, "vocab_size": 256000,

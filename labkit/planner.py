@@ -34,6 +34,8 @@ from typing import Any
 
 import pandas as pd
 
+from . import arch as arches
+from .arch import Arch, TensorSpec
 from .errors import InvalidInput, ModelError
 
 __all__ = ["ModelSpec", "FitPlan", "fit", "fits_where", "model_spec", "GPU_PRESETS", "parse_bytes",
@@ -53,7 +55,11 @@ GPU_PRESETS: dict[str, float] = {
 #: torch loaded (front end + engine core).
 RUNTIME_OVERHEAD = {
     ("llama.cpp", "cpu"): 0.04 * GiB,  # libllama, thread pool, tokenizer tables
-    ("llama.cpp", "cuda"): 0.35 * GiB,  # CUDA context and cuBLAS workspace
+    ("llama.cpp", "cuda"): 0.35 * GiB,  # CUDA context and cuBLAS workspace (on the GPU)
+    # Host memory a CUDA build takes besides the CPU-resident weights: CUDA runtime and cuBLAS
+    # libraries, pinned staging, mmap residue. H100, llama-server, all layers offloaded: RSS
+    # 0.83 GiB (1B) and 1.40 GiB (8B) against 0.20 / 0.28 GiB of CPU-resident weights.
+    ("llama.cpp", "cuda-host"): 0.85 * GiB,
     ("vllm", "cpu"): 1.20 * GiB,
     ("vllm", "cuda"): 1.00 * GiB,  # CUDA context, torch allocator slack, NCCL
 }
@@ -85,17 +91,6 @@ def parse_bytes(value: str | float | int | None) -> float | None:
 
 
 @dataclass
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]
-    ggml_type: str  # e.g. "Q4_K", "F16", "BF16"
-
-    @property
-    def n_elements(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass
 class ModelSpec:
     """What the planner needs to know about a model (no weights)."""
 
@@ -112,11 +107,26 @@ class ModelSpec:
     source: str = "config"
     file_type: str | None = None  # the GGUF's own quantization, if read from one
     tensors: list[TensorSpec] = field(default_factory=list, repr=False)
+    arch: Arch | None = field(default=None, repr=False)
+    synthetic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("tensors")
+        d.pop("arch")
         return d
+
+    def architecture(self) -> Arch:
+        """The architecture facts (read from the config, or rebuilt from GGUF fields)."""
+        if self.arch is not None:
+            return self.arch
+        names = {t.name for t in self.tensors}
+        return Arch(model_type="llama", gguf_arch="llama", n_layers=self.n_layers,
+                    hidden=self.hidden_size, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
+                    head_dim=self.head_dim, ffn=self.intermediate_size or 4 * self.hidden_size,
+                    vocab=self.vocab_size, tied="output.weight" not in names and bool(names),
+                    n_experts=next((t.shape[2] for t in self.tensors if t.name.endswith("_exps.weight")
+                                    and len(t.shape) > 2), 0))
 
 
 # --- ggml sizes -----------------------------------------------------------------------------
@@ -154,32 +164,29 @@ _REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_s
 
 
 def _spec_from_config(cfg: dict[str, Any], name: str, source: str) -> ModelSpec:
-    cfg = {**cfg.get("text_config", {}), **{k: v for k, v in cfg.items() if k != "text_config"}}
-    missing = [k for k in _REQUIRED if k not in cfg]
+    flat = {**cfg.get("text_config", {}), **{k: v for k, v in cfg.items() if k != "text_config"}}
+    missing = [k for k in _REQUIRED if flat.get(k) is None]
     if missing:
         raise InvalidInput(f"The model config lacks {', '.join(missing)}; a config needs at least "
                            f"{', '.join(_REQUIRED)} (and num_key_value_heads, intermediate_size, "
                            "num_parameters when known).")
-    layers, hidden = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
-    heads, vocab = int(cfg["num_attention_heads"]), int(cfg["vocab_size"])
-    for key, val in (("num_hidden_layers", layers), ("hidden_size", hidden),
-                     ("num_attention_heads", heads), ("vocab_size", vocab)):
-        if val <= 0:
-            raise InvalidInput(f"{key} must be positive, got {val}.")
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
-    head_dim = int(cfg.get("head_dim") or hidden // heads)
-    inter = cfg.get("intermediate_size")
-    n_params = cfg.get("num_parameters") or cfg.get("n_params")
-    if not n_params:
-        ffn = int(inter) if inter else 4 * hidden
-        attn = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
-        per_layer = attn + 3 * hidden * ffn + 2 * hidden
-        tied = cfg.get("tie_word_embeddings", False)
-        n_params = layers * per_layer + vocab * hidden * (1 if tied else 2) + hidden
-    return ModelSpec(name=name, n_layers=layers, hidden_size=hidden, n_heads=heads,
-                     n_kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab,
-                     n_params=int(n_params), intermediate_size=int(inter) if inter else None,
-                     max_context=cfg.get("max_position_embeddings"), source=source)
+    a = arches.from_config(flat)  # checks every field it reads, naming a bad one
+    tensors = arches.tensors(a)
+    n_params = flat.get("num_parameters") or flat.get("n_params")
+    if n_params is not None and (not isinstance(n_params, int | float) or n_params <= 0):
+        raise InvalidInput(f"num_parameters must be a positive number, got {n_params!r}.")
+    counted = sum(t.n_elements for t in tensors)
+    if n_params and n_params > counted * 1.05:
+        # The config hints at more than its shape explains (e.g. vision towers): keep the
+        # difference as one F16 block so weights are not understated.
+        tensors.append(TensorSpec("blk.extra.weight", (256, max(1, int(n_params - counted) // 256)),
+                                  "F16"))
+    return ModelSpec(name=name, n_layers=a.n_layers, hidden_size=a.hidden, n_heads=a.n_heads,
+                     n_kv_heads=a.n_kv_heads, head_dim=a.head_dim, vocab_size=a.vocab,
+                     n_params=int(n_params or counted),
+                     intermediate_size=flat.get("intermediate_size"),
+                     max_context=flat.get("max_position_embeddings"), source=source,
+                     tensors=tensors, arch=a)
 
 
 def _gguf_field(reader, key: str, default: Any = None) -> Any:
@@ -245,6 +252,10 @@ def model_spec(model: str | Path | dict[str, Any]) -> ModelSpec:
     """A ModelSpec from a bundled name, a .gguf, a HF directory or config.json, or a dict."""
     if isinstance(model, dict):
         return _spec_from_config(model, str(model.get("name", "config")), "config")
+    if getattr(model, "synthetic", False):
+        spec = _spec_from_config(model.config, str(model), "synthetic")
+        spec.synthetic = True
+        return spec
     path = Path(model)
     if path.name == "config.json" and path.exists():
         path = path.parent
@@ -266,96 +277,35 @@ def model_spec(model: str | Path | dict[str, Any]) -> ModelSpec:
     return _spec_from_gguf(path)
 
 
-# --- llama.cpp quantization mixes -----------------------------------------------------------
+# --- llama.cpp quantization mixes: labkit.arch, shared with the synthetic-model writer ----
 
-# What llama-quantize stores most tensors as, for each file type (its "_S/_M/_L" mixes bump
-# attn_v, ffn_down and output to higher types; modelled in _ggml_type_for).
-_BASE_TYPE = {
-    "F32": "F32", "F16": "F16", "BF16": "BF16", "Q8_0": "Q8_0", "Q4_0": "Q4_0", "Q4_1": "Q4_1",
-    "Q5_0": "Q5_0", "Q5_1": "Q5_1", "Q2_K": "Q2_K", "Q2_K_S": "Q2_K", "Q3_K_S": "Q3_K",
-    "Q3_K_M": "Q3_K", "Q3_K_L": "Q3_K", "Q4_K_S": "Q4_K", "Q4_K_M": "Q4_K", "Q5_K_S": "Q5_K",
-    "Q5_K_M": "Q5_K", "Q6_K": "Q6_K", "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS", "IQ2_S": "IQ2_S",
-    "IQ2_M": "IQ2_S", "IQ3_XXS": "IQ3_XXS", "IQ3_XS": "IQ3_S", "IQ3_S": "IQ3_S", "IQ3_M": "IQ3_S",
-    "IQ1_S": "IQ1_S", "IQ1_M": "IQ1_M", "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS",
-    "TQ1_0": "TQ1_0", "TQ2_0": "TQ2_0",
-}
-# The higher type for attn_v / ffn_down in the "more bits" layers, and for output.weight.
-_BUMP = {"Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "Q4_K_M": "Q6_K", "Q5_K_M": "Q6_K",
-         "Q2_K": "Q3_K", "IQ3_M": "Q4_K", "IQ2_M": "Q4_K"}
-
-
-def _fallback(ggml_type: str, row: int) -> str:
-    """llama-quantize falls back to a legacy type when a row is not a multiple of 256."""
-    block = _ggml_sizes()[ggml_type][0]
-    if row % block == 0:
-        return ggml_type
-    legacy = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
-              "IQ2_XXS": "Q4_0", "IQ2_XS": "Q4_0", "IQ2_S": "Q4_0", "IQ3_XXS": "Q4_0",
-              "IQ3_S": "Q4_0", "IQ1_S": "Q4_0", "IQ1_M": "Q4_0", "IQ4_XS": "IQ4_NL",
-              "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}.get(ggml_type, "F16")
-    return legacy if row % _ggml_sizes()[legacy][0] == 0 else "F16"
-
-
-def _ggml_type_for(t: TensorSpec, quant: str, n_layers: int) -> str:
-    if len(t.shape) < 2 or t.name.endswith(("norm.weight", "_norm.weight")) or "norm" in t.name:
-        return "F32"
-    base = _BASE_TYPE[quant]
-    if quant in ("F32", "F16", "BF16", "Q8_0"):
-        chosen = base
-    elif t.name == "output.weight" or t.name == "lm_head.weight":
-        chosen = "Q6_K" if base not in ("F16", "BF16", "F32") else base
-    elif quant in _BUMP and (".attn_v." in t.name or ".ffn_down." in t.name or "v_proj" in t.name
-                             or "down_proj" in t.name):
-        layer = next((int(p) for p in t.name.split(".") if p.isdigit()), 0)
-        more_bits = layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
-        chosen = _BUMP[quant] if more_bits else base
-    else:
-        chosen = base
-    return _fallback(chosen, t.shape[0])
-
-
-def _synthetic_tensors(spec: ModelSpec) -> list[TensorSpec]:
-    """A llama-style tensor table from a config alone, for hypothetical models."""
-    h, hd = spec.hidden_size, spec.head_dim
-    ffn = spec.intermediate_size or 4 * h
-    ts = [TensorSpec("token_embd.weight", (h, spec.vocab_size), "F16"),
-          TensorSpec("output.weight", (h, spec.vocab_size), "F16")]
-    for i in range(spec.n_layers):
-        p = f"blk.{i}."
-        ts += [TensorSpec(p + "attn_q.weight", (h, spec.n_heads * hd), "F16"),
-               TensorSpec(p + "attn_k.weight", (h, spec.n_kv_heads * hd), "F16"),
-               TensorSpec(p + "attn_v.weight", (h, spec.n_kv_heads * hd), "F16"),
-               TensorSpec(p + "attn_output.weight", (spec.n_heads * hd, h), "F16"),
-               TensorSpec(p + "ffn_gate.weight", (h, ffn), "F16"),
-               TensorSpec(p + "ffn_up.weight", (h, ffn), "F16"),
-               TensorSpec(p + "ffn_down.weight", (ffn, h), "F16"),
-               TensorSpec(p + "attn_norm.weight", (h,), "F32"),
-               TensorSpec(p + "ffn_norm.weight", (h,), "F32")]
-    known = sum(t.n_elements for t in ts)
-    if spec.n_params > known * 1.05:  # e.g. MoE experts or extra blocks the config hints at
-        extra = spec.n_params - known
-        ts.append(TensorSpec("blk.extra.weight", (256, max(1, extra // 256)), "F16"))
-    return ts
+_BASE_TYPE = arches.BASE_TYPE
 
 
 def llamacpp_weight_bytes(spec: ModelSpec, quant: str | None) -> tuple[float, float, str]:
     """(total weight bytes, bytes per repeating layer, note) for llama.cpp at ``quant``."""
+    per, note = _llamacpp_tensor_bytes(spec, quant)
+    total = float(sum(per.values()))
+    layer_bytes = sum(v for k, v in per.items() if k.startswith(("blk.", "model.layers.")))
+    return total, layer_bytes / max(1, spec.n_layers), note
+
+
+def _llamacpp_tensor_bytes(spec: ModelSpec, quant: str | None) -> tuple[dict[str, int], str]:
     if quant is not None:
         quant = quant.upper()
         if quant not in _BASE_TYPE:
             raise InvalidInput(f"Unknown quantization {quant!r}; the planner knows "
                                f"{', '.join(_BASE_TYPE)}.")
-    tensors = spec.tensors or _synthetic_tensors(spec)
+    a = spec.architecture()
+    # safetensors names (model.layers.N.self_attn...) are not llama.cpp's: a HF folder is
+    # planned as the GGUF its config converts to.
+    tensors = arches.tensors(a) if spec.source == "hf" else (spec.tensors or arches.tensors(a))
     if quant is None and spec.source == "gguf":
-        per = {t.name: tensor_bytes(t.shape, t.ggml_type) for t in tensors}
-        note = f"as stored ({spec.file_type})"
-    else:
-        q = quant or "F16"
-        per = {t.name: tensor_bytes(t.shape, _ggml_type_for(t, q, spec.n_layers)) for t in tensors}
-        note = f"planned as {q}"
-    total = float(sum(per.values()))
-    layer_bytes = sum(v for k, v in per.items() if k.startswith(("blk.", "model.layers.")))
-    return total, layer_bytes / max(1, spec.n_layers), note
+        return {t.name: tensor_bytes(t.shape, t.ggml_type) for t in tensors}, \
+            f"as stored ({spec.file_type})"
+    q = quant or "F16"
+    return {t.name: tensor_bytes(t.shape, arches.quant_type(t, q, a)) for t in tensors}, \
+        f"planned as {q}"
 
 
 # --- the plan --------------------------------------------------------------------------------
@@ -381,6 +331,34 @@ class FitPlan:
     def to_frame(self) -> pd.DataFrame:
         return self.table
 
+    def check(self, measured: Any, engine: str | None = None) -> pd.DataFrame:
+        """Planned against measured memory, one row per place (GPU, CPU), with the error.
+
+        ``measured`` is a :class:`~labkit.loadgen.BenchResult` (its peak per-process VRAM and
+        peak RSS of the engine's tree) or a dict with ``gpu_bytes`` and/or ``cpu_bytes``.
+        """
+        row = self.row(engine or self.rows[0]["engine"])
+        if isinstance(measured, dict):
+            got = measured
+        else:
+            mem = getattr(measured, "memory", None)
+            if mem is None or mem.empty:
+                raise InvalidInput("check() needs a BenchResult with a memory timeline, or a dict "
+                                   "with gpu_bytes / cpu_bytes.")
+            got = {"cpu_bytes": float(mem["rss_bytes"].max())}
+            if "vram_process_bytes" in mem:
+                got["gpu_bytes"] = float(mem["vram_process_bytes"].max())
+        out = []
+        for place, planned in (("gpu", row.get("gpu_gib")), ("cpu", row.get("cpu_gib", row["total_gib"]))):
+            value = got.get(f"{place}_bytes")
+            if planned is None or value is None:
+                continue
+            m = value / GiB
+            out.append({"engine": row["engine"], "where": place, "gpu_layers": row.get("gpu_layers"),
+                        "planned_gib": planned, "measured_gib": m,
+                        "error_pct": 100 * (planned - m) / m if m else float("nan")})
+        return pd.DataFrame(out)
+
     def _repr_html_(self) -> str:
         gpu = f"{self.gpu_memory / GiB:.0f} GiB GPU" if self.gpu_memory else "no GPU"
         head = (f"<p><b>{self.model.name}</b>: {self.model.n_params / 1e9:.2f} B parameters, "
@@ -399,11 +377,14 @@ def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, .
         quant: str | None = None, dtype: str = "auto", context: int = 4096, users: int = 1,
         gpu_memory: str | float | None = None, system_memory: str | float | None = None,
         gpu_memory_utilization: float = 0.9, kv_cache_type: str = "f16",
-        cpu_kv_cache_gb: float = 1.0, ubatch: int = 512) -> FitPlan:
+        cpu_kv_cache_gb: float = 1.0, ubatch: int = 512, gpu_layers: int | None = None) -> FitPlan:
     """Plan memory for ``model`` in each engine; nothing is loaded.
 
     >>> plan = fit("smollm2-135m", engines=["llama.cpp", "vllm"], context=4096, users=8)
     >>> plan.table[["engine", "total_gib", "fits"]]  # doctest: +SKIP
+
+    ``gpu_layers`` plans llama.cpp with that many layers offloaded (as ``-ngl``) instead of
+    as many as fit; it needs ``gpu_memory``.
     """
     if context <= 0 or users <= 0:
         raise InvalidInput(f"context and users must be positive (got context={context}, users={users}).")
@@ -414,6 +395,16 @@ def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, .
         raise InvalidInput("gpu_memory_utilization must be in (0, 1].")
     spec = model_spec(model)
     gpu = parse_bytes(gpu_memory)
+    if gpu is not None and gpu <= 0:
+        raise InvalidInput(f"gpu_memory must be positive, got {gpu_memory!r}.")
+    if gpu_layers is not None:
+        if gpu is None:
+            raise InvalidInput("gpu_layers needs gpu_memory= (the card's size), e.g. '12GiB'.")
+        if not 0 <= gpu_layers <= spec.n_layers + 1:
+            raise InvalidInput(
+                f"gpu_layers={gpu_layers}, but {spec.name} has {spec.n_layers} layers: use "
+                f"0..{spec.n_layers} for repeating layers, or {spec.n_layers + 1} to offload the "
+                "output layer too (what -ngl 99 does).")
     if dtype == "auto":  # what labkit's vLLM engines pick: see engines/vllm.py default_dtype
         from .engines.vllm import default_dtype
 
@@ -422,15 +413,20 @@ def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, .
     rows = []
     for engine in engines:
         if engine in ("llama.cpp", "llama-server"):
-            rows.append(_plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_cache_type, ubatch))
+            rows.append(_plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_cache_type,
+                                       ubatch, gpu_layers))
         else:
             rows.append(_plan_vllm(engine, spec, dtype, quant, context, users, gpu, ram,
                                    gpu_memory_utilization, cpu_kv_cache_gb))
     return FitPlan(spec, rows, context, users, gpu, ram)
 
 
-def _plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_type, ubatch) -> dict[str, Any]:
-    weights, per_layer, note = llamacpp_weight_bytes(spec, quant)
+def _plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_type, ubatch,
+                   forced_layers=None) -> dict[str, Any]:
+    per, note = _llamacpp_tensor_bytes(spec, quant)
+    weights = float(sum(per.values()))
+    layers = sum(v for k, v in per.items() if k.startswith(("blk.", "model.layers.")))
+    per_layer = layers / max(1, spec.n_layers)
     kv_tok = kv_bytes_per_token(spec, kv_type)
     kv_total = kv_tok * context * users
     # Compute buffers are reserved for the worst-case batch, but only the activations of a
@@ -443,22 +439,51 @@ def _plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_type, ubatc
     row = {"engine": engine, "quant": quant or spec.file_type or "F16", "weights_gib": weights / GiB,
            "kv_per_token_kib": kv_tok / 1024, "kv_total_gib": kv_total / GiB,
            "overhead_gib": (compute + overhead) / GiB, "total_gib": total / GiB, "note": note}
+    if spec.synthetic:
+        row["note"] += " (synthetic model)"
     if not gpu:
         row.update(fits=total <= ram, gpu_layers=0, where="cpu",
                    max_users=int((ram - weights - compute - overhead) // (kv_tok * context)))
         return row
-    # Offload whole layers (weights + their share of the KV cache) while they fit; the
-    # output layer and compute buffers go to the GPU first, as llama.cpp does with -ngl all.
-    kv_layer = kv_total / spec.n_layers
-    fixed_gpu = (weights - per_layer * spec.n_layers) + compute + overhead
-    room = gpu - fixed_gpu
-    n_gpu = max(0, min(spec.n_layers, int(room // (per_layer + kv_layer)))) if room > 0 else 0
-    on_cpu = (spec.n_layers - n_gpu) * (per_layer + kv_layer) + (0 if room > 0 else fixed_gpu)
-    where = "gpu" if n_gpu == spec.n_layers else ("gpu+cpu" if n_gpu else "cpu")
-    row.update(fits=on_cpu <= ram, gpu_layers=n_gpu, where=where,
-               gpu_gib=(total - on_cpu) / GiB, cpu_gib=on_cpu / GiB,
-               max_users=int(max(0, (gpu - fixed_gpu - per_layer * spec.n_layers)) // (kv_tok * context))
-               if where == "gpu" else None)
+    # llama.cpp's split for -ngl N (llama-model.cpp): the input embedding always stays on
+    # the CPU; the last min(N, layers) repeating layers and their KV cache go to the GPU; the
+    # output layer (output.weight, or a duplicate of tied embeddings) only when N > layers.
+    n = spec.n_layers
+    embd = per.get("token_embd.weight", 0)
+    out = per.get("output.weight", embd if "output.weight" not in per else 0) + per.get(
+        "output_norm.weight", 0)
+    layer = per_layer + kv_tok * context * users / n
+
+    # The CUDA compute buffer is reserved for a whole ubatch of logits (the output matmul
+    # runs on the GPU even when its weights stay on the CPU: ggml offloads large batched ops),
+    # and with a partial offload it also stages the largest CPU-resident weight for that.
+    # Checked on an H100 (benchmarks/results/gpu_check-h100-20261126.json): 8B Q4_K_M all
+    # layers 6.78 -> 7.01 GiB planned vs 7.00 measured; 1B 1.67 -> 1.90 vs 1.89.
+    logits = ubatch * spec.vocab_size * 4
+    cpu_weights = [v for k, v in per.items() if not k.startswith("blk.")]
+    staging = max(cpu_weights + [per_layer], default=0)
+
+    def vram(ngl: int) -> float:
+        k = min(ngl, n)
+        if ngl == 0:
+            return 0.0
+        return (compute + overhead + logits + k * layer + (out if ngl > n else staging))
+
+    if forced_layers is not None:
+        ngl = forced_layers
+    elif vram(n + 1) <= gpu:
+        ngl = n + 1
+    else:
+        ngl = max((k for k in range(n + 1) if vram(k) <= gpu), default=0)
+    k = min(ngl, n)
+    on_gpu = vram(ngl)
+    on_cpu = embd + (n - k) * layer + (0 if ngl > n else out) + (compute if ngl == 0 else 0) \
+        + RUNTIME_OVERHEAD[("llama.cpp", "cuda-host")]
+    where = "gpu" if ngl > n else ("gpu+cpu" if ngl else "cpu")
+    room = gpu - (compute + overhead + out)
+    row.update(fits=on_gpu <= gpu and on_cpu <= ram, gpu_layers=ngl, where=where,
+               gpu_gib=on_gpu / GiB, cpu_gib=on_cpu / GiB,
+               max_users=int(max(0.0, room - layers) // (kv_tok * context)) if where == "gpu" else None)
     return row
 
 
