@@ -81,6 +81,19 @@ class Nvml:
         n = self._nvml.nvmlDeviceGetName(self._handle)
         return n.decode() if isinstance(n, bytes) else str(n)
 
+    def energy_j(self) -> float | None:
+        """Energy the GPU used since the driver loaded (a counter: differences are joules)."""
+        try:
+            return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1000.0
+        except self._nvml.NVMLError:
+            return None  # before Volta, or not exposed in this VM
+
+    def power_w(self) -> float | None:
+        try:
+            return self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0
+        except self._nvml.NVMLError:
+            return None
+
 
 def nvml() -> DeviceMemory | None:
     """The NVML reader if this machine has an NVIDIA GPU and driver, else None."""
@@ -265,6 +278,11 @@ class MemorySampler:
         if self.device is not None:
             row["vram_used_bytes"] = self.device.used_bytes()
             row["vram_process_bytes"] = self.device.process_bytes(m.pids)
+            for col in ("energy_j", "power_w"):  # optional in the DeviceMemory protocol
+                read = getattr(self.device, col, None)
+                value = read() if read else None
+                if value is not None:
+                    row[f"gpu_{col}"] = value
         with self._lock:
             self._rows.append(row)
         return row
@@ -322,8 +340,14 @@ class MemorySampler:
 
 
 def phase_peaks(timeline: pd.DataFrame) -> pd.DataFrame:
-    """Peak of every ``*_bytes`` column of a memory timeline, per phase."""
+    """Peak of every ``*_bytes`` column of a memory timeline, per phase, and the GPU energy
+    each phase used (``gpu_energy_j``: the counter's rise across the phase) where NVML has it."""
     if timeline.empty:
         return pd.DataFrame()
     cols = [c for c in timeline.columns if c.endswith("_bytes")]
-    return timeline.groupby("phase", sort=False)[cols].max().reset_index()
+    g = timeline.groupby("phase", sort=False)
+    out = g[cols].max()
+    if "gpu_energy_j" in timeline.columns:
+        out["gpu_energy_j"] = g["gpu_energy_j"].max() - g["gpu_energy_j"].min()
+        out["gpu_power_w_mean"] = g["gpu_power_w"].mean() if "gpu_power_w" in timeline else float("nan")
+    return out.reset_index()
