@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.labkit-installed
 ENV_FILE ?= environments/cpu.txt
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test lint bench clean browser
+.PHONY: setup demo test check lint bench clean browser
 
 setup: $(STAMP)
 	@# Cached outside the checkout (~/.cache/labkit), keyed by version and CPU: quick when built.
@@ -51,6 +51,11 @@ browser:
 
 demo: setup
 	$(BIN)/labkit run notebooks/05-which-engine.ipynb --out reports/demo
+
+# The fast tier: parsers, metrics, build decisions, planner rules; no engines (under a minute).
+check: $(STAMP)
+	$(BIN)/ruff check labkit tests benchmarks
+	$(BIN)/python -m pytest -q tests/unit
 
 lint: setup
 	$(BIN)/ruff check labkit tests benchmarks

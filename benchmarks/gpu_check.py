@@ -277,7 +277,7 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
         os.environ.setdefault("LABKIT_CACHE", str(work / "cache"))
         arch = gpu["compute_cap"].replace(".", "")
         os.environ["CMAKE_ARGS"] = (f"-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES={arch} "
-                                    "-DGGML_CUDA_FA_ALL_QUANTS=OFF -DLLAMA_USE_PREBUILT_UI=OFF")
+                                    "-DGGML_CUDA_FA_ALL_QUANTS=OFF")
     from labkit import synthetic
     from labkit.native import llamacpp
 

@@ -116,11 +116,20 @@ def _kernel_manager(deaths: list[int]) -> type:
     from jupyter_client.manager import AsyncKernelManager
 
     class _Recording(AsyncKernelManager):
-        async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        def _note_exit(self) -> None:
             proc = getattr(self.provisioner, "process", None)
-            if proc is not None and proc.poll() is not None:
+            if proc is not None and proc.poll() is not None and not deaths:
                 deaths.append(proc.returncode)
-            await super().shutdown_kernel(now=now, restart=restart)
+
+        async def is_alive(self) -> bool:
+            alive = await super().is_alive()
+            if not alive:
+                self._note_exit()
+            return alive
+
+        async def cleanup_resources(self, restart: bool = False) -> None:
+            self._note_exit()
+            await super().cleanup_resources(restart=restart)
 
     return _Recording
 
@@ -154,6 +163,9 @@ def _source_cell(executed: Path, cell_index: int | None) -> tuple[int, str]:
         cells = json.loads(executed.read_text())["cells"]
     except (OSError, ValueError, KeyError):
         return (cell_index if cell_index is not None else -1), ""
+    # papermill puts an "An Exception was encountered" cell at the top after counting.
+    cells = [c for c in cells
+             if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
     if cell_index is None:
         status = [c.get("metadata", {}).get("papermill", {}).get("status") for c in cells]
         cell_index = status.index("running") if "running" in status else len(cells) - 1

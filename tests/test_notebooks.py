@@ -78,6 +78,20 @@ def test_a_failing_cell_names_the_cell(tmp_path):
     nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("1 / 0")]
     path = tmp_path / "broken.ipynb"
     nbformat.write(nb, path)
-    with pytest.raises(NotebookError, match="cell 1 raised ZeroDivisionError") as err:
+    with pytest.raises(NotebookError, match=r"cell 1 \(`1 / 0`\): raised ZeroDivisionError") as err:
+        run(path, out=tmp_path / "out", parameters={"x": 2})  # papermill injects a cell: not counted
+    assert Path(err.value.output_path).exists() and err.value.cell_index == 1
+
+
+def test_a_kernel_killed_by_a_signal_names_the_cell_and_the_signal(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell("import os, signal\nos.kill(os.getpid(), signal.SIGILL)")]
+    path = tmp_path / "dies.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(NotebookError) as err:
         run(path, out=tmp_path / "out")
-    assert Path(err.value.output_path).exists()
+    e = err.value
+    assert e.signal == "SIGILL" and e.cell_index == 1 and e.first_line == "import os, signal"
+    assert "illegal instruction" in str(e) and "labkit doctor" in str(e)

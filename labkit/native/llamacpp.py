@@ -60,6 +60,7 @@ _BASE_CMAKE = (
     "-DBUILD_SHARED_LIBS=ON",  # the binding loads libllama.so from the same folder
     "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
     "-DCMAKE_INSTALL_RPATH=$ORIGIN",  # tools find the libraries beside them, wherever cached
+    "-DLLAMA_USE_PREBUILT_UI=OFF",  # no download at build time; labkit runs --no-webui anyway
 )
 # Every x86 switch is set explicitly in every variant: variants share one build folder (only
 # ggml-cpu recompiles between them) and cmake would otherwise keep the previous value.
