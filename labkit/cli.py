@@ -29,16 +29,31 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-layers", type=int, help="llama.cpp layers on the GPU")
 
 
+API_KEY_VARIABLE = "LABKIT_API_KEY"
+
+
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Engine keyword arguments from the common flags (only those given)."""
+    """Engine keyword arguments from the common flags (only those given).
+
+    An API key comes only from the environment (``LABKIT_API_KEY``), never from the command
+    line, where ``ps`` would show it: the openai engine sends it, and managed servers are
+    started requiring it.
+    """
+    import os
+
+    key = os.environ.get(API_KEY_VARIABLE)
     if args.engine == "openai":
         if not args.url:
             raise LabkitError("--engine openai needs --url (e.g. http://127.0.0.1:8000/v1).")
         kw: dict[str, Any] = {"url": args.url}
         if args.model != "smollm2-135m":
             kw["model"] = args.model
+        if key:
+            kw["api_key"] = key
         return kw
     kw = {"model": args.model}
+    if key and args.engine in ("llama-server", "vllm-server"):
+        kw["api_key"] = key
     for flag, key in (("threads", "threads"), ("context", "context"), ("parallel", "parallel"),
                       ("gpu_layers", "gpu_layers")):
         if getattr(args, flag, None) is not None:
@@ -107,13 +122,21 @@ def _int_list(text: str) -> list[int]:
         raise LabkitError(f"Expected comma-separated integers like 1,8,32, got {text!r}.") from None
 
 
+def _float_list(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LabkitError(f"{flag} takes comma-separated numbers like 0.5,2,8 (requests per "
+                          f"second), got {text!r}.") from None
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .loadgen import bench, workloads
 
     wl = (workloads.synthetic(args.input_tokens, args.output_tokens) if args.workload == "synthetic"
           else workloads.chat(args.input_tokens, args.output_tokens))
     kwargs = engine_kwargs(args)
-    rates = [float(x) for x in args.rate.split(",")] if args.rate else None
+    rates = _float_list(args.rate, "--rate") if args.rate else None
     res = bench(args.engine, concurrency=_int_list(args.concurrency) if args.concurrency else None,
                 rate=rates, requests_per_level=args.requests, duration_s=args.duration, workload=wl,
                 out=args.out, progress=not args.json, **kwargs)

@@ -141,8 +141,9 @@ def check_gguf(path: Path) -> None:
         magic = f.read(4)
     if magic != b"GGUF":
         raise ModelError(
-            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'). llama.cpp "
-            "needs a .gguf file; for a Hugging Face model pass its directory instead."
+            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'). A model file "
+            "must be a .gguf (both engines can use one: vLLM gets it converted); for a Hugging "
+            "Face model pass its directory instead."
         )
     from gguf import GGUFReader
 

@@ -269,7 +269,12 @@ def model_spec(model: str | Path | dict[str, Any]) -> ModelSpec:
         cfg_file = path / "config.json"
         if not cfg_file.exists():
             raise ModelError(f"{path} has no config.json; pass a HF model directory or a .gguf.")
-        spec = _spec_from_config(json.loads(cfg_file.read_text()), path.name, "hf")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except ValueError as e:
+            raise ModelError(f"{cfg_file} is not valid JSON (line {getattr(e, 'lineno', '?')}: "
+                             f"{getattr(e, 'msg', e)}). Fix or re-download it.") from None
+        spec = _spec_from_config(cfg, path.name, "hf")
         spec.tensors = _safetensors_tensors(path)
         if spec.tensors:
             spec.n_params = sum(t.n_elements for t in spec.tensors)

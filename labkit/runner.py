@@ -78,6 +78,12 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     nb_path = Path(notebook).resolve()
     if not nb_path.exists():
         raise InvalidInput(f"No notebook at {nb_path}.")
+    known = pm.inspect_notebook(str(nb_path))
+    unknown = sorted(set(parameters or {}) - set(known))
+    if unknown:
+        listing = ", ".join(f"{k} (default {v.get('default')})" for k, v in known.items()) or "none"
+        raise InvalidInput(f"{nb_path.name} has no parameter {', '.join(unknown)}. Its parameters "
+                           f"(the cell tagged 'parameters'): {listing}.")
     folder = Path(out) if out else Path("runs") / f"{nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,19 +100,28 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
                             log_output=False, kernel_manager_class=_kernel_manager(deaths))
     except pm.PapermillExecutionError as e:
         index, first = _source_cell(executed, e.cell_index)
+        _write_report(executed, folder, nb_path.stem)  # the report shows the error too
         raise NotebookError(nb_path.name, index, e.ename, e.evalue, str(executed),
                             first_line=first) from None
     except DeadKernelError:
         index, first = _source_cell(executed, None)
         code = deaths[-1] if deaths else None
+        _write_report(executed, folder, nb_path.stem)
         raise NotebookError(nb_path.name, index, "DeadKernelError", _death(code), str(executed),
                             first_line=first, signal=_signal(code),
                             hint="Run `labkit doctor`: it checks this machine's native builds "
                                  "(llama.cpp, torch) in child processes and names the one "
                                  "that crashes.") from None
-    (folder / "results.json").write_text(json.dumps(_jsonable(results(executed)), indent=2, default=str))
-    _export_html(executed, folder / (nb_path.stem + ".html"))
+    _write_report(executed, folder, nb_path.stem)
     return folder
+
+
+def _write_report(executed: Path, folder: Path, stem: str) -> None:
+    """results.json and the HTML report, from whatever the executed notebook holds."""
+    if not executed.exists():
+        return
+    (folder / "results.json").write_text(json.dumps(_jsonable(results(executed)), indent=2, default=str))
+    _export_html(executed, folder / (stem + ".html"))
 
 
 def _kernel_manager(deaths: list[int]) -> type:

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit.errors import NotebookError
+from labkit.errors import InvalidInput, NotebookError
 from labkit.runner import results, run
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
@@ -75,12 +75,22 @@ def test_05_which_engine(tmp_path):
 def test_a_failing_cell_names_the_cell(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("1 / 0")]
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("1 / 0")]
     path = tmp_path / "broken.ipynb"
     nbformat.write(nb, path)
     with pytest.raises(NotebookError, match=r"cell 1 \(`1 / 0`\): raised ZeroDivisionError") as err:
         run(path, out=tmp_path / "out", parameters={"x": 2})  # papermill injects a cell: not counted
     assert Path(err.value.output_path).exists() and err.value.cell_index == 1
+    report = (tmp_path / "out" / "broken.html").read_text()
+    assert "ZeroDivisionError" in report  # the report is written, with the error in it
+
+
+def test_an_unknown_parameter_is_an_error_listing_the_known_ones(tmp_path):
+    with pytest.raises(InvalidInput, match=r"has no parameter NOPE.*MAX_TOKENS"):
+        run(Path(__file__).parent.parent / "notebooks" / "01-quickstart.ipynb", {"NOPE": 1},
+            out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_kernel_killed_by_a_signal_names_the_cell_and_the_signal(tmp_path):

@@ -98,3 +98,55 @@ def test_astream_gives_the_same_tokens_as_stream(engine_by_name, name):
     assert "".join(t.text for t in async_tokens) == "".join(t.text for t in sync_tokens)
     times = [t.t_s for t in async_tokens]
     assert times == sorted(times) and times[0] > 0
+
+
+@pytest.mark.parametrize("port", [70000, -1, "abc", 8.5])
+def test_a_port_that_cannot_be_one_is_invalid_input(port):
+    with pytest.raises(InvalidInput, match="0..65535"):
+        labkit.load("llama-server", model=MODEL, port=port)
+
+
+def test_port_zero_picks_a_free_port_and_an_api_key_is_required_and_never_written(tmp_path):
+    import httpx
+
+    key = "sekret-key-0123456789"
+    with labkit.load("llama-server", model=MODEL, port=0, api_key=key, threads=1, context=256,
+                     log_dir=str(tmp_path)) as srv:
+        assert srv.info.args["port"] > 0
+        assert httpx.get(srv.url + "/models").status_code == 401  # the server requires it
+        res = labkit.bench(srv, concurrency=[1], requests_per_level=1, out=tmp_path / "run",
+                           workload=labkit.workloads.synthetic(input_tokens=8, output_tokens=4),
+                           progress=False)
+        assert res.summary["completed"].iloc[0] == 1
+        assert all(key not in " ".join(p.cmdline()) for p in _tree(srv.info.pid))
+        assert key not in str(srv.info.to_dict())
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert key not in f.read_text(errors="replace"), f
+
+
+def test_a_url_that_is_not_an_openai_server_says_so_in_one_line():
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            body = b"<html><body><h1>Not Found</h1>" + b"x" * 5000 + b"</body></html>"
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(labkit.EngineError) as err:
+            labkit.load("openai", url=f"http://127.0.0.1:{httpd.server_address[1]}/v1")
+        msg = str(err.value)
+        assert "does not serve the OpenAI API (GET /v1/models: HTTP 404" in msg
+        assert "<html" not in msg and len(msg) < 400
+    finally:
+        httpd.shutdown()

@@ -149,6 +149,10 @@ def check_prompts(prompts: Sequence[Any], what: str = "prompts") -> list[Any]:
     items = list(prompts)
     if not items:
         raise InvalidInput(f"{what} is empty: give at least one.")
+    for i, item in enumerate(items):
+        if isinstance(item, str) and not item:
+            # llama.cpp asserts on it, servers answer 400 or generate from nothing: one rule.
+            raise InvalidInput(f"{what}[{i}] is an empty string; give at least one character.")
     return items
 
 

@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -94,6 +95,14 @@ class LlamaCppEngine(Engine):
                 flash_attn=flash_attn,
                 **llama_kwargs,
             )
+        effective = self._llm.n_ctx()
+        if effective != context:
+            # llama.cpp rounds the context up (to 256 and a multiple of the padding): say so,
+            # and report what was used, not what was asked.
+            self._args["context"] = effective
+            self._args["context_requested"] = context
+            warnings.warn(f"labkit: llama.cpp uses a context of {effective} tokens, not the "
+                          f"{context} asked for (it rounds small contexts up).", stacklevel=2)
         self._eog = self._llm._model.token_eos()
         self._vocab = self._llm._model.vocab
         self._formatter = None

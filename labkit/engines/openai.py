@@ -63,9 +63,18 @@ class OpenAIEngine(Engine):
         self._aclient: tuple[asyncio.AbstractEventLoop, Any] | None = None
         try:
             listing = self._get("/v1/models")
-        except EngineError:
+        except EngineError as e:
             self._client.close()
+            status = getattr(e, "status", None)
+            if status is not None:  # it answered, but not as an OpenAI server does
+                raise EngineError(f"{url} does not serve the OpenAI API (GET /v1/models: HTTP "
+                                  f"{status}{': ' + e.body_line if e.body_line else ''}). Give the "
+                                  "server's base URL, usually ending in /v1.") from None
             raise
+        if not isinstance(listing, dict):
+            self._client.close()
+            raise EngineError(f"{url} does not serve the OpenAI API (GET /v1/models did not "
+                              "answer a JSON object).")
         served = listing.get("data") or []
         ids = [m.get("id") for m in served]
         if model is None:
@@ -98,7 +107,9 @@ class OpenAIEngine(Engine):
             raise EngineError(f"Cannot reach {url} ({type(e).__name__}: {e}). Is the server "
                               "running and the URL right (it usually ends in /v1)?") from e
         if r.status_code >= 400:
-            raise EngineError(f"{method} {url} answered HTTP {r.status_code}: {r.text[:500]}")
+            err = EngineError(f"{method} {url} answered HTTP {r.status_code}: {_one_line(r.text)}")
+            err.status, err.body_line = r.status_code, _one_line(r.text, 120)
+            raise err
         try:
             return r.json()
         except ValueError as e:
@@ -244,11 +255,20 @@ class OpenAIEngine(Engine):
         self._client.close()
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    """A response body cut to one line: an HTML error page says nothing in 500 characters."""
+    import re
+
+    flat = re.sub(r"<[^>]+>", " ", text)
+    flat = " ".join(flat.split())
+    return flat[:limit] + ("..." if len(flat) > limit else "")
+
+
 def _raise_http(url: str, status: int, text: str) -> None:
     low = text.lower()
     if status == 400 and ("context" in low or "maximum" in low or "too long" in low or "exceed" in low):
         raise InvalidInput(f"The server refused the request as too long for its context: {text[:400]}")
-    raise EngineError(f"POST {url} answered HTTP {status}: {text[:500]}")
+    raise EngineError(f"POST {url} answered HTTP {status}: {_one_line(text)}")
 
 
 def _sse_line(line: str, chat: bool, t0: float, url: str) -> list[Token] | None:

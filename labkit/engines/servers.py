@@ -71,19 +71,28 @@ class _ManagedServer(OpenAIEngine):
 
     def _start(self, cmd: list[str], host: str, port: int | None, health_path: str,
                startup_timeout_s: float, env: dict[str, str] | None, log_dir: str | None,
-               model_label: str) -> tuple[ManagedProcess, str]:
-        if port is None:
+               model_label: str, api_key: str | None = None,
+               key_variable: str = "") -> tuple[ManagedProcess, str]:
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 0 <= port <= 65535):
+            raise InvalidInput(f"port must be a whole number in 0..65535 (0 or None: pick a "
+                               f"free one), got {port!r}.")
+        if not port:  # None or 0: a free port, which labkit must know to reach the server
             port = free_port(host)
         else:
             check_port(host, port)
         cmd = [*cmd, "--host", host, "--port", str(port)]
         logs = Path(log_dir) if log_dir else cache_dir("logs")
         log_path = logs / f"{self.server_name}-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log"
+        if api_key:
+            # Through the environment, never the command line (where `ps` shows it) or any
+            # file labkit writes; labkit's own client sends it too.
+            env = {**(env if env is not None else os.environ), key_variable: api_key}
         proc = ManagedProcess(cmd, log_path, env=env)
         base = f"http://{host}:{port}"
         try:
             wait_healthy(proc, base + health_path, startup_timeout_s, self.server_name)
-            OpenAIEngine.__init__(self, base + "/v1", model=model_label)
+            OpenAIEngine.__init__(self, base + "/v1", model=model_label, api_key=api_key)
         except BaseException:
             proc.stop()
             raise
@@ -121,7 +130,8 @@ class LlamaServerEngine(_ManagedServer):
                  threads: int | None = None, gpu_layers: int = 0, flash_attn: bool = False,
                  host: str = "127.0.0.1",
                  port: int | None = None, startup_timeout_s: float = 120.0,
-                 extra_args: list[str] | None = None, log_dir: str | None = None):
+                 extra_args: list[str] | None = None, log_dir: str | None = None,
+                 api_key: str | None = None):
         self._closed = False
         if parallel <= 0:
             raise InvalidInput(f"parallel must be >= 1, got {parallel}.")
@@ -141,7 +151,7 @@ class LlamaServerEngine(_ManagedServer):
                "-fa", "on" if flash_attn else "off", "--jinja", "--metrics", "--slots",
                "--no-webui", *(extra_args or [])]
         self._proc, base = self._start(cmd, host, port, "/health", startup_timeout_s, None,
-                                       log_dir, label)
+                                       log_dir, label, api_key, "LLAMA_API_KEY")
         self._info.engine = self.name
         self._info.engine_version = f"llama.cpp from llama-cpp-python {build.cmake_args and llama_cpp_python_version()}"
         self._info.model = models.label(model)
@@ -176,7 +186,7 @@ class VllmServerEngine(_ManagedServer):
                  max_num_seqs: int = 256, enforce_eager: bool = True, host: str = "127.0.0.1",
                  port: int | None = None,
                  startup_timeout_s: float = 300.0, extra_args: list[str] | None = None,
-                 log_dir: str | None = None):
+                 log_dir: str | None = None, api_key: str | None = None):
         self._closed = False
         from .vllm import check_dtype, default_dtype, vllm_env, vllm_version
 
@@ -194,7 +204,7 @@ class VllmServerEngine(_ManagedServer):
                *(["--load-format", "dummy"] if is_synthetic(directory) else []),
                *(extra_args or [])]
         self._proc, base = self._start(cmd, host, port, "/health", startup_timeout_s,
-                                       {**os.environ, **env}, log_dir, label)
+                                       {**os.environ, **env}, log_dir, label, api_key, "VLLM_API_KEY")
         self._info.engine = self.name
         self._info.engine_version = f"vllm {vllm_version()}"
         self._info.model = models.label(model)

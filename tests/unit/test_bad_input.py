@@ -1,0 +1,70 @@
+"""Bad input fails fast with a labkit error naming the problem (no engines needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import labkit
+from labkit.engines.base import check_prompts
+from labkit.errors import InvalidInput, ModelError
+
+CFG = {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4,
+       "num_key_value_heads": 2, "vocab_size": 1000, "intermediate_size": 512}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_key_value_heads": 0}, "num_key_value_heads"),
+    ({"hidden_size": None}, "hidden_size"),
+    ({"num_attention_heads": 3}, "does not divide hidden_size"),
+])
+def test_fit_rejects_bad_fields_by_name(change, message):
+    with pytest.raises(InvalidInput, match=message):
+        labkit.fit({**CFG, **change})
+
+
+def test_fit_rejects_a_negative_card():
+    with pytest.raises(InvalidInput, match="gpu_memory must be positive"):
+        labkit.fit(CFG, gpu_memory="-5GiB")
+
+
+def test_a_malformed_config_json_names_the_file_and_line(tmp_path):
+    (tmp_path / "config.json").write_text('{"hidden_size": 256,\n  "oops"\n}')
+    with pytest.raises(ModelError, match=r"config\.json is not valid JSON \(line 3"):
+        labkit.fit(str(tmp_path))
+
+
+def test_empty_prompts_are_invalid_input_for_every_engine():
+    with pytest.raises(InvalidInput, match=r"prompts\[1\] is an empty string"):
+        check_prompts(["hi", ""])
+
+
+def test_bench_rate_that_is_not_a_number_names_the_flag():
+    r = subprocess.run([sys.executable, "-m", "labkit.cli", "bench", "--rate", "abc"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--rate takes comma-separated numbers" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_planner_places_input_on_cpu_and_output_only_above_the_layer_count():
+    from labkit.synthetic import SHAPES
+
+    cfg = SHAPES["llama-3-8b"]
+    at = {n: labkit.fit(cfg, engines=["llama.cpp"], quant="Q4_K_M", gpu_memory="80GiB", context=512,
+                        gpu_layers=n).row("llama.cpp") for n in (0, 16, 32, 33)}
+    assert at[0]["gpu_gib"] == 0 and at[33]["where"] == "gpu" and at[32]["where"] == "gpu+cpu"
+    # -ngl 33 moves the output layer (Q6_K, 0.40 GiB) over; the embedding stays on the CPU
+    assert 0.3 < at[32]["cpu_gib"] - at[33]["cpu_gib"] < 0.5
+    assert at[33]["cpu_gib"] > 0.2
+    auto = labkit.fit(cfg, engines=["llama.cpp"], quant="Q4_K_M", gpu_memory="4GiB", context=512)
+    assert 0 < auto.row("llama.cpp")["gpu_layers"] < 32
+
+
+def test_check_reports_planned_against_measured():
+    plan = labkit.fit(CFG, engines=["llama.cpp"], gpu_memory="8GiB", gpu_layers=5)
+    t = plan.check({"gpu_bytes": 2**30, "cpu_bytes": 2**30})
+    assert set(t["where"]) == {"gpu", "cpu"} and t["error_pct"].notna().all()
+    assert json.dumps(t.to_dict("records"))
