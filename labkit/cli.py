@@ -144,12 +144,24 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         for row in summary.to_dict("records"):
             print(json.dumps(row, default=str))
-    else:
-        cols = ["level", "completed", "errors", "req_per_s", "output_tok_per_s", "ttft_p50_ms", "tpot_p50_ms"]
+    elif not summary.empty:
+        cols = ["level", "completed", "errors", "unmeasured", "req_per_s", "output_tok_per_s",
+                "ttft_p50_ms", "tpot_p50_ms"]
         print(summary[[c for c in cols if c in summary.columns]].to_string(index=False))
         if args.out:
             print(f"results: {args.out}")
-    return 0
+    if res.ended == "completed":
+        return 0
+    sent = int(summary["completed"].sum()) if "completed" in summary else 0
+    total = len(res.requests)
+    kept = f", kept in {args.out}" if args.out else ""
+    if res.ended == "interrupted":
+        print(f"labkit: interrupted after {sent} of {total} requests{kept}", file=sys.stderr)
+        return 130
+    print(f"labkit: error: {res.ended}; {sent} of {total} requests measured{kept}.", file=sys.stderr)
+    if res.engine_log:
+        print("--- last lines of the engine's log ---\n" + res.engine_log, file=sys.stderr)
+    return 1
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:

@@ -47,3 +47,66 @@ def test_bad_input_is_a_one_line_error_not_a_traceback():
     assert "Unknown engine 'tensorrt'" in r.stderr and "Traceback" not in r.stderr
     r = labkit_cli("generate", "--model", "nope-7b", "hi")
     assert r.returncode == 2 and "No model named" in r.stderr
+
+
+def _start_bench(tmp_path, *extra: str) -> subprocess.Popen:
+    out = tmp_path / "run"
+    return subprocess.Popen([sys.executable, "-m", "labkit.cli", "bench", "--engine", "llama-server",
+                             "--model", "smollm2-135m", "--threads", "1", "--concurrency", "1",
+                             "--requests", "40", "--output-tokens", "48", "--workload", "synthetic",
+                             "--input-tokens", "16", "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_rows(proc: subprocess.Popen, path, n: int = 2, timeout_s: float = 300) -> None:
+    """Until ``n`` measured requests are on disk (the sweep is mid-level), or fail."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.1)  # polling a file another process writes, not synchronising threads
+    raise AssertionError("the sweep wrote no rows in time")
+
+
+def test_a_server_killed_mid_sweep_stops_it_with_the_truth(tmp_path):
+    import os
+    import signal
+
+    import psutil
+
+    proc = _start_bench(tmp_path, "--json")
+    _wait_for_rows(proc, tmp_path / "run" / "requests.jsonl")
+    server = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                  if "llama-server" in " ".join(p.cmdline()))
+    os.kill(server.pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr[-2000:]
+    assert "engine died: llama-server" in stderr and "killed by signal 9" in stderr
+    assert "last lines of the engine's log" in stderr
+    for line in stdout.splitlines():
+        json.loads(line)  # --json: stdout holds JSON only
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["ended"].startswith("engine died")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "requests.jsonl").read_text().splitlines()]
+    unsent = [r for r in rows if r["finish_reason"] == "not sent: engine died"]
+    assert unsent and len(rows) == 40
+    assert sum(1 for r in rows if r["error"]) <= 2  # only what was in flight when it died
+
+
+def test_ctrl_c_mid_sweep_exits_130_and_keeps_what_was_measured(tmp_path):
+    import signal
+
+    proc = _start_bench(tmp_path)
+    _wait_for_rows(proc, tmp_path / "run" / "requests.jsonl")
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "labkit: interrupted after" in stderr and "of 40 requests, kept in" in stderr
+    assert "Warning" not in stderr and "Traceback" not in stderr
+    summary = (tmp_path / "run" / "summary.csv").read_text()
+    header, row = summary.splitlines()[:2]
+    values = dict(zip(header.split(","), row.split(","), strict=False))
+    assert int(values["errors"]) == 0 and int(values["unmeasured"]) > 0

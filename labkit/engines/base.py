@@ -220,6 +220,23 @@ class Engine(ABC):
         sp = SamplingParams(**_tupled(params))
         return self._stream(prompt, sp, chat, time.perf_counter())
 
+    def cancel(self) -> None:
+        """Stop the generations in flight (their streams end with finish_reason
+        "cancelled"); later ones run normally. Engines that cannot stop one mid-way let it
+        finish: this is what Ctrl-C in a sweep calls."""
+        return None  # the default: nothing to cancel mid-way
+
+    def health(self) -> str | None:
+        """Why this engine cannot serve any more (None while it can). Cheap: the load
+        generator asks after every failed request, to stop a sweep at a dead engine."""
+        return "the engine is closed" if self.closed else None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the engine's own log, for error messages ("" if it keeps none)."""
+        from ._output import tail
+
+        return tail(self.info.log_path, lines) if self.info.log_path else ""
+
     def close(self) -> None:
         """Free the model and stop every process the engine started. Safe to call twice."""
         if not self._closed:

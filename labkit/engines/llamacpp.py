@@ -86,6 +86,7 @@ class LlamaCppEngine(Engine):
         self._args = {"context": context, "gpu_layers": gpu_layers, "batch": batch, "seed": seed,
                       "flash_attn": flash_attn, **llama_kwargs}
         self._lock = threading.Lock()
+        self._cancelled_at = float("-inf")  # requests started before this stop at their next token
         self._baseline = self_memory()
         self._log = log_path("llama.cpp")
         with output_to(self._log):
@@ -192,6 +193,9 @@ class LlamaCppEngine(Engine):
             finish = "length"
             for tok in gen:
                 now = time.perf_counter() - t0
+                if t0 <= self._cancelled_at:
+                    finish = "cancelled"
+                    break
                 if self._llama_cpp.llama_vocab_is_eog(self._vocab, tok) and not params.ignore_eos:
                     finish = "stop"
                     break
@@ -245,6 +249,9 @@ class LlamaCppEngine(Engine):
                 result.append(self._logprobs(tok, k)[1])
                 llm.eval([tok])
         return result
+
+    def cancel(self) -> None:
+        self._cancelled_at = time.perf_counter()
 
     def _close(self) -> None:
         with self._lock:

@@ -106,6 +106,16 @@ class _ManagedServer(OpenAIEngine):
     def process(self) -> ManagedProcess:
         return self._proc
 
+    def health(self) -> str | None:
+        code = self._proc.poll()
+        if code is not None:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            return f"{self.server_name} (pid {self._proc.pid}) {how}"
+        return super().health()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return self._proc.log_tail(lines)
+
     @property
     def log_path(self) -> Path:
         return self._proc.log_path

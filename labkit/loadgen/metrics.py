@@ -51,9 +51,14 @@ def summarize(requests: pd.DataFrame, slo_ms: dict[str, float] | None = None) ->
     if requests.empty:
         return pd.DataFrame()
     for (mode, level), grp in requests.groupby(["mode", "level"], sort=False):
-        ok = grp[grp["error"].isna()]
-        row: dict[str, Any] = {"mode": mode, "level": level, "requests": len(grp),
-                               "completed": len(ok), "errors": int(grp["error"].notna().sum())}
+        # Not sent (the sweep stopped first) or cancelled mid-way: unmeasured, not errors.
+        reason = grp["finish_reason"].astype(str)
+        unmeasured = reason.str.startswith("not sent") | (reason == "cancelled")
+        sent = grp[~unmeasured]
+        ok = sent[sent["error"].isna()]
+        row: dict[str, Any] = {"mode": mode, "level": level, "requests": len(sent),
+                               "completed": len(ok), "errors": int(sent["error"].notna().sum()),
+                               "unmeasured": int(unmeasured.sum())}
         if ok.empty:
             rows.append(row)
             continue

@@ -72,6 +72,10 @@ class BenchResult:
     slo_ms: dict[str, float] | None = None
     folder: Path | None = None
     interrupted: bool = False
+    #: why the sweep ended: "completed", "interrupted" (Ctrl-C or stop_event) or
+    #: "engine died: ..." (then ``engine_log`` holds the end of the engine's log)
+    ended: str = "completed"
+    engine_log: str = ""
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -102,7 +106,8 @@ class BenchResult:
                 "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "itl_p50_ms", "e2e_p50_ms", "peak_pss_bytes"]
         s = self.summary
         s = s[[c for c in cols if c in s.columns]]
-        note = " <b>(interrupted: unfinished requests are marked)</b>" if self.interrupted else ""
+        note = (f" <b>({self.ended}: requests not sent are marked, and counted apart)</b>"
+                if self.ended != "completed" else "")
         head = (f"<p><b>{eng.get('engine', '?')}</b> {eng.get('engine_version', '')} on "
                 f"{self.manifest.get('environment', {}).get('cpu', '?')}, model {eng.get('model', '?')}, "
                 f"threads {eng.get('threads')}, concurrency model: {eng.get('concurrency')}{note}</p>")
@@ -121,7 +126,9 @@ class BenchResult:
         self.summary.to_csv(folder / "summary.csv", index=False)
         if not self.kv.empty:
             self.kv.to_csv(folder / "kv.csv", index=False)
-        (folder / "run.json").write_text(json.dumps({"slo_ms": self.slo_ms, "interrupted": self.interrupted}))
+        (folder / "run.json").write_text(json.dumps({"slo_ms": self.slo_ms, "interrupted": self.interrupted,
+                                                     "ended": self.ended,
+                                                     "engine_log": self.engine_log}))
         return folder
 
     @classmethod
@@ -130,10 +137,18 @@ class BenchResult:
         manifest = json.loads((folder / "manifest.json").read_text())
         rows = [json.loads(line) for line in (folder / "requests.jsonl").read_text().splitlines() if line.strip()]
         requests = pd.DataFrame(rows, columns=REQUEST_COLUMNS) if rows else pd.DataFrame(columns=REQUEST_COLUMNS)
-        mem = pd.read_csv(folder / "memory.csv") if (folder / "memory.csv").exists() else pd.DataFrame()
-        kv = pd.read_csv(folder / "kv.csv") if (folder / "kv.csv").exists() else pd.DataFrame()
+        mem, kv = _read_csv(folder / "memory.csv"), _read_csv(folder / "kv.csv")
         extra = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
-        return cls(requests, mem, manifest, kv, extra.get("slo_ms"), folder, extra.get("interrupted", False))
+        return cls(requests, mem, manifest, kv, extra.get("slo_ms"), folder, extra.get("interrupted", False),
+                   extra.get("ended", "completed"), extra.get("engine_log", ""))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A saved frame, or an empty one: a remote engine's run has no memory timeline."""
+    try:
+        return pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()
 
 
 def _phase_name(mode: str, level: Any) -> str:

@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -116,9 +115,11 @@ class _InFlight:
         if not self._open and self._count == 0:
             self._idle.set()
 
-    def wait(self) -> None:
+    def wait(self, timeout_s: float | None = None) -> None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._idle.wait(0.2):  # a timeout so Ctrl-C reaches the main thread
-            pass
+            if deadline is not None and time.monotonic() > deadline:
+                return
 
 
 class _Sweep:
@@ -144,6 +145,9 @@ class _Sweep:
         self.origin = time.perf_counter()
         self.use_async = hasattr(engine, "astream")
         self.use_submit = hasattr(engine, "submit")
+        self.died: str | None = None
+        self.workers: list[threading.Thread] = []
+        self.flight: _InFlight | None = None  # requests on the engine's own loop (submit)
 
     def record(self, row: dict[str, Any]) -> None:
         with self.lock:
@@ -175,6 +179,7 @@ class _Sweep:
 
         thread = threading.Thread(target=target, name="labkit-bench-loop", daemon=True)
         thread.start()
+        self.workers.append(thread)
         self._join([thread])
         if failure:
             raise failure[0]
@@ -194,11 +199,35 @@ class _Sweep:
             if bar is not None:
                 bar.close()
 
+    def halt(self, settle_s: float = 60.0) -> None:
+        """Stop sending, cancel what the engine can cancel, and let the requests in flight
+        end (bounded), so no row arrives after the unsent ones are marked."""
+        self.stop.set()
+        try:
+            self.engine.cancel()
+        except Exception:
+            pass
+        deadline = time.monotonic() + settle_s
+        for t in self.workers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if self.flight is not None:
+            self.flight.wait(max(0.0, deadline - time.monotonic()))
+
     def _done(self, row: dict[str, Any], record: bool, bar) -> None:
         if record:
             self.record(row)
         if bar is not None:
             bar.update(1)
+        if row.get("error") and self.died is None:
+            # A failed request may be the first sign that the engine died: ask, and stop
+            # at once instead of firing the rest at a dead port.
+            try:
+                reason = self.engine.health()
+            except Exception as e:
+                reason = f"its health check failed ({type(e).__name__}: {e})"
+            if reason:
+                self.died = reason
+                self.stop.set()
 
     def _submission(self, req: Request, mode: str, level: Any, index: int, record: bool, bar,
                     then: Callable[[], None]):
@@ -223,7 +252,7 @@ class _Sweep:
         # the next one from there, so no thread per user competes with the engine for CPU.
         todo = iter(enumerate(requests))
         taking = threading.Lock()
-        flight = _InFlight()
+        flight = self.flight = _InFlight()
 
         def send(n: int, returning: int = 0) -> None:
             while True:
@@ -249,7 +278,7 @@ class _Sweep:
         flight.wait()
 
     def _poisson_submit(self, requests, rate, arrivals, bar) -> None:
-        flight = _InFlight()
+        flight = self.flight = _InFlight()
         start = time.perf_counter()
         try:
             for i, at in enumerate(arrivals):
@@ -292,6 +321,7 @@ class _Sweep:
                 self._done(run_request(self.engine, req, "concurrency", concurrency, i, self.origin), record, bar)
 
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(users)]
+        self.workers += threads
         for t in threads:
             t.start()
         self._join(threads)
@@ -339,6 +369,7 @@ class _Sweep:
             t = threading.Thread(target=one, args=(i, requests[i % len(requests)]), daemon=True)
             t.start()
             threads.append(t)
+            self.workers.append(t)
         self._join(threads)
 
 
@@ -501,23 +532,26 @@ def _bench_loaded(engine, levels, rates, requests_per_level, duration_s, workloa
                 on_level_done(result())
     except KeyboardInterrupt:
         interrupted = True
-        sweep.stop.set()
-        warnings.warn("Benchmark interrupted: returning the requests measured so far; unfinished "
-                      "ones are marked in the result.", stacklevel=2)
+        sweep.halt()
     finally:
         if sampler is not None:
             sampler.stop()
         interrupted = interrupted or sweep.stop.is_set()
         if interrupted:
-            _mark_unfinished(sweep, planned, levels, rates, requests_per_level)
+            why = f"engine died: {sweep.died}" if sweep.died else "interrupted"
+            _mark_unfinished(sweep, planned, levels, rates, requests_per_level,
+                             "not sent: engine died" if sweep.died else "not sent: interrupted")
         writer.close()
     res = result()
+    if interrupted:
+        res.ended = why
+        res.engine_log = engine.log_tail() if sweep.died else ""
     if out:
         res.save(out)
     return res
 
 
-def _mark_unfinished(sweep: _Sweep, planned, levels, rates, requests_per_level) -> None:
+def _mark_unfinished(sweep: _Sweep, planned, levels, rates, requests_per_level, why: str) -> None:
     done = {(r["mode"], r["level"], r["index"]) for r in sweep.rows}
     counts = {(m, lv): n for m, lv, n in planned}
     for mode, level in [("concurrency", c) for c in levels] + [("rate", r) for r in rates]:
@@ -527,7 +561,7 @@ def _mark_unfinished(sweep: _Sweep, planned, levels, rates, requests_per_level) 
                 sweep.record({"mode": mode, "level": level, "index": i, "start_s": None,
                               "started_at": None, "ttft_s": None, "tpot_s": None, "itl_s": [],
                               "e2e_s": None, "input_tokens": None, "output_tokens": 0,
-                              "finish_reason": None, "error": "interrupted: not measured"})
+                              "finish_reason": why, "error": None})
 
 
 def _sampler(scope: EngineMemory, interval_s: float) -> MemorySampler:
