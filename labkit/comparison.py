@@ -65,6 +65,28 @@ def kl_topk(ref: dict[int, float], other: dict[int, float]) -> float:
     return float(np.sum(p * (np.log(p) - np.log(q))) + p_rest * (np.log(p_rest) - np.log(q_rest)))
 
 
+def _form(prompt: str | Conversation, chat: bool) -> tuple[str | Conversation, bool]:
+    """How a prompt is sent: a conversation always as chat, a string as chat only if asked."""
+    if chat or not isinstance(prompt, str):
+        return _as_chat(prompt), True
+    return prompt, False
+
+
+def _generate_mixed(eng: Engine, prompts: list[Any], chat: bool, max_tokens: int) -> list[Generation]:
+    """Raw prompts through generate(), conversations through chat(), in the given order."""
+    forms = [_form(p, chat) for p in prompts]
+    out: list[Generation | None] = [None] * len(prompts)
+    for as_chat in (False, True):
+        idx = [i for i, (_, c) in enumerate(forms) if c == as_chat]
+        if not idx:
+            continue
+        call = eng.chat if as_chat else eng.generate
+        for i, g in zip(idx, call([forms[i][0] for i in idx], max_tokens=max_tokens, temperature=0),
+                        strict=True):
+            out[i] = g
+    return out  # type: ignore[return-value]
+
+
 def _as_chat(prompt: str | Conversation) -> Conversation:
     return prompt if not isinstance(prompt, str) else [{"role": "user", "content": prompt}]
 
@@ -85,10 +107,22 @@ class Comparison:
     parity: pd.DataFrame
     positions: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-position logprob parity
     notes: list[str] = field(default_factory=list)
+    chat: bool = False  # every prompt sent as chat (conversations always are)
+
+    def _same_prompt(self, i: int, name: str) -> bool | None:
+        """Whether ``name`` was fed the reference's token ids for prompt ``i`` (as sent)."""
+        pid = self.prompt_ids
+        if pid.empty:
+            return None
+        kind = "chat" if _form(self.prompts[i], self.chat)[1] else "raw"
+        row = pid[(pid["prompt"] == i) & (pid["kind"] == kind) & (pid["engine"] == name)]
+        return bool(row["same_as_ref"].iloc[0]) if not row.empty else None
 
     @property
     def table(self) -> pd.DataFrame:
-        """prompt, engine, text, n_tokens, identical_to_ref, first_divergence, token_agreement."""
+        """prompt, engine, same_prompt_tokens, text, n_tokens, identical_to_ref,
+        first_divergence, token_agreement. ``same_prompt_tokens`` False means the engines
+        were not fed the same tokens: their outputs are not comparable as they stand."""
         rows = []
         for i, prompt in enumerate(self.prompts):
             ref = self.generations[self.reference][i]
@@ -101,7 +135,8 @@ class Comparison:
                 else:  # a server that gives no token ids: compare characters
                     fd = first_divergence(list(ref.text), list(g.text))
                     agree = float("nan")
-                rows.append({"prompt": _label(prompt), "engine": name, "text": g.text,
+                rows.append({"prompt": _label(prompt), "engine": name,
+                             "same_prompt_tokens": self._same_prompt(i, name), "text": g.text,
                              "n_tokens": g.n_tokens, "identical_to_ref": g.text == ref.text,
                              "first_divergence": fd, "divergence_unit": "token" if ids_known else "char",
                              "token_agreement": agree})
@@ -196,7 +231,8 @@ def _score_parity(engines: dict[str, Engine], reference: str, prompts: list[Any]
     for i, (prompt, gen) in enumerate(zip(prompts, refs, strict=True)):
         if not gen.token_ids:
             continue
-        prompt_ids = ref_engine.tokenize(prompt if not chat else _as_chat(prompt), chat=chat)
+        form, as_chat = _form(prompt, chat)
+        prompt_ids = ref_engine.tokenize(form, chat=as_chat)
         scores = {name: eng.score(prompt_ids, gen.token_ids, k) for name, eng in engines.items()
                   if hasattr(eng, "score")}
         base = scores[reference]
@@ -232,12 +268,7 @@ def compare(engines: dict[str, Engine], prompts: Sequence[str | Conversation], *
     reference = reference or names[0]
     if reference not in engines:
         raise InvalidInput(f"reference {reference!r} is not one of {names}.")
-    gens = {}
-    for name, eng in engines.items():
-        if chat:
-            gens[name] = eng.chat([_as_chat(p) for p in prompts], max_tokens=max_tokens, temperature=0)
-        else:
-            gens[name] = eng.generate([_label(p) for p in prompts], max_tokens=max_tokens, temperature=0)
+    gens = {name: _generate_mixed(eng, prompts, chat, max_tokens) for name, eng in engines.items()}
     notes: list[str] = []
     pid = _prompt_parity(engines, reference, prompts)
     parity, positions = pd.DataFrame(), pd.DataFrame()
@@ -253,7 +284,7 @@ def compare(engines: dict[str, Engine], prompts: Sequence[str | Conversation], *
                          "logprob parity uses the in-process engines.")
         if reference in scorable and len(scorable) >= 1:
             parity, positions = _score_parity(scorable, reference, prompts, gens[reference], k, chat)
-    return Comparison(names, reference, prompts, gens, pid, parity, positions, notes)
+    return Comparison(names, reference, prompts, gens, pid, parity, positions, notes, chat)
 
 
 # --- quantization ladder ---------------------------------------------------------------------

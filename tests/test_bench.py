@@ -182,3 +182,24 @@ def test_refused_requests_become_rows_and_the_level_goes_on(vllm_engine):
     assert req["error"].notna().tolist() == [True, False, True, False]
     assert "context" in req["error"].iloc[0]
     assert (req[req["error"].isna()]["output_tokens"] == 8).all()
+
+
+def test_bench_against_a_generic_openai_url(llama_server, tmp_path):
+    eng = labkit.load("openai", url=llama_server.url)
+    eng.flavor = "generic"  # a server labkit does not know: no tokenizer, no KV account for it
+    try:
+        with pytest.raises(EngineError, match="cannot ask it for token ids"):
+            eng.tokenize("hello")
+        res = labkit.bench(eng, concurrency=[1], requests_per_level=2, out=tmp_path / "g",
+                           workload=workloads.synthetic(input_tokens=16, output_tokens=8), progress=False)
+    finally:
+        eng.close()
+    assert res.summary["completed"].iloc[0] == 2 and res.ended == "completed"
+    assert any("approximate" in c for c in res.manifest["caveats"])
+
+
+def test_a_refused_workload_leaves_no_run_folder(llama, tmp_path):
+    with pytest.raises(InvalidInput, match="shorter than the base prompt"):
+        labkit.bench(llama, concurrency=[1], requests_per_level=1, out=tmp_path / "never",
+                     workload=workloads.chat(input_tokens=2, output_tokens=4), progress=False)
+    assert not (tmp_path / "never").exists()

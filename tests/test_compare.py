@@ -83,3 +83,12 @@ def test_quant_ladder_orders_kld_and_sizes():
     assert t.loc["Q8_0", "mean_kld"] < t.loc["Q4_K_M", "mean_kld"] < t.loc["Q2_K", "mean_kld"]
     assert t.loc["F16", "file_mb"] > t.loc["Q8_0", "file_mb"] > t.loc["Q4_K_M", "file_mb"] > t.loc["Q2_K", "file_mb"]
     assert "quantized from F16" in t.loc["Q8_0", "source"]
+
+
+def test_raw_and_chat_prompts_mixed_are_each_sent_as_what_they_are(llama, vllm_engine):
+    mixed = ["The capital of France is", [{"role": "user", "content": "Give me three colours."}]]
+    cmp = compare({"llama.cpp": llama, "vllm": vllm_engine}, mixed, max_tokens=8)
+    t = cmp.table
+    assert len(t) == 4 and t["same_prompt_tokens"].all()
+    chat_ids = llama.tokenize(mixed[1], chat=True)
+    assert len(chat_ids) > len(llama.tokenize("Give me three colours."))  # templated, not raw

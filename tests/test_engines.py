@@ -158,3 +158,10 @@ def test_in_process_vllm_engine_core_dies_with_its_owner(tmp_path):
         owner.wait()
     gone, alive = psutil.wait_procs(procs, timeout=60)
     assert not alive, [p.cmdline() for p in alive]
+
+
+def test_llama_cpp_reports_the_context_it_really_uses():
+    with pytest.warns(UserWarning, match="uses a context of 256 tokens, not the 64"):
+        eng = labkit.load("llama.cpp", model=MODEL, context=64, threads=1)
+    with eng:
+        assert eng.info.args["context"] == 256 and eng.info.args["context_requested"] == 64

@@ -478,6 +478,12 @@ def _bench_loaded(engine, levels, rates, requests_per_level, duration_s, workloa
             sampler.start()
     elif scope is not None:
         sampler.scope = scope
+    try:  # before any folder is written: a refused workload leaves nothing behind
+        requests = workload.build(engine, requests_per_level)
+    except BaseException:
+        if sampler is not None:
+            sampler.stop()
+        raise
     writer = RunWriter(Path(out) if out else None)
     manifest = {"labkit_version": __version__, "engine": engine.info.to_dict(),
                 "environment": environment(), "workload": workload.describe(),
@@ -504,7 +510,6 @@ def _bench_loaded(engine, levels, rates, requests_per_level, duration_s, workloa
         return BenchResult(frame, mem, manifest, pd.DataFrame(kv_rows), slo_ms, writer.folder, interrupted)
 
     try:
-        requests = workload.build(engine, requests_per_level)
         if warmup > 0:
             with _phase(sampler, "warm-up"):
                 sweep.closed_level(requests[:warmup], min(warmup, max(levels or [1])), record=False,
@@ -612,5 +617,6 @@ def _caveats(engine: Engine, workload: Workload) -> list[str]:
         notes.append("This server may ignore ignore_eos: output lengths can vary.")
     if getattr(engine, "flavor", None) == "generic":
         notes.append("Token ids are unknown for this server: output tokens are counted as "
-                     "streamed chunks.")
+                     "streamed chunks, input lengths as whitespace words (approximate), and "
+                     "its KV cache account is absent.")
     return notes

@@ -87,6 +87,7 @@ class Workload:
         if self.kind == "prompts":
             return [Request(self.prompts[i % len(self.prompts)], self.output_tokens, None, self.ignore_eos)
                     for i in range(n)]
+        engine = _tokenizer_for(engine)
         filler = _single_token_words(engine)
         out = []
         for i in range(n):
@@ -100,6 +101,27 @@ class Workload:
             count = len(engine.tokenize(prompt, chat=not isinstance(prompt, str)))
             out.append(Request(prompt, self.output_tokens, count, self.ignore_eos))
         return out
+
+
+class _WordCount:
+    """Stands in for a server that tokenizes nothing for labkit (a generic OpenAI URL): a
+    whitespace word counts as one token, so input lengths are approximate (the bench's
+    caveats say so)."""
+
+    def tokenize(self, text: str | Conversation, *, chat: bool = False) -> list[str]:
+        if not isinstance(text, str):
+            text = " ".join(str(m.get("content", "")) for m in text)
+        return text.split()
+
+
+def _tokenizer_for(engine: Engine) -> Any:
+    from ..errors import EngineError
+
+    try:
+        engine.tokenize("the")
+        return engine
+    except EngineError:
+        return _WordCount()
 
 
 def _single_token_words(engine: Engine) -> list[str]:
