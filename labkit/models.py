@@ -47,7 +47,7 @@ class ModelEntry:
     """One model labkit can load, as :func:`list_models` reports it."""
 
     name: str
-    kind: str  # "bundled", "variant", "converted", "gguf" or "hf"
+    kind: str  # "bundled", "variant", "converted", "synthetic", "gguf" or "hf"
     path: str
     size_mb: float
     description: str = ""
@@ -275,6 +275,16 @@ def list_models() -> list[ModelEntry]:
             label = f"{meta.get('model', f.stem)}:{meta.get('quant', '?')}"
             entries.append(ModelEntry(label, "variant", str(f), f.stat().st_size / 1e6,
                                       f"quantized with llama-quantize from {Path(meta.get('from', '?')).name}"))
+    for d in sorted(cache_dir("synthetic").iterdir()):
+        marker = d / "labkit-synthetic.json"
+        if d.is_dir() and marker.exists():
+            meta = json.loads(marker.read_text())
+            label = f"synthetic:{meta['shape']}" + (f":{meta['quant']}" if meta.get("quant") else "")
+            on_disk = meta.get("weight_bytes", 0) / 1e6 if meta.get("quant") else 0.0
+            entries.append(ModelEntry(label, "synthetic", str(d), on_disk,
+                                      "random weights, real shape (speed and memory only)"
+                                      if meta.get("quant") else "config and tokenizer only: "
+                                      "vLLM loads it with dummy weights"))
     for d in sorted(cache_dir("hf").iterdir()):
         if (d / "config.json").exists():
             size = sum(f.stat().st_size for f in d.glob("*.safetensors")) / 1e6
