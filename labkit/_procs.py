@@ -83,6 +83,13 @@ class ManagedProcess:
         """Exit code, or None while running."""
         return self._proc.poll()
 
+    def wait(self, timeout_s: float) -> int | None:
+        """Exit code once it has exited, or None if it still runs after ``timeout_s``."""
+        try:
+            return self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

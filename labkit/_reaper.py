@@ -39,7 +39,12 @@ def main() -> int:
         os.killpg(os.getpgrp(), signal.SIGKILL)  # ourselves and anything the child left
 
     threading.Thread(target=watch_owner, daemon=True).start()
-    return child.wait()
+    code = child.wait()
+    if code < 0:  # end the same way, so the owner sees "killed by SIGKILL", not exit 247
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two keep their default
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from ._exits import signal_name
 from .environment import environment
 from .errors import InvalidInput, NotebookError
 
@@ -108,7 +109,7 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
         code = deaths[-1] if deaths else None
         _write_report(executed, folder, nb_path.stem)
         raise NotebookError(nb_path.name, index, "DeadKernelError", _death(code), str(executed),
-                            first_line=first, signal=_signal(code),
+                            first_line=first, signal=signal_name(code),
                             hint="Run `labkit doctor`: it checks this machine's native builds "
                                  "(llama.cpp, torch) in child processes and names the one "
                                  "that crashes.") from None
@@ -149,19 +150,8 @@ def _kernel_manager(deaths: list[int]) -> type:
     return _Recording
 
 
-def _signal(code: int | None) -> str | None:
-    import signal
-
-    if code is None or code >= 0:
-        return None
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
 def _death(code: int | None) -> str:
-    sig = _signal(code)
+    sig = signal_name(code)
     meaning = {"SIGILL": "an illegal instruction: native code this CPU cannot run",
                "SIGKILL": "killed from outside, often by the kernel's out-of-memory killer",
                "SIGSEGV": "a segmentation fault in native code",

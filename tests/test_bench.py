@@ -114,9 +114,16 @@ def test_server_killed_midway_keeps_finished_rows_and_marks_failures(tmp_path):
     first = [r for r in rows if r["level"] == 1]
     second = [r for r in rows if r["level"] == 2]
     assert len(first) == 3 and all(r["error"] is None and r["output_tokens"] == 8 for r in first)
-    assert len(second) == 3 and all(r["error"] for r in second)
+    # The sweep stops at the first failure, once the engine says it is gone: what was in
+    # flight failed, the rest was never sent at the dead port.
+    failed = [r for r in second if r["error"]]
+    unsent = [r for r in second if r["finish_reason"] == "not sent: engine died"]
+    assert len(second) == 3 and 1 <= len(failed) <= 2 and len(failed) + len(unsent) == 3
+    assert res.ended == "engine died: llama-server was killed by SIGKILL"
+    assert json.loads((tmp_path / "run.json").read_text())["ended"] == res.ended
     s = res.summary.set_index("level")
-    assert s.loc[1, "completed"] == 3 and s.loc[2, "errors"] == 3
+    assert s.loc[1, "completed"] == 3 and s.loc[2, "errors"] == len(failed)
+    assert s.loc[2, "unmeasured"] == len(unsent)
 
 
 def test_bad_input_fails_before_any_load(llama):

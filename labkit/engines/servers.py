@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from .. import models
 from .._cache import cache_dir, file_sha256
+from .._exits import signal_name
 from .._procs import ManagedProcess
 from ..errors import InvalidInput, ServerError
 from ..memory import EngineMemory
@@ -107,11 +109,22 @@ class _ManagedServer(OpenAIEngine):
         return self._proc
 
     def health(self) -> str | None:
-        code = self._proc.poll()
-        if code is not None:
-            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            return f"{self.server_name} (pid {self._proc.pid}) {how}"
-        return super().health()
+        if self._proc.poll() is None and self._server_alive():
+            return super().health()
+        # The reaper leaves within moments of its server: wait for it, to say how it ended.
+        code = self._proc.wait(timeout_s=5)
+        sig = signal_name(code)
+        how = (f"was killed by {sig}" if sig else f"exited with code {code}" if code is not None
+               else "is gone")
+        return f"{self.server_name} {how}"
+
+    def _server_alive(self) -> bool:
+        root = self._proc.process()
+        try:
+            return root is not None and any(c.status() != psutil.STATUS_ZOMBIE
+                                            for c in root.children())
+        except psutil.Error:
+            return False
 
     def log_tail(self, lines: int = 30) -> str:
         return self._proc.log_tail(lines)

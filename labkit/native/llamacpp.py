@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -42,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .._cache import build_atomically, cache_dir
+from .._exits import signal_name
 from ..errors import EngineError
 from . import cpu
 
@@ -124,15 +124,6 @@ class Probe:
         return asdict(self)
 
 
-def _signal_name(code: int | None) -> str | None:
-    if code is None or code >= 0:
-        return None
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
 def probe(bin_dir: Path, model: Path | None = None, timeout_s: float = 300.0,
           extra_args: tuple[str, ...] = ()) -> Probe:
     """Run ``llama-bench`` from ``bin_dir`` in a child process: a 128-token prompt batch and
@@ -151,7 +142,7 @@ def probe(bin_dir: Path, model: Path | None = None, timeout_s: float = 300.0,
     except OSError as e:
         return Probe(False, f"could not start llama-bench: {e}")
     tail = (proc.stdout[-1500:] + proc.stderr[-1500:]).strip()
-    sig = _signal_name(proc.returncode)
+    sig = signal_name(proc.returncode)
     if sig:
         what = {"SIGILL": "illegal instruction: the build uses an instruction this CPU traps"}
         return Probe(False, f"killed by {sig} ({what.get(sig, 'crashed')})", proc.returncode,

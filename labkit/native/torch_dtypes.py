@@ -11,13 +11,13 @@ never suffered by the caller. The result is cached per torch version and CPU fin
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
 from .._cache import cache_dir
+from .._exits import signal_name
 from . import cpu
 
 __all__ = ["DtypeCheck", "check", "decide"]
@@ -101,8 +101,8 @@ def check(recheck: bool = False) -> DtypeCheck:
         proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True,
                               timeout=300)
         if proc.returncode < 0:
-            name = signal.Signals(-proc.returncode).name
-            result = decide(None, reported, f"the matmul check was killed by {name}")
+            result = decide(None, reported,
+                            f"the matmul check was killed by {signal_name(proc.returncode)}")
         elif proc.returncode != 0:
             result = decide(None, reported, "the matmul check failed: "
                             + proc.stderr.strip().splitlines()[-1][:300] if proc.stderr.strip()

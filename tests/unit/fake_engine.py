@@ -57,7 +57,7 @@ class FakeEngine(Engine):
 
     def health(self) -> str | None:
         if self.die_after is not None and self.started > self.die_after:
-            return "fake (pid 0) killed by signal 9"
+            return "fake was killed by SIGKILL"
         return super().health()
 
     def log_tail(self, lines: int = 30) -> str:
