@@ -21,6 +21,12 @@ from ..errors import LabkitError
 
 __all__ = ["ModelLoader", "ComparePanel", "BenchPanel", "MemoryMonitor"]
 
+
+def _labels_fit(*fields: w.DescriptionWidget) -> None:
+    """ipywidgets cut a label at 80 px ("GPU util/l..."); let each take the width it needs."""
+    for f in fields:
+        f.style.description_width = "initial"
+
 #: Engines loaded through any ModelLoader in this kernel, by label: what ComparePanel offers.
 LOADED: dict[str, Engine] = {}
 
@@ -83,6 +89,7 @@ class ModelLoader(w.VBox):
         self.gpu = w.BoundedFloatText(value=0, min=0, max=1, step=0.05, description="GPU util/layers",
                                       tooltip="vLLM: gpu_memory_utilization; llama.cpp: ignored unless > 0")
         self.parallel = w.BoundedIntText(value=4, min=1, max=1024, description="parallel")
+        _labels_fit(self.model, self.threads, self.context, self.gpu, self.parallel)
         self.load_button = w.Button(description="Load", button_style="primary", icon="play")
         self.unload_button = w.Button(description="Unload", icon="stop", disabled=True)
         self.progress = w.IntProgress(value=0, min=0, max=1, layout={"width": "200px"})
@@ -164,6 +171,7 @@ class ComparePanel(w.VBox):
                                   description="prompts", layout={"width": "600px", "height": "80px"})
         self.pick = w.SelectMultiple(description="engines", options=list(self._available()))
         self.max_tokens = w.BoundedIntText(value=32, min=1, max=4096, description="max tokens")
+        _labels_fit(self.pick, self.max_tokens)
         self.run_button = w.Button(description="Run", button_style="primary")
         self.refresh = w.Button(description="Refresh engines")
         self.status = w.HTML("")
@@ -209,6 +217,7 @@ class BenchPanel(w.VBox):
         self.requests = w.BoundedIntText(value=8, min=1, max=100000, description="requests/level")
         self.input_tokens = w.BoundedIntText(value=64, min=1, max=1 << 20, description="input tokens")
         self.output_tokens = w.BoundedIntText(value=32, min=1, max=1 << 20, description="output tokens")
+        _labels_fit(self.levels, self.requests, self.input_tokens, self.output_tokens)
         self.run_button = w.Button(description="Run", button_style="primary")
         self.stop_button = w.Button(description="Stop", button_style="warning", disabled=True)
         self.progress = w.IntProgress(value=0, min=0, max=1)
