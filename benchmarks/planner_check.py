@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--contexts", default="2048,16384")
     p.add_argument("--quants", default="Q4_K_M,F16")
     p.add_argument("--engines", default="llama-server,vllm-server")
+    p.add_argument("--kv-gb", type=int, default=2, help="vLLM's KV space (one 16k sequence of a 3B needs 1.75)")
+    p.add_argument("--stem", default=f"planner_check-{time.strftime('%Y%m%d')}")
     args = p.parse_args(argv)
     contexts = [int(c) for c in args.contexts.split(",")]
     rows = []
@@ -63,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                 got = {}
                 for ctx in contexts:
                     t0 = time.perf_counter()
-                    kw = {"threads": 2} if engine == "llama-server" else {"kv_cache_gb": 1}
+                    kw = {"threads": 2} if engine == "llama-server" else {"kv_cache_gb": args.kv_gb}
                     got[ctx] = measure(engine, m, ctx, **kw)
                     plan = labkit.fit(m, engines=[engine], quant=quant, dtype=dtype, context=ctx,
-                                      users=1, cpu_kv_cache_gb=1).row(engine)
+                                      users=1, cpu_kv_cache_gb=args.kv_gb).row(engine)
                     rows.append({"shape": shape, "engine": engine, "quant": quant or dtype,
                                  "context": ctx, "planned_weights_gib": plan["weights_gib"],
                                  "file_weights_gib": m.weight_bytes / GiB if quant else None,
@@ -91,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         for row in frame[cols].itertuples(index=False)])
     feats = cpu.features()
     head = (f"Planner check on {feats['model']} ({len(feats['flags'])} relevant flags), "
-            f"{time.strftime('%Y-%m-%d')}; vLLM dtype {dtype}, KV space 1 GiB; llama-server 1 slot.\n\n")
+            f"{time.strftime('%Y-%m-%d')}; vLLM dtype {dtype}, KV space {args.kv_gb} GiB; "
+            "llama-server 1 slot.\n\n")
     print(head + table)
     out = REPO / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    stem = f"planner_check-{time.strftime('%Y%m%d')}"
+    stem = args.stem
     (out / f"{stem}.md").write_text(head + table + "\n")
     (out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
     return 0

@@ -334,10 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # One line per warning on stderr, as labkit words it; no source line under it.
+    warnings.formatwarning = lambda message, *_args, **_kw: f"{message}\n"
     args = build_parser().parse_args(argv)
+    from .errors import EngineError, NotebookError
+
     try:
         return args.func(args)
-    except LabkitError as e:
+    except (EngineError, NotebookError) as e:  # the job failed: not the caller's input
+        print(f"labkit: error: {e}", file=sys.stderr)
+        return 1
+    except LabkitError as e:  # bad input: a model, a flag, a value
         print(f"labkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

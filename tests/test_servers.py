@@ -143,7 +143,7 @@ def test_a_url_that_is_not_an_openai_server_says_so_in_one_line():
     httpd = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        with pytest.raises(labkit.EngineError) as err:
+        with pytest.raises(labkit.InvalidInput) as err:
             labkit.load("openai", url=f"http://127.0.0.1:{httpd.server_address[1]}/v1")
         msg = str(err.value)
         assert "does not serve the OpenAI API (GET /v1/models: HTTP 404" in msg

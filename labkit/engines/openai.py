@@ -67,13 +67,13 @@ class OpenAIEngine(Engine):
             self._client.close()
             status = getattr(e, "status", None)
             if status is not None:  # it answered, but not as an OpenAI server does
-                raise EngineError(f"{url} does not serve the OpenAI API (GET /v1/models: HTTP "
+                raise InvalidInput(f"{url} does not serve the OpenAI API (GET /v1/models: HTTP "
                                   f"{status}{': ' + e.body_line if e.body_line else ''}). Give the "
                                   "server's base URL, usually ending in /v1.") from None
             raise
         if not isinstance(listing, dict):
             self._client.close()
-            raise EngineError(f"{url} does not serve the OpenAI API (GET /v1/models did not "
+            raise InvalidInput(f"{url} does not serve the OpenAI API (GET /v1/models did not "
                               "answer a JSON object).")
         served = listing.get("data") or []
         ids = [m.get("id") for m in served]
