@@ -68,3 +68,27 @@ def test_check_reports_planned_against_measured():
     t = plan.check({"gpu_bytes": 2**30, "cpu_bytes": 2**30})
     assert set(t["where"]) == {"gpu", "cpu"} and t["error_pct"].notna().all()
     assert json.dumps(t.to_dict("records"))
+
+
+def test_a_file_that_is_not_gguf_is_named_for_any_engine(tmp_path):
+    from labkit import models
+
+    bad = tmp_path / "random.gguf"
+    bad.write_bytes(b"\xaf\x7c" * 64)
+    with pytest.raises(ModelError, match="is not a GGUF file") as err:
+        models.resolve(str(bad))
+    assert "llama.cpp needs" not in str(err.value) and "both engines" in str(err.value)
+
+
+def test_the_cli_takes_an_api_key_from_the_environment_only(monkeypatch):
+    from labkit.cli import build_parser, engine_kwargs
+
+    monkeypatch.setenv("LABKIT_API_KEY", "k-123")
+    args = build_parser().parse_args(["generate", "--engine", "openai", "--url", "http://x/v1", "hi"])
+    assert engine_kwargs(args)["api_key"] == "k-123"
+    args = build_parser().parse_args(["generate", "--engine", "llama-server", "hi"])
+    assert engine_kwargs(args)["api_key"] == "k-123"
+    args = build_parser().parse_args(["generate", "--engine", "llama.cpp", "hi"])
+    assert "api_key" not in engine_kwargs(args)  # an in-process engine has no API
+    with pytest.raises(SystemExit):  # and there is no flag that would put it in `ps`
+        build_parser().parse_args(["generate", "--api-key", "k", "hi"])
