@@ -168,7 +168,7 @@ def synthetic(shape: str | dict[str, Any] | Path, quant: str | None = "Q4_K_M", 
                              "some space, set LABKIT_CACHE to a larger disk, or pick a smaller type.")
 
     def write(tmp: Path) -> None:
-        _write_hf_folder(tmp, name, config, a, tok, quant)
+        _write_hf_folder(tmp, name, config, a, tok, quant, weight_bytes)
         if quant is not None:
             _write_gguf(tmp / f"{name}-{quant}.gguf", name, a, table, tok, quant, progress)
 
@@ -249,7 +249,7 @@ def _padded(tok: dict[str, Any], vocab: int) -> tuple[list[str], list[int]]:
 
 # --- writing --------------------------------------------------------------------------------
 def _write_hf_folder(out: Path, name: str, config: dict[str, Any], a: arch.Arch,
-                     tok: dict[str, Any], quant: str | None) -> None:
+                     tok: dict[str, Any], quant: str | None, weight_bytes: int) -> None:
     cfg = {"architectures": [arch.ARCHES[a.model_type][1]], "torch_dtype": "bfloat16",
            "head_dim": a.head_dim, "tie_word_embeddings": a.tied, **config,
            "model_type": a.model_type}
@@ -259,13 +259,9 @@ def _write_hf_folder(out: Path, name: str, config: dict[str, Any], a: arch.Arch,
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"]}))
     _write_hf_tokenizer(out, tok)
-    table = planned_tensors(config, quant or "BF16")
-    from .planner import tensor_bytes
-
     (out / MARKER).write_text(json.dumps({
         "synthetic": True, "shape": name, "config": config, "quant": quant,
-        "gguf": f"{name}-{quant}.gguf" if quant else None,
-        "weight_bytes": sum(tensor_bytes(t.shape, t.ggml_type) for t in table),
+        "gguf": f"{name}-{quant}.gguf" if quant else None, "weight_bytes": weight_bytes,
         "tokenizer_from": tok.get("source"), "format": _FORMAT}, indent=1))
 
 
