@@ -62,6 +62,24 @@ _BASE_CMAKE = (
     "-DCMAKE_INSTALL_RPATH=$ORIGIN",  # tools find the libraries beside them, wherever cached
     "-DLLAMA_USE_PREBUILT_UI=OFF",  # no download at build time; labkit runs --no-webui anyway
 )
+# Given to cmake as CMAKE_PROJECT_INCLUDE: mtmd (images and audio, which labkit never sends;
+# llama-server links it) is compiled at -O0, to shorten the first setup on 2 cores (gcc 12:
+# 115 -> 62 CPU seconds). Everything on the measured path keeps -O3: lowering common and the
+# server to -O1 saved another 100 CPU seconds but made llama-server ~4% slower at 8 users
+# (148 vs 153-154 output tok/s; common's sampler fills a vocabulary-sized array per token).
+# project() runs it once per project (llama.cpp, then ggml): it defers once, to the end of
+# the top-level directory, when every target exists.
+_QUICK_TOOLS = """\
+if(NOT LABKIT_QUICK_TOOLS)
+  set(LABKIT_QUICK_TOOLS ON)
+  function(labkit_quick_tools)
+    if(TARGET mtmd)
+      set_property(TARGET mtmd APPEND PROPERTY COMPILE_OPTIONS -O0)
+    endif()
+  endfunction()
+  cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL labkit_quick_tools)
+endif()
+"""
 # Every x86 switch is set explicitly in every variant: variants share one build folder (only
 # ggml-cpu recompiles between them) and cmake would otherwise keep the previous value.
 _X86 = ("AVX", "AVX2", "FMA", "F16C", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16",
@@ -256,6 +274,8 @@ def _sdist() -> Path:
     def fetch(tmp: Path) -> None:
         dl = cache_dir("src")
         sdists = list(dl.glob(f"llama_cpp_python-{version}.tar.gz"))
+        if not sdists and _download_sdist(version, dl) is not None:
+            sdists = list(dl.glob(f"llama_cpp_python-{version}.tar.gz"))
         if not sdists:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                    f"llama-cpp-python=={version}", "-d", str(dl), "-q"]
@@ -275,6 +295,36 @@ def _sdist() -> Path:
     return build_atomically(target, fetch)
 
 
+def _download_sdist(version: str, dl: Path) -> Path | None:
+    """The sdist straight from PyPI (checked against the sha256 PyPI gives): seconds, where
+    ``pip download`` first installs build tools in an isolated environment to prepare
+    metadata (~40 s on 2 busy cores). None when PyPI cannot be reached: pip then fetches it
+    through its own configuration (mirrors, local indexes)."""
+    import urllib.request
+
+    try:
+        index = urllib.request.Request("https://pypi.org/simple/llama-cpp-python/",  # PEP 691
+                                       headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        with urllib.request.urlopen(index, timeout=30) as r:
+            files = json.load(r)["files"]
+        name = f"llama_cpp_python-{version}.tar.gz"
+        sdist = next(f for f in files if f["filename"] == name)
+        dest = dl / name
+        part = dl / (sdist["filename"] + ".part")
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(sdist["url"], timeout=60) as r, open(part, "wb") as out:
+            while chunk := r.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sdist["hashes"]["sha256"]:
+            part.unlink()
+            return None
+        part.rename(dest)
+        return dest
+    except (OSError, ValueError, KeyError, StopIteration):
+        return None
+
+
 def convert_script() -> Path:
     """llama.cpp's ``convert_hf_to_gguf.py`` from the same source tree."""
     return source_tree() / "convert_hf_to_gguf.py"
@@ -290,7 +340,7 @@ def _key(*parts: object) -> str:
 
 
 def _entry(version: str, v: Variant, user: list[str], fp: str) -> Path:
-    return cache_dir("llama.cpp") / f"{version}-{v.name}-{_key(_BASE_CMAKE, v.cmake, user, fp)}"
+    return cache_dir("llama.cpp") / f"{version}-{v.name}-{_key(_BASE_CMAKE, _QUICK_TOOLS, v.cmake, user, fp)}"
 
 
 def _same_cpu(entry: Path, fp: str) -> bool:
@@ -354,7 +404,9 @@ def _make(version: str, user: list[str], fp: str, work: Path, progress: bool,
                 raise EngineError("cmake is needed to build llama.cpp: `apt-get install cmake`.")
             gen = ["-G", "Ninja"] if shutil.which("ninja") else []
             jobs = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
-            args = [*_BASE_CMAKE, *v.cmake, *user]
+            quick = work / "labkit-quick-tools.cmake"
+            quick.write_text(_QUICK_TOOLS)
+            args = [*_BASE_CMAKE, f"-DCMAKE_PROJECT_INCLUDE={quick}", *v.cmake, *user]
             say(f"building llama.cpp {version} ({v.name}: {v.why}); about "
                 f"{_MINUTES_2_CORES * 2 / int(jobs):.0f} min on {jobs} cores the first time")
             with open(work / "build.log", "a") as log:
@@ -392,7 +444,7 @@ def current_build(progress: bool = True, recheck: bool = False,
     user = _user_args()
     feats = cpu.features()
     fp = cpu.fingerprint()
-    choice_file = cache_dir("llama.cpp") / f"choice-{version}-{_key(_BASE_CMAKE, user, fp)}.json"
+    choice_file = cache_dir("llama.cpp") / f"choice-{version}-{_key(_BASE_CMAKE, _QUICK_TOOLS, user, fp)}.json"
     if choice_file.exists():
         try:
             rec = json.loads(choice_file.read_text())
