@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .engines.base import Conversation, Engine, Generation
+from .engines.capabilities import Scores
 from .errors import InvalidInput
 
 __all__ = ["Comparison", "compare", "kl_topk", "QuantLadder", "quant_ladder", "first_divergence"]
@@ -234,7 +235,7 @@ def _score_parity(engines: dict[str, Engine], reference: str, prompts: list[Any]
         form, as_chat = _form(prompt, chat)
         prompt_ids = ref_engine.tokenize(form, chat=as_chat)
         scores = {name: eng.score(prompt_ids, gen.token_ids, k) for name, eng in engines.items()
-                  if hasattr(eng, "score")}
+                  if isinstance(eng, Scores)}
         base = scores[reference]
         for name, sc in scores.items():
             for pos, (r, o, tok) in enumerate(zip(base, sc, gen.token_ids, strict=True)):
@@ -274,11 +275,11 @@ def compare(engines: dict[str, Engine], prompts: Sequence[str | Conversation], *
     parity, positions = pd.DataFrame(), pd.DataFrame()
     if logprobs:
         differing = _same_vocabulary(engines, reference)
-        scorable = {n: e for n, e in engines.items() if hasattr(e, "score") and n not in differing}
+        scorable = {n: e for n, e in engines.items() if isinstance(e, Scores) and n not in differing}
         if differing:
             notes.append(f"{', '.join(differing)} tokenize differently from {reference}: logprob parity is not "
                          "defined across different vocabularies, so only text is compared for them.")
-        skipped = [n for n in engines if not hasattr(engines[n], "score") and n not in differing]
+        skipped = [n for n in engines if not isinstance(engines[n], Scores) and n not in differing]
         if skipped:
             notes.append(f"{', '.join(skipped)} cannot score a fixed continuation (teacher forcing); "
                          "logprob parity uses the in-process engines.")
@@ -318,6 +319,38 @@ class QuantLadder:
         return self.table.to_html(index=False, float_format=lambda x: f"{x:,.4f}") + notes
 
 
+def _windows(eng: Any, text: str, chunk_tokens: int, chunks: int) -> list[list[int]]:
+    ids = eng.text_ids(text)
+    windows = [ids[i * chunk_tokens:(i + 1) * chunk_tokens] for i in range(chunks)
+               if len(ids) >= (i + 1) * chunk_tokens]
+    if not windows:
+        raise InvalidInput(f"The text is shorter than one chunk of {chunk_tokens} tokens.")
+    return windows
+
+
+def _divergence(ref_scores: list, scores: list, windows: list[list[int]]) -> dict[str, float]:
+    """KLD, top-1 agreement and |delta p| of one variant against the reference, per position."""
+    kls, top1, dp = [], [], []
+    for ref_w, w_scores, win in zip(ref_scores, scores, windows, strict=True):
+        for r, o, tok in zip(ref_w, w_scores, win[1:], strict=True):
+            kls.append(kl_topk(r, o))
+            top1.append(max(r, key=r.get) == max(o, key=o.get))
+            dp.append(abs(np.exp(r.get(tok, -30)) - np.exp(o.get(tok, min(o.values())))))
+    return {"mean_kld": float(np.mean(kls)), "p99_kld": float(np.percentile(kls, 99)),
+            "top1_agreement": float(np.mean(top1)), "mean_abs_delta_p": float(np.mean(dp))}
+
+
+def _decode_and_peak(eng: Any, decode_tokens: int) -> tuple[float, int]:
+    """Decode tok/s of one fixed-length generation, and the RSS peak while it ran."""
+    from .memory import MemorySampler
+
+    sampler = MemorySampler(eng.memory_scope(), 0.05, device=False)
+    with sampler.running():
+        g = eng.generate(["Once upon a time"], max_tokens=decode_tokens, ignore_eos=True)[0]
+    decode = (g.n_tokens - 1) / max(1e-9, g.token_times_s[-1] - g.token_times_s[0])
+    return decode, int(sampler.frame()["rss_bytes"].max())
+
+
 def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, chunk_tokens: int = 256,
                  chunks: int = 4, k: int = 20, threads: int | None = None, decode_tokens: int = 64,
                  progress: bool = True) -> QuantLadder:
@@ -329,62 +362,40 @@ def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, 
     """
     from . import models
     from .engines.llamacpp import LlamaCppEngine
-    from .memory import MemorySampler
 
     quants = [q.upper() for q in quants]
     if not quants:
         raise InvalidInput("Give at least one quantization type.")
-    valid = models.quant_types()
-    unknown = [q for q in quants if q not in valid]
+    unknown = [q for q in quants if q not in models.quant_types()]
     if unknown:
-        raise InvalidInput(f"Unknown quantization type(s) {unknown}. llama.cpp knows: {', '.join(valid)}.")
+        raise InvalidInput(f"Unknown quantization type(s) {unknown}. llama.cpp knows: "
+                           f"{', '.join(models.quant_types())}.")
     ladder = (["F16"] if "F16" not in quants else []) + quants
     text = text or _license_text()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ladder), desc="quant ladder")
+    n_params = models.model_spec(model).n_params
     rows, ref_scores, windows = [], None, None
-    for quant in ladder:
+    for quant in _progress(ladder, "quant ladder", progress):
         path = models.variant(model, quant)
         with LlamaCppEngine(str(path), threads=threads, context=chunk_tokens + 8, logits_all=True) as eng:
-            if windows is None:  # the same token windows for every variant
-                ids = eng.llama.tokenize(text.encode(), add_bos=False, special=False)
-                windows = [ids[i * chunk_tokens:(i + 1) * chunk_tokens] for i in range(chunks)
-                           if len(ids) >= (i + 1) * chunk_tokens]
-                if not windows:
-                    raise InvalidInput(f"The text is shorter than one chunk of {chunk_tokens} tokens.")
+            windows = windows or _windows(eng, text, chunk_tokens, chunks)  # the same for every variant
             scores = [eng.score(w[:1], w[1:], k) for w in windows]
-            sampler = MemorySampler(eng.memory_scope(), 0.05, device=False)
-            with sampler.running():
-                g = eng.generate(["Once upon a time"], max_tokens=decode_tokens, ignore_eos=True)[0]
-            decode = (g.n_tokens - 1) / max(1e-9, g.token_times_s[-1] - g.token_times_s[0])
-            peak = int(sampler.frame()["rss_bytes"].max())
-        if ref_scores is None:
-            ref_scores = scores
-        kls, top1, dp = [], [], []
-        for ref_w, w_scores, win in zip(ref_scores, scores, windows, strict=True):
-            for r, o, tok in zip(ref_w, w_scores, win[1:], strict=True):
-                kls.append(kl_topk(r, o))
-                top1.append(max(r, key=r.get) == max(o, key=o.get))
-                dp.append(abs(np.exp(r.get(tok, -30)) - np.exp(o.get(tok, min(o.values())))))
-        rows.append({"quant": quant, "file_mb": path.stat().st_size / 1e6, "bits_per_weight": None,
-                     "mean_kld": float(np.mean(kls)), "p99_kld": float(np.percentile(kls, 99)),
-                     "top1_agreement": float(np.mean(top1)), "mean_abs_delta_p": float(np.mean(dp)),
+            decode, peak = _decode_and_peak(eng, decode_tokens)
+        ref_scores = ref_scores or scores
+        size = path.stat().st_size
+        rows.append({"quant": quant, "file_mb": size / 1e6, "bits_per_weight": size * 8 / n_params,
+                     **_divergence(ref_scores, scores, windows),
                      "decode_tok_per_s": decode, "peak_rss_mb": peak / 1e6, "path": str(path),
                      "source": "reference" if quant == "F16" else "quantized from F16"})
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    from .planner import model_spec
-
-    n_params = model_spec(model).n_params
-    for r in rows:
-        r["bits_per_weight"] = r["file_mb"] * 1e6 * 8 / n_params
     notes = [f"Reference: F16 of {model}. The bundled file is Q4_1, so F16 is its dequantized "
              "conversion and every other variant is quantized from that F16.",
-             f"KLD over {len(windows)} chunks of {chunk_tokens} tokens of the reference text, top-{k} "
-             "approximation (see labkit.comparison)."]
+             f"KLD over {len(windows or [])} chunks of {chunk_tokens} tokens of the reference text, "
+             f"top-{k} approximation (see labkit.comparison)."]
     return QuantLadder(rows, "F16", notes)
+
+
+def _progress(items: list[str], desc: str, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc)

@@ -7,6 +7,9 @@
 ``vllm-server``           managed vLLM OpenAI server (servers.py)
 ``openai``                any OpenAI-compatible URL (openai.py)
 ========================  =================================================
+
+Each declares its capabilities beyond the protocol (:mod:`.capabilities`): ``vllm`` Submits,
+Scores and ReportsKv; ``llama.cpp`` Scores; the HTTP engines AsyncStreams and ReportsKv.
 """
 
 from .base import (
@@ -19,6 +22,7 @@ from .base import (
     engine_class,
     load,
 )
+from .capabilities import AsyncStreams, ReportsKv, Scores, Submits
 
-__all__ = ["ENGINES", "Engine", "EngineInfo", "Generation", "SamplingParams", "Token",
-           "engine_class", "load"]
+__all__ = ["ENGINES", "AsyncStreams", "Engine", "EngineInfo", "Generation", "ReportsKv",
+           "SamplingParams", "Scores", "Submits", "Token", "engine_class", "load"]

@@ -231,6 +231,14 @@ class Engine(ABC):
         generator asks after every failed request, to stop a sweep at a dead engine."""
         return "the engine is closed" if self.closed else None
 
+    def caveats(self) -> list[str]:
+        """What a reader of this engine's measurements must know (limits, approximations);
+        the load generator puts them in every result's manifest."""
+        if self.info.concurrency == "sequential":
+            return [f"{self.name} serves one sequence at a time: concurrent users queue, so TTFT "
+                    "includes waiting; compare with llama-server for batching."]
+        return []
+
     def log_tail(self, lines: int = 30) -> str:
         """The end of the engine's own log, for error messages ("" if it keeps none)."""
         from ._output import tail

@@ -29,6 +29,8 @@ from ..errors import EngineError, InvalidInput
 from ..memory import EngineMemory, self_memory
 from ._output import log_path, output_to
 from .base import Conversation, Engine, EngineInfo, SamplingParams, Token
+from .capabilities import Scores
+from .defaults import default_threads
 
 
 def import_llama_cpp():
@@ -62,11 +64,7 @@ def import_llama_cpp():
     return llama_cpp, build
 
 
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(Engine, Scores):
     """llama-cpp-python ``Llama`` in this process."""
 
     name = "llama.cpp"
@@ -106,19 +104,7 @@ class LlamaCppEngine(Engine):
                           f"{context} asked for (it rounds small contexts up).", stacklevel=2)
         self._eog = self._llm._model.token_eos()
         self._vocab = self._llm._model.vocab
-        self._formatter = None
-        template = self._llm.metadata.get("tokenizer.chat_template")
-        if template:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            eos = self._llm._model.token_eos()
-            bos = self._llm._model.token_bos()
-            self._formatter = Jinja2ChatFormatter(
-                template=template,
-                eos_token=self._llm._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=self._llm._model.token_get_text(bos) if bos != -1 else "",
-                stop_token_ids=[eos],
-            )
+        self._formatter = _chat_formatter(self._llm)
         self._info = EngineInfo(
             engine=self.name,
             engine_version=f"llama-cpp-python {metadata.version('llama-cpp-python')}",
@@ -250,6 +236,10 @@ class LlamaCppEngine(Engine):
                 llm.eval([tok])
         return result
 
+    def text_ids(self, text: str) -> list[int]:
+        self._check_open()
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
     def cancel(self) -> None:
         self._cancelled_at = time.perf_counter()
 
@@ -260,6 +250,22 @@ class LlamaCppEngine(Engine):
                 llm.close()
             del llm
         gc.collect()
+
+
+def _chat_formatter(llm: Any) -> Any:
+    """The model's own chat template (from the GGUF), or None when it carries none."""
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    eos, bos = llm._model.token_eos(), llm._model.token_bos()
+    return Jinja2ChatFormatter(
+        template=template,
+        eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+        bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
+        stop_token_ids=[eos],
+    )
 
 
 def _top_logprobs(logits: np.ndarray, chosen: int, k: int) -> tuple[float, dict[int, float]]:

@@ -32,6 +32,8 @@ from .base import (
     _tupled,
     check_conversation,
 )
+from .capabilities import AsyncStreams, ReportsKv
+from .prometheus import llamacpp_kv, parse_prometheus, vllm_kv
 
 
 def _root(url: str) -> str:
@@ -39,15 +41,13 @@ def _root(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-class OpenAIEngine(Engine):
-    """An OpenAI-compatible endpoint, e.g. ``load("openai", url="http://127.0.0.1:8000/v1")``."""
+class HttpEngine(Engine, AsyncStreams, ReportsKv):
+    """An engine reached over HTTP through the OpenAI API: what the ``openai`` engine and the
+    managed servers share. Subclasses call :meth:`_connect` once the server answers."""
 
-    name = "openai"
-    summary = "any OpenAI-compatible URL (HTTP, streaming)"
-
-    def __init__(self, url: str, model: str | None = None, *, api_key: str | None = None,
-                 timeout_s: float = 600.0, max_connections: int = 512):
-        super().__init__()
+    def _connect(self, url: str, model: str | None, api_key: str | None,
+                 timeout_s: float = 600.0, max_connections: int = 512) -> None:
+        """Attach the HTTP clients to ``url`` and read which server it is (``/v1/models``)."""
         if not url or not url.startswith(("http://", "https://")):
             raise InvalidInput(f"url must start with http:// or https://, got {url!r}.")
         self.url = _root(url) + "/v1"
@@ -62,20 +62,10 @@ class OpenAIEngine(Engine):
         # One aiohttp session per event loop (a session belongs to the loop that made it).
         self._aclient: tuple[asyncio.AbstractEventLoop, Any] | None = None
         try:
-            listing = self._get("/v1/models")
-        except EngineError as e:
+            served = self._served(url)
+        except BaseException:
             self._client.close()
-            status = getattr(e, "status", None)
-            if status is not None:  # it answered, but not as an OpenAI server does
-                raise InvalidInput(f"{url} does not serve the OpenAI API (GET /v1/models: HTTP "
-                                  f"{status}{': ' + e.body_line if e.body_line else ''}). Give the "
-                                  "server's base URL, usually ending in /v1.") from None
             raise
-        if not isinstance(listing, dict):
-            self._client.close()
-            raise InvalidInput(f"{url} does not serve the OpenAI API (GET /v1/models did not "
-                              "answer a JSON object).")
-        served = listing.get("data") or []
         ids = [m.get("id") for m in served]
         if model is None:
             if not ids:
@@ -85,11 +75,21 @@ class OpenAIEngine(Engine):
         owner = next((m.get("owned_by", "") for m in served if m.get("id") == model), "")
         self.flavor = {"llamacpp": "llama-server", "vllm": "vllm"}.get(owner, "generic")
         self.model = model
-        self._info = EngineInfo(
-            engine=self.name, engine_version=self.flavor, model=model, model_path="",
-            model_sha256=None, args={"url": self.url}, url=self.url, threads=None,
-            device="remote",
-        )
+
+    def _served(self, url: str) -> list[dict[str, Any]]:
+        try:
+            listing = self._get("/v1/models")
+        except EngineError as e:
+            status = getattr(e, "status", None)
+            if status is not None:  # it answered, but not as an OpenAI server does
+                raise InvalidInput(f"{url} does not serve the OpenAI API (GET /v1/models: HTTP "
+                                  f"{status}{': ' + e.body_line if e.body_line else ''}). Give the "
+                                  "server's base URL, usually ending in /v1.") from None
+            raise
+        if not isinstance(listing, dict):
+            raise InvalidInput(f"{url} does not serve the OpenAI API (GET /v1/models did not "
+                              "answer a JSON object).")
+        return listing.get("data") or []
 
     @property
     def info(self) -> EngineInfo:
@@ -251,8 +251,59 @@ class OpenAIEngine(Engine):
         except httpx.HTTPError:
             return ""
 
+    def kv_account(self) -> dict[str, float]:
+        if self.flavor == "generic" or self.closed:
+            return {}  # a server labkit does not know publishes no KV metrics it can read
+        try:
+            samples = parse_prometheus(self.metrics_text())
+            return vllm_kv(samples) if self.flavor == "vllm" else self._llamacpp_kv(samples)
+        except Exception:
+            return {}
+
+    def _llamacpp_kv(self, samples: list) -> dict[str, float]:
+        snap = llamacpp_kv(samples)
+        # llama-server's /metrics has no capacity; its /slots has each slot's context.
+        slots = self._request("GET", "/slots")
+        snap["kv_capacity_tokens"] = sum(int(s.get("n_ctx", 0)) for s in slots)
+        snap["running"] = sum(1 for s in slots if s.get("is_processing"))
+        return snap
+
+    def health(self) -> str | None:
+        reason = super().health()
+        if reason is None:
+            try:
+                self._get("/v1/models")
+            except EngineError as e:
+                return f"the server does not answer ({e})"
+        return reason
+
+    def caveats(self) -> list[str]:
+        if self.flavor != "generic":
+            return []
+        return ["This server may ignore ignore_eos: output lengths can vary.",
+                "Token ids are unknown for this server: output tokens are counted as streamed "
+                "chunks, input lengths as whitespace words (approximate), and its KV cache "
+                "account is absent."]
+
     def _close(self) -> None:
         self._client.close()
+
+
+class OpenAIEngine(HttpEngine):
+    """An OpenAI-compatible endpoint, e.g. ``load("openai", url="http://127.0.0.1:8000/v1")``."""
+
+    name = "openai"
+    summary = "any OpenAI-compatible URL (HTTP, streaming)"
+
+    def __init__(self, url: str, model: str | None = None, *, api_key: str | None = None,
+                 timeout_s: float = 600.0, max_connections: int = 512):
+        super().__init__()
+        self._connect(url, model, api_key, timeout_s, max_connections)
+        self._info = EngineInfo(
+            engine=self.name, engine_version=self.flavor, model=self.model, model_path="",
+            model_sha256=None, args={"url": self.url}, url=self.url, threads=None,
+            device="remote",
+        )
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from .._procs import ManagedProcess
 from ..errors import InvalidInput, ServerError
 from ..memory import EngineMemory
 from ..synthetic import is_synthetic
-from .llamacpp import default_threads
-from .openai import OpenAIEngine
+from .base import EngineInfo
+from .defaults import check_dtype, default_dtype, default_threads, vllm_env, vllm_version
+from .openai import HttpEngine
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -66,39 +68,57 @@ def wait_healthy(proc: ManagedProcess, url: str, timeout_s: float, what: str) ->
             time.sleep(0.25)  # polling a server's readiness, not synchronising a test
 
 
-class _ManagedServer(OpenAIEngine):
-    """Starts a server process, then talks to it as an OpenAI engine."""
+@dataclass
+class Launch:
+    """How to start one server process and reach it."""
 
-    server_name: str = ""
+    host: str
+    port: int | None  # None or 0: a free port
+    startup_timeout_s: float
+    label: str  # the model name it serves
+    env: dict[str, str] | None = None
+    log_dir: str | None = None
+    api_key: str | None = None
+    key_variable: str = ""  # the server's environment variable for the API key
+    health_path: str = "/health"
 
-    def _start(self, cmd: list[str], host: str, port: int | None, health_path: str,
-               startup_timeout_s: float, env: dict[str, str] | None, log_dir: str | None,
-               model_label: str, api_key: str | None = None,
-               key_variable: str = "") -> tuple[ManagedProcess, str]:
+    def pick_port(self) -> int:
+        port = self.port
         if port is not None and (isinstance(port, bool) or not isinstance(port, int)
                                  or not 0 <= port <= 65535):
             raise InvalidInput(f"port must be a whole number in 0..65535 (0 or None: pick a "
                                f"free one), got {port!r}.")
         if not port:  # None or 0: a free port, which labkit must know to reach the server
-            port = free_port(host)
-        else:
-            check_port(host, port)
-        cmd = [*cmd, "--host", host, "--port", str(port)]
-        logs = Path(log_dir) if log_dir else cache_dir("logs")
-        log_path = logs / f"{self.server_name}-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log"
-        if api_key:
+            return free_port(self.host)
+        check_port(self.host, port)
+        return port
+
+
+class _ManagedServer(HttpEngine):
+    """A server process labkit starts and owns, then talks to over the OpenAI API."""
+
+    server_name: str = ""
+
+    def __init__(self, cmd: list[str], launch: Launch) -> None:
+        super().__init__()
+        self.port = launch.pick_port()
+        cmd = [*cmd, "--host", launch.host, "--port", str(self.port)]
+        logs = Path(launch.log_dir) if launch.log_dir else cache_dir("logs")
+        log_path = logs / f"{self.server_name}-{time.strftime('%Y%m%d-%H%M%S')}-{self.port}.log"
+        env = launch.env
+        if launch.api_key:
             # Through the environment, never the command line (where `ps` shows it) or any
             # file labkit writes; labkit's own client sends it too.
-            env = {**(env if env is not None else os.environ), key_variable: api_key}
-        proc = ManagedProcess(cmd, log_path, env=env)
-        base = f"http://{host}:{port}"
+            env = {**(env if env is not None else os.environ), launch.key_variable: launch.api_key}
+        self._proc = ManagedProcess(cmd, log_path, env=env)
+        base = f"http://{launch.host}:{self.port}"
         try:
-            wait_healthy(proc, base + health_path, startup_timeout_s, self.server_name)
-            OpenAIEngine.__init__(self, base + "/v1", model=model_label, api_key=api_key)
+            wait_healthy(self._proc, base + launch.health_path, launch.startup_timeout_s,
+                         self.server_name)
+            self._connect(base + "/v1", launch.label, launch.api_key)
         except BaseException:
-            proc.stop()
+            self._proc.stop()
             raise
-        return proc, base
 
     def memory_scope(self) -> EngineMemory:
         root = self._proc.process()
@@ -155,7 +175,6 @@ class LlamaServerEngine(_ManagedServer):
                  port: int | None = None, startup_timeout_s: float = 120.0,
                  extra_args: list[str] | None = None, log_dir: str | None = None,
                  api_key: str | None = None):
-        self._closed = False
         if parallel <= 0:
             raise InvalidInput(f"parallel must be >= 1, got {parallel}.")
         if threads is not None and threads <= 0:
@@ -173,22 +192,17 @@ class LlamaServerEngine(_ManagedServer):
                # the two give the same greedy text; the server's own default is "auto".
                "-fa", "on" if flash_attn else "off", "--jinja", "--metrics", "--slots",
                "--no-webui", *(extra_args or [])]
-        self._proc, base = self._start(cmd, host, port, "/health", startup_timeout_s, None,
-                                       log_dir, label, api_key, "LLAMA_API_KEY")
-        self._info.engine = self.name
-        self._info.engine_version = f"llama.cpp from llama-cpp-python {build.cmake_args and llama_cpp_python_version()}"
-        self._info.model = models.label(model)
-        self._info.model_path = str(path)
-        self._info.model_sha256 = file_sha256(path)
-        self._info.threads = threads
-        self._info.device = "cuda" if gpu_layers else "cpu"
-        self._info.pid = self._proc.pid
-        self._info.log_path = str(self._proc.log_path)
-        self._info.build = f"{build.variant}: {build.probe.reason}"
-        self._info.args = {"parallel": parallel, "context": context, "gpu_layers": gpu_layers,
-                           "flash_attn": flash_attn,
-                           "host": host, "port": int(base.rsplit(":", 1)[1]),
-                           "extra_args": extra_args or []}
+        super().__init__(cmd, Launch(host, port, startup_timeout_s, label, log_dir=log_dir,
+                                     api_key=api_key, key_variable="LLAMA_API_KEY"))
+        self._info = EngineInfo(
+            engine=self.name, engine_version=f"llama.cpp from llama-cpp-python {llama_cpp_python_version()}",
+            model=models.label(model), model_path=str(path), model_sha256=file_sha256(path),
+            args={"parallel": parallel, "context": context, "gpu_layers": gpu_layers,
+                  "flash_attn": flash_attn, "host": host, "port": self.port,
+                  "extra_args": extra_args or []},
+            threads=threads, device="cuda" if gpu_layers else "cpu", url=self.url,
+            pid=self._proc.pid, log_path=str(self._proc.log_path),
+            build=f"{build.variant}: {build.probe.reason}")
 
     def slots(self) -> list[dict[str, Any]]:
         """llama-server's /slots: per-slot state, including the tokens each holds."""
@@ -210,9 +224,6 @@ class VllmServerEngine(_ManagedServer):
                  port: int | None = None,
                  startup_timeout_s: float = 300.0, extra_args: list[str] | None = None,
                  log_dir: str | None = None, api_key: str | None = None):
-        self._closed = False
-        from .vllm import check_dtype, default_dtype, vllm_env, vllm_version
-
         directory = models.hf_dir(model)
         label = models.label(model, directory)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
@@ -226,17 +237,13 @@ class VllmServerEngine(_ManagedServer):
                *(["--gpu-memory-utilization", str(gpu_memory_utilization)] if gpu_memory_utilization else []),
                *(["--load-format", "dummy"] if is_synthetic(directory) else []),
                *(extra_args or [])]
-        self._proc, base = self._start(cmd, host, port, "/health", startup_timeout_s,
-                                       {**os.environ, **env}, log_dir, label, api_key, "VLLM_API_KEY")
-        self._info.engine = self.name
-        self._info.engine_version = f"vllm {vllm_version()}"
-        self._info.model = models.label(model)
-        self._info.model_path = str(directory)
-        self._info.model_sha256 = None
-        self._info.threads = threads_used
-        self._info.device = device
-        self._info.pid = self._proc.pid
-        self._info.log_path = str(self._proc.log_path)
-        self._info.args = {"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
-                           "max_num_seqs": max_num_seqs, "enforce_eager": enforce_eager, "host": host,
-                           "port": int(base.rsplit(":", 1)[1]), "extra_args": extra_args or []}
+        super().__init__(cmd, Launch(host, port, startup_timeout_s, label, {**os.environ, **env},
+                                     log_dir, api_key, "VLLM_API_KEY"))
+        self._info = EngineInfo(
+            engine=self.name, engine_version=f"vllm {vllm_version()}", model=models.label(model),
+            model_path=str(directory), model_sha256=None,
+            args={"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
+                  "max_num_seqs": max_num_seqs, "enforce_eager": enforce_eager, "host": host,
+                  "port": self.port, "extra_args": extra_args or []},
+            threads=threads_used, device=device, url=self.url, pid=self._proc.pid,
+            log_path=str(self._proc.log_path))

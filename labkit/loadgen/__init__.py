@@ -1,5 +1,9 @@
 """Load testing: workloads, the load generator, metrics and results.
 
+``config`` (what a sweep measures) -> ``shapes`` (when requests leave) -> ``drivers`` (how
+they reach an engine, by its declared capabilities) -> ``session`` (sampler, manifest,
+writer, interruption) -> ``result`` (records, summary, persistence); ``run.bench`` ties them.
+
 >>> import labkit
 >>> res = labkit.bench(engine, concurrency=[1, 2, 4, 8], requests_per_level=16,
 ...                    workload=labkit.workloads.chat(input_tokens=128, output_tokens=64))
@@ -7,10 +11,14 @@
 """
 
 from . import workloads
+from .config import BenchConfig
+from .drivers import run_request
 from .importers import from_llama_bench, from_vllm_bench
 from .metrics import request_metrics, summarize
-from .result import BenchResult
-from .run import bench, run_request
+from .result import BenchResult, RequestRecord, phase_name
+from .run import bench
+from .shapes import Concurrency, LoadShape, Rate
 
-__all__ = ["BenchResult", "bench", "from_llama_bench", "from_vllm_bench", "request_metrics",
+__all__ = ["BenchConfig", "BenchResult", "Concurrency", "LoadShape", "Rate", "RequestRecord",
+           "bench", "from_llama_bench", "from_vllm_bench", "phase_name", "request_metrics",
            "run_request", "summarize", "workloads"]

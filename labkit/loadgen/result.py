@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,32 @@ import pandas as pd
 from ..memory import phase_peaks
 from .metrics import summarize
 
-REQUEST_COLUMNS = ["mode", "level", "index", "start_s", "started_at", "ttft_s", "tpot_s", "itl_s",
-                   "e2e_s", "input_tokens", "output_tokens", "finish_reason", "error"]
+
+@dataclass
+class RequestRecord:
+    """One request of a sweep, as written to ``requests.jsonl``: when it left (``start_s``
+    since the sweep began, ``started_at`` wall clock), its latencies, and how it ended. A
+    request never sent (the sweep was stopped) has no times and says why in ``finish_reason``."""
+
+    mode: str  # "concurrency" or "rate"
+    level: float  # users, or requests per second
+    index: int
+    start_s: float | None = None
+    started_at: float | None = None
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
+    e2e_s: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int = 0
+    finish_reason: str | None = None
+    error: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in REQUEST_COLUMNS}
+
+
+REQUEST_COLUMNS = [f.name for f in fields(RequestRecord)]
 
 
 class RunWriter:
@@ -38,8 +62,9 @@ class RunWriter:
         if self.folder:
             (self.folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, record: RequestRecord) -> None:
         if self._file:
+            row = record.to_row()
             with self._lock:
                 self._file.write(json.dumps(row, default=_json_default) + "\n")
                 self._file.flush()
@@ -85,7 +110,7 @@ class BenchResult:
         s.insert(0, "engine", self.manifest.get("engine", {}).get("engine", ""))
         peaks = self.memory_peaks()
         if not peaks.empty:
-            s["phase"] = [_phase_name(m, lv) for m, lv in zip(s["mode"], s["level"], strict=True)]
+            s["phase"] = [phase_name(m, lv) for m, lv in zip(s["mode"], s["level"], strict=True)]
             s = s.merge(peaks.add_prefix("peak_").rename(columns={
                 "peak_phase": "phase", "peak_gpu_energy_j": "gpu_energy_j",
                 "peak_gpu_power_w_mean": "gpu_power_w_mean"}), on="phase", how="left")
@@ -151,5 +176,6 @@ def _read_csv(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def _phase_name(mode: str, level: Any) -> str:
+def phase_name(mode: str, level: Any) -> str:
+    """The memory sampler's phase for one load level: "concurrency 8" or "rate 2.0/s"."""
     return f"concurrency {level}" if mode == "concurrency" else f"rate {level}/s"

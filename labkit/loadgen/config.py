@@ -1,0 +1,94 @@
+"""BenchConfig: what one sweep measures, checked once, before anything is loaded or written."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInput
+from .shapes import Concurrency, LoadShape, Rate
+from .workloads import Workload, chat
+
+
+def _levels(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+
+
+@dataclass
+class BenchConfig:
+    """The levels of a sweep and how they are measured (see :func:`labkit.bench`).
+
+    ``concurrency``: closed-loop levels, ``requests_per_level`` requests each. ``rate``:
+    Poisson arrival rates (requests per second), ``duration_s`` each. With neither, one user.
+    """
+
+    concurrency: Sequence[int] | int | None = None
+    rate: Sequence[float] | float | None = None
+    requests_per_level: int = 32
+    duration_s: float = 30.0
+    workload: Workload | None = None
+    warmup: int = 2
+    slo_ms: dict[str, float] | None = None
+    memory_interval_s: float = 0.1
+    kv_interval_s: float | None = 10.0
+    progress: bool = True
+    seed: int = 0
+    levels: list[int] = field(init=False)
+    rates: list[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.concurrency is None and self.rate is None:
+            self.concurrency = [1]
+        self.levels = [self._users(c) for c in _levels(self.concurrency)]
+        self.rates = [self._rate(r) for r in _levels(self.rate)]
+        if not self.levels and not self.rates:
+            raise InvalidInput("Give at least one concurrency level or rate.")
+        if not isinstance(self.requests_per_level, int | np.integer) or self.requests_per_level <= 0:
+            raise InvalidInput(f"requests_per_level must be a positive integer, got {self.requests_per_level!r}.")
+        if self.rates and self.duration_s <= 0:
+            raise InvalidInput(f"duration_s must be positive, got {self.duration_s}.")
+        if self.kv_interval_s is not None and self.kv_interval_s <= 0:
+            raise InvalidInput(f"kv_interval_s must be positive (seconds) or None, got {self.kv_interval_s}.")
+        self.workload = self.workload or chat(output_tokens=64)
+        if not isinstance(self.workload, Workload):
+            raise InvalidInput("workload must be a labkit Workload (see labkit.workloads), got "
+                               f"{type(self.workload).__name__}.")
+        bad = [k for k in (self.slo_ms or {}) if k not in ("ttft", "tpot", "e2e")]
+        if bad:
+            raise InvalidInput(f"slo_ms keys are ttft, tpot and e2e (milliseconds), not {bad}.")
+
+    @staticmethod
+    def _users(c: Any) -> int:
+        if isinstance(c, bool) or not isinstance(c, int | np.integer) or c <= 0:
+            raise InvalidInput(f"Concurrency levels must be positive integers, got {c!r}.")
+        return int(c)
+
+    @staticmethod
+    def _rate(r: Any) -> float:
+        if isinstance(r, bool) or not isinstance(r, int | float | np.number) or r <= 0:
+            raise InvalidInput(f"Request rates must be positive (requests per second), got {r!r}.")
+        return float(r)
+
+    def shapes(self) -> list[LoadShape]:
+        """Every level in sweep order: concurrency levels, then rates (arrivals drawn from
+        ``seed``, so a rerun sends at the same times)."""
+        rng = np.random.default_rng(self.seed)
+        return ([Concurrency(c, self.requests_per_level) for c in self.levels]
+                + [Rate(r, self.duration_s, rng) for r in self.rates])
+
+    def warmup_shape(self) -> Concurrency | None:
+        if self.warmup <= 0:
+            return None
+        return Concurrency(min(self.warmup, max(self.levels or [1])), self.warmup)
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's account of the sweep."""
+        return {"workload": self.workload.describe(),
+                "levels": {"concurrency": self.levels, "rate": self.rates},
+                "requests_per_level": self.requests_per_level, "duration_s": self.duration_s,
+                "warmup_requests": self.warmup, "seed": self.seed, "slo_ms": self.slo_ms}

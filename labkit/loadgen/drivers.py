@@ -1,0 +1,188 @@
+"""Drivers: how a request reaches an engine, chosen by what the engine declares.
+
+- :class:`SubmitDriver` for engines that :class:`~labkit.engines.capabilities.Submits`
+  (in-process vLLM): callbacks run on the engine's own loop thread, so no thread per user
+  competes with the engine for CPU, and a wave given together enters one scheduler step.
+- :class:`AsyncDriver` for engines that :class:`~labkit.engines.capabilities.AsyncStreams`
+  (the HTTP engines): every request of the sweep runs on one event loop in one thread, so a
+  wave leaves in one burst, as from vLLM's serving benchmark. A thread per user there was
+  slow enough, next to a server using every core, that a wave trickled out and the server
+  prefilled it in pieces (TTFT 0.6x and TPOT 1.1x those of ``vllm bench serve``).
+- :class:`ThreadDriver` for any other engine (in-process llama.cpp): a thread per request.
+
+Drivers never pace: :mod:`labkit.loadgen.shapes` says when requests leave. Every request
+ends as a :class:`~labkit.loadgen.result.RequestRecord`; an error becomes a record, never an
+exception, so one failing request does not end the sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..engines.base import Engine, Submission, Token
+from ..engines.capabilities import AsyncStreams, Submits
+from .metrics import request_metrics
+from .result import RequestRecord
+from .workloads import Request
+
+__all__ = ["Job", "Driver", "SubmitDriver", "AsyncDriver", "ThreadDriver", "driver_for", "run_request"]
+
+
+@dataclass
+class Job:
+    """One request to send: what to send, its record so far, and who to tell when it ends."""
+
+    request: Request
+    record: RequestRecord
+    on_done: Callable[[RequestRecord], None]
+
+    def begin(self, origin: float) -> float:
+        """Stamp the send time (``origin``: the sweep's perf_counter start); returns t0."""
+        t0 = time.perf_counter()
+        self.record.start_s, self.record.started_at = t0 - origin, time.time()
+        return t0
+
+    def finish(self, tokens: list[Token], t0: float, error: BaseException | None) -> None:
+        """Fill the record from the streamed tokens and hand it on."""
+        finish_record(self.record, tokens, time.perf_counter() - t0, error)
+        self.on_done(self.record)
+
+    @property
+    def params(self) -> dict:
+        r = self.request
+        return {"max_tokens": r.max_tokens, "temperature": 0.0, "ignore_eos": r.ignore_eos}
+
+
+def finish_record(record: RequestRecord, tokens: list[Token], e2e_s: float,
+                  error: BaseException | None) -> RequestRecord:
+    real = [t for t in tokens if t.token_id is not None or t.text]
+    metrics = request_metrics([t.t_s for t in real], e2e_s)
+    record.ttft_s, record.tpot_s = metrics["ttft_s"], metrics["tpot_s"]
+    record.itl_s, record.e2e_s = metrics["itl_s"], metrics["e2e_s"]
+    record.output_tokens = len(real)
+    record.finish_reason = next((t.finish_reason for t in reversed(tokens) if t.finish_reason), None)
+    record.error = None if error is None else f"{type(error).__name__}: {error}"
+    return record
+
+
+class Driver(ABC):
+    """Carries requests to one engine. ``send`` returns at once; each job's ``on_done``
+    runs when its request ended, on whatever thread the driver serves it from."""
+
+    def __init__(self, engine: Engine, origin: float):
+        self.engine, self.origin = engine, origin
+
+    @abstractmethod
+    def send(self, jobs: list[Job]) -> None: ...
+
+    def close(self) -> None:
+        """Release what the driver holds (after the last level)."""
+        return None
+
+
+class SubmitDriver(Driver):
+    engine: Submits
+
+    def send(self, jobs: list[Job]) -> None:
+        subs = []
+        for job in jobs:
+            tokens: list[Token] = []
+            t0 = job.begin(self.origin)
+            subs.append(Submission(job.request.prompt, tokens.append,
+                                   lambda e, j=job, ts=tokens, t=t0: j.finish(ts, t, e), job.params))
+        try:
+            self.engine.submit(subs)
+        except Exception as e:  # refused before any started (a closed engine): records say so
+            for sub in subs:
+                sub.on_done(e)
+
+
+class AsyncDriver(Driver):
+    engine: AsyncStreams
+
+    def __init__(self, engine: Engine, origin: float):
+        super().__init__(engine, origin)
+        # Its own loop in its own thread: a notebook's main thread already runs one.
+        self._loop = asyncio.new_event_loop()
+        self._tasks: set[asyncio.Task] = set()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="labkit-bench-loop",
+                                        daemon=True)
+        self._thread.start()
+
+    def send(self, jobs: list[Job]) -> None:
+        self._loop.call_soon_threadsafe(self._spawn, jobs)  # the whole wave in one loop turn
+
+    def _spawn(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            task = self._loop.create_task(self._one(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _one(self, job: Job) -> None:
+        tokens: list[Token] = []
+        error = None
+        t0 = job.begin(self.origin)
+        try:
+            r = job.request
+            async for tok in self.engine.astream(r.prompt, **job.params):
+                tokens.append(tok)
+        except Exception as e:
+            error = e
+        job.finish(tokens, t0, error)
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            for task in list(self._tasks):  # only left when a halt gave up waiting
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.engine.aclose()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=30)
+        except Exception:
+            pass  # a hung close must not hide the results
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+
+class ThreadDriver(Driver):
+    def send(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            threading.Thread(target=self._one, args=(job,), daemon=True).start()
+
+    def _one(self, job: Job) -> None:
+        tokens: list[Token] = []
+        error = None
+        t0 = job.begin(self.origin)
+        try:
+            for tok in self.engine.stream(job.request.prompt, **job.params):
+                tokens.append(tok)
+        except Exception as e:
+            error = e
+        job.finish(tokens, t0, error)
+
+
+def driver_for(engine: Engine, origin: float) -> Driver:
+    """The cheapest way ``engine`` declares it can be driven."""
+    if isinstance(engine, Submits):
+        return SubmitDriver(engine, origin)
+    if isinstance(engine, AsyncStreams):
+        return AsyncDriver(engine, origin)
+    return ThreadDriver(engine, origin)
+
+
+def run_request(engine: Engine, request: Request) -> RequestRecord:
+    """Send one request, stream it, and return its record (an error is recorded, not raised)."""
+    done: list[RequestRecord] = []
+    job = Job(request, RequestRecord("concurrency", 1, 0, input_tokens=request.input_tokens),
+              done.append)
+    ThreadDriver(engine, time.perf_counter())._one(job)
+    return done[0]

@@ -1,0 +1,247 @@
+"""A session: one sweep over one loaded engine, from the manifest to the saved result.
+
+It prepares the memory sampler, the manifest and the request writer, warms the engine up,
+runs each level through a :class:`~labkit.loadgen.shapes.Pacer`, reads the engine's KV
+account, and, when the sweep is stopped (Ctrl-C, ``stop_event``, an engine that died),
+marks every request it did not send and saves what it measured. Every finished request is
+on disk the moment it ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import __version__
+from ..engines.base import Engine
+from ..engines.capabilities import ReportsKv
+from ..environment import environment
+from ..errors import EngineError
+from ..memory import MemorySampler
+from .config import BenchConfig
+from .drivers import Job, driver_for
+from .result import REQUEST_COLUMNS, BenchResult, RequestRecord, RunWriter
+from .shapes import LoadShape, Pacer
+from .workloads import Request
+
+
+def memory_sampler(scope, interval_s: float) -> MemorySampler:
+    # USS/PSS at phase edges only: a page-table walk mid-level stalls the engine being
+    # measured (see labkit.memory). RSS is still read every interval.
+    return MemorySampler(scope, interval_s, cpu_budget=0)
+
+
+class Session:
+    """One sweep. ``sampler``: a running sampler to reuse (bench() started it to measure the
+    load); otherwise the session samples the engine's own memory scope."""
+
+    def __init__(self, engine: Engine, config: BenchConfig, *, out: str | Path | None = None,
+                 sampler: MemorySampler | None = None, stop_event: threading.Event | None = None,
+                 on_level_done: Callable[[BenchResult], None] | None = None):
+        self.engine, self.config, self.out = engine, config, out
+        self.sampler, self.on_level_done = sampler, on_level_done
+        self.stop = stop_event or threading.Event()
+        self.records: list[RequestRecord] = []
+        self.kv_rows: list[dict[str, Any]] = []
+        self.died: str | None = None
+        self.counts: dict[tuple[str, float], int] = {}
+        self.origin = time.perf_counter()
+        self._lock = threading.Lock()
+
+    # --- the sweep ---------------------------------------------------------------------------
+    def run(self) -> BenchResult:
+        self._check_engine()
+        self._start_sampler()
+        try:  # before any folder is written: a refused workload leaves nothing behind
+            requests = self.config.workload.build(self.engine, self.config.requests_per_level)
+        except BaseException:
+            self._stop_sampler()
+            raise
+        self.writer = RunWriter(Path(self.out) if self.out else None)
+        self.manifest = {"labkit_version": __version__, "engine": self.engine.info.to_dict(),
+                         "environment": environment(), **self.config.describe(),
+                         "caveats": self.engine.caveats()}
+        self.writer.manifest(self.manifest)
+        ended = self._sweep(requests)
+        res = self.result()
+        res.ended, res.interrupted = ended, ended != "completed"
+        res.engine_log = self.engine.log_tail() if self.died else ""
+        if self.out:
+            res.save(self.out)
+        return res
+
+    def _sweep(self, requests: list[Request]) -> str:
+        """Run every level; returns how the sweep ended."""
+        driver = driver_for(self.engine, self.origin)
+        pacer = Pacer(driver, self.stop)
+        shapes = self.config.shapes()
+        interrupted = False
+        try:
+            warm = self.config.warmup_shape()
+            if warm is not None:
+                with self._phase("warm-up"):
+                    self._level(pacer, warm, requests[: warm.count()], record=False, label="warm-up")
+            self._read_kv("idle")
+            self._levels(pacer, shapes, requests)
+        except KeyboardInterrupt:
+            interrupted = True
+            self._halt(pacer)
+        finally:
+            self._stop_sampler()
+            driver.close()
+            stopped = interrupted or self.stop.is_set()
+            if stopped:
+                self._mark_unsent(shapes)
+            self.writer.close()
+        if not stopped:
+            return "completed"
+        return f"engine died: {self.died}" if self.died else "interrupted"
+
+    def _levels(self, pacer: Pacer, shapes: list[LoadShape], requests: list[Request]) -> None:
+        for shape in shapes:
+            if self.stop.is_set():
+                break
+            n = shape.count()
+            reqs = requests if n <= len(requests) else self.config.workload.build(self.engine, n)
+            self.counts[(shape.mode, shape.level)] = n
+            with self._phase(shape.phase), _KvPoller(self, shape.phase):
+                self._level(pacer, shape, reqs)
+            if self.on_level_done is not None and not self.stop.is_set():
+                self.on_level_done(self.result())
+
+    def _level(self, pacer: Pacer, shape: LoadShape, requests: list[Request], record: bool = True,
+               label: str | None = None) -> None:
+        bar = _progress(shape.count(), label or shape.phase, self.config.progress)
+
+        def job(i: int, finished: Callable[[RequestRecord], None]) -> Job:
+            req = requests[i % len(requests)]
+            return Job(req, RequestRecord(shape.mode, shape.level, i, input_tokens=req.input_tokens),
+                       finished)
+
+        def on_record(rec: RequestRecord) -> None:
+            if record:
+                self._record(rec)
+            if bar is not None:
+                bar.update(1)
+            if rec.error:
+                self._check_alive()
+
+        try:
+            pacer.run(shape, job, on_record)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # --- what happens to each request ---------------------------------------------------------
+    def _record(self, rec: RequestRecord) -> None:
+        with self._lock:
+            self.records.append(rec)
+        self.writer.write(rec)
+
+    def _check_alive(self) -> None:
+        """A failed request may be the first sign that the engine died: ask, and stop at once
+        instead of firing the rest at a dead port."""
+        if self.died is not None:
+            return
+        try:
+            reason = self.engine.health()
+        except Exception as e:
+            reason = f"its health check failed ({type(e).__name__}: {e})"
+        if reason:
+            self.died = reason
+            self.stop.set()
+
+    def _halt(self, pacer: Pacer, settle_s: float = 60.0) -> None:
+        """Stop sending, cancel what the engine can cancel, and let the requests in flight
+        end (bounded), so no record arrives after the unsent ones are marked."""
+        self.stop.set()
+        try:
+            self.engine.cancel()
+        except Exception:
+            pass
+        pacer.settle(settle_s)
+
+    def _mark_unsent(self, shapes: list[LoadShape]) -> None:
+        why = "not sent: engine died" if self.died else "not sent: interrupted"
+        done = {(r.mode, r.level, r.index) for r in self.records}
+        for shape in shapes:
+            n = self.counts.get((shape.mode, shape.level), shape.count())
+            for i in range(n):
+                if (shape.mode, shape.level, i) not in done:
+                    self._record(RequestRecord(shape.mode, shape.level, i, finish_reason=why))
+
+    # --- measurements around the requests -----------------------------------------------------
+    def _check_engine(self) -> None:
+        if self.engine.closed:
+            raise EngineError(f"The {self.engine.name} engine is closed; load it again before benchmarking.")
+        reason = self.engine.health()
+        if reason:
+            raise EngineError(f"The {self.engine.name} engine cannot serve: {reason}.")
+
+    def _start_sampler(self) -> None:
+        scope = self.engine.memory_scope()
+        if self.sampler is None:
+            if scope is not None:
+                self.sampler = memory_sampler(scope, self.config.memory_interval_s)
+                self.sampler.start()
+        elif scope is not None:
+            self.sampler.scope = scope  # from "the process that loaded it" to the engine's own
+
+    def _stop_sampler(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+
+    def _phase(self, name: str):
+        return self.sampler.phase(name) if self.sampler is not None else nullcontext()
+
+    def _read_kv(self, phase: str) -> None:
+        if isinstance(self.engine, ReportsKv):
+            snap = self.engine.kv_account()
+            if snap:
+                self.kv_rows.append({"phase": phase, "t_s": time.perf_counter() - self.origin, **snap})
+
+    def result(self) -> BenchResult:
+        with self._lock:
+            rows = [r.to_row() for r in self.records]
+        mem = self.sampler.frame() if self.sampler is not None else pd.DataFrame()
+        return BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), mem, self.manifest,
+                           pd.DataFrame(self.kv_rows), self.config.slo_ms, self.writer.folder)
+
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=True)
+
+
+class _KvPoller:
+    """Reads the engine's KV account every ``kv_interval_s`` during a level, and at its end."""
+
+    def __init__(self, session: Session, phase: str):
+        self.session, self.phase = session, phase
+        self.every_s = session.config.kv_interval_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self.session._read_kv(self.phase)
+
+    def __enter__(self):
+        if self.every_s is not None and isinstance(self.session.engine, ReportsKv):
+            self.thread.start()
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+        self.session._read_kv(self.phase)

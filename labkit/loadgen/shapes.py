@@ -1,0 +1,170 @@
+"""Load shapes: when the requests of one level leave.
+
+The pacing lives here, once, for every engine: a :class:`Pacer` sends a level's requests as
+its shape says and waits for them, and a driver (:mod:`labkit.loadgen.drivers`) only
+carries each request to the engine. A shape answers three questions, as guidellm's
+strategies do: how many requests leave at once when the level starts, at which times the
+others leave, and how many leave each time one finishes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from .result import RequestRecord, phase_name
+
+if TYPE_CHECKING:
+    from .drivers import Driver, Job
+
+__all__ = ["LoadShape", "Concurrency", "Rate", "Pacer"]
+
+
+class LoadShape(ABC):
+    """One load level. ``mode`` and ``level`` name it in results ("concurrency", 8)."""
+
+    mode: ClassVar[str]
+    level: float
+
+    @property
+    def phase(self) -> str:
+        """The memory sampler's phase name of this level."""
+        return phase_name(self.mode, self.level)
+
+    @abstractmethod
+    def count(self) -> int:
+        """How many requests this level sends."""
+
+    def first_wave(self) -> int:
+        """How many leave together when the level starts (in one call to the driver)."""
+        return 0
+
+    def arrivals(self) -> Sequence[float]:
+        """Seconds after the start at which one more request leaves."""
+        return ()
+
+    def after_completion(self) -> int:
+        """How many leave each time a request finishes."""
+        return 0
+
+
+class Concurrency(LoadShape):
+    """Closed loop: ``users`` users, each sending its next request when its last one ended."""
+
+    mode = "concurrency"
+
+    def __init__(self, users: int, requests: int):
+        self.level, self._requests = users, requests
+
+    def count(self) -> int:
+        return self._requests
+
+    def first_wave(self) -> int:
+        return min(self.level, self._requests)
+
+    def after_completion(self) -> int:
+        return 1
+
+
+class Rate(LoadShape):
+    """Open loop: Poisson arrivals, ``per_s`` requests per second on average, for
+    ``duration_s`` seconds, whatever the engine's speed (so queues can grow)."""
+
+    mode = "rate"
+
+    def __init__(self, per_s: float, duration_s: float, rng: np.random.Generator):
+        self.level = per_s
+        gaps = rng.exponential(1.0 / per_s, size=int(per_s * duration_s * 3) + 10)
+        times = np.cumsum(gaps)
+        self._times = [float(t) for t in times[times < duration_s]]
+
+    def count(self) -> int:
+        return len(self._times)
+
+    def arrivals(self) -> Sequence[float]:
+        return self._times
+
+
+class InFlight:
+    """Requests sent and not yet finished. ``wait()`` returns once ``close()`` said no more
+    will be sent and every sent one called ``done()``; callbacks on other threads call done."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._open = True
+        self._idle = threading.Event()
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self._count += n
+
+    def done(self, n: int = 1) -> None:
+        with self._lock:
+            self._count -= n
+            self._check()
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
+            self._check()
+
+    def _check(self) -> None:
+        if not self._open and self._count == 0:
+            self._idle.set()
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._idle.wait(0.2):  # a timeout so Ctrl-C reaches the main thread
+            if deadline is not None and time.monotonic() > deadline:
+                return
+
+
+class Pacer:
+    """Runs levels through one driver; ``stop`` (set by Ctrl-C, a dead engine or the caller)
+    ends sending at once, and the requests in flight still finish."""
+
+    def __init__(self, driver: Driver, stop: threading.Event):
+        self.driver, self.stop = driver, stop
+        self._flight: InFlight | None = None
+
+    def run(self, shape: LoadShape, job: Callable[[int, Callable[[RequestRecord], None]], Job],
+            on_record: Callable[[RequestRecord], None]) -> None:
+        """Send ``shape.count()`` requests, ``job(index, finished)`` making each, and return
+        when all have finished; ``on_record`` sees every finished request first."""
+        indices = iter(range(shape.count()))
+        taking = threading.Lock()
+        flight = self._flight = InFlight()
+
+        def send(n: int) -> None:
+            with taking:
+                batch = [] if self.stop.is_set() else list(itertools.islice(indices, n))
+            flight.add(len(batch))
+            if batch:
+                self.driver.send([job(i, finished) for i in batch])
+
+        def finished(record: RequestRecord) -> None:
+            on_record(record)  # first: it may stop the sweep (a failed request, a dead engine)
+            send(shape.after_completion())
+            flight.done()  # after send's add: the count must not touch zero in between
+
+        send(shape.first_wave())
+        start = time.perf_counter()
+        for at in shape.arrivals():
+            delay = start + at - time.perf_counter()
+            if (delay > 0 and self.stop.wait(delay)) or self.stop.is_set():  # pacing, not syncing
+                break
+            send(1)
+        flight.close()
+        flight.wait()
+
+    def settle(self, timeout_s: float) -> None:
+        """Wait (bounded) for the requests in flight after ``stop``."""
+        if self._flight is not None:
+            self._flight.wait(timeout_s)
