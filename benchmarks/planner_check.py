@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import labkit
     from labkit import synthetic
-    from labkit.engines.vllm import default_dtype
+    from labkit.engines.defaults import default_dtype
     from labkit.native import cpu
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

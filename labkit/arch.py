@@ -263,7 +263,7 @@ def quant_type(t: TensorSpec, quant: str, a: Arch) -> str:
         elif quant in ("TQ1_0", "TQ2_0"):
             new = "Q4_K"
     elif quant in ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"):
-        new = _very_low_bits(name, quant, new, i, n, gqa, a)
+        new = _very_low_bits(name, quant, new, i=i, n=n, gqa=gqa, a=a)
     elif ".attn_v." in name:
         new = _attn_v(quant, new, i, n, gqa, a)
     elif ".attn_k." in name and a.n_experts == 8:
@@ -304,7 +304,7 @@ def _attn_v(quant: str, new: str, i: int, n: int, gqa: int, a: Arch) -> str:
     return new
 
 
-def _very_low_bits(name: str, quant: str, new: str, i: int, n: int, gqa: int, a: Arch) -> str:
+def _very_low_bits(name: str, quant: str, new: str, *, i: int, n: int, gqa: int, a: Arch) -> str:
     """The IQ1/IQ2 branch: a few roles get more bits, the rest keep the base type."""
     iq2s = quant in ("IQ2_S", "IQ2_M")
     if ".attn_v." in name:

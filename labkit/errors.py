@@ -54,7 +54,7 @@ class ServerError(EngineError):
 class NotebookError(LabkitError):
     """A notebook cell failed while labkit ran it headlessly."""
 
-    def __init__(self, notebook: str, cell_index: int, ename: str, evalue: str, output_path: str,
+    def __init__(self, notebook: str, cell_index: int, ename: str, evalue: str, output_path: str, *,
                  first_line: str = "", signal: str | None = None, hint: str = ""):
         self.notebook = notebook
         self.cell_index = cell_index  # as the source notebook counts (0-based, no injected cell)

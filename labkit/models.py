@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import struct
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import arch as arches
 from ._cache import build_atomically, cache_dir, file_sha256
+from .arch import Arch, TensorSpec
 from .errors import InvalidInput, ModelError, ModelNotFound
 
 __all__ = ["BUNDLED", "ModelEntry", "resolve", "gguf_path", "hf_dir", "variant", "list_models",
@@ -291,3 +294,162 @@ def list_models() -> list[ModelEntry]:
             entries.append(ModelEntry(d.name, "converted", str(d), size,
                                       "Hugging Face directory converted from GGUF (for vLLM)"))
     return entries
+
+
+# --- metadata: what a model is, read without loading its weights ---------------------------
+
+@dataclass
+class ModelSpec:
+    """What the planner needs to know about a model (no weights)."""
+
+    name: str
+    n_layers: int
+    hidden_size: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    n_params: int
+    intermediate_size: int | None = None
+    max_context: int | None = None
+    source: str = "config"
+    file_type: str | None = None  # the GGUF's own quantization, if read from one
+    tensors: list[TensorSpec] = field(default_factory=list, repr=False)
+    arch: Arch | None = field(default=None, repr=False)
+    synthetic: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("tensors")
+        d.pop("arch")
+        return d
+
+    def architecture(self) -> Arch:
+        """The architecture facts (read from the config, or rebuilt from GGUF fields)."""
+        if self.arch is not None:
+            return self.arch
+        names = {t.name for t in self.tensors}
+        return Arch(model_type="llama", gguf_arch="llama", n_layers=self.n_layers,
+                    hidden=self.hidden_size, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
+                    head_dim=self.head_dim, ffn=self.intermediate_size or 4 * self.hidden_size,
+                    vocab=self.vocab_size, tied="output.weight" not in names and bool(names),
+                    n_experts=next((t.shape[2] for t in self.tensors if t.name.endswith("_exps.weight")
+                                    and len(t.shape) > 2), 0))
+
+
+_REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
+
+
+def _spec_from_config(cfg: dict[str, Any], name: str, source: str) -> ModelSpec:
+    flat = {**cfg.get("text_config", {}), **{k: v for k, v in cfg.items() if k != "text_config"}}
+    missing = [k for k in _REQUIRED if flat.get(k) is None]
+    if missing:
+        raise InvalidInput(f"The model config lacks {', '.join(missing)}; a config needs at least "
+                           f"{', '.join(_REQUIRED)} (and num_key_value_heads, intermediate_size, "
+                           "num_parameters when known).")
+    a = arches.from_config(flat)  # checks every field it reads, naming a bad one
+    tensors = arches.tensors(a)
+    n_params = flat.get("num_parameters") or flat.get("n_params")
+    if n_params is not None and (not isinstance(n_params, int | float) or n_params <= 0):
+        raise InvalidInput(f"num_parameters must be a positive number, got {n_params!r}.")
+    counted = sum(t.n_elements for t in tensors)
+    if n_params and n_params > counted * 1.05:
+        # The config hints at more than its shape explains (e.g. vision towers): keep the
+        # difference as one F16 block so weights are not understated.
+        tensors.append(TensorSpec("blk.extra.weight", (256, max(1, int(n_params - counted) // 256)),
+                                  "F16"))
+    return ModelSpec(name=name, n_layers=a.n_layers, hidden_size=a.hidden, n_heads=a.n_heads,
+                     n_kv_heads=a.n_kv_heads, head_dim=a.head_dim, vocab_size=a.vocab,
+                     n_params=int(n_params or counted),
+                     intermediate_size=flat.get("intermediate_size"),
+                     max_context=flat.get("max_position_embeddings"), source=source,
+                     tensors=tensors, arch=a)
+
+
+def _gguf_field(reader, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    try:
+        return f.contents()
+    except Exception:
+        return default
+
+
+def _spec_from_gguf(path: Path) -> ModelSpec:
+    from gguf import GGUFReader
+
+    check_gguf(path)
+    r = GGUFReader(path)
+    arch = _gguf_field(r, "general.architecture", "llama")
+
+    def meta(key: str, default: Any = None) -> Any:
+        return _gguf_field(r, f"{arch}.{key}", default)
+
+    heads = int(meta("attention.head_count"))
+    hidden = int(meta("embedding_length"))
+    tensors = [TensorSpec(t.name, tuple(int(x) for x in t.shape), t.tensor_type.name) for t in r.tensors]
+    vocab = meta("vocab_size") or len(_gguf_field(r, "tokenizer.ggml.tokens", []) or []) or next(
+        (t.shape[1] for t in tensors if t.name == "token_embd.weight"), 0)
+    kv = meta("attention.head_count_kv", heads)
+    ftype = _gguf_field(r, "general.file_type")
+    from gguf import LlamaFileType
+
+    file_type = LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_").removeprefix("ALL_") if ftype is not None else None
+    return ModelSpec(
+        name=path.stem, n_layers=int(meta("block_count")), hidden_size=hidden, n_heads=heads,
+        n_kv_heads=int(kv if not isinstance(kv, list) else max(kv)),
+        head_dim=int(meta("attention.key_length") or hidden // heads), vocab_size=int(vocab),
+        n_params=sum(t.n_elements for t in tensors), intermediate_size=meta("feed_forward_length"),
+        max_context=meta("context_length"), source="gguf", file_type=file_type, tensors=tensors,
+    )
+
+
+def _safetensors_tensors(directory: Path) -> list[TensorSpec]:
+    """Shapes and dtypes from safetensors headers (8-byte length + JSON), no weights read."""
+    names = {"BF16": "BF16", "F16": "F16", "F32": "F32", "F64": "F64", "I8": "I8", "U8": "I8",
+             "I32": "I32", "I64": "I64", "F8_E4M3": "I8", "F8_E5M2": "I8"}
+    out = []
+    for f in sorted(directory.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            # ggml shapes list the contiguous dimension first; safetensors lists it last.
+            shape = tuple(reversed(meta["shape"])) or (1,)
+            out.append(TensorSpec(name, shape, names.get(meta["dtype"], "F32")))
+    return out
+
+
+def model_spec(model: str | Path | dict[str, Any]) -> ModelSpec:
+    """A ModelSpec from a bundled name, a .gguf, a HF directory or config.json, or a dict."""
+    if isinstance(model, dict):
+        return _spec_from_config(model, str(model.get("name", "config")), "config")
+    if getattr(model, "synthetic", False):
+        spec = _spec_from_config(model.config, str(model), "synthetic")
+        spec.synthetic = True
+        return spec
+    path = Path(model)
+    if path.name == "config.json" and path.exists():
+        path = path.parent
+    if isinstance(model, str) and not path.exists():
+        path = resolve(model)
+    if not path.exists():
+        raise ModelError(f"{path} does not exist.")
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if not cfg_file.exists():
+            raise ModelError(f"{path} has no config.json; pass a HF model directory or a .gguf.")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except ValueError as e:
+            raise ModelError(f"{cfg_file} is not valid JSON (line {getattr(e, 'lineno', '?')}: "
+                             f"{getattr(e, 'msg', e)}). Fix or re-download it.") from None
+        spec = _spec_from_config(cfg, path.name, "hf")
+        spec.tensors = _safetensors_tensors(path)
+        if spec.tensors:
+            spec.n_params = sum(t.n_elements for t in spec.tensors)
+        return spec
+    return _spec_from_gguf(path)

@@ -25,18 +25,16 @@ build machine (see ``RUNTIME_OVERHEAD``); on other machines treat them as estima
 
 from __future__ import annotations
 
-import json
 import math
-import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import arch as arches
-from .arch import Arch, TensorSpec
-from .errors import InvalidInput, ModelError
+from .errors import InvalidInput
+from .models import ModelSpec, model_spec
 
 __all__ = ["ModelSpec", "FitPlan", "fit", "fits_where", "model_spec", "GPU_PRESETS", "parse_bytes",
            "tensor_bytes", "kv_bytes_per_token"]
@@ -94,45 +92,6 @@ def parse_bytes(value: str | float | int | None) -> float | None:
         raise InvalidInput(f"Cannot read {value!r} as a memory size; write e.g. '12GiB' or '512MB'.") from None
 
 
-@dataclass
-class ModelSpec:
-    """What the planner needs to know about a model (no weights)."""
-
-    name: str
-    n_layers: int
-    hidden_size: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    n_params: int
-    intermediate_size: int | None = None
-    max_context: int | None = None
-    source: str = "config"
-    file_type: str | None = None  # the GGUF's own quantization, if read from one
-    tensors: list[TensorSpec] = field(default_factory=list, repr=False)
-    arch: Arch | None = field(default=None, repr=False)
-    synthetic: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("tensors")
-        d.pop("arch")
-        return d
-
-    def architecture(self) -> Arch:
-        """The architecture facts (read from the config, or rebuilt from GGUF fields)."""
-        if self.arch is not None:
-            return self.arch
-        names = {t.name for t in self.tensors}
-        return Arch(model_type="llama", gguf_arch="llama", n_layers=self.n_layers,
-                    hidden=self.hidden_size, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
-                    head_dim=self.head_dim, ffn=self.intermediate_size or 4 * self.hidden_size,
-                    vocab=self.vocab_size, tied="output.weight" not in names and bool(names),
-                    n_experts=next((t.shape[2] for t in self.tensors if t.name.endswith("_exps.weight")
-                                    and len(t.shape) > 2), 0))
-
-
 # --- ggml sizes -----------------------------------------------------------------------------
 
 def _ggml_sizes() -> dict[str, tuple[int, int]]:
@@ -163,128 +122,6 @@ def kv_bytes_per_token(spec: ModelSpec, cache_type: str = "f16") -> float:
 
 
 # --- reading models -------------------------------------------------------------------------
-
-_REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
-
-
-def _spec_from_config(cfg: dict[str, Any], name: str, source: str) -> ModelSpec:
-    flat = {**cfg.get("text_config", {}), **{k: v for k, v in cfg.items() if k != "text_config"}}
-    missing = [k for k in _REQUIRED if flat.get(k) is None]
-    if missing:
-        raise InvalidInput(f"The model config lacks {', '.join(missing)}; a config needs at least "
-                           f"{', '.join(_REQUIRED)} (and num_key_value_heads, intermediate_size, "
-                           "num_parameters when known).")
-    a = arches.from_config(flat)  # checks every field it reads, naming a bad one
-    tensors = arches.tensors(a)
-    n_params = flat.get("num_parameters") or flat.get("n_params")
-    if n_params is not None and (not isinstance(n_params, int | float) or n_params <= 0):
-        raise InvalidInput(f"num_parameters must be a positive number, got {n_params!r}.")
-    counted = sum(t.n_elements for t in tensors)
-    if n_params and n_params > counted * 1.05:
-        # The config hints at more than its shape explains (e.g. vision towers): keep the
-        # difference as one F16 block so weights are not understated.
-        tensors.append(TensorSpec("blk.extra.weight", (256, max(1, int(n_params - counted) // 256)),
-                                  "F16"))
-    return ModelSpec(name=name, n_layers=a.n_layers, hidden_size=a.hidden, n_heads=a.n_heads,
-                     n_kv_heads=a.n_kv_heads, head_dim=a.head_dim, vocab_size=a.vocab,
-                     n_params=int(n_params or counted),
-                     intermediate_size=flat.get("intermediate_size"),
-                     max_context=flat.get("max_position_embeddings"), source=source,
-                     tensors=tensors, arch=a)
-
-
-def _gguf_field(reader, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    try:
-        return f.contents()
-    except Exception:
-        return default
-
-
-def _spec_from_gguf(path: Path) -> ModelSpec:
-    from gguf import GGUFReader
-
-    from .models import check_gguf
-
-    check_gguf(path)
-    r = GGUFReader(path)
-    arch = _gguf_field(r, "general.architecture", "llama")
-
-    def meta(key: str, default: Any = None) -> Any:
-        return _gguf_field(r, f"{arch}.{key}", default)
-
-    heads = int(meta("attention.head_count"))
-    hidden = int(meta("embedding_length"))
-    tensors = [TensorSpec(t.name, tuple(int(x) for x in t.shape), t.tensor_type.name) for t in r.tensors]
-    vocab = meta("vocab_size") or len(_gguf_field(r, "tokenizer.ggml.tokens", []) or []) or next(
-        (t.shape[1] for t in tensors if t.name == "token_embd.weight"), 0)
-    kv = meta("attention.head_count_kv", heads)
-    ftype = _gguf_field(r, "general.file_type")
-    from gguf import LlamaFileType
-
-    file_type = LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_").removeprefix("ALL_") if ftype is not None else None
-    return ModelSpec(
-        name=path.stem, n_layers=int(meta("block_count")), hidden_size=hidden, n_heads=heads,
-        n_kv_heads=int(kv if not isinstance(kv, list) else max(kv)),
-        head_dim=int(meta("attention.key_length") or hidden // heads), vocab_size=int(vocab),
-        n_params=sum(t.n_elements for t in tensors), intermediate_size=meta("feed_forward_length"),
-        max_context=meta("context_length"), source="gguf", file_type=file_type, tensors=tensors,
-    )
-
-
-def _safetensors_tensors(directory: Path) -> list[TensorSpec]:
-    """Shapes and dtypes from safetensors headers (8-byte length + JSON), no weights read."""
-    names = {"BF16": "BF16", "F16": "F16", "F32": "F32", "F64": "F64", "I8": "I8", "U8": "I8",
-             "I32": "I32", "I64": "I64", "F8_E4M3": "I8", "F8_E5M2": "I8"}
-    out = []
-    for f in sorted(directory.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            # ggml shapes list the contiguous dimension first; safetensors lists it last.
-            shape = tuple(reversed(meta["shape"])) or (1,)
-            out.append(TensorSpec(name, shape, names.get(meta["dtype"], "F32")))
-    return out
-
-
-def model_spec(model: str | Path | dict[str, Any]) -> ModelSpec:
-    """A ModelSpec from a bundled name, a .gguf, a HF directory or config.json, or a dict."""
-    if isinstance(model, dict):
-        return _spec_from_config(model, str(model.get("name", "config")), "config")
-    if getattr(model, "synthetic", False):
-        spec = _spec_from_config(model.config, str(model), "synthetic")
-        spec.synthetic = True
-        return spec
-    path = Path(model)
-    if path.name == "config.json" and path.exists():
-        path = path.parent
-    if isinstance(model, str) and not path.exists():
-        from .models import resolve
-
-        path = resolve(model)
-    if not path.exists():
-        raise ModelError(f"{path} does not exist.")
-    if path.is_dir():
-        cfg_file = path / "config.json"
-        if not cfg_file.exists():
-            raise ModelError(f"{path} has no config.json; pass a HF model directory or a .gguf.")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except ValueError as e:
-            raise ModelError(f"{cfg_file} is not valid JSON (line {getattr(e, 'lineno', '?')}: "
-                             f"{getattr(e, 'msg', e)}). Fix or re-download it.") from None
-        spec = _spec_from_config(cfg, path.name, "hf")
-        spec.tensors = _safetensors_tensors(path)
-        if spec.tensors:
-            spec.n_params = sum(t.n_elements for t in spec.tensors)
-        return spec
-    return _spec_from_gguf(path)
-
 
 # --- llama.cpp quantization mixes: labkit.arch, shared with the synthetic-model writer ----
 
@@ -359,7 +196,8 @@ class FitPlan:
 
     @property
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
+        t = pd.DataFrame(self.rows)
+        return t[[c for c in _COLUMNS if c in t.columns] + [c for c in t.columns if c not in _COLUMNS]]
 
     def row(self, engine: str) -> dict[str, Any]:
         return next(r for r in self.rows if r["engine"] == engine)
@@ -403,10 +241,51 @@ class FitPlan:
         return head + self.table.to_html(index=False, float_format=lambda x: f"{x:,.2f}")
 
 
+_COLUMNS = ["engine", "quant", "weights_gib", "kv_per_token_kib", "kv_total_gib", "overhead_gib",
+            "total_gib", "note", "fits", "gpu_layers", "where", "gpu_gib", "cpu_gib", "max_users",
+            "kv_blocks"]
+
+
 def _system_memory() -> float:
     import psutil
 
     return float(psutil.virtual_memory().total)
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What :func:`fit` plans for one model: the same for every engine it compares."""
+
+    spec: ModelSpec
+    quant: str | None
+    dtype: str  # vLLM's weight dtype ("auto" already resolved)
+    context: int
+    users: int
+    gpu: float | None  # the card's bytes; None plans on CPU
+    ram: float
+    gpu_memory_utilization: float = 0.9
+    kv_cache_type: str = "f16"
+    cpu_kv_cache_gb: float = 1.0
+    ubatch: int = 512
+    gpu_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.context <= 0 or self.users <= 0:
+            raise InvalidInput(f"context and users must be positive (got context={self.context}, "
+                               f"users={self.users}).")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise InvalidInput("gpu_memory_utilization must be in (0, 1].")
+        if self.gpu is not None and self.gpu <= 0:
+            raise InvalidInput(f"gpu_memory must be positive, got {self.gpu!r}.")
+        n = self.spec.n_layers
+        if self.gpu_layers is not None:
+            if self.gpu is None:
+                raise InvalidInput("gpu_layers needs gpu_memory= (the card's size), e.g. '12GiB'.")
+            if not 0 <= self.gpu_layers <= n + 1:
+                raise InvalidInput(
+                    f"gpu_layers={self.gpu_layers}, but {self.spec.name} has {n} layers: use "
+                    f"0..{n} for repeating layers, or {n + 1} to offload the output layer too "
+                    "(what -ngl 99 does).")
 
 
 def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, ...] = ("llama.cpp", "vllm"),
@@ -422,111 +301,92 @@ def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, .
     ``gpu_layers`` plans llama.cpp with that many layers offloaded (as ``-ngl``) instead of
     as many as fit; it needs ``gpu_memory``.
     """
-    if context <= 0 or users <= 0:
-        raise InvalidInput(f"context and users must be positive (got context={context}, users={users}).")
     unknown = [e for e in engines if e not in ("llama.cpp", "llama-server", "vllm", "vllm-server")]
     if unknown:
         raise InvalidInput(f"The planner knows llama.cpp, llama-server, vllm and vllm-server, not {unknown}.")
-    if not 0 < gpu_memory_utilization <= 1:
-        raise InvalidInput("gpu_memory_utilization must be in (0, 1].")
-    spec = model_spec(model)
     gpu = parse_bytes(gpu_memory)
-    if gpu is not None and gpu <= 0:
-        raise InvalidInput(f"gpu_memory must be positive, got {gpu_memory!r}.")
-    if gpu_layers is not None:
-        if gpu is None:
-            raise InvalidInput("gpu_layers needs gpu_memory= (the card's size), e.g. '12GiB'.")
-        if not 0 <= gpu_layers <= spec.n_layers + 1:
-            raise InvalidInput(
-                f"gpu_layers={gpu_layers}, but {spec.name} has {spec.n_layers} layers: use "
-                f"0..{spec.n_layers} for repeating layers, or {spec.n_layers + 1} to offload the "
-                "output layer too (what -ngl 99 does).")
-    if dtype == "auto":  # what labkit's vLLM engines pick: see engines/vllm.py default_dtype
-        from .engines.vllm import default_dtype
+    if dtype == "auto":  # what labkit's vLLM engines pick: see engines/defaults.py
+        from .engines.defaults import default_dtype
 
         dtype = "bfloat16" if gpu else default_dtype()
-    ram = parse_bytes(system_memory) or _system_memory()
-    rows = []
-    for engine in engines:
-        if engine in ("llama.cpp", "llama-server"):
-            rows.append(_plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_cache_type,
-                                       ubatch, gpu_layers))
-        else:
-            rows.append(_plan_vllm(engine, spec, dtype, quant, context, users, gpu, ram,
-                                   gpu_memory_utilization, cpu_kv_cache_gb))
-    return FitPlan(spec, rows, context, users, gpu, ram)
+    req = PlanRequest(model_spec(model), quant, dtype, context, users, gpu,
+                      parse_bytes(system_memory) or _system_memory(), gpu_memory_utilization,
+                      kv_cache_type, cpu_kv_cache_gb, ubatch, gpu_layers)
+    rows = [_plan_llamacpp(e, req) if e in ("llama.cpp", "llama-server") else _plan_vllm(e, req)
+            for e in engines]
+    return FitPlan(req.spec, rows, context, users, gpu, req.ram)
 
 
-def _plan_llamacpp(engine, spec, quant, context, users, gpu, ram, kv_type, ubatch,
-                   forced_layers=None) -> dict[str, Any]:
-    per, note = _llamacpp_tensor_bytes(spec, quant)
+def _plan_llamacpp(engine: str, req: PlanRequest) -> dict[str, Any]:
+    spec = req.spec
+    per, note = _llamacpp_tensor_bytes(spec, req.quant)
     weights = float(sum(per.values()))
-    layers = sum(v for k, v in per.items() if k.startswith(("blk.", "model.layers.")))
-    per_layer = layers / max(1, spec.n_layers)
-    repack_layer = _repacked_bytes(spec, quant) / max(1, spec.n_layers)  # per CPU-resident layer
-    kv_tok = kv_bytes_per_token(spec, kv_type)
-    kv_total = kv_tok * context * users
+    repack_layer = _repacked_bytes(spec, req.quant) / max(1, spec.n_layers)  # per CPU-resident layer
+    kv_tok = kv_bytes_per_token(spec, req.kv_cache_type)
+    kv_total = kv_tok * req.context * req.users
     # Compute buffers are reserved for the worst-case batch, but only the activations of a
     # ubatch (and one row of logits per sequence) are ever touched, so that is what is resident.
-    compute = ubatch * (4 * spec.hidden_size + (spec.intermediate_size or 4 * spec.hidden_size)) * 4 * 2 \
-        + users * spec.vocab_size * 4
-    device = "cuda" if gpu else "cpu"
-    overhead = RUNTIME_OVERHEAD[("llama.cpp", device)]
-    total = weights + kv_total + compute + overhead + (0 if gpu else repack_layer * spec.n_layers)
-    row = {"engine": engine, "quant": quant or spec.file_type or "F16", "weights_gib": weights / GiB,
+    compute = req.ubatch * (4 * spec.hidden_size + (spec.intermediate_size or 4 * spec.hidden_size)) * 4 * 2 \
+        + req.users * spec.vocab_size * 4
+    overhead = RUNTIME_OVERHEAD[("llama.cpp", "cuda" if req.gpu else "cpu")]
+    total = weights + kv_total + compute + overhead + (0 if req.gpu else repack_layer * spec.n_layers)
+    row = {"engine": engine, "quant": req.quant or spec.file_type or "F16", "weights_gib": weights / GiB,
            "kv_per_token_kib": kv_tok / 1024, "kv_total_gib": kv_total / GiB,
-           "overhead_gib": (compute + overhead) / GiB, "total_gib": total / GiB, "note": note}
-    if spec.synthetic:
-        row["note"] += " (synthetic model)"
-    if not gpu:
-        row.update(fits=total <= ram, gpu_layers=0, where="cpu",
-                   max_users=int((ram - weights - compute - overhead) // (kv_tok * context)))
+           "overhead_gib": (compute + overhead) / GiB, "total_gib": total / GiB,
+           "note": note + (" (synthetic model)" if spec.synthetic else "")}
+    if not req.gpu:
+        row.update(fits=total <= req.ram, gpu_layers=0, where="cpu",
+                   max_users=int((req.ram - weights - compute - overhead) // (kv_tok * req.context)))
         return row
-    # llama.cpp's split for -ngl N (llama-model.cpp): the input embedding always stays on
-    # the CPU; the last min(N, layers) repeating layers and their KV cache go to the GPU; the
-    # output layer (output.weight, or a duplicate of tied embeddings) only when N > layers.
-    n = spec.n_layers
+    row.update(_llamacpp_gpu_split(req, per, compute + overhead, kv_tok))
+    return row
+
+
+def _llamacpp_gpu_split(req: PlanRequest, per: dict[str, float], fixed: float,
+                        kv_tok: float) -> dict[str, Any]:
+    """llama.cpp's split for -ngl N (llama-model.cpp): the input embedding always stays on
+    the CPU; the last min(N, layers) repeating layers and their KV cache go to the GPU; the
+    output layer (output.weight, or a duplicate of tied embeddings) only when N > layers.
+    ``fixed``: the compute buffer and runtime overhead on the card."""
+    spec, gpu, n = req.spec, float(req.gpu or 0), req.spec.n_layers
+    layers = sum(v for k, v in per.items() if k.startswith(("blk.", "model.layers.")))
+    per_layer = layers / max(1, n)
     embd = per.get("token_embd.weight", 0)
     out = per.get("output.weight", embd if "output.weight" not in per else 0) + per.get(
         "output_norm.weight", 0)
-    layer = per_layer + kv_tok * context * users / n
-
+    layer = per_layer + kv_tok * req.context * req.users / n
     # The CUDA compute buffer is reserved for a whole ubatch of logits (the output matmul
     # runs on the GPU even when its weights stay on the CPU: ggml offloads large batched ops),
     # and with a partial offload it also stages the largest CPU-resident weight for that.
     # Checked on an H100 (benchmarks/results/gpu_check-h100-20261126.json): 8B Q4_K_M all
     # layers 6.78 -> 7.01 GiB planned vs 7.00 measured; 1B 1.67 -> 1.90 vs 1.89.
-    logits = ubatch * spec.vocab_size * 4
-    cpu_weights = [v for k, v in per.items() if not k.startswith("blk.")]
-    staging = max(cpu_weights + [per_layer], default=0)
+    logits = req.ubatch * spec.vocab_size * 4
+    staging = max([v for k, v in per.items() if not k.startswith("blk.")] + [per_layer], default=0)
 
     def vram(ngl: int) -> float:
-        k = min(ngl, n)
-        if ngl == 0:
-            return 0.0
-        return (compute + overhead + logits + k * layer + (out if ngl > n else staging))
+        return 0.0 if ngl == 0 else fixed + logits + min(ngl, n) * layer + (out if ngl > n else staging)
 
-    if forced_layers is not None:
-        ngl = forced_layers
+    if req.gpu_layers is not None:
+        ngl = req.gpu_layers
     elif vram(n + 1) <= gpu:
         ngl = n + 1
     else:
         ngl = max((k for k in range(n + 1) if vram(k) <= gpu), default=0)
     k = min(ngl, n)
-    on_gpu = vram(ngl)
     # No repacked second copy here: with the CUDA build on the H100's host, the CPU-resident
     # layers of the 8B at -ngl 16 counted once (RSS 3.11 GiB, planned 2.88 without one).
-    on_cpu = embd + (n - k) * layer + (0 if ngl > n else out) + (compute if ngl == 0 else 0) \
+    compute_on_cpu = fixed - RUNTIME_OVERHEAD[("llama.cpp", "cuda")] if ngl == 0 else 0
+    on_cpu = embd + (n - k) * layer + (0 if ngl > n else out) + compute_on_cpu \
         + RUNTIME_OVERHEAD[("llama.cpp", "cuda-host")]
     where = "gpu" if ngl > n else ("gpu+cpu" if ngl else "cpu")
-    room = gpu - (compute + overhead + out)
-    row.update(fits=on_gpu <= gpu and on_cpu <= ram, gpu_layers=ngl, where=where,
-               gpu_gib=on_gpu / GiB, cpu_gib=on_cpu / GiB,
-               max_users=int(max(0.0, room - layers) // (kv_tok * context)) if where == "gpu" else None)
-    return row
+    room = gpu - (fixed + out)
+    return dict(fits=vram(ngl) <= gpu and on_cpu <= req.ram, gpu_layers=ngl, where=where,
+                gpu_gib=vram(ngl) / GiB, cpu_gib=on_cpu / GiB,
+                max_users=int(max(0.0, room - layers) // (kv_tok * req.context)) if where == "gpu" else None)
 
 
-def _plan_vllm(engine, spec, dtype, quant, context, users, gpu, ram, util, cpu_kv_gb) -> dict[str, Any]:
+def _plan_vllm(engine: str, req: PlanRequest) -> dict[str, Any]:
+    spec, quant, dtype, gpu = req.spec, req.quant, req.dtype, req.gpu
     note = "paged KV cache reserved up front"
     if quant and quant.upper() in _BASE_TYPE and quant.lower() not in _VLLM_DTYPE_BYTES:
         # A GGUF quantization is llama.cpp's; vLLM would load the model's own weights.
@@ -538,41 +398,44 @@ def _plan_vllm(engine, spec, dtype, quant, context, users, gpu, ram, util, cpu_k
                            f"{', '.join(_VLLM_DTYPE_BYTES)} (GGUF quantizations are llama.cpp's).")
     weights = spec.n_params * _VLLM_DTYPE_BYTES[key]
     kv_tok = kv_bytes_per_token(spec, "f16")
-    device = "cuda" if gpu else "cpu"
-    overhead = RUNTIME_OVERHEAD.get((engine, device), RUNTIME_OVERHEAD[("vllm", device)])
+    overhead = RUNTIME_OVERHEAD.get((engine, "cuda" if gpu else "cpu"),
+                                    RUNTIME_OVERHEAD[("vllm", "cuda" if gpu else "cpu")])
     # Activation peak of vLLM's profiling run: max_num_batched_tokens (>= context) through
     # the widest layer plus the logits of the sampled rows. Only a GPU reserves it up front;
     # on CPU the measured footprint did not grow from 2k to 16k context.
-    batched = max(context, 2048)
-    activation = batched * (spec.intermediate_size or 4 * spec.hidden_size) * 2 * 2 + 256 * spec.vocab_size * 4
-    if not gpu:
-        activation = 256 * spec.vocab_size * 4
-    row = {"engine": engine, "quant": key, "weights_gib": weights / GiB, "kv_per_token_kib": kv_tok / 1024,
-           "note": note}
+    activation = 256 * spec.vocab_size * 4
     if gpu:
-        budget = gpu * util
-        kv_space = budget - weights - activation - overhead
-        kv_tokens = max(0.0, kv_space) // kv_tok
-        blocks = int(kv_tokens // 16)
-        max_users = int(blocks * 16 // context)
-        row.update(kv_total_gib=max(0.0, kv_space) / GiB, overhead_gib=(activation + overhead) / GiB,
-                   total_gib=budget / GiB, kv_blocks=blocks, max_users=max_users,
-                   fits=kv_space > 0 and max_users >= 1, gpu_layers=None, where="gpu",
-                   gpu_gib=budget / GiB, cpu_gib=0.0)
-        if not row["fits"]:
-            row["note"] = ("weights alone exceed the card" if weights > budget else
-                           "no room for one sequence of this context in the KV cache")
-        elif max_users < users:
-            row["note"] = f"fits, but only {max_users} users at this context"
-    else:
-        kv_space = cpu_kv_gb * GiB
-        total = weights + kv_space + activation + overhead
-        max_users = int(kv_space // (kv_tok * context))
-        row.update(kv_total_gib=kv_space / GiB, overhead_gib=(activation + overhead) / GiB,
-                   total_gib=total / GiB, kv_blocks=int(kv_space // kv_tok // 16), max_users=max_users,
-                   fits=total <= ram and max_users >= 1, gpu_layers=None, where="cpu",
-                   gpu_gib=0.0, cpu_gib=total / GiB)
+        activation += max(req.context, 2048) * (spec.intermediate_size or 4 * spec.hidden_size) * 2 * 2
+    row = {"engine": engine, "quant": key, "weights_gib": weights / GiB, "kv_per_token_kib": kv_tok / 1024,
+           "note": note, "overhead_gib": (activation + overhead) / GiB, "gpu_layers": None}
+    fixed = weights + activation + overhead
+    row.update(_vllm_gpu(req, fixed, kv_tok, weights) if gpu else _vllm_cpu(req, fixed, kv_tok))
     return row
+
+
+def _vllm_gpu(req: PlanRequest, fixed: float, kv_tok: float, weights: float) -> dict[str, Any]:
+    budget = float(req.gpu or 0) * req.gpu_memory_utilization
+    kv_space = budget - fixed
+    blocks = int(max(0.0, kv_space) // kv_tok // 16)
+    max_users = int(blocks * 16 // req.context)
+    row = dict(kv_total_gib=max(0.0, kv_space) / GiB, total_gib=budget / GiB, kv_blocks=blocks,
+               max_users=max_users, fits=kv_space > 0 and max_users >= 1, where="gpu",
+               gpu_gib=budget / GiB, cpu_gib=0.0)
+    if not row["fits"]:
+        row["note"] = ("weights alone exceed the card" if weights > budget else
+                       "no room for one sequence of this context in the KV cache")
+    elif max_users < req.users:
+        row["note"] = f"fits, but only {max_users} users at this context"
+    return row
+
+
+def _vllm_cpu(req: PlanRequest, fixed: float, kv_tok: float) -> dict[str, Any]:
+    kv_space = req.cpu_kv_cache_gb * GiB
+    total = fixed + kv_space
+    max_users = int(kv_space // (kv_tok * req.context))
+    return dict(kv_total_gib=kv_space / GiB, total_gib=total / GiB, kv_blocks=int(kv_space // kv_tok // 16),
+                max_users=max_users, fits=total <= req.ram and max_users >= 1, where="cpu",
+                gpu_gib=0.0, cpu_gib=total / GiB)
 
 
 def fits_where(model: str | Path | dict[str, Any], **kwargs: Any) -> pd.DataFrame:

@@ -168,9 +168,9 @@ def synthetic(shape: str | dict[str, Any] | Path, quant: str | None = "Q4_K_M", 
                              "some space, set LABKIT_CACHE to a larger disk, or pick a smaller type.")
 
     def write(tmp: Path) -> None:
-        _write_hf_folder(tmp, name, config, a, tok, quant, weight_bytes)
+        _write_hf_folder(tmp, name, config, a, tok, quant=quant, weight_bytes=weight_bytes)
         if quant is not None:
-            _write_gguf(tmp / f"{name}-{quant}.gguf", name, a, table, tok, quant, progress)
+            _write_gguf(tmp / f"{name}-{quant}.gguf", name, a, table, tok, quant=quant, progress=progress)
 
     build_atomically(folder, write)
     gguf = folder / f"{name}-{quant}.gguf" if quant else None
@@ -249,7 +249,7 @@ def _padded(tok: dict[str, Any], vocab: int) -> tuple[list[str], list[int]]:
 
 # --- writing --------------------------------------------------------------------------------
 def _write_hf_folder(out: Path, name: str, config: dict[str, Any], a: arch.Arch,
-                     tok: dict[str, Any], quant: str | None, weight_bytes: int) -> None:
+                     tok: dict[str, Any], *, quant: str | None, weight_bytes: int) -> None:
     cfg = {"architectures": [arch.ARCHES[a.model_type][1]], "torch_dtype": "bfloat16",
            "head_dim": a.head_dim, "tie_word_embeddings": a.tied, **config,
            "model_type": a.model_type}
@@ -369,12 +369,9 @@ def _tensor_data(t: arch.TensorSpec, rng: np.random.Generator, q: _Quantizer | N
 
 
 def _write_gguf(path: Path, name: str, a: arch.Arch, table: list[arch.TensorSpec],
-                tok: dict[str, Any], quant: str, progress: bool) -> None:
+                tok: dict[str, Any], *, quant: str, progress: bool) -> None:
     import gguf
 
-    needs_ggml = any(t.ggml_type not in ("F32", "F16", "BF16") for t in table)
-    q = _Quantizer(Path(os.environ["LABKIT_GGML_LIB"]) if os.environ.get("LABKIT_GGML_LIB")
-                   else None) if needs_ggml else None
     w = gguf.GGUFWriter(path, a.gguf_arch)
     w.add_name(f"synthetic {name} {quant} (random weights)")
     w.add_string("general.labkit.synthetic", json.dumps({"shape": name, "quant": quant}))
@@ -385,7 +382,17 @@ def _write_gguf(path: Path, name: str, a: arch.Arch, table: list[arch.TensorSpec
             w.add_float32(key, value)
         else:
             w.add_uint32(key, int(value))
-    tokens, types = _padded(tok, a.vocab)
+    _add_tokenizer(w, tok, a.vocab)
+    _add_tensor_infos(w, table)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    _write_tensors(w, table, f"writing synthetic {name} {quant}", progress)
+    w.close()
+
+
+def _add_tokenizer(w: Any, tok: dict[str, Any], vocab: int) -> None:
+    tokens, types = _padded(tok, vocab)
     w.add_tokenizer_model(tok["tokenizer.ggml.model"])
     if tok.get("tokenizer.ggml.pre"):
         w.add_tokenizer_pre(tok["tokenizer.ggml.pre"])
@@ -401,6 +408,11 @@ def _write_gguf(path: Path, name: str, a: arch.Arch, table: list[arch.TensorSpec
             w.add_bool(f"tokenizer.ggml.{key}", bool(tok[f"tokenizer.ggml.{key}"]))
     if tok.get("tokenizer.chat_template"):
         w.add_chat_template(tok["tokenizer.chat_template"])
+
+
+def _add_tensor_infos(w: Any, table: list[arch.TensorSpec]) -> None:
+    import gguf
+
     from .planner import tensor_bytes
 
     for t in table:
@@ -412,16 +424,21 @@ def _write_gguf(path: Path, name: str, a: arch.Arch, table: list[arch.TensorSpec
             rows = t.shape[:0:-1]
             w.add_tensor_info(t.name, (*rows, nbytes // max(1, int(np.prod(rows)))), np.dtype(np.uint8),
                               nbytes, raw_dtype=gguf.GGMLQuantizationType[t.ggml_type])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
+
+
+def _write_tensors(w: Any, table: list[arch.TensorSpec], desc: str, progress: bool) -> None:
+    from .planner import tensor_bytes
+
+    needs_ggml = any(t.ggml_type not in ("F32", "F16", "BF16") for t in table)
+    q = _Quantizer(Path(os.environ["LABKIT_GGML_LIB"]) if os.environ.get("LABKIT_GGML_LIB")
+                   else None) if needs_ggml else None
     rng = np.random.default_rng(0)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=sum(tensor_bytes(t.shape, t.ggml_type) for t in table), unit="B",
-                   unit_scale=True, desc=f"writing synthetic {name} {quant}")
+                   unit_scale=True, desc=desc)
     for t in table:
         data = _tensor_data(t, rng, q)
         w.write_tensor_data(data)
@@ -429,4 +446,3 @@ def _write_gguf(path: Path, name: str, a: arch.Arch, table: list[arch.TensorSpec
             bar.update(data.nbytes)
     if bar is not None:
         bar.close()
-    w.close()
