@@ -1,13 +1,16 @@
-"""A fake engine behind the real Engine interface, for the fast tier: tokens come from a
-counter, and it can be told to die after N requests (as a killed server does)."""
+"""Fake engines behind the real Engine interface, for the fast tier: tokens come from a
+counter, and one can be told to die after N requests (as a killed server does). One subclass
+per capability, so the load generator and compare are tested on each path they take."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import zlib
 
 from labkit.engines.base import Engine, EngineInfo, Token
+from labkit.engines.capabilities import AsyncStreams, ReportsKv, Scores, Submits
 from labkit.errors import EngineError
 
 
@@ -65,3 +68,62 @@ class FakeEngine(Engine):
 
     def _close(self) -> None:
         pass
+
+
+class FakeSubmitEngine(FakeEngine, Submits):
+    """Takes requests with callbacks, as in-process vLLM does; ``waves`` records how many
+    requests each submit() call carried."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.waves: list[int] = []
+
+    def submit(self, requests) -> None:
+        self._check_open()
+        self.waves.append(len(requests))
+        for r in requests:
+            threading.Thread(target=self._serve, args=(r,), daemon=True).start()
+
+    def _serve(self, r) -> None:
+        try:
+            for tok in self.stream(r.prompt, **r.params):
+                r.on_token(tok)
+        except Exception as e:
+            r.on_done(e)
+            return
+        r.on_done(None)
+
+
+class FakeAsyncEngine(FakeEngine, AsyncStreams):
+    """Streams on asyncio, as the HTTP engines do; ``loops`` records the event loops used."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.loops: set[int] = set()
+        self.aclosed = 0
+
+    async def astream(self, prompt, **params):
+        self.loops.add(id(asyncio.get_running_loop()))
+        for tok in self.stream(prompt, **params):
+            await asyncio.sleep(0)  # let other requests of the wave interleave
+            yield tok
+
+    async def aclose(self) -> None:
+        self.aclosed += 1
+
+
+class FakeKvEngine(FakeEngine, ReportsKv):
+    """Reports a KV account: capacity fixed, use growing with the requests started."""
+
+    def kv_account(self) -> dict[str, float]:
+        return {"kv_capacity_tokens": 1024.0, "kv_used_tokens": float(self.started)}
+
+
+class FakeScoringEngine(FakeEngine, Scores):
+    """Scores continuations: the forced token always gets log-probability -0.1."""
+
+    def score(self, prompt_ids, continuation_ids, k: int = 20):
+        return [{int(t): -0.1, int(t) + 1: -2.5} for t in continuation_ids]
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenize(text)[1:]

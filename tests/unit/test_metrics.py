@@ -1,0 +1,51 @@
+"""Request metrics and level summaries, as vLLM's serving benchmark defines them."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from labkit.loadgen.metrics import request_metrics, summarize
+from labkit.loadgen.result import REQUEST_COLUMNS, BenchResult, RequestRecord
+
+
+def test_ttft_tpot_and_itl_of_one_request():
+    m = request_metrics([0.5, 0.6, 0.6, 0.9], e2e_s=1.0)
+    assert m["ttft_s"] == 0.5 and m["e2e_s"] == 1.0
+    assert m["tpot_s"] == pytest.approx((1.0 - 0.5) / 3)
+    assert m["itl_s"] == pytest.approx([0.1, 0.3])  # a chunk of two tokens counts once
+    one = request_metrics([0.2], e2e_s=0.2)
+    assert one["tpot_s"] is None and one["itl_s"] == []
+    assert request_metrics([], e2e_s=0.3)["ttft_s"] is None
+
+
+def _rec(index, start, ttft, e2e, out, error=None, level=2):
+    r = RequestRecord("concurrency", level, index, start_s=start, started_at=1e9 + start,
+                      input_tokens=10, output_tokens=out, error=error)
+    if error is None:
+        r.ttft_s, r.e2e_s, r.tpot_s, r.itl_s = ttft, e2e, (e2e - ttft) / max(1, out - 1), [0.01]
+    return r.to_row()
+
+
+def test_a_level_summary_counts_errors_apart_and_divides_by_the_level_duration():
+    rows = [_rec(0, 0.0, 0.1, 1.0, 10), _rec(1, 0.0, 0.2, 2.0, 20), _rec(2, 1.0, None, None, 0, "boom")]
+    s = summarize(pd.DataFrame(rows, columns=REQUEST_COLUMNS), {"ttft": 150}).iloc[0]
+    assert s["completed"] == 2 and s["errors"] == 1
+    assert s["output_tokens"] == 30
+    assert s["output_tok_per_s"] == pytest.approx(30 / 2.0)  # first sent at 0, last done at 2
+    assert s["ttft_p50_ms"] == pytest.approx(150.0)
+    assert s["goodput_req_per_s"] == pytest.approx(1 / 2.0)  # only the 100 ms TTFT meets the SLO
+
+
+def test_a_result_survives_save_and_load(tmp_path):
+    rows = [_rec(i, 0.1 * i, 0.05, 0.5, 8) for i in range(3)]
+    res = BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), pd.DataFrame(),
+                      {"engine": {"engine": "fake"}}, slo_ms={"e2e": 400.0})
+    res.ended = "interrupted"
+    back = BenchResult.load(res.save(tmp_path / "r"))
+    assert back.ended == "interrupted" and back.slo_ms == {"e2e": 400.0}
+    assert back.requests[["index", "output_tokens"]].values.tolist() == [[0, 8], [1, 8], [2, 8]]
+    assert back.requests["itl_s"].iloc[0] == [0.01]
+    assert math.isclose(back.summary["e2e_p50_ms"].iloc[0], 500.0)

@@ -1,0 +1,41 @@
+"""The verdict table from canned runs: every claim, keyed by id, in a fixed order."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+import labkit
+from labkit.loadgen.result import REQUEST_COLUMNS, BenchResult, RequestRecord
+from labkit.verdict import CLAIMS, verdict
+
+BIG = {"name": "26B", "num_hidden_layers": 46, "hidden_size": 4608, "num_attention_heads": 32,
+       "num_key_value_heads": 16, "head_dim": 128, "vocab_size": 256000, "intermediate_size": 36864,
+       "num_parameters": 27_000_000_000}
+
+
+def _run(engine: str, tok_s: dict[int, float]) -> BenchResult:
+    rows = []
+    for level, speed in tok_s.items():
+        for i in range(2):  # two requests of 10 tokens, both over the same second of the level
+            r = RequestRecord("concurrency", level, i, start_s=0.0, started_at=0.0, ttft_s=0.1,
+                              tpot_s=0.01, itl_s=[0.01], e2e_s=20 / speed, input_tokens=8,
+                              output_tokens=10)
+            rows.append(r.to_row())
+    mem = pd.DataFrame({"t_s": [0.0], "pss_bytes": [2**30], "phase": ["concurrency 1"]})
+    manifest = {"engine": {"engine": engine, "device": "cpu", "model_path": ""},
+                "environment": {"cpu": "test CPU"}}
+    return BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), mem, manifest)
+
+
+def test_the_verdict_fills_every_claim_in_order_and_recommends_from_the_numbers():
+    runs = {"llama.cpp": _run("llama.cpp", {1: 50.0}), "llama-server": _run("llama-server", {1: 45.0, 8: 150.0}),
+            "vllm": _run("vllm", {1: 30.0, 8: 200.0}), "vllm-server": _run("vllm-server", {1: 28.0, 8: 180.0})}
+    plan = labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096)
+    v = verdict(runs, plan, users=8)
+    assert list(v.table["claim"]) == [c.text for c in CLAIMS.values()]
+    holds = dict(zip(CLAIMS, v.table["claim holds here"], strict=True))
+    assert holds["multi-user"] == "yes"  # vllm-server 180 > llama-server 150
+    assert holds["single-user"] == "yes"  # llama.cpp 50 > vllm 30
+    assert holds["cpu"] == "no" and holds["api"] == "n/a"
+    assert holds["26b-on-12gb"] == "yes"
+    assert "vllm-server gave the most" in v.recommendation and "llama.cpp was faster" in v.recommendation
