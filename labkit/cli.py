@@ -115,6 +115,51 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 register("generate", "generate text with one engine", _generate, _generate_args)
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .comparison import compare
+    from .engines import load
+    from .errors import InvalidInput
+
+    names = [n.strip() for n in args.engines.split(",") if n.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise InvalidInput(f"--engines takes two or more different engines, comma-separated "
+                           f"(e.g. llama.cpp,vllm), got {args.engines!r}.")
+    prompts = [[{"role": "user", "content": p}] for p in args.prompts] if args.chat else args.prompts
+    engines: dict[str, Any] = {}
+    try:
+        for name in names:
+            engines[name] = load(name, **engine_kwargs(argparse.Namespace(**{**vars(args), "engine": name})))
+        cmp = compare(engines, prompts, max_tokens=args.max_tokens, logprobs=not args.no_logprobs)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    if args.json:
+        print(json.dumps({"reference": cmp.reference, "table": cmp.table.to_dict("records"),
+                          "parity": cmp.parity.to_dict("records"), "notes": cmp.notes,
+                          "engines": {n: e.info.to_dict() for n, e in engines.items()}}, default=str))
+        return 0
+    for note in cmp.notes:
+        print(f"note: {note}")
+    print(cmp.table.drop(columns=["text"]).to_string(index=False))
+    if not cmp.parity.empty:
+        print(cmp.parity.to_string(index=False))
+    return 0
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    _engine_args(p)
+    p.add_argument("--engines", required=True, help="two or more engines, e.g. llama.cpp,vllm")
+    p.add_argument("prompts", nargs="+", help="one or more prompts")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--chat", action="store_true", help="send each prompt as a one-message chat")
+    p.add_argument("--no-logprobs", action="store_true", help="text and tokens only (no teacher forcing)")
+    p.add_argument("--json", action="store_true", help="one JSON object: table, parity, notes")
+
+
+register("compare", "compare the greedy outputs of several engines on the same prompts", _compare,
+         _compare_args)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]

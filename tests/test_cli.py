@@ -34,6 +34,18 @@ def test_generate_json(engine):
         assert row["info"]["engine"] == engine
 
 
+def test_compare_json_feeds_both_engines_the_same_tokens():
+    r = labkit_cli("compare", "--engines", "llama.cpp,llama-server", "--max-tokens", "8", "--json",
+                   "The capital of France is", "def fibonacci(n):")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (out,) = [json.loads(line) for line in r.stdout.splitlines()]  # stdout is one JSON object
+    assert out["reference"] == "llama.cpp" and len(out["table"]) == 4
+    assert all(row["same_prompt_tokens"] for row in out["table"])
+    assert {row["engine"] for row in out["parity"]} == {"llama.cpp"}  # only it can score
+    bad = labkit_cli("compare", "--engines", "llama.cpp", "Hello")
+    assert bad.returncode == 2 and "two or more" in bad.stderr
+
+
 def test_generate_against_openai_url(llama_server):
     r = labkit_cli("generate", "--engine", "openai", "--url", llama_server.url, "--max-tokens", "8",
                    "--json", "The capital of France is")
