@@ -160,6 +160,9 @@ class Comparison:
                 marked = html.escape(text) if name == self.reference else _diff_html(ref, text)
                 status = ("identical" if row["identical_to_ref"] else
                           f"diverges at {row['divergence_unit']} {row['first_divergence']}")
+                if row["same_prompt_tokens"] is not None and not row["same_prompt_tokens"]:
+                    status = ("<b style='color:#b00'>fed different prompt tokens: not comparable"
+                              f"</b> ({status})")
                 cells.append(f"<td style='vertical-align:top;text-align:left;white-space:pre-wrap'>"
                              f"<div style='font-size:85%;color:#666'>{status}</div>{marked}</td>")
             body.append(f"<tr><td style='vertical-align:top;text-align:left'><b>{html.escape(_label(prompt))}</b></td>{''.join(cells)}</tr>")
@@ -168,7 +171,10 @@ class Comparison:
         pid = self.prompt_ids
         mism = pid[~pid["same_as_ref"]] if not pid.empty else pid
         tok = ("<p>Prompt token ids: identical in every engine (raw and chat).</p>" if mism.empty else
-               "<h4>Prompt token ids differ</h4>" + mism.to_html(index=False))
+               "<div style='border:2px solid #b00;padding:6px;margin:6px 0'><b style='color:#b00'>"
+               "These engines were not fed the same prompt tokens, so their outputs are not "
+               "comparable as they stand</b> (a tokenizer or chat template differs: see which "
+               "below).</div>" + mism.to_html(index=False))
         notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in self.notes)
         style = "<style>.lk-del{background:#fdd;text-decoration:line-through}.lk-ins{background:#cfc}</style>"
         return (f"{style}{tok}<table><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>{parity}{notes}")

@@ -14,3 +14,20 @@ def test_logprob_parity_uses_only_engines_that_declare_scores():
     assert (cmp.parity["top1_agreement"] == 1.0).all() and (cmp.parity["mean_kl"].abs() < 1e-12).all()
     assert any("c cannot score" in n for n in cmp.notes)
     assert (cmp.table["token_agreement"] == 1.0).all()  # the fakes generate the same tokens
+
+
+class _NoBos(FakeEngine):
+    """Tokenizes like FakeEngine but without its leading BOS (as a broken conversion would)."""
+
+    def tokenize(self, text, *, chat: bool = False) -> list[int]:
+        return super().tokenize(text, chat=chat)[1:]
+
+
+def test_engines_fed_different_prompt_tokens_are_flagged_in_the_table_and_first_in_the_html():
+    cmp = labkit.compare({"ref": FakeEngine(), "nobos": _NoBos()}, ["one two three"], max_tokens=4)
+    t = cmp.table.set_index("engine")
+    assert t.loc["ref", "same_prompt_tokens"] and not t.loc["nobos", "same_prompt_tokens"]
+    page = cmp._repr_html_()
+    warning = page.index("not fed the same prompt tokens")
+    assert warning < page.index("<table>")  # above the outputs, not in a footnote
+    assert "fed different prompt tokens: not comparable" in page
