@@ -364,14 +364,35 @@ def _valid(entry: Path, fp: str) -> Probe | None:
     return result if result.ok else None
 
 
+class _TextBar:
+    """Progress in plain lines, every 10%: at setup the build starts while pip is still
+    installing everything else, tqdm included."""
+
+    def __init__(self, label: str):
+        self.label, self.n, self._shown, self._t0 = label, 0.0, -10, time.monotonic()
+
+    def refresh(self) -> None:
+        if self.n >= self._shown + 10:
+            self._shown = int(self.n // 10 * 10)
+            print(f"{self.label}: {self._shown}% ({time.monotonic() - self._t0:.0f} s)",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        return None
+
+
+def _bar(label: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _TextBar(label)
+    return tqdm(total=100, desc=label, unit="%", file=sys.stderr, leave=False,
+                bar_format="{desc}: {percentage:3.0f}% [{elapsed}<{remaining}]")
+
+
 def _run_build(cmd: list[str], log, label: str, progress: bool) -> None:
     """Run a cmake step, logging to ``log``; a progress bar follows the build's [n/m] lines."""
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=100, desc=label, unit="%", file=sys.stderr, leave=False,
-                   bar_format="{desc}: {percentage:3.0f}% [{elapsed}<{remaining}]")
+    bar = _bar(label) if progress else None
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
