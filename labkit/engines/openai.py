@@ -263,10 +263,14 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
     def _llamacpp_kv(self, samples: list) -> dict[str, float]:
         snap = llamacpp_kv(samples)
         # llama-server's /metrics has no capacity; its /slots has each slot's context.
-        slots = self._request("GET", "/slots")
+        slots = self.slots()
         snap["kv_capacity_tokens"] = sum(int(s.get("n_ctx", 0)) for s in slots)
         snap["running"] = sum(1 for s in slots if s.get("is_processing"))
         return snap
+
+    def slots(self) -> list[dict[str, Any]]:
+        """llama-server's /slots: per-slot state, including the tokens each holds."""
+        return self._request("GET", "/slots")
 
     def health(self) -> str | None:
         reason = super().health()

@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
@@ -203,10 +202,6 @@ class LlamaServerEngine(_ManagedServer):
             threads=threads, device="cuda" if gpu_layers else "cpu", url=self.url,
             pid=self._proc.pid, log_path=str(self._proc.log_path),
             build=f"{build.variant}: {build.probe.reason}")
-
-    def slots(self) -> list[dict[str, Any]]:
-        """llama-server's /slots: per-slot state, including the tokens each holds."""
-        return self._request("GET", "/slots")
 
 
 class VllmServerEngine(_ManagedServer):
