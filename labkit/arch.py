@@ -212,9 +212,9 @@ def _more_bits(i: int, n: int) -> bool:
 
 
 def _block(ggml_type: str) -> int:
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    from .gguf_header import GGML_TYPES
 
-    return GGML_QUANT_SIZES[GGMLQuantizationType[ggml_type]][0]
+    return next(block for name, block, _ in GGML_TYPES.values() if name == ggml_type)
 
 
 def _fallback(ggml_type: str, row: int) -> str:

@@ -148,12 +148,13 @@ def check_gguf(path: Path) -> None:
             "must be a .gguf (both engines can use one: vLLM gets it converted); for a Hugging "
             "Face model pass its directory instead."
         )
-    from gguf import GGUFReader
+    from .gguf_header import read_header
 
     try:
-        reader = GGUFReader(path)
-        end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
-    except Exception as e:  # the reader fails in many ways on a damaged file
+        end = read_header(path).data_end
+    except ModelError:
+        raise
+    except Exception as e:  # a damaged header fails in many ways
         raise ModelError(f"{path} is not a readable GGUF file ({e}). Download it again.") from e
     size = path.stat().st_size
     if end > size:
@@ -220,14 +221,9 @@ def _hf_to_gguf(directory: Path) -> Path:
 
 def quant_types() -> list[str]:
     """Quantization types llama-quantize accepts (F16, Q8_0, Q4_K_M, IQ3_S, ...)."""
-    from gguf import LlamaFileType
+    from .gguf_header import FILE_TYPES
 
-    names = []
-    for ft in LlamaFileType:
-        name = ft.name.removeprefix("MOSTLY_").removeprefix("ALL_")
-        if name != "GUESSED":
-            names.append(name)
-    return names
+    return list(FILE_TYPES.values())
 
 
 def variant(model: str | Path, quant: str) -> Path:
@@ -366,42 +362,23 @@ def _spec_from_config(cfg: dict[str, Any], name: str, source: str) -> ModelSpec:
                      tensors=tensors, arch=a)
 
 
-def _gguf_field(reader, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    try:
-        return f.contents()
-    except Exception:
-        return default
-
-
 def _spec_from_gguf(path: Path) -> ModelSpec:
-    from gguf import GGUFReader
+    from .gguf_header import read_header
 
     check_gguf(path)
-    r = GGUFReader(path)
-    arch = _gguf_field(r, "general.architecture", "llama")
-
-    def meta(key: str, default: Any = None) -> Any:
-        return _gguf_field(r, f"{arch}.{key}", default)
-
-    heads = int(meta("attention.head_count"))
-    hidden = int(meta("embedding_length"))
-    tensors = [TensorSpec(t.name, tuple(int(x) for x in t.shape), t.tensor_type.name) for t in r.tensors]
-    vocab = meta("vocab_size") or len(_gguf_field(r, "tokenizer.ggml.tokens", []) or []) or next(
+    h = read_header(path)
+    heads = int(h.arch_get("attention.head_count"))
+    hidden = int(h.arch_get("embedding_length"))
+    tensors = [TensorSpec(t.name, t.shape, t.type_name) for t in h.tensors]
+    vocab = h.arch_get("vocab_size") or len(h.get("tokenizer.ggml.tokens", [])) or next(
         (t.shape[1] for t in tensors if t.name == "token_embd.weight"), 0)
-    kv = meta("attention.head_count_kv", heads)
-    ftype = _gguf_field(r, "general.file_type")
-    from gguf import LlamaFileType
-
-    file_type = LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_").removeprefix("ALL_") if ftype is not None else None
+    kv = h.arch_get("attention.head_count_kv", heads)
     return ModelSpec(
-        name=path.stem, n_layers=int(meta("block_count")), hidden_size=hidden, n_heads=heads,
+        name=path.stem, n_layers=int(h.arch_get("block_count")), hidden_size=hidden, n_heads=heads,
         n_kv_heads=int(kv if not isinstance(kv, list) else max(kv)),
-        head_dim=int(meta("attention.key_length") or hidden // heads), vocab_size=int(vocab),
-        n_params=sum(t.n_elements for t in tensors), intermediate_size=meta("feed_forward_length"),
-        max_context=meta("context_length"), source="gguf", file_type=file_type, tensors=tensors,
+        head_dim=int(h.arch_get("attention.key_length") or hidden // heads), vocab_size=int(vocab),
+        n_params=sum(t.n_elements for t in tensors), intermediate_size=h.arch_get("feed_forward_length"),
+        max_context=h.arch_get("context_length"), source="gguf", file_type=h.file_type, tensors=tensors,
     )
 
 

@@ -95,9 +95,9 @@ def parse_bytes(value: str | float | int | None) -> float | None:
 # --- ggml sizes -----------------------------------------------------------------------------
 
 def _ggml_sizes() -> dict[str, tuple[int, int]]:
-    from gguf.constants import GGML_QUANT_SIZES
+    from .gguf_header import GGML_TYPES
 
-    return {t.name: v for t, v in GGML_QUANT_SIZES.items()}
+    return {name: (block, size) for name, block, size in GGML_TYPES.values()}
 
 
 def tensor_bytes(shape: tuple[int, ...] | list[int], ggml_type: str) -> int:

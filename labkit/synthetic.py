@@ -202,18 +202,13 @@ _TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml
 
 def tokenizer_metadata(gguf_path: str | Path | None = None) -> dict[str, Any]:
     """The tokenizer keys of a GGUF (default: the bundled model's), as a JSON-ready dict."""
-    from gguf import GGUFReader
-
     from ._cache import file_sha256
+    from .gguf_header import read_header
     from .models import DEFAULT_MODEL, resolve
 
     path = Path(gguf_path) if gguf_path else resolve(DEFAULT_MODEL)
-    r = GGUFReader(path)
-    out: dict[str, Any] = {}
-    for k in _TOKENIZER_KEYS:
-        f = r.fields.get(k)
-        if f is not None:
-            out[k] = f.contents()
+    meta = read_header(path, decode=_TOKENIZER_KEYS).metadata
+    out: dict[str, Any] = {k: meta[k] for k in _TOKENIZER_KEYS if k in meta}
     out["source"] = path.name
     out["source_sha256"] = file_sha256(path)
     return out
