@@ -7,7 +7,12 @@ checks at the end that nothing labkit started is still running.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import pytest
@@ -71,6 +76,45 @@ def llama_server():
 def vllm_server():
     with labkit.load("vllm-server", model=MODEL) as engine:
         yield engine
+
+
+@dataclass
+class Owner:
+    """A process of its own that loaded an engine (see ``engine_owner.py``)."""
+
+    proc: subprocess.Popen
+    measured: int  # peak bytes of the memory column it was asked for
+    pids: list[int]  # the engine's root processes
+
+
+def start_owner(engine: str, column: str, log: Path, wait: bool) -> Owner:
+    """Run ``engine_owner.py`` and read what it measured; with ``wait`` it stays loaded."""
+    script = Path(__file__).with_name("engine_owner.py")
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(script), engine, column, *(["--wait"] if wait else [])],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+    found: dict[str, str] = {}
+    while "PIDS" not in found:  # the engines log to stdout too
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait()
+            raise AssertionError(f"the {engine} owner exited ({proc.returncode}) before loading: "
+                                 + log.read_text()[-2000:])
+        key, _, rest = line.strip().partition(" ")
+        if key in ("MEASURED", "PIDS"):
+            found[key] = rest
+    return Owner(proc, json.loads(found["MEASURED"])["measured"], [int(p) for p in found["PIDS"].split()])
+
+
+@pytest.fixture(scope="session")
+def vllm_owner(tmp_path_factory):
+    """One fresh process owning an in-process vLLM, shared by the two checks that need one
+    to themselves (each vLLM start costs ~25 s here): its memory against the plan, and that
+    its engine core dies when the owner is killed."""
+    owner = start_owner("vllm", "pss_bytes", tmp_path_factory.mktemp("owner") / "vllm.log", wait=True)
+    yield owner
+    owner.proc.kill()
+    owner.proc.wait()
 
 
 @pytest.fixture

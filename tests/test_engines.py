@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
 import labkit
@@ -127,35 +125,15 @@ def test_unreachable_url_is_a_clear_error():
         labkit.load("openai", url="localhost:8000")
 
 
-def test_in_process_vllm_engine_core_dies_with_its_owner(tmp_path):
+def test_in_process_vllm_engine_core_dies_with_its_owner(vllm_owner):
     """vLLM spawns its engine core itself; when the owning process is killed without any
     chance to clean up (a crashed kernel, a SIGKILLed script), labkit's guard ends it."""
-    import subprocess
-    import sys
-
     import psutil
 
-    script = tmp_path / "owner.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys, labkit
-        if __name__ == "__main__":
-            engine = labkit.load("vllm", model={MODEL!r}, context=256)
-            print("PIDS", *(p.pid for p in engine.memory_scope().roots), flush=True)
-            sys.stdin.read()
-    """))
-    owner = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        line = ""
-        while not line.startswith("PIDS"):  # vLLM logs to stdout too
-            line = owner.stdout.readline()
-            assert line, "the owner exited before loading vLLM"
-        pids = [int(p) for p in line.split()[1:]]
-        assert pids, "the owner printed no engine-core pids"
-        procs = [q for p in pids for q in [psutil.Process(p), *psutil.Process(p).children(recursive=True)]]
-    finally:
-        owner.kill()
-        owner.wait()
+    assert vllm_owner.pids, "the owner printed no engine-core pids"
+    procs = [q for p in vllm_owner.pids for q in [psutil.Process(p), *psutil.Process(p).children(recursive=True)]]
+    vllm_owner.proc.kill()
+    vllm_owner.proc.wait()
     gone, alive = psutil.wait_procs(procs, timeout=60)
     assert not alive, [p.cmdline() for p in alive]
 

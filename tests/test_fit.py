@@ -13,6 +13,8 @@ from labkit import fit, models
 from labkit.errors import InvalidInput
 from labkit.planner import model_spec, tensor_bytes
 
+from .conftest import start_owner
+
 CFG_26B = {"name": "26B", "num_hidden_layers": 46, "hidden_size": 4608, "num_attention_heads": 32,
            "num_key_value_heads": 16, "head_dim": 128, "vocab_size": 256000,
            "intermediate_size": 36864, "num_parameters": 27_000_000_000}
@@ -66,21 +68,8 @@ def test_unknown_quant_and_memory_size():
         fit("smollm2-135m", gpu_memory="twelve gigs")
 
 
-MEASURE = """
-import json, sys, labkit
-from labkit.memory import MemorySampler
-if __name__ == "__main__":
-    name, column = sys.argv[1], sys.argv[2]
-    with labkit.load(name, context=1024) as engine:
-        sampler = MemorySampler(engine.memory_scope(), 0.05, device=False)
-        with sampler.running():
-            engine.generate(["the " * 900], max_tokens=64, ignore_eos=True)
-        print(json.dumps({"measured": int(sampler.frame()[column].max())}))
-"""
-
-
 @pytest.mark.parametrize(("engine", "column"), [("llama.cpp", "rss_bytes"), ("vllm", "pss_bytes")])
-def test_estimate_is_within_25_percent_of_measured_memory(tmp_path, engine, column):
+def test_estimate_is_within_25_percent_of_measured_memory(request, tmp_path, engine, column):
     """Planner vs. the memory sampler, in a fresh process (an in-process engine is measured
     as the growth of its process, which another engine in the same process would inflate),
     after a prompt that fills most of the context.
@@ -88,13 +77,10 @@ def test_estimate_is_within_25_percent_of_measured_memory(tmp_path, engine, colu
     In-process llama.cpp is one process: its RSS growth is the number. vLLM is a tree of
     processes sharing torch's libraries: PSS splits the shared pages fairly.
     """
-    script = tmp_path / "measure.py"
-    script.write_text(MEASURE)
-    r = subprocess.run([sys.executable, str(script), engine, column], capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    line = next(x for x in r.stdout.splitlines() if x.startswith("{\"measured\""))
-    measured = json.loads(line)["measured"]
+    if engine == "vllm":
+        measured = request.getfixturevalue("vllm_owner").measured
+    else:
+        measured = start_owner(engine, column, tmp_path / "owner.log", wait=False).measured
     est = fit("smollm2-135m", engines=[engine], context=1024).row(engine)["total_gib"] * 1024**3
     assert 0.75 <= est / measured <= 1.25, (engine, est / 2**20, measured / 2**20)
 
