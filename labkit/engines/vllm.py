@@ -92,6 +92,15 @@ def _start_llm(kwargs: dict[str, Any], env: dict[str, str], log: Any, directory:
                 os.environ[k] = v
 
 
+def prompt_ids(tokenizer: Any, text: str | Conversation, chat: bool) -> list[int]:
+    """The ids vLLM feeds for a prompt: encode() with special tokens for a raw prompt; the
+    chat template rendered to text, then encoded without adding special tokens again."""
+    if not chat:
+        return list(tokenizer.encode(text))
+    rendered = tokenizer.apply_chat_template(text, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer.encode(rendered, add_special_tokens=False))
+
+
 class VllmEngine(Engine, Submits, Scores, ReportsKv):
     """``vllm.LLM`` in this process (the engine core runs in spawned child processes)."""
 
@@ -154,13 +163,8 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
 
     # --- tokenization ------------------------------------------------------------------------
     def tokenize(self, text: str | Conversation, *, chat: bool = False) -> list[int]:
-        # The same calls vLLM makes: encode() with special tokens for a raw prompt; the chat
-        # template rendered to text, then encoded without adding special tokens again.
         self._check_open()
-        if not chat:
-            return list(self._tokenizer.encode(text))
-        rendered = self._tokenizer.apply_chat_template(text, add_generation_prompt=True, tokenize=False)
-        return list(self._tokenizer.encode(rendered, add_special_tokens=False))
+        return prompt_ids(self._tokenizer, text, chat)
 
     # --- the step loop -------------------------------------------------------------------------
     def _loop(self) -> None:

@@ -67,6 +67,9 @@ _BASE_CMAKE = (
 # 115 -> 62 CPU seconds). Everything on the measured path keeps -O3: lowering common and the
 # server to -O1 saved another 100 CPU seconds but made llama-server ~4% slower at 8 users
 # (148 vs 153-154 output tok/s; common's sampler fills a vocabulary-sized array per token).
+# Eight files of common run only at startup or in tools labkit does not time (argument
+# parsing, download, HF cache, presets, memory fitting, console, imatrix, tensor debugging):
+# 46 of its 190 CPU seconds at -O3, 25 at -O0, which they get too.
 # project() runs it once per project (llama.cpp, then ggml): it defers once, to the end of
 # the top-level directory, when every target exists.
 _QUICK_TOOLS = """\
@@ -75,6 +78,12 @@ if(NOT LABKIT_QUICK_TOOLS)
   function(labkit_quick_tools)
     if(TARGET mtmd)
       set_property(TARGET mtmd APPEND PROPERTY COMPILE_OPTIONS -O0)
+    endif()
+    if(TARGET llama-common)
+      foreach(f arg download hf-cache preset fit console imatrix-loader debug)
+        set_source_files_properties(${CMAKE_SOURCE_DIR}/common/${f}.cpp TARGET_DIRECTORY llama-common
+                                    PROPERTIES COMPILE_OPTIONS -O0)
+      endforeach()
     endif()
   endfunction()
   cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL labkit_quick_tools)

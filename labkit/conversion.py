@@ -1,0 +1,262 @@
+"""GGUF to Hugging Face conversion, and the check that proves a conversion equal to its source.
+
+A comparison of llama.cpp and vLLM is only fair when both run the same model. vLLM reads a
+Hugging Face directory, so labkit converts a GGUF into one (and an HF directory into a GGUF
+for llama.cpp). A conversion can be silently wrong: transformers' GGUF loader drops
+``add_bos_token``, and Gemma fed without ``<bos>`` answers "France of France of ...". So:
+
+* the conversion carries the tokenizer's behaviour over (BOS/EOS insertion from the GGUF's
+  ``tokenizer.ggml.add_bos_token`` / ``add_eos_token``, end-of-generation tokens, the chat
+  template);
+* before first use it is checked, in a child process, against llama.cpp on the GGUF:
+  prompt-token parity on a fixed probe set (raw text, unicode, code, chat conversations), and
+  teacher-forced top-1 agreement and mean KL over a few hundred tokens of fixed text;
+* the result is stored in the cache entry (``labkit-check.json``), shown by ``labkit models``,
+  and a failed check raises :class:`ModelError` saying what differs.
+
+Run as ``python -m labkit.conversion convert SRC.gguf OUT_DIR`` or ``... check GGUF HF_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+
+__all__ = ["ConversionCheck", "check", "ensure_checked", "read_check", "diagnose", "PROBES",
+           "MIN_TOP1", "MAX_MEAN_KL", "CHECK_FILE"]
+
+CHECK_FILE = "labkit-check.json"
+# A correct dequantized conversion of the bundled Q4_1 model (weights rounded to bf16, f32
+# compute against llama.cpp's q8 activations) measures top-1 0.96, mean KL 0.005 here; a
+# conversion with every layer's q_proj rows permuted (a Q/K permutation bug) measures top-1
+# 0.02, mean KL 6.1.
+MIN_TOP1 = 0.9
+MAX_MEAN_KL = 0.05
+FORCED_TOKENS = 256
+PROBES: tuple[tuple[str, Any, bool], ...] = (
+    ("plain text", "The capital of France is", False),
+    ("unicode", "Naïve café in Zürich, 東京 and Kraków: ½ price! 🙂", False),
+    ("code", "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n", False),
+    ("whitespace", "  two  spaces,\n\n\ta tab and trailing space ", False),
+    ("digits", "In 2023, 1,234.5 people paid $99 for 3½ items (x²)", False),
+    ("chat", [{"role": "user", "content": "What is the tallest mountain in the world?"}], True),
+    ("chat, three turns", [{"role": "user", "content": "Hi!"},
+                           {"role": "assistant", "content": "Hello. How can I help?"},
+                           {"role": "user", "content": "Name three colours."}], True),
+)
+
+
+@dataclass
+class ConversionCheck:
+    """How a converted model compares with llama.cpp on its GGUF."""
+
+    gguf: str
+    hf_dir: str
+    direction: str  # "gguf->hf" or "hf->gguf": which side was converted
+    probes: int = 0
+    differences: list[dict] = field(default_factory=list)  # probes whose prompt tokens differ
+    forced_tokens: int = 0
+    top1_agreement: float = float("nan")
+    mean_kl: float = float("nan")
+    reason: str = ""  # what differs, in plain words; empty when the check passed
+
+    @property
+    def passed(self) -> bool:
+        return not self.reason
+
+    def summary(self) -> str:
+        if not self.passed:
+            return f"check failed: {self.reason}"
+        return (f"checked: {self.probes} prompts tokenized alike; top-1 {self.top1_agreement:.3f}, "
+                f"mean KL {self.mean_kl:.4f} over {self.forced_tokens} tokens")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    def raise_if_failed(self) -> None:
+        if not self.passed:
+            converted = self.hf_dir if self.direction == "gguf->hf" else self.gguf
+            raise ModelError(
+                f"The conversion {converted} is not the same model as its source "
+                f"{self.gguf if self.direction == 'gguf->hf' else self.hf_dir}: {self.reason}. A "
+                "comparison on it would be wrong. Pair a Hugging Face directory and a GGUF "
+                "explicitly instead, or report the model (the check is stored in "
+                f"{CHECK_FILE} beside the conversion; delete the folder to convert again).")
+
+
+def diagnose(name: str, llama_ids: list[int], converted_ids: list[int], bos: int | None,
+             eos: int | None) -> str:
+    """One probe's token difference in plain words, e.g. "the converted tokenizer does not
+    add BOS; llama.cpp does"."""
+    if bos is not None:
+        a, b = llama_ids[:1] == [bos], converted_ids[:1] == [bos]
+        if a != b and llama_ids[int(a):] == converted_ids[int(b):]:
+            return ("the converted tokenizer does not add BOS; llama.cpp does" if a else
+                    "the converted tokenizer adds BOS; llama.cpp does not")
+    if eos is not None:
+        a, b = llama_ids[-1:] == [eos], converted_ids[-1:] == [eos]
+        if a != b and llama_ids[:len(llama_ids) - a] == converted_ids[:len(converted_ids) - b]:
+            return ("the converted tokenizer does not add EOS; llama.cpp does" if a else
+                    "the converted tokenizer adds EOS; llama.cpp does not")
+    i = next((k for k, (x, y) in enumerate(zip(llama_ids, converted_ids, strict=False)) if x != y),
+             min(len(llama_ids), len(converted_ids)))
+    return (f"the {name} prompt tokenizes differently from token {i} on (llama.cpp "
+            f"{llama_ids[i:i + 4]}..., converted {converted_ids[i:i + 4]}...)")
+
+
+# --- the cache side ------------------------------------------------------------------------
+
+def read_check(entry: Path) -> ConversionCheck | None:
+    """The check stored in a cache entry, if it was checked."""
+    try:
+        data = json.loads((entry / CHECK_FILE).read_text())
+        data.pop("passed", None)
+        return ConversionCheck(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def ensure_checked(gguf: Path, hf_dir: Path, direction: str, entry: Path) -> ConversionCheck:
+    """The stored check of a conversion, running it first if there is none; raises
+    ModelError if it failed (every time: a failed entry stays failed until deleted)."""
+    result = read_check(entry)
+    if result is None:
+        result = check(gguf, hf_dir, direction)
+        tmp = entry / f".{CHECK_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(result.to_dict(), indent=1))
+        tmp.replace(entry / CHECK_FILE)
+    result.raise_if_failed()
+    return result
+
+
+def check(gguf: Path, hf_dir: Path, direction: str) -> ConversionCheck:
+    """Compare ``hf_dir`` (what vLLM loads) with llama.cpp on ``gguf``, in a child process:
+    torch, transformers and a llama.cpp context cost memory the caller should not keep."""
+    proc = subprocess.run([sys.executable, "-m", "labkit.conversion", "check", str(gguf), str(hf_dir)],
+                          capture_output=True, text=True)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise ModelError(f"Checking the conversion {hf_dir} against {gguf.name} failed to run:\n"
+                         f"{proc.stderr[-3000:]}")
+    return _judge(ConversionCheck(str(gguf), str(hf_dir), direction, **json.loads(lines[-1])))
+
+
+def _judge(c: ConversionCheck) -> ConversionCheck:
+    if c.differences:
+        c.reason = c.differences[0]["diagnosis"]
+    elif not c.top1_agreement >= MIN_TOP1 or not c.mean_kl <= MAX_MEAN_KL:
+        c.reason = (f"fed the same {c.forced_tokens} tokens, the two predict differently: top-1 "
+                    f"agreement {c.top1_agreement:.3f} (at least {MIN_TOP1} expected), mean KL "
+                    f"{c.mean_kl:.4f} (at most {MAX_MEAN_KL}); the weights were not converted "
+                    "faithfully")
+    return c
+
+
+# --- the child side ------------------------------------------------------------------------
+
+def _smollm_pre() -> Any:
+    from tokenizers import pre_tokenizers as pt
+
+    # llama.cpp's "smollm" splits every numeric character off first (its regex starts with
+    # \p{N}); transformers' GGUF loader gives plain GPT-2 byte-level splitting, which turns
+    # " ½" into different tokens.
+    return pt.Sequence([pt.Digits(individual_digits=True),
+                        pt.ByteLevel(add_prefix_space=False, use_regex=True)])
+
+
+# llama.cpp pre-tokenizer (tokenizer.ggml.pre) -> the Hugging Face pre-tokenizer that splits
+# text the same way, where transformers' default does not. The check finds the others.
+_PRE_TOKENIZERS = {"smollm": _smollm_pre}
+
+
+def convert(src: Path, out: Path) -> None:
+    """GGUF -> HF directory. transformers dequantizes a GGUF on load, but the loaded model
+    refuses ``save_pretrained`` while it carries the GGUF quantization config, so its state
+    dict is copied into a plain model of the same config, saved in bf16 with the tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .gguf_header import read_header
+
+    meta = read_header(src).metadata
+    folder, name = str(src.parent), src.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    # transformers does not carry these over; llama.cpp follows them on every prompt.
+    for key in ("add_bos_token", "add_eos_token"):
+        if f"tokenizer.ggml.{key}" in meta:
+            setattr(tokenizer, key, bool(meta[f"tokenizer.ggml.{key}"]))
+    pre = _PRE_TOKENIZERS.get(str(meta.get("tokenizer.ggml.pre")))
+    if pre is not None:
+        tokenizer.backend_tokenizer.pre_tokenizer = pre()
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.torch_dtype = torch.bfloat16
+    plain = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+    plain.load_state_dict(loaded.state_dict())
+    # vLLM stops on generation_config's eos ids: give it llama.cpp's end-of-turn tokens too.
+    stops = [meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+    plain.generation_config.eos_token_id = sorted({int(s) for s in stops if s is not None}) or None
+    plain.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _measure(gguf: Path, hf_dir: Path) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .comparison import _license_text
+    from .engines.llamacpp import LlamaCppEngine
+    from .engines.vllm import prompt_ids
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    eng = LlamaCppEngine(str(gguf), context=FORCED_TOKENS + 64, logits_all=True)
+    try:
+        bos, eos = eng.llama.token_bos(), eng.llama.token_eos()
+        differences = []
+        for name, prompt, chat in PROBES:
+            if chat and not tok.chat_template:
+                continue
+            a, b = eng.tokenize(prompt, chat=chat), prompt_ids(tok, prompt, chat)
+            if a != b:
+                differences.append({"probe": name, "llama.cpp": a[:16], "converted": b[:16],
+                                    "diagnosis": diagnose(name, a, b, None if bos < 0 else bos,
+                                                          None if eos < 0 else eos)})
+        ids = eng.tokenize(_license_text()[:4000])[:FORCED_TOKENS]
+        eng.llama.reset()
+        eng.llama.eval(ids)
+        ref = np.asarray(eng.llama.scores[:len(ids)], dtype=np.float64)
+    finally:
+        eng.close()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
+    with torch.no_grad():
+        got = model(torch.tensor([ids])).logits[0].double().numpy()
+    lp_ref, lp_got = _log_softmax(ref), _log_softmax(got[:, :ref.shape[1]])
+    kl = (np.exp(lp_ref) * (lp_ref - lp_got)).sum(axis=1)
+    return {"probes": len(PROBES), "differences": differences, "forced_tokens": len(ids),
+            "top1_agreement": float((ref.argmax(1) == got[:, :ref.shape[1]].argmax(1)).mean()),
+            "mean_kl": float(kl.mean())}
+
+
+def _log_softmax(x: Any) -> Any:
+    import numpy as np
+
+    m = x.max(axis=1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+
+
+if __name__ == "__main__":
+    cmd, a, b = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    if cmd == "convert":
+        convert(a, b)
+    else:
+        print(json.dumps(_measure(a, b)), flush=True)
