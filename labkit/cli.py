@@ -308,6 +308,8 @@ def _setup(args: argparse.Namespace) -> int:
     gguf = _step(2, 4, "bundled model", lambda: models.gguf_path(models.DEFAULT_MODEL))
     hf = _step(3, 4, "convert the bundled model for vLLM and check it against llama.cpp (first time: ~30 s)",
                lambda: models.hf_dir(models.DEFAULT_MODEL, checked=not args.without_llama_cpp))
+    if args.without_llama_cpp:
+        return 0  # the dtype check times matmuls: it waits for an idle CPU (make runs this beside a compile)
     dtypes = _step(4, 4, "check torch's float32/bfloat16 kernels for vLLM (first time: ~5 s)",
                    torch_dtypes.check)
     if build is not None:
@@ -327,7 +329,8 @@ def _setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="re-run the checks (as `labkit doctor`)")
     p.add_argument("--json", action="store_true", help="with --check: one JSON object")
     p.add_argument("--without-llama-cpp", action="store_true",
-                   help="only the steps that need no llama.cpp build (make runs them beside it)")
+                   help="only convert the bundled model, which needs no llama.cpp build (make "
+                        "runs this beside the compile)")
 
 
 register("setup", "build llama.cpp for this CPU, check it, convert the bundled model (cached)",
