@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -176,6 +178,17 @@ def _float_list(text: str, flag: str) -> list[float]:
                           f"second), got {text!r}.") from None
 
 
+def _stop_then_raise(stop: threading.Event) -> Callable[[int, Any], None]:
+    """A SIGINT handler that also sets the sweep's stop event: a KeyboardInterrupt raised while
+    the main thread runs a finalizer is printed and swallowed by Python, and the sweep then ran
+    to the end and exited 0 (seen once in the suite); the event stops it either way."""
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+        raise KeyboardInterrupt
+
+    return handler
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .loadgen import bench, workloads
 
@@ -183,9 +196,16 @@ def _bench(args: argparse.Namespace) -> int:
           else workloads.chat(args.input_tokens, args.output_tokens))
     kwargs = engine_kwargs(args)
     rates = _float_list(args.rate, "--rate") if args.rate else None
-    res = bench(args.engine, concurrency=_int_list(args.concurrency) if args.concurrency else None,
-                rate=rates, requests_per_level=args.requests, duration_s=args.duration, workload=wl,
-                out=args.out, progress=not args.json, **kwargs)
+    stop = threading.Event()
+    # A parent can hand its SIGINT mask down (a blocked signal survives exec); Ctrl-C must work.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, _stop_then_raise(stop))
+    try:
+        res = bench(args.engine, concurrency=_int_list(args.concurrency) if args.concurrency else None,
+                    rate=rates, requests_per_level=args.requests, duration_s=args.duration, workload=wl,
+                    out=args.out, progress=not args.json, stop_event=stop, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     summary = res.summary
     if args.json:
         for row in summary.to_dict("records"):

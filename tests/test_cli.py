@@ -113,9 +113,11 @@ def test_ctrl_c_mid_sweep_exits_130_and_keeps_what_was_measured(tmp_path):
 
     proc = _start_bench(tmp_path)
     _wait_for_rows(proc, tmp_path / "run" / "requests.jsonl")
+    with open(f"/proc/{proc.pid}/status") as f:  # if SIGINT is lost: was it blocked or ignored?
+        masks = [x.strip() for x in f if x.startswith(("SigBlk", "SigIgn"))]
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
+    assert proc.returncode == 130, (masks, stderr[-2000:])
     assert "labkit: interrupted after" in stderr and "of 40 requests, kept in" in stderr
     assert "Warning" not in stderr and "Traceback" not in stderr
     summary = (tmp_path / "run" / "summary.csv").read_text()
