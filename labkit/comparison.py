@@ -26,6 +26,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -325,17 +326,60 @@ class QuantLadder:
         return self.table.to_html(index=False, float_format=lambda x: f"{x:,.4f}") + notes
 
 
-def _windows(eng: Any, text: str, chunk_tokens: int, chunks: int) -> list[list[int]]:
-    ids = eng.text_ids(text)
-    windows = [ids[i * chunk_tokens:(i + 1) * chunk_tokens] for i in range(chunks)
-               if len(ids) >= (i + 1) * chunk_tokens]
-    if not windows:
+PROTOCOLS = ("llama-perplexity", "quick")
+
+
+def _windows(eng: Any, text: str, chunk_tokens: int, chunks: int | None, protocol: str) -> list[list[int]]:
+    """The text cut into chunks of ``chunk_tokens``. llama-perplexity's way: the text as the
+    model tokenizes a prompt (BOS included if it adds one), every whole chunk, each chunk's
+    first token replaced by BOS when the model adds BOS."""
+    ids = eng.text_ids(text) if protocol == "quick" else eng.tokenize(text)
+    n = len(ids) // chunk_tokens if chunks is None else min(chunks, len(ids) // chunk_tokens)
+    if n < 1:
         raise InvalidInput(f"The text is shorter than one chunk of {chunk_tokens} tokens.")
+    windows = [ids[i * chunk_tokens:(i + 1) * chunk_tokens] for i in range(n)]
+    bos = eng.llama.token_bos()
+    if protocol != "quick" and eng.llama._model.add_bos_token() and bos >= 0:
+        windows = [[bos, *w[1:]] for w in windows]
     return windows
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def _second_half(eng: Any, window: list[int]) -> np.ndarray:
+    """Full-vocabulary log-probs at the positions llama-perplexity scores: from the middle of
+    the chunk to the second-last token (each predicting the next one), as float32."""
+    llm = eng.llama
+    llm.reset()
+    llm.eval(window)
+    first = len(window) // 2
+    return log_softmax(llm.scores[first:len(window) - 1]).astype(np.float32)
+
+
+def _divergence_full(ref: list[np.ndarray], got: list[np.ndarray], windows: list[list[int]]) -> dict[str, float]:
+    """KLD over the whole vocabulary, top-1 agreement and |delta p| of the real next token,
+    at llama-perplexity's positions."""
+    kls, top1, dp = [], [], []
+    for r, o, win in zip(ref, got, windows, strict=True):
+        r64, o64 = r.astype(np.float64), o.astype(np.float64)
+        kls.append((np.exp(r64) * (r64 - o64)).sum(axis=1))
+        top1.append(r64.argmax(1) == o64.argmax(1))
+        nxt = np.array(win[len(win) // 2 + 1:])
+        rows = np.arange(len(nxt))
+        dp.append(np.abs(np.exp(r64[rows, nxt]) - np.exp(o64[rows, nxt])))
+    kl, t1, d = np.concatenate(kls), np.concatenate(top1), np.concatenate(dp)
+    return {"mean_kld": float(kl.mean()), "p99_kld": float(np.percentile(kl, 99)),
+            "top1_agreement": float(t1.mean()), "mean_abs_delta_p": float(d.mean())}
+
+
 def _divergence(ref_scores: list, scores: list, windows: list[list[int]]) -> dict[str, float]:
-    """KLD, top-1 agreement and |delta p| of one variant against the reference, per position."""
+    """KLD (top-k approximation), top-1 agreement and |delta p| of one variant against the
+    reference, at every position after the first (the quick protocol)."""
     kls, top1, dp = [], [], []
     for ref_w, w_scores, win in zip(ref_scores, scores, windows, strict=True):
         for r, o, tok in zip(ref_w, w_scores, win[1:], strict=True):
@@ -358,16 +402,25 @@ def _decode_and_peak(eng: Any, decode_tokens: int) -> tuple[float, int]:
 
 
 def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, chunk_tokens: int = 256,
-                 chunks: int = 4, k: int = 20, threads: int | None = None, decode_tokens: int = 64,
+                 chunks: int | None = None, protocol: str = "llama-perplexity", k: int = 20,
+                 threads: int | None = None, flash_attn: bool = False, decode_tokens: int = 64,
                  progress: bool = True) -> QuantLadder:
     """Build (cached) each quantization of ``model`` and measure it against F16.
+
+    ``protocol="llama-perplexity"`` (default) scores as ``llama-perplexity --kl-divergence``
+    does, so the numbers sit beside llama.cpp's published KLD tables: every whole chunk of
+    ``chunk_tokens`` (``chunks`` caps how many), the second half of each, KL over the whole
+    vocabulary (the reference is kept as chunks x chunk_tokens/2 x vocabulary float32s).
+    ``protocol="quick"``: ``chunks`` (default 4) chunks, every position, KL over the
+    reference's top-``k`` tokens. ``flash_attn`` changes the numbers at small KLD (Q8_0:
+    0.0057 without, 0.0053 with, here): compare like with like (llama-perplexity's default
+    is ``-fa auto``, on for CPUs).
 
     The bundled model is itself Q4_1, so F16 is its dequantized conversion: the reference
     here is "the bundled weights at full precision", and every other variant is quantized
     from that F16 (the notes of the result say so).
     """
     from . import models
-    from .engines.llamacpp import LlamaCppEngine
 
     quants = [q.upper() for q in quants]
     if not quants:
@@ -376,27 +429,52 @@ def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, 
     if unknown:
         raise InvalidInput(f"Unknown quantization type(s) {unknown}. llama.cpp knows: "
                            f"{', '.join(models.quant_types())}.")
+    if protocol not in PROTOCOLS:
+        raise InvalidInput(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+    if protocol == "quick" and chunks is None:
+        chunks = 4
     ladder = (["F16"] if "F16" not in quants else []) + quants
     text = text or _license_text()
     n_params = models.model_spec(model).n_params
-    rows, ref_scores, windows = [], None, None
+    rows: list[dict[str, Any]] = []
+    ref: list | None = None
+    windows: list[list[int]] | None = None
     for quant in _progress(ladder, "quant ladder", progress):
         path = models.variant(model, quant)
-        with LlamaCppEngine(str(path), threads=threads, context=chunk_tokens + 8, logits_all=True) as eng:
-            windows = windows or _windows(eng, text, chunk_tokens, chunks)  # the same for every variant
-            scores = [eng.score(w[:1], w[1:], k) for w in windows]
-            decode, peak = _decode_and_peak(eng, decode_tokens)
-        ref_scores = ref_scores or scores
-        size = path.stat().st_size
-        rows.append({"quant": quant, "file_mb": size / 1e6, "bits_per_weight": size * 8 / n_params,
-                     **_divergence(ref_scores, scores, windows),
-                     "decode_tok_per_s": decode, "peak_rss_mb": peak / 1e6, "path": str(path),
-                     "source": "reference" if quant == "F16" else "quantized from F16"})
+        row, scores, windows = _measure_variant(
+            path, windows, text=text, chunk_tokens=chunk_tokens, chunks=chunks, protocol=protocol,
+            k=k, engine_args={"threads": threads, "flash_attn": flash_attn}, decode_tokens=decode_tokens)
+        ref = ref or scores
+        div = _divergence(ref, scores, windows) if protocol == "quick" else _divergence_full(ref, scores, windows)
+        rows.append({"quant": quant, "file_mb": row["size"] / 1e6,
+                     "bits_per_weight": row["size"] * 8 / n_params, **div,
+                     "decode_tok_per_s": row["decode"], "peak_rss_mb": row["peak"] / 1e6,
+                     "path": str(path), "source": "reference" if quant == "F16" else "quantized from F16"})
+    scored = (f"the second half of each of {len(windows or [])} chunks of {chunk_tokens} tokens, KL "
+              "over the whole vocabulary (as llama-perplexity --kl-divergence)" if protocol != "quick"
+              else f"every position of {len(windows or [])} chunks of {chunk_tokens} tokens, KL over "
+              f"the reference's top {k} tokens (quick protocol)")
     notes = [f"Reference: F16 of {model}. The bundled file is Q4_1, so F16 is its dequantized "
              "conversion and every other variant is quantized from that F16.",
-             f"KLD over {len(windows or [])} chunks of {chunk_tokens} tokens of the reference text, "
-             f"top-{k} approximation (see labkit.comparison)."]
+             f"Scored on the reference text: {scored}; flash attention {'on' if flash_attn else 'off'}."]
     return QuantLadder(rows, "F16", notes)
+
+
+def _measure_variant(path: Path, windows: list[list[int]] | None, *, text: str, chunk_tokens: int,
+                     chunks: int | None, protocol: str, k: int, engine_args: dict[str, Any],
+                     decode_tokens: int) -> tuple[dict[str, Any], list, list[list[int]]]:
+    """One variant: its scores on the windows (cut on the first variant, the same for all),
+    its decode speed and memory peak."""
+    from .engines.llamacpp import LlamaCppEngine
+
+    with LlamaCppEngine(str(path), context=chunk_tokens + 8, logits_all=True, **engine_args) as eng:
+        windows = windows or _windows(eng, text, chunk_tokens, chunks, protocol)
+        if protocol == "quick":
+            scores = [eng.score(w[:1], w[1:], k) for w in windows]
+        else:
+            scores = [_second_half(eng, w) for w in windows]
+        decode, peak = _decode_and_peak(eng, decode_tokens)
+    return {"size": path.stat().st_size, "decode": decode, "peak": peak}, scores, windows
 
 
 def _progress(items: list[str], desc: str, enabled: bool):

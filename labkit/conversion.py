@@ -214,7 +214,7 @@ def _measure(gguf: Path, hf_dir: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .comparison import _license_text
+    from .comparison import _license_text, log_softmax
     from .engines.llamacpp import LlamaCppEngine
     from .engines.vllm import prompt_ids
 
@@ -240,18 +240,11 @@ def _measure(gguf: Path, hf_dir: Path) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
     with torch.no_grad():
         got = model(torch.tensor([ids])).logits[0].double().numpy()
-    lp_ref, lp_got = _log_softmax(ref), _log_softmax(got[:, :ref.shape[1]])
+    lp_ref, lp_got = log_softmax(ref), log_softmax(got[:, :ref.shape[1]])
     kl = (np.exp(lp_ref) * (lp_ref - lp_got)).sum(axis=1)
     return {"probes": len(PROBES), "differences": differences, "forced_tokens": len(ids),
             "top1_agreement": float((ref.argmax(1) == got[:, :ref.shape[1]].argmax(1)).mean()),
             "mean_kl": float(kl.mean())}
-
-
-def _log_softmax(x: Any) -> Any:
-    import numpy as np
-
-    m = x.max(axis=1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ def test_bad_input():
         compare({"a": None, "b": None}, [])
     with pytest.raises(InvalidInput, match="Q4_K_M"):
         quant_ladder("smollm2-135m", ["Q4_Z"])
+    with pytest.raises(InvalidInput, match="llama-perplexity, quick"):
+        quant_ladder("smollm2-135m", ["Q8_0"], protocol="perplexity")
 
 
 def test_helpers():
@@ -83,6 +85,7 @@ def test_quant_ladder_orders_kld_and_sizes():
     assert t.loc["Q8_0", "mean_kld"] < t.loc["Q4_K_M", "mean_kld"] < t.loc["Q2_K", "mean_kld"]
     assert t.loc["F16", "file_mb"] > t.loc["Q8_0", "file_mb"] > t.loc["Q4_K_M", "file_mb"] > t.loc["Q2_K", "file_mb"]
     assert "quantized from F16" in t.loc["Q8_0", "source"]
+    assert "second half of each of 2 chunks of 256 tokens" in q.notes[-1]
 
 
 def test_raw_and_chat_prompts_mixed_are_each_sent_as_what_they_are(llama, vllm_engine):
