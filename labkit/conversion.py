@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import ModelError
 
-__all__ = ["ConversionCheck", "check", "ensure_checked", "read_check", "diagnose", "PROBES",
+__all__ = ["ConversionCheck", "check", "ensure_checked", "ensure_pair_checked", "read_check", "diagnose", "PROBES",
            "MIN_TOP1", "MAX_MEAN_KL", "CHECK_FILE"]
 
 CHECK_FILE = "labkit-check.json"
@@ -59,7 +59,7 @@ class ConversionCheck:
 
     gguf: str
     hf_dir: str
-    direction: str  # "gguf->hf" or "hf->gguf": which side was converted
+    direction: str  # "gguf->hf" or "hf->gguf" (which side was converted), or "pair" (the user's)
     probes: int = 0
     differences: list[dict] = field(default_factory=list)  # probes whose prompt tokens differ
     forced_tokens: int = 0
@@ -74,6 +74,8 @@ class ConversionCheck:
     def summary(self) -> str:
         if not self.passed:
             return f"check failed: {self.reason}"
+        if not self.forced_tokens:
+            return f"checked: {self.probes} prompts tokenized alike"
         return (f"checked: {self.probes} prompts tokenized alike; top-1 {self.top1_agreement:.3f}, "
                 f"mean KL {self.mean_kl:.4f} over {self.forced_tokens} tokens")
 
@@ -81,6 +83,11 @@ class ConversionCheck:
         return {**asdict(self), "passed": self.passed}
 
     def raise_if_failed(self) -> None:
+        if not self.passed and self.direction == "pair":
+            raise ModelError(
+                f"The paired models {self.gguf} (llama.cpp) and {self.hf_dir} (vLLM) are not fed the "
+                f"same tokens: {self.reason}. compare() shows their text side by side but refuses "
+                "logprob parity on such a pair; pass allow_token_mismatch=True to load them anyway.")
         if not self.passed:
             converted = self.hf_dir if self.direction == "gguf->hf" else self.gguf
             raise ModelError(
@@ -92,23 +99,23 @@ class ConversionCheck:
 
 
 def diagnose(name: str, llama_ids: list[int], converted_ids: list[int], bos: int | None,
-             eos: int | None) -> str:
+             eos: int | None, other: str = "the converted tokenizer") -> str:
     """One probe's token difference in plain words, e.g. "the converted tokenizer does not
     add BOS; llama.cpp does"."""
     if bos is not None:
         a, b = llama_ids[:1] == [bos], converted_ids[:1] == [bos]
         if a != b and llama_ids[int(a):] == converted_ids[int(b):]:
-            return ("the converted tokenizer does not add BOS; llama.cpp does" if a else
-                    "the converted tokenizer adds BOS; llama.cpp does not")
+            return (f"{other} does not add BOS; llama.cpp does" if a else
+                    f"{other} adds BOS; llama.cpp does not")
     if eos is not None:
         a, b = llama_ids[-1:] == [eos], converted_ids[-1:] == [eos]
         if a != b and llama_ids[:len(llama_ids) - a] == converted_ids[:len(converted_ids) - b]:
-            return ("the converted tokenizer does not add EOS; llama.cpp does" if a else
-                    "the converted tokenizer adds EOS; llama.cpp does not")
+            return (f"{other} does not add EOS; llama.cpp does" if a else
+                    f"{other} adds EOS; llama.cpp does not")
     i = next((k for k, (x, y) in enumerate(zip(llama_ids, converted_ids, strict=False)) if x != y),
              min(len(llama_ids), len(converted_ids)))
     return (f"the {name} prompt tokenizes differently from token {i} on (llama.cpp "
-            f"{llama_ids[i:i + 4]}..., converted {converted_ids[i:i + 4]}...)")
+            f"{llama_ids[i:i + 4]}..., {other.removeprefix('the ').split()[0]} {converted_ids[i:i + 4]}...)")
 
 
 # --- the cache side ------------------------------------------------------------------------
@@ -136,10 +143,35 @@ def ensure_checked(gguf: Path, hf_dir: Path, direction: str, entry: Path) -> Con
     return result
 
 
+def ensure_pair_checked(gguf: Path, hf_dir: Path, *, raise_on_mismatch: bool = True) -> ConversionCheck:
+    """The stored check of a GGUF and an HF folder the user paired (the same model in two
+    formats, possibly quantized differently): tokenizer parity is required, logprob parity
+    is measured and reported. Cached under ``pairs/`` by the two files' contents."""
+    import hashlib
+
+    from ._cache import cache_dir, file_sha256
+
+    h = hashlib.sha256(file_sha256(gguf).encode())
+    for name in sorted(p.name for p in hf_dir.iterdir() if p.suffix in (".json", ".jinja", ".model")):
+        h.update(name.encode() + file_sha256(hf_dir / name).encode())
+    entry = cache_dir("pairs") / h.hexdigest()[:24]
+    entry.mkdir(parents=True, exist_ok=True)
+    result = read_check(entry)
+    if result is None:
+        result = check(gguf, hf_dir, "pair")
+        tmp = entry / f".{CHECK_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(result.to_dict(), indent=1))
+        tmp.replace(entry / CHECK_FILE)
+    if raise_on_mismatch:
+        result.raise_if_failed()
+    return result
+
+
 def check(gguf: Path, hf_dir: Path, direction: str) -> ConversionCheck:
     """Compare ``hf_dir`` (what vLLM loads) with llama.cpp on ``gguf``, in a child process:
     torch, transformers and a llama.cpp context cost memory the caller should not keep."""
-    proc = subprocess.run([sys.executable, "-m", "labkit.conversion", "check", str(gguf), str(hf_dir)],
+    other = "the Hugging Face tokenizer" if direction == "pair" else "the converted tokenizer"
+    proc = subprocess.run([sys.executable, "-m", "labkit.conversion", "check", str(gguf), str(hf_dir), other],
                           capture_output=True, text=True)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -151,6 +183,8 @@ def check(gguf: Path, hf_dir: Path, direction: str) -> ConversionCheck:
 def _judge(c: ConversionCheck) -> ConversionCheck:
     if c.differences:
         c.reason = c.differences[0]["diagnosis"]
+    elif c.direction == "pair":
+        pass  # two files quantized differently on purpose: logprob parity is reported, not judged
     elif not c.top1_agreement >= MIN_TOP1 or not c.mean_kl <= MAX_MEAN_KL:
         c.reason = (f"fed the same {c.forced_tokens} tokens, the two predict differently: top-1 "
                     f"agreement {c.top1_agreement:.3f} (at least {MIN_TOP1} expected), mean KL "
@@ -209,7 +243,7 @@ def convert(src: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _measure(gguf: Path, hf_dir: Path) -> dict[str, Any]:
+def _measure(gguf: Path, hf_dir: Path, other: str) -> dict[str, Any]:
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -230,7 +264,9 @@ def _measure(gguf: Path, hf_dir: Path) -> dict[str, Any]:
             if a != b:
                 differences.append({"probe": name, "llama.cpp": a[:16], "converted": b[:16],
                                     "diagnosis": diagnose(name, a, b, None if bos < 0 else bos,
-                                                          None if eos < 0 else eos)})
+                                                          None if eos < 0 else eos, other)})
+        if differences:  # fed different tokens, the two cannot be compared position by position
+            return {"probes": len(PROBES), "differences": differences}
         ids = eng.tokenize(_license_text()[:4000])[:FORCED_TOKENS]
         eng.llama.reset()
         eng.llama.eval(ids)
@@ -252,4 +288,5 @@ if __name__ == "__main__":
     if cmd == "convert":
         convert(a, b)
     else:
-        print(json.dumps(_measure(a, b)), flush=True)
+        print(json.dumps(_measure(a, b, sys.argv[4] if len(sys.argv) > 4 else "the converted tokenizer")),
+              flush=True)

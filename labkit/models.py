@@ -100,8 +100,11 @@ def _synthetic_path(model: Any) -> Path | None:
 
 
 def label(model: Any, path: Path | None = None) -> str:
-    """How results name ``model``: its name, ``synthetic:SHAPE:QUANT``, or the file's stem."""
-    if getattr(model, "synthetic", False) or isinstance(model, str) and "/" not in model:
+    """How results name ``model``: its name, ``synthetic:SHAPE:QUANT``, a Hugging Face repo
+    id, or the file's stem."""
+    from .hub import is_repo_id
+
+    if getattr(model, "synthetic", False) or isinstance(model, str) and ("/" not in model or is_repo_id(model)):
         return str(model)
     return path.stem if path is not None else str(model)
 
@@ -121,12 +124,20 @@ def resolve(model: str | Path) -> Path:
         base, quant = model.rsplit(":", 1)  # "smollm2-135m:Q8_0" names a cached variant
         if base in BUNDLED:
             return variant(base, quant)
+    from . import hub
+
+    if hub.is_repo_id(model):
+        path = hub.resolve_repo(str(model))
+        if path.suffix == ".gguf":
+            check_gguf(path)
+        return path
     path = Path(model).expanduser()
     if not path.exists():
         raise ModelNotFound(
             f"No model named {str(model)!r}. Use a bundled name ({', '.join(_known_names())}), "
             "NAME:QUANT for a quantized variant (e.g. smollm2-135m:Q8_0), a path to a .gguf "
-            "file, or a Hugging Face model directory."
+            "file or a Hugging Face model directory, or a repo id from the Hugging Face cache "
+            "(org/name, or org/name:Q4_K_M for a GGUF repo)."
         )
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -215,6 +226,31 @@ def hf_dir(model: str | Path, checked: bool = True) -> Path:
     if checked:
         conversion.ensure_checked(path, directory, "gguf->hf", directory)
     return directory
+
+
+_GGUF_KEYS, _HF_KEYS = ("gguf", "llama.cpp", "llama-server"), ("hf", "vllm", "vllm-server")
+
+
+def paired(pair: dict[str, Any], model_format: str, allow_token_mismatch: bool = False) -> str:
+    """The side of an explicit pairing that an engine loading ``model_format`` ("gguf" or
+    "hf") takes, e.g. ``{"llama.cpp": "m-Q4_K_M.gguf", "vllm": "org/m"}`` (keys: engine
+    names, or "gguf" / "hf"). The pair is checked first (cached): the two must feed the same
+    prompt tokens (else ModelError, unless ``allow_token_mismatch``); their logprob parity is
+    measured and stored, not judged, since the quantizations differ on purpose.
+    """
+    from . import conversion
+
+    unknown = sorted(set(pair) - set(_GGUF_KEYS) - set(_HF_KEYS))
+    sides = {fmt: {str(pair[k]) for k in keys if k in pair}
+             for fmt, keys in (("gguf", _GGUF_KEYS), ("hf", _HF_KEYS))}
+    if unknown or len(sides["gguf"]) != 1 or len(sides["hf"]) != 1:
+        raise InvalidInput(
+            f"A paired model= names one GGUF (key 'llama.cpp', 'llama-server' or 'gguf') and one "
+            f"Hugging Face model (key 'vllm', 'vllm-server' or 'hf'); got keys {sorted(pair)}"
+            + (f" ({unknown} unknown)" if unknown else "") + ".")
+    g, h = next(iter(sides["gguf"])), next(iter(sides["hf"]))
+    conversion.ensure_pair_checked(gguf_path(g), hf_dir(h), raise_on_mismatch=not allow_token_mismatch)
+    return g if model_format == "gguf" else h  # as given: results name the model as the user did
 
 
 def _hf_to_gguf(directory: Path) -> Path:

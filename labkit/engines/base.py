@@ -170,6 +170,9 @@ class Engine(ABC):
     name: ClassVar[str]
     #: Extra text for `labkit engines` / error messages.
     summary: ClassVar[str] = ""
+    #: The model format it loads, "gguf" or "hf": which side of a paired model= it takes
+    #: (``model={"llama.cpp": "x.gguf", "vllm": "org/name"}``). None: it loads no model.
+    model_format: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         self._closed = False
@@ -353,5 +356,15 @@ def load(engine: str, **kwargs: Any) -> Engine:
     >>> llm = load("llama.cpp", model="smollm2-135m", threads=2)
     >>> srv = load("llama-server", model="smollm2-135m", parallel=8)
     >>> ext = load("openai", url="http://127.0.0.1:8000/v1", model="name")
+    >>> pair = load("vllm", model={"llama.cpp": "m-Q4_K_M.gguf", "vllm": "org/m"})
+
+    A dict ``model=`` pairs a GGUF with a Hugging Face model explicitly; each engine takes
+    its side, once the pair is checked to tokenize alike (see ``labkit.models.paired``).
     """
-    return engine_class(engine)(**kwargs)
+    cls = engine_class(engine)
+    if isinstance(kwargs.get("model"), dict) and cls.model_format is not None:
+        from .. import models
+
+        kwargs["model"] = models.paired(kwargs["model"], cls.model_format,
+                                        allow_token_mismatch=kwargs.pop("allow_token_mismatch", False))
+    return cls(**kwargs)

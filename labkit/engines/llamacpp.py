@@ -68,6 +68,7 @@ class LlamaCppEngine(Engine, Scores):
     """llama-cpp-python ``Llama`` in this process."""
 
     name = "llama.cpp"
+    model_format = "gguf"
     summary = "llama-cpp-python in process (one sequence at a time)"
 
     def __init__(self, model: str = models.DEFAULT_MODEL, *, threads: int | None = None,

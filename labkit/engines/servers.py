@@ -166,6 +166,7 @@ class LlamaServerEngine(_ManagedServer):
 
     name = "llama-server"
     server_name = "llama-server"
+    model_format = "gguf"
     summary = "llama.cpp's HTTP server, continuous batching over parallel slots"
 
     def __init__(self, model: str = models.DEFAULT_MODEL, *, parallel: int = 1, context: int = 2048,
@@ -210,6 +211,7 @@ class VllmServerEngine(_ManagedServer):
 
     name = "vllm-server"
     server_name = "vllm-server"
+    model_format = "hf"
     summary = "vLLM's OpenAI-compatible server (continuous batching, paged KV cache)"
 
     def __init__(self, model: str = models.DEFAULT_MODEL, *, context: int = 2048,

@@ -105,6 +105,7 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
     """``vllm.LLM`` in this process (the engine core runs in spawned child processes)."""
 
     name = "vllm"
+    model_format = "hf"
     summary = "vllm.LLM in process (continuous batching)"
 
     def __init__(self, model: str = models.DEFAULT_MODEL, *, threads: int | None = None,

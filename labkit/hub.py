@@ -1,0 +1,83 @@
+"""Models where users keep them: repo ids resolved through the local Hugging Face cache.
+
+``org/name`` names a model folder (config.json and weights: vLLM loads it, llama.cpp gets it
+converted); ``org/name:Q4_K_M`` or ``org/name:file.gguf`` picks one GGUF of a GGUF repo (a
+repo holding a single GGUF needs no suffix). Lookups are offline first, through
+``huggingface_hub`` and its cache layout (``HF_HUB_CACHE``); only when that misses and
+``HF_HUB_OFFLINE`` is not set is a download tried.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import ModelNotFound
+
+__all__ = ["is_repo_id", "resolve_repo"]
+
+_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.+-]+)?")
+
+
+def is_repo_id(model: object) -> bool:
+    """Whether ``model`` reads as ``org/name[:PICK]`` and is not an existing path."""
+    return isinstance(model, str) and bool(_REPO.fullmatch(model)) and not Path(model).expanduser().exists()
+
+
+def resolve_repo(model: str) -> Path:
+    """The folder (``org/name``) or GGUF file (``org/name:PICK``) of a repo in the HF cache."""
+    repo, _, pick = model.partition(":")
+    folder = _snapshot(repo, pick)
+    ggufs = sorted(p for p in folder.rglob("*.gguf") if p.is_file() or p.is_symlink())
+    if pick:
+        chosen = _pick(ggufs, pick)
+        if chosen is None:
+            names = ", ".join(p.name for p in ggufs) or "none"
+            raise ModelNotFound(f"{repo} in the Hugging Face cache has no GGUF matching {pick!r} "
+                                f"(GGUF files there: {names}). Name one as {repo}:FILE.gguf or "
+                                f"{repo}:QUANT, e.g. {repo}:Q4_K_M.")
+        return chosen
+    if (folder / "config.json").exists():
+        return folder
+    if len(ggufs) == 1:
+        return ggufs[0]
+    if ggufs:
+        raise ModelNotFound(f"{repo} holds {len(ggufs)} GGUF files ({', '.join(p.name for p in ggufs)}); "
+                            f"pick one as {repo}:QUANT (e.g. {repo}:Q4_K_M) or {repo}:FILE.gguf.")
+    raise ModelNotFound(f"{repo} in the Hugging Face cache ({folder}) has neither a config.json "
+                        "nor a .gguf file: it is not a model labkit can load.")
+
+
+def _pick(ggufs: list[Path], pick: str) -> Path | None:
+    exact = [p for p in ggufs if p.name == pick]
+    if exact:
+        return exact[0]
+    # Q4_K_M matches "name-Q4_K_M.gguf" and "name.Q4_K_M.gguf", not "name-Q4_K_M_L.gguf".
+    pattern = re.compile(rf"(^|[-._]){re.escape(pick)}\.gguf$", re.IGNORECASE)
+    found = [p for p in ggufs if pattern.search(p.name)]
+    return found[0] if len(found) == 1 else None
+
+
+def _snapshot(repo: str, pick: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = os.environ.get("HF_HUB_CACHE") or HF_HUB_CACHE  # read per call: tests and users change it
+    try:
+        return Path(snapshot_download(repo, local_files_only=True, cache_dir=cache))
+    except LocalEntryNotFoundError:
+        pass
+    fetch = f"hf download {repo}" + (f" --include '*{pick}*'" if pick and not pick.endswith(".gguf")
+                                     else f" {pick}" if pick else "")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelNotFound(f"{repo} is not in the Hugging Face cache ({cache}) and "
+                            f"HF_HUB_OFFLINE is set. Fetch it while online: `{fetch}`.")
+    try:
+        patterns = [f"*{pick}*", "*.json", "*.model", "*.txt"] if pick else None
+        return Path(snapshot_download(repo, allow_patterns=patterns, etag_timeout=10, cache_dir=cache))
+    except Exception as e:  # no network, no such repo, gated: all say the same to the user
+        raise ModelNotFound(f"{repo} is not in the Hugging Face cache ({cache}) and could "
+                            f"not be downloaded ({type(e).__name__}). Fetch it with `{fetch}`, "
+                            "or pass a local path.") from None
