@@ -30,6 +30,8 @@ from .result import REQUEST_COLUMNS, BenchResult, RequestRecord, RunWriter
 from .shapes import LoadShape, Pacer
 from .workloads import Request
 
+_WARM_UP_START = 1_000_000  # warm-up requests are numbered apart from every measured one
+
 
 def memory_sampler(scope, interval_s: float) -> MemorySampler:
     # USS/PSS at phase edges only: a page-table walk mid-level stalls the engine being
@@ -86,7 +88,10 @@ class Session:
             warm = self.config.warmup_shape()
             if warm is not None:
                 with self._phase("warm-up"):
-                    self._level(pacer, warm, requests[: warm.count()], record=False, label="warm-up")
+                    # Prompts of its own: a warm-up on the first measured prompts would leave
+                    # them in a server's prefix cache and make the first level look faster.
+                    warm_reqs = self.config.workload.build(self.engine, warm.count(), start=_WARM_UP_START)
+                    self._level(pacer, warm, warm_reqs, record=False, label="warm-up")
             self._read_kv("idle")
             self._levels(pacer, shapes, requests)
         except KeyboardInterrupt:
@@ -104,11 +109,16 @@ class Session:
         return f"engine died: {self.died}" if self.died else "interrupted"
 
     def _levels(self, pacer: Pacer, shapes: list[LoadShape], requests: list[Request]) -> None:
+        start = 0
         for shape in shapes:
             if self.stop.is_set():
                 break
             n = shape.count()
-            reqs = requests if n <= len(requests) else self.config.workload.build(self.engine, n)
+            # Each level its own prompts (request indices start .. start+n-1): repeating the
+            # previous level's would hand servers with a prefix cache free prefills.
+            reqs = requests[:n] if start == 0 and n <= len(requests) else \
+                self.config.workload.build(self.engine, n, start=start)
+            start += n
             self.counts[(shape.mode, shape.level)] = n
             with self._phase(shape.phase), _KvPoller(self, shape.phase):
                 self._level(pacer, shape, reqs)

@@ -79,18 +79,21 @@ class Workload:
                 "output_tokens": self.output_tokens, "seed": self.seed,
                 "ignore_eos": self.ignore_eos, "n_prompts": len(self.prompts) or None}
 
-    def build(self, engine: Engine, n: int) -> list[Request]:
-        """``n`` concrete requests for ``engine`` (same seed, same requests)."""
+    def build(self, engine: Engine, n: int, start: int = 0) -> list[Request]:
+        """Requests ``start`` .. ``start + n - 1`` for ``engine``: request i is the same for
+        the same seed whatever ``n``, and (with input_tokens) differs from every other, so a
+        server's prefix cache never sees a measured prompt twice (a sweep gives each level,
+        and its warm-up, its own range)."""
         if n <= 0:
             raise InvalidInput(f"A workload needs at least one request, got n={n}.")
-        rng = random.Random(self.seed)
         if self.kind == "prompts":
             return [Request(self.prompts[i % len(self.prompts)], self.output_tokens, None, self.ignore_eos)
-                    for i in range(n)]
+                    for i in range(start, start + n)]
         engine = _tokenizer_for(engine)
         filler = _single_token_words(engine)
         out = []
-        for i in range(n):
+        for i in range(start, start + n):
+            rng = random.Random(f"{self.seed}:{i}")
             if self.kind == "chat":
                 question = CHAT_QUESTIONS[(i + self.seed) % len(CHAT_QUESTIONS)]
                 prompt: str | Conversation = [{"role": "user", "content": question}]

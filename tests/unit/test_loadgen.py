@@ -53,3 +53,32 @@ def test_stop_event_ends_the_sweep_as_interrupted_with_unmeasured_not_errors():
     s = res.summary.set_index("level")
     assert s.loc[1, "completed"] == 5 and s.loc[2, "unmeasured"] == 5
     assert (s["errors"] == 0).all()
+
+
+class _Recording(FakeEngine):
+    """Remembers every prompt it was sent."""
+
+    def __init__(self):
+        super().__init__()
+        self.prompts: list[str] = []
+
+    def _stream(self, prompt, params, chat, t0):
+        self.prompts.append(prompt if isinstance(prompt, str) else prompt[-1]["content"])
+        return super()._stream(prompt, params, chat, t0)
+
+
+def test_no_prompt_is_sent_twice_in_a_sweep_warm_up_included():
+    """A server's prefix cache would turn a repeated prompt into a free prefill: the warm-up
+    and each level get prompts of their own."""
+    eng = _Recording()
+    labkit.bench(eng, concurrency=[1, 2, 4], requests_per_level=5, workload=SMALL, warmup=2,
+                 progress=False)
+    assert len(eng.prompts) == 2 + 3 * 5
+    assert len(set(eng.prompts)) == len(eng.prompts)
+
+
+def test_request_i_is_the_same_whatever_the_batch_it_is_built_in():
+    eng = FakeEngine()
+    whole = SMALL.build(eng, 6)
+    assert SMALL.build(eng, 3, start=3) == whole[3:] and SMALL.build(eng, 2) == whole[:2]
+    assert workloads.synthetic(8, 4, seed=1).build(eng, 6) != whole  # another seed, other prompts
