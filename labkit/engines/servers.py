@@ -27,7 +27,15 @@ from ..errors import InvalidInput, ServerError
 from ..memory import EngineMemory
 from ..synthetic import is_synthetic
 from .base import EngineInfo
-from .defaults import check_dtype, default_dtype, default_threads, vllm_env, vllm_version
+from .defaults import (
+    check_dtype,
+    default_dtype,
+    default_threads,
+    vllm_env,
+    vllm_gguf_loader,
+    vllm_model_source,
+    vllm_version,
+)
 from .openai import HttpEngine
 
 
@@ -220,8 +228,8 @@ class VllmServerEngine(_ManagedServer):
                  max_num_seqs: int = 256, enforce_eager: bool = True, host: str = "127.0.0.1",
                  port: int | None = None,
                  startup_timeout_s: float = 300.0, extra_args: list[str] | None = None,
-                 log_dir: str | None = None, api_key: str | None = None):
-        directory = models.hf_dir(model)
+                 log_dir: str | None = None, api_key: str | None = None, gguf_loader: bool = False):
+        directory, source = vllm_model_source(model, gguf_loader)
         label = models.label(model, directory)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
         dtype = default_dtype() if dtype == "auto" else check_dtype(dtype)
@@ -233,6 +241,7 @@ class VllmServerEngine(_ManagedServer):
                *(["--enforce-eager"] if enforce_eager else []),
                *(["--gpu-memory-utilization", str(gpu_memory_utilization)] if gpu_memory_utilization else []),
                *(["--load-format", "dummy"] if is_synthetic(directory) else []),
+               *(x for key, value in source.items() for x in (f"--{key.replace('_', '-')}", value)),
                *(extra_args or [])]
         super().__init__(cmd, Launch(host, port, startup_timeout_s, label, {**os.environ, **env},
                                      log_dir, api_key, "VLLM_API_KEY"))
@@ -241,6 +250,7 @@ class VllmServerEngine(_ManagedServer):
             model_path=str(directory), model_sha256=None,
             args={"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
                   "max_num_seqs": max_num_seqs, "enforce_eager": enforce_eager, "host": host,
-                  "port": self.port, "extra_args": extra_args or []},
+                  "port": self.port, "extra_args": extra_args or [],
+                  "gguf_loader": "used" if gguf_loader else (vllm_gguf_loader() or "available, not used")},
             threads=threads_used, device=device, url=self.url, pid=self._proc.pid,
             log_path=str(self._proc.log_path))

@@ -38,7 +38,15 @@ from .base import (
     check_conversation,
 )
 from .capabilities import ReportsKv, Scores, Submits
-from .defaults import check_dtype, default_dtype, script_hint, vllm_env, vllm_version
+from .defaults import (
+    check_dtype,
+    default_dtype,
+    script_hint,
+    vllm_env,
+    vllm_gguf_loader,
+    vllm_model_source,
+    vllm_version,
+)
 from .prometheus import vllm_kv
 
 _DONE = object()
@@ -111,15 +119,16 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
     def __init__(self, model: str = models.DEFAULT_MODEL, *, threads: int | None = None,
                  context: int = 2048, kv_cache_gb: float = 1, dtype: str = "auto",
                  enforce_eager: bool = True, max_num_seqs: int = 256, seed: int = 0,
-                 gpu_memory_utilization: float | None = None, **llm_kwargs: Any):
+                 gpu_memory_utilization: float | None = None, gguf_loader: bool = False,
+                 **llm_kwargs: Any):
         super().__init__()
         version = vllm_version()
-        directory = models.hf_dir(model)
+        directory, source = vllm_model_source(model, gguf_loader)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
         dtype = default_dtype() if dtype == "auto" else check_dtype(dtype)
         kwargs: dict[str, Any] = dict(model=str(directory), max_model_len=context, dtype=dtype,
                                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
-                                      seed=seed, **llm_kwargs)
+                                      seed=seed, **source, **llm_kwargs)
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if is_synthetic(directory):
@@ -144,6 +153,7 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             model_path=str(directory), model_sha256=None,
             args={"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
                   "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs, "seed": seed,
+                  "gguf_loader": "used" if gguf_loader else (vllm_gguf_loader() or "available, not used"),
                   **llm_kwargs},
             threads=threads_used, device=device, pid=os.getpid(), concurrency="batched",
             log_path=str(self._log),
