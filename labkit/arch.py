@@ -61,7 +61,7 @@ class Arch:
     n_experts_used: int = 0
     moe_ffn: int = 0
     sliding_window: int | None = None
-    swa_pattern: int = 0  # every Nth layer is global (Gemma 3: 6); 0: no sliding window
+    swa_pattern: int = 0  # every Nth layer is global (Gemma 3: 6); 0 with a window: every layer slides
     max_context: int = 4096
     rope_theta: float = 10000.0
     rms_eps: float = 1e-5
@@ -70,7 +70,11 @@ class Arch:
         return asdict(self)
 
     def is_swa_layer(self, i: int) -> bool:
-        return bool(self.sliding_window and self.swa_pattern and (i + 1) % self.swa_pattern)
+        """Whether layer ``i`` attends within the sliding window (its KV is window-sized).
+        A window without a pattern (Mistral v0.1) applies to every layer."""
+        if not self.sliding_window:
+            return False
+        return not self.swa_pattern or bool((i + 1) % self.swa_pattern)
 
 
 def _int(cfg: dict, key: str, default: Any = None, *, positive: bool = True) -> int:

@@ -379,6 +379,8 @@ class ModelSpec:
     tensors: list[TensorSpec] = field(default_factory=list, repr=False)
     arch: Arch | None = field(default=None, repr=False)
     synthetic: bool = False
+    sliding_window: int | None = None  # from a GGUF (a config's is in ``arch``)
+    swa_pattern: int = 0  # every Nth layer attends globally, the others within the window
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -395,6 +397,7 @@ class ModelSpec:
                     hidden=self.hidden_size, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
                     head_dim=self.head_dim, ffn=self.intermediate_size or 4 * self.hidden_size,
                     vocab=self.vocab_size, tied="output.weight" not in names and bool(names),
+                    sliding_window=self.sliding_window, swa_pattern=self.swa_pattern,
                     n_experts=next((t.shape[2] for t in self.tensors if t.name.endswith("_exps.weight")
                                     and len(t.shape) > 2), 0))
 
@@ -439,13 +442,35 @@ def _spec_from_gguf(path: Path) -> ModelSpec:
     vocab = h.arch_get("vocab_size") or len(h.get("tokenizer.ggml.tokens", [])) or next(
         (t.shape[1] for t in tensors if t.name == "token_embd.weight"), 0)
     kv = h.arch_get("attention.head_count_kv", heads)
+    window, pattern = _gguf_swa(h)
     return ModelSpec(
         name=path.stem, n_layers=int(h.arch_get("block_count")), hidden_size=hidden, n_heads=heads,
         n_kv_heads=int(kv if not isinstance(kv, list) else max(kv)),
         head_dim=int(h.arch_get("attention.key_length") or hidden // heads), vocab_size=int(vocab),
         n_params=sum(t.n_elements for t in tensors), intermediate_size=h.arch_get("feed_forward_length"),
         max_context=h.arch_get("context_length"), source="gguf", file_type=h.file_type, tensors=tensors,
+        sliding_window=window, swa_pattern=pattern,
     )
+
+
+# llama.cpp sets these architectures' sliding-window layout in code, not in the GGUF
+# (llama-model.cpp: set_swa_pattern): every Nth layer is global.
+_SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
+
+
+def _gguf_swa(h: Any) -> tuple[int | None, int]:
+    """(window, pattern) of a GGUF: pattern N means every Nth layer is global; a window
+    without a known pattern (Mistral v0.1) applies to every layer (pattern 0 with a window
+    is read as "all layers" by the planner)."""
+    window = h.arch_get("attention.sliding_window")
+    if not window:
+        return None, 0
+    flags = h.arch_get("attention.sliding_window_pattern")
+    if isinstance(flags, list) and flags:  # per layer, True = sliding (newer converters)
+        globals_ = [i for i, f in enumerate(flags) if not f]
+        pattern = globals_[0] + 1 if globals_ else 0
+        return int(window), pattern
+    return int(window), _SWA_PATTERN.get(h.architecture, 0)
 
 
 def _safetensors_tensors(directory: Path) -> list[TensorSpec]:

@@ -36,7 +36,7 @@ from . import arch as arches
 from .errors import InvalidInput
 from .models import ModelSpec, model_spec
 
-__all__ = ["ModelSpec", "FitPlan", "fit", "fits_where", "model_spec", "GPU_PRESETS", "parse_bytes",
+__all__ = ["ModelSpec", "FitPlan", "fit", "fits_where", "model_spec", "kv_bytes", "GPU_PRESETS", "parse_bytes",
            "tensor_bytes", "kv_bytes_per_token"]
 
 GiB = 1024**3
@@ -115,10 +115,32 @@ def tensor_bytes(shape: tuple[int, ...] | list[int], ggml_type: str) -> int:
 
 
 def kv_bytes_per_token(spec: ModelSpec, cache_type: str = "f16") -> float:
-    """K and V for one token across all layers."""
+    """K and V for one token across all layers (as if every layer attended globally)."""
     if cache_type not in _CACHE_BYTES:
         raise InvalidInput(f"Unknown KV cache type {cache_type!r}; known: {', '.join(_CACHE_BYTES)}.")
     return 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * _CACHE_BYTES[cache_type]
+
+
+def kv_bytes(spec: ModelSpec, context: int, users: int, engine: str, cache_type: str = "f16",
+             ubatch: int = 512) -> float:
+    """The KV cache for ``users`` sequences of ``context`` tokens. Sliding-window layers
+    (Gemma 2/3, Mistral v0.1) keep only the window where the engine does so: llama-server
+    gives each sequence window + one ubatch of cells, padded to 256 (read from its log:
+    "SWA KV cache, size = 768 cells" for a 128 window and ubatch 512); vLLM gives each
+    sequence window + one block (16 tokens). In-process llama.cpp keeps them full-size:
+    llama-cpp-python's context defaults to swa_full ("using full-size SWA cache")."""
+    a = spec.architecture()
+    per_layer = kv_bytes_per_token(spec, cache_type) / spec.n_layers
+    full = context * users
+    window = int(a.sliding_window or 0)
+    if engine == "llama.cpp":
+        window_cells = full
+    elif engine == "llama-server":
+        window_cells = users * min(context, -(-(window + ubatch) // 256) * 256)
+    else:
+        window_cells = users * min(context, window + 16)
+    return float(sum(per_layer * (window_cells if a.is_swa_layer(i) else full)
+                     for i in range(spec.n_layers)))
 
 
 # --- reading models -------------------------------------------------------------------------
@@ -322,8 +344,8 @@ def _plan_llamacpp(engine: str, req: PlanRequest) -> dict[str, Any]:
     per, note = _llamacpp_tensor_bytes(spec, req.quant)
     weights = float(sum(per.values()))
     repack_layer = _repacked_bytes(spec, req.quant) / max(1, spec.n_layers)  # per CPU-resident layer
-    kv_tok = kv_bytes_per_token(spec, req.kv_cache_type)
-    kv_total = kv_tok * req.context * req.users
+    kv_total = kv_bytes(spec, req.context, req.users, engine, req.kv_cache_type, req.ubatch)
+    kv_tok = kv_total / (req.context * req.users)  # per token of context, windows included
     # Compute buffers are reserved for the worst-case batch, but only the activations of a
     # ubatch (and one row of logits per sequence) are ever touched, so that is what is resident.
     compute = req.ubatch * (4 * spec.hidden_size + (spec.intermediate_size or 4 * spec.hidden_size)) * 4 * 2 \
@@ -397,7 +419,7 @@ def _plan_vllm(engine: str, req: PlanRequest) -> dict[str, Any]:
         raise InvalidInput(f"vLLM weight type {quant or dtype!r} unknown to the planner; known: "
                            f"{', '.join(_VLLM_DTYPE_BYTES)} (GGUF quantizations are llama.cpp's).")
     weights = spec.n_params * _VLLM_DTYPE_BYTES[key]
-    kv_tok = kv_bytes_per_token(spec, "f16")
+    kv_tok = kv_bytes(spec, req.context, 1, engine) / req.context  # per token of one sequence
     overhead = RUNTIME_OVERHEAD.get((engine, "cuda" if gpu else "cpu"),
                                     RUNTIME_OVERHEAD[("vllm", "cuda" if gpu else "cpu")])
     # Activation peak of vLLM's profiling run: max_num_batched_tokens (>= context) through

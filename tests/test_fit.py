@@ -9,9 +9,10 @@ import sys
 import pytest
 from gguf import GGUFReader
 
+import labkit
 from labkit import fit, models
 from labkit.errors import InvalidInput
-from labkit.planner import model_spec, tensor_bytes
+from labkit.planner import kv_bytes, model_spec, tensor_bytes
 
 from .conftest import start_owner
 
@@ -93,3 +94,56 @@ def test_fit_cli_json():
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert {row["engine"] for row in rows} == {"llama.cpp", "vllm"}
     assert all(row["fits"] for row in rows)
+
+
+GEMMA_TINY = {"name": "gemma-tiny", "model_type": "gemma3_text", "hidden_size": 256,
+              "num_hidden_layers": 12, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "head_dim": 128, "intermediate_size": 512, "vocab_size": 50000, "sliding_window": 128,
+              "sliding_window_pattern": 6}
+
+
+def _llama_server_kv_mib(gguf, context: int, users: int) -> float:
+    """The KV cache llama-server allocates, from its own log (every cache it creates)."""
+    import re
+
+    from labkit.engines.servers import free_port
+    from labkit.native.llamacpp import tool
+
+    cmd = [str(tool("llama-server")), "-m", str(gguf), "-c", str(context * users), "-np", str(users),
+           "-t", "1", "--host", "127.0.0.1", "--port", str(free_port()), "-lv", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # until it listens: every cache is made by then
+            lines.append(line)
+            if "listening on" in line:
+                break
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)  # read what it logs on the way out, or it blocks on the pipe
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    sizes = [float(x) for x in re.findall(r"llama_kv_cache: size =\s*([\d.]+) MiB", "".join(lines))]
+    assert sizes, "".join(lines[-20:])
+    return sum(sizes)
+
+
+def test_sliding_window_kv_is_what_each_engine_allocates():
+    """Gemma 3's layout, read back from a GGUF: 2 of 12 layers global, 10 within 128 tokens.
+    llama-server sizes those 10 by the window; in-process llama.cpp keeps them full-size."""
+    from labkit import synthetic
+
+    m = synthetic.synthetic(GEMMA_TINY, quant="Q8_0", progress=False)
+    spec = model_spec(m.gguf)
+    assert (spec.sliding_window, spec.swa_pattern) == (128, 6)
+    for context, users in ((4096, 1), (2048, 2)):
+        planned = kv_bytes(spec, context, users, "llama-server") / 2**20
+        assert _llama_server_kv_mib(m.gguf, context, users) == pytest.approx(planned, rel=1e-6)
+    assert kv_bytes(spec, 4096, 1, "llama.cpp") == kv_bytes(spec, 4096, 1, "llama-server") \
+        + 10 * 2 * 128 * 2 * (4096 - 768)  # the windowed layers at full size
+    with labkit.load("llama.cpp", model=m, context=4096, threads=1) as e:
+        log = e.info.log_path
+    with open(log) as f:
+        assert "using full-size SWA cache" in f.read()

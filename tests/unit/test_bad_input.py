@@ -92,3 +92,19 @@ def test_the_cli_takes_an_api_key_from_the_environment_only(monkeypatch):
     assert "api_key" not in engine_kwargs(args)  # an in-process engine has no API
     with pytest.raises(SystemExit):  # and there is no flag that would put it in `ps`
         build_parser().parse_args(["generate", "--api-key", "k", "hi"])
+
+
+def test_sliding_window_layers_keep_only_the_window():
+    """Gemma 3 27B: 10 of 62 layers attend globally, 52 within 1024 tokens."""
+    from labkit.planner import kv_bytes, model_spec
+    from labkit.synthetic import SHAPES
+
+    spec = model_spec(SHAPES["gemma-3-27b"])
+    per_layer_token = 2 * 16 * 128 * 2
+    swa_cells = -(-(1024 + 512) // 256) * 256  # window + one ubatch, padded to 256 cells
+    assert kv_bytes(spec, 32768, 2, "llama-server") == per_layer_token * 2 * (10 * 32768 + 52 * swa_cells)
+    assert kv_bytes(spec, 32768, 2, "vllm") == per_layer_token * 2 * (10 * 32768 + 52 * (1024 + 16))
+    assert kv_bytes(spec, 512, 1, "llama-server") == per_layer_token * 62 * 512  # window > context
+    assert kv_bytes(spec, 32768, 1, "llama.cpp") == per_layer_token * 62 * 32768  # swa_full in process
+    dense = model_spec(SHAPES["llama-3-8b"])
+    assert kv_bytes(dense, 4096, 3, "vllm") == 2 * 32 * 8 * 128 * 2 * 4096 * 3
