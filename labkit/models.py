@@ -219,8 +219,16 @@ def hf_dir(model: str | Path, checked: bool = True) -> Path:
         proc = subprocess.run([sys.executable, "-m", "labkit.conversion", "convert", str(path), str(tmp)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
-            raise ModelError(f"Converting {path.name} to a Hugging Face directory failed:\n"
-                             f"{proc.stderr[-3000:]}")
+            from .gguf_header import read_header
+
+            arch = read_header(path).architecture
+            last = next((x for x in reversed(proc.stderr.strip().splitlines()) if x.strip()), "")
+            raise ModelError(
+                f"transformers could not convert {path.name} (architecture {arch!r}) into the "
+                f"Hugging Face folder vLLM needs: {last.strip()[:300]}. Pair the GGUF with the "
+                "model's own Hugging Face release instead: model={'llama.cpp': "
+                f"'{path}', 'vllm': 'org/name'}} (a repo id from your Hugging Face cache, or a folder). "
+                f"Full error:\n{proc.stderr[-2000:]}")
 
     directory = build_atomically(target, convert)
     if checked:

@@ -82,3 +82,19 @@ def test_scrambled_weights_fail_the_teacher_forced_check(tmp_path):
     assert not c.differences  # the tokenizer is fine
     assert not c.passed and "predict differently" in c.reason, c.to_dict()
     assert c.top1_agreement < conversion.MIN_TOP1
+
+
+def test_an_architecture_transformers_cannot_convert_names_itself_and_the_way_out(tmp_path):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "odd.gguf"
+    w = gguf.GGUFWriter(str(path), "rwkv7")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelError, match=r"architecture 'rwkv7'.*Pair the GGUF .*'vllm': 'org/name'"):
+        models.hf_dir(path)
