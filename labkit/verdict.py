@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +63,16 @@ class Verdict:
 
     table: pd.DataFrame
     recommendation: str
+    warnings: list[str] = field(default_factory=list)  # what makes the comparison unsound
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
 
     def _repr_html_(self) -> str:
-        return self.table.to_html(index=False) + f"<p><b>Recommendation:</b> {html.escape(self.recommendation)}</p>"
+        warn = "".join(f'<p style="color:#b00020;font-weight:bold">&#9888; {html.escape(w)}</p>'
+                       for w in self.warnings)
+        return warn + self.table.to_html(index=False) + \
+            f"<p><b>Recommendation:</b> {html.escape(self.recommendation)}</p>"
 
 
 class _Runs:
@@ -179,4 +183,29 @@ def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int) -> Verdict:
     rec = (f"For {users} concurrent users on this machine, {best_server} gave the most output tokens per "
            f"second ({servers[best_server]:.1f} vs {min(servers.values()):.1f}); for a single user, "
            f"{single} was faster ({max(l1, v1):.1f} vs {min(l1, v1):.1f} tok/s).")
-    return Verdict(pd.DataFrame(rows), rec)
+    warnings = fed_alike(runs)
+    table = pd.DataFrame(rows)
+    table.insert(4, "same prompts", "no: see the warning" if warnings else "yes")
+    return Verdict(table, rec, warnings)
+
+
+def fed_alike(runs: dict[str, BenchResult]) -> list[str]:
+    """Warnings for runs whose engines were not fed the same prompts (text and token count,
+    request by request): their numbers are not comparable. Empty when they were."""
+    frames = {n: r.requests.set_index(["level", "index"]) for n, r in runs.items()
+              if not r.requests.empty and "prompt_sha" in r.requests}
+    if len(frames) < 2:
+        return []
+    (ref_name, ref), out = next(iter(frames.items())), []
+    for name, frame in list(frames.items())[1:]:
+        common = ref.index.intersection(frame.index)
+        cols = ["prompt_sha", "input_tokens"]
+        diff = (ref.loc[common, cols].astype(str) != frame.loc[common, cols].astype(str)).any(axis=1)
+        if diff.any():
+            first = diff[diff].index[0]
+            out.append(f"{name} and {ref_name} were not fed the same prompts in {int(diff.sum())} of "
+                       f"{len(common)} requests (first: level {first[0]}, request {first[1]}: "
+                       f"{frame.loc[first, 'input_tokens']} vs {ref.loc[first, 'input_tokens']} input "
+                       "tokens); their numbers are not comparable. Different tokenizers or an "
+                       "approximate one (a generic OpenAI URL) do this.")
+    return out

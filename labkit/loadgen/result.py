@@ -39,6 +39,7 @@ class RequestRecord:
     output_tokens: int = 0
     finish_reason: str | None = None
     error: str | None = None
+    prompt_sha: str | None = None  # Request.fingerprint: which prompt it was
 
     def to_row(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in REQUEST_COLUMNS}

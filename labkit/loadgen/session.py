@@ -131,8 +131,8 @@ class Session:
 
         def job(i: int, finished: Callable[[RequestRecord], None]) -> Job:
             req = requests[i % len(requests)]
-            return Job(req, RequestRecord(shape.mode, shape.level, i, input_tokens=req.input_tokens),
-                       finished)
+            return Job(req, RequestRecord(shape.mode, shape.level, i, input_tokens=req.input_tokens,
+                                          prompt_sha=req.fingerprint), finished)
 
         def on_record(rec: RequestRecord) -> None:
             if record:

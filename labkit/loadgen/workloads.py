@@ -54,6 +54,15 @@ class Request:
     def chat(self) -> bool:
         return not isinstance(self.prompt, str)
 
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the prompt as sent: runs of different engines can be checked to
+        have been fed the same prompts."""
+        import hashlib
+        import json
+
+        return hashlib.sha1(json.dumps(self.prompt, sort_keys=True).encode()).hexdigest()[:12]
+
 
 @dataclass
 class Workload:

@@ -13,13 +13,13 @@ BIG = {"name": "26B", "num_hidden_layers": 46, "hidden_size": 4608, "num_attenti
        "num_parameters": 27_000_000_000}
 
 
-def _run(engine: str, tok_s: dict[int, float]) -> BenchResult:
+def _run(engine: str, tok_s: dict[int, float], prompts: str = "p") -> BenchResult:
     rows = []
     for level, speed in tok_s.items():
         for i in range(2):  # two requests of 10 tokens, both over the same second of the level
             r = RequestRecord("concurrency", level, i, start_s=0.0, started_at=0.0, ttft_s=0.1,
                               tpot_s=0.01, itl_s=[0.01], e2e_s=20 / speed, input_tokens=8,
-                              output_tokens=10)
+                              output_tokens=10, prompt_sha=f"{prompts}{level}-{i}")
             rows.append(r.to_row())
     mem = pd.DataFrame({"t_s": [0.0], "pss_bytes": [2**30], "phase": ["concurrency 1"]})
     manifest = {"engine": {"engine": engine, "device": "cpu", "model_path": ""},
@@ -39,3 +39,16 @@ def test_the_verdict_fills_every_claim_in_order_and_recommends_from_the_numbers(
     assert holds["cpu"] == "no" and holds["api"] == "n/a"
     assert holds["26b-on-12gb"] == "yes"
     assert "vllm-server gave the most" in v.recommendation and "llama.cpp was faster" in v.recommendation
+
+
+def test_runs_fed_different_prompts_are_flagged_in_the_table_and_first_in_the_html():
+    runs = {"llama.cpp": _run("llama.cpp", {1: 50.0}), "llama-server": _run("llama-server", {1: 45.0, 8: 150.0}),
+            "vllm": _run("vllm", {1: 30.0, 8: 200.0}, prompts="other"),
+            "vllm-server": _run("vllm-server", {1: 28.0, 8: 180.0})}
+    v = verdict(runs, labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096), users=8)
+    assert len(v.warnings) == 1 and v.warnings[0].startswith("vllm and llama.cpp were not fed the same prompts")
+    assert (v.table["same prompts"] == "no: see the warning").all()
+    assert v._repr_html_().index("not fed the same prompts") < v._repr_html_().index("<table")
+    alike = {n: _run(n, {1: 40.0}) for n in ("llama.cpp", "llama-server", "vllm", "vllm-server")}
+    assert (verdict(alike, labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096),
+                    users=1).table["same prompts"] == "yes").all()
