@@ -45,6 +45,19 @@ def throughput(results, metric: str = "output_tok_per_s") -> go.Figure:
     fig.update_layout(title=f"Throughput vs concurrent users ({unit})", xaxis_title="concurrent users",
                       yaxis_title=unit, template="plotly_white")
     fig.update_xaxes(type="log", dtick=0.30103)
+    return _flag_unlike_prompts(fig, results)
+
+
+def _flag_unlike_prompts(fig: go.Figure, results) -> go.Figure:
+    """Engines fed different prompts are not comparable: say so on the figure, in red."""
+    from .loadgen.result import fed_alike
+
+    warnings = fed_alike(results) if isinstance(results, dict) else []
+    if warnings:
+        fig.update_layout(title=f"{fig.layout.title.text}: NOT COMPARABLE, different prompts",
+                          title_font_color="#b00020")
+        fig.add_annotation(text="<br>".join(warnings), xref="paper", yref="paper", x=0, y=1.12,
+                           showarrow=False, align="left", font={"color": "#b00020", "size": 11})
     return fig
 
 
@@ -61,7 +74,7 @@ def latency(results, metrics: Sequence[str] = ("ttft", "tpot"), percentile: str 
                       yaxis_title="milliseconds", template="plotly_white")
     fig.update_xaxes(type="log", dtick=0.30103)
     fig.update_yaxes(type="log")
-    return fig
+    return _flag_unlike_prompts(fig, results)
 
 
 def memory_timeline(results, column: str = "rss_bytes") -> go.Figure:

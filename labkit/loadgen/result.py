@@ -180,3 +180,25 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def phase_name(mode: str, level: Any) -> str:
     """The memory sampler's phase for one load level: "concurrency 8" or "rate 2.0/s"."""
     return f"concurrency {level}" if mode == "concurrency" else f"rate {level}/s"
+
+
+def fed_alike(runs: dict[str, BenchResult]) -> list[str]:
+    """Warnings for runs whose engines were not fed the same prompts (text and token count,
+    request by request): their numbers are not comparable. Empty when they were."""
+    frames = {n: r.requests.set_index(["level", "index"]) for n, r in runs.items()
+              if not r.requests.empty and "prompt_sha" in r.requests}
+    if len(frames) < 2:
+        return []
+    (ref_name, ref), out = next(iter(frames.items())), []
+    for name, frame in list(frames.items())[1:]:
+        common = ref.index.intersection(frame.index)
+        cols = ["prompt_sha", "input_tokens"]
+        diff = (ref.loc[common, cols].astype(str) != frame.loc[common, cols].astype(str)).any(axis=1)
+        if diff.any():
+            first = diff[diff].index[0]
+            out.append(f"{name} and {ref_name} were not fed the same prompts in {int(diff.sum())} of "
+                       f"{len(common)} requests (first: level {first[0]}, request {first[1]}: "
+                       f"{frame.loc[first, 'input_tokens']} vs {ref.loc[first, 'input_tokens']} input "
+                       "tokens); their numbers are not comparable. Different tokenizers or an "
+                       "approximate one (a generic OpenAI URL) do this.")
+    return out

@@ -49,6 +49,8 @@ def test_runs_fed_different_prompts_are_flagged_in_the_table_and_first_in_the_ht
     assert len(v.warnings) == 1 and v.warnings[0].startswith("vllm and llama.cpp were not fed the same prompts")
     assert (v.table["same prompts"] == "no: see the warning").all()
     assert v._repr_html_().index("not fed the same prompts") < v._repr_html_().index("<table")
+    assert "NOT COMPARABLE" in labkit.plots.throughput(runs).layout.title.text
+    assert "NOT COMPARABLE" not in labkit.plots.throughput({"a": runs["llama.cpp"]}).layout.title.text
     alike = {n: _run(n, {1: 40.0}) for n in ("llama.cpp", "llama-server", "vllm", "vllm-server")}
     assert (verdict(alike, labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096),
                     users=1).table["same prompts"] == "yes").all()
