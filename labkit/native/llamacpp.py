@@ -69,7 +69,8 @@ _BASE_CMAKE = (
 # (148 vs 153-154 output tok/s; common's sampler fills a vocabulary-sized array per token).
 # Eight files of common run only at startup or in tools labkit does not time (argument
 # parsing, download, HF cache, presets, memory fitting, console, imatrix, tensor debugging):
-# 46 of its 190 CPU seconds at -O3, 25 at -O0, which they get too.
+# 46 of its 190 CPU seconds at -O3, 25 at -O0, which they get too; so do three of the
+# server's that labkit never reaches (its built-in agent tools, the MCP client, router mode).
 # project() runs it once per project (llama.cpp, then ggml): it defers once, to the end of
 # the top-level directory, when every target exists.
 _QUICK_TOOLS = """\
@@ -84,6 +85,14 @@ if(NOT LABKIT_QUICK_TOOLS)
         set_source_files_properties(${CMAKE_SOURCE_DIR}/common/${f}.cpp TARGET_DIRECTORY llama-common
                                     PROPERTIES COMPILE_OPTIONS -O0)
       endforeach()
+    endif()
+    if(TARGET server-context AND TARGET llama-server-impl)
+      foreach(f tools mcp)
+        set_source_files_properties(${CMAKE_SOURCE_DIR}/tools/server/server-${f}.cpp
+                                    TARGET_DIRECTORY server-context PROPERTIES COMPILE_OPTIONS -O0)
+      endforeach()
+      set_source_files_properties(${CMAKE_SOURCE_DIR}/tools/server/server-models.cpp
+                                  TARGET_DIRECTORY llama-server-impl PROPERTIES COMPILE_OPTIONS -O0)
     endif()
   endfunction()
   cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL labkit_quick_tools)
@@ -529,4 +538,7 @@ def tool(name: str) -> Path:
 
 
 if __name__ == "__main__":  # `python -m labkit.native.llamacpp` builds and checks ahead of time
-    print(current_build().explain())
+    if sys.argv[1:] == ["--source"]:  # only fetch the sdist (make installs the binding from it)
+        print(_sdist())
+    else:
+        print(current_build().explain())
