@@ -216,9 +216,9 @@ def _more_bits(i: int, n: int) -> bool:
 
 
 def _block(ggml_type: str) -> int:
-    from .gguf_header import GGML_TYPES
+    from .gguf_header import GGML_SIZES
 
-    return next(block for name, block, _ in GGML_TYPES.values() if name == ggml_type)
+    return GGML_SIZES[ggml_type][0]
 
 
 def _fallback(ggml_type: str, row: int) -> str:

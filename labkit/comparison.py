@@ -351,6 +351,12 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
+def kl_rows(ref_logprobs: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
+    """KL(ref || other) over the whole vocabulary, one value per row of log-probs."""
+    r, o = np.asarray(ref_logprobs, dtype=np.float64), np.asarray(logprobs, dtype=np.float64)
+    return (np.exp(r) * (r - o)).sum(axis=-1)
+
+
 def _second_half(eng: Any, window: list[int]) -> np.ndarray:
     """Full-vocabulary log-probs at the positions llama-perplexity scores: from the middle of
     the chunk to the second-last token (each predicting the next one), as float32."""
@@ -367,7 +373,7 @@ def _divergence_full(ref: list[np.ndarray], got: list[np.ndarray], windows: list
     kls, top1, dp = [], [], []
     for r, o, win in zip(ref, got, windows, strict=True):
         r64, o64 = r.astype(np.float64), o.astype(np.float64)
-        kls.append((np.exp(r64) * (r64 - o64)).sum(axis=1))
+        kls.append(kl_rows(r64, o64))
         top1.append(r64.argmax(1) == o64.argmax(1))
         nxt = np.array(win[len(win) // 2 + 1:])
         rows = np.arange(len(nxt))

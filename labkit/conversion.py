@@ -130,8 +130,9 @@ def read_check(entry: Path) -> ConversionCheck | None:
         return None
 
 
-def ensure_checked(gguf: Path, hf_dir: Path, direction: str, entry: Path) -> ConversionCheck:
-    """The stored check of a conversion, running it first if there is none; raises
+def ensure_checked(gguf: Path, hf_dir: Path, direction: str, entry: Path,
+                   raise_on_failure: bool = True) -> ConversionCheck:
+    """The stored check of a conversion (or pair), running it first if there is none; raises
     ModelError if it failed (every time: a failed entry stays failed until deleted)."""
     result = read_check(entry)
     if result is None:
@@ -139,7 +140,8 @@ def ensure_checked(gguf: Path, hf_dir: Path, direction: str, entry: Path) -> Con
         tmp = entry / f".{CHECK_FILE}.{os.getpid()}"
         tmp.write_text(json.dumps(result.to_dict(), indent=1))
         tmp.replace(entry / CHECK_FILE)
-    result.raise_if_failed()
+    if raise_on_failure:
+        result.raise_if_failed()
     return result
 
 
@@ -156,15 +158,7 @@ def ensure_pair_checked(gguf: Path, hf_dir: Path, *, raise_on_mismatch: bool = T
         h.update(name.encode() + file_sha256(hf_dir / name).encode())
     entry = cache_dir("pairs") / h.hexdigest()[:24]
     entry.mkdir(parents=True, exist_ok=True)
-    result = read_check(entry)
-    if result is None:
-        result = check(gguf, hf_dir, "pair")
-        tmp = entry / f".{CHECK_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(result.to_dict(), indent=1))
-        tmp.replace(entry / CHECK_FILE)
-    if raise_on_mismatch:
-        result.raise_if_failed()
-    return result
+    return ensure_checked(gguf, hf_dir, "pair", entry, raise_on_failure=raise_on_mismatch)
 
 
 def check(gguf: Path, hf_dir: Path, direction: str) -> ConversionCheck:
@@ -248,7 +242,7 @@ def _measure(gguf: Path, hf_dir: Path, other: str) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .comparison import _license_text, log_softmax
+    from .comparison import _license_text, kl_rows, log_softmax
     from .engines.llamacpp import LlamaCppEngine
     from .engines.vllm import prompt_ids
 
@@ -275,11 +269,10 @@ def _measure(gguf: Path, hf_dir: Path, other: str) -> dict[str, Any]:
         eng.close()
     model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
     with torch.no_grad():
-        got = model(torch.tensor([ids])).logits[0].double().numpy()
-    lp_ref, lp_got = log_softmax(ref), log_softmax(got[:, :ref.shape[1]])
-    kl = (np.exp(lp_ref) * (lp_ref - lp_got)).sum(axis=1)
+        got = model(torch.tensor([ids])).logits[0].double().numpy()[:, :ref.shape[1]]  # no padding rows
+    kl = kl_rows(log_softmax(ref), log_softmax(got))
     return {"probes": len(PROBES), "differences": differences, "forced_tokens": len(ids),
-            "top1_agreement": float((ref.argmax(1) == got[:, :ref.shape[1]].argmax(1)).mean()),
+            "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
             "mean_kl": float(kl.mean())}
 
 

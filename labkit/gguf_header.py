@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import ModelError
 
-__all__ = ["GGUFHeader", "GGUFTensor", "ArrayInfo", "GGML_TYPES", "FILE_TYPES", "ggml_type", "read_header"]
+__all__ = ["GGUFHeader", "GGUFTensor", "ArrayInfo", "GGML_TYPES", "GGML_SIZES", "FILE_TYPES", "ggml_type", "read_header"]
 
 # value type -> struct format (scalars); 8 = string, 9 = array
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
@@ -53,6 +53,9 @@ FILE_TYPES: dict[int, str] = {
     30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4",
     40: "Q1_0",
 }
+
+# name -> (elements per block, bytes per block), for sizing tensors by type name
+GGML_SIZES: dict[str, tuple[int, int]] = {name: (block, size) for name, block, size in GGML_TYPES.values()}
 
 
 def ggml_type(type_id: int) -> tuple[str, int, int]:

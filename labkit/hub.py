@@ -29,7 +29,7 @@ def resolve_repo(model: str) -> Path:
     """The folder (``org/name``) or GGUF file (``org/name:PICK``) of a repo in the HF cache."""
     repo, _, pick = model.partition(":")
     folder = _snapshot(repo, pick)
-    ggufs = sorted(p for p in folder.rglob("*.gguf") if p.is_file() or p.is_symlink())
+    ggufs = sorted(p for p in folder.rglob("*.gguf") if p.is_file())  # the hub links files to blobs
     if pick:
         chosen = _pick(ggufs, pick)
         if chosen is None:

@@ -150,8 +150,9 @@ def resolve(model: str | Path) -> Path:
     return path.resolve()
 
 
-def check_gguf(path: Path) -> None:
-    """Raise ModelError unless ``path`` is a complete GGUF file (header and all tensor data)."""
+def check_gguf(path: Path) -> Any:
+    """Raise ModelError unless ``path`` is a complete GGUF file (header and all tensor data);
+    return its header (a :class:`labkit.gguf_header.GGUFHeader`)."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
@@ -163,7 +164,8 @@ def check_gguf(path: Path) -> None:
     from .gguf_header import read_header
 
     try:
-        end = read_header(path).data_end
+        header = read_header(path)
+        end = header.data_end
     except ModelError:
         raise
     except Exception as e:  # a damaged header fails in many ways
@@ -174,6 +176,7 @@ def check_gguf(path: Path) -> None:
             f"{path} is truncated: its tensors need {end:,} bytes but the file has {size:,}. "
             "Download or convert it again."
         )
+    return header
 
 
 def gguf_path(model: str | Path) -> Path:
@@ -440,10 +443,7 @@ def _spec_from_config(cfg: dict[str, Any], name: str, source: str) -> ModelSpec:
 
 
 def _spec_from_gguf(path: Path) -> ModelSpec:
-    from .gguf_header import read_header
-
-    check_gguf(path)
-    h = read_header(path)
+    h = check_gguf(path)
     heads = int(h.arch_get("attention.head_count"))
     hidden = int(h.arch_get("embedding_length"))
     tensors = [TensorSpec(t.name, t.shape, t.type_name) for t in h.tensors]

@@ -34,6 +34,7 @@ import pandas as pd
 
 from . import arch as arches
 from .errors import InvalidInput
+from .gguf_header import GGML_SIZES
 from .models import ModelSpec, model_spec
 
 __all__ = ["ModelSpec", "FitPlan", "fit", "fits_where", "model_spec", "kv_bytes", "GPU_PRESETS", "parse_bytes",
@@ -94,18 +95,11 @@ def parse_bytes(value: str | float | int | None) -> float | None:
 
 # --- ggml sizes -----------------------------------------------------------------------------
 
-def _ggml_sizes() -> dict[str, tuple[int, int]]:
-    from .gguf_header import GGML_TYPES
-
-    return {name: (block, size) for name, block, size in GGML_TYPES.values()}
-
-
 def tensor_bytes(shape: tuple[int, ...] | list[int], ggml_type: str) -> int:
     """Exact bytes of a tensor of ``shape`` stored as ``ggml_type`` (block size x type size)."""
-    sizes = _ggml_sizes()
-    if ggml_type not in sizes:
-        raise InvalidInput(f"Unknown ggml type {ggml_type!r}; known: {', '.join(sizes)}.")
-    block, type_size = sizes[ggml_type]
+    if ggml_type not in GGML_SIZES:
+        raise InvalidInput(f"Unknown ggml type {ggml_type!r}; known: {', '.join(GGML_SIZES)}.")
+    block, type_size = GGML_SIZES[ggml_type]
     n = math.prod(shape)
     # Rows are quantized block by block along the first (contiguous) dimension.
     if shape and shape[0] % block:
