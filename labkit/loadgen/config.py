@@ -38,6 +38,9 @@ class BenchConfig:
     kv_interval_s: float | None = 10.0
     progress: bool = True
     seed: int = 0
+    #: the index of the first measured request's prompt: a series of sweeps on one engine
+    #: (a capacity search) passes its running count, so no prompt is ever sent twice
+    first_request: int = 0
     levels: list[int] = field(init=False)
     rates: list[float] = field(init=False)
 
@@ -50,6 +53,8 @@ class BenchConfig:
             raise InvalidInput("Give at least one concurrency level or rate.")
         if not isinstance(self.requests_per_level, int | np.integer) or self.requests_per_level <= 0:
             raise InvalidInput(f"requests_per_level must be a positive integer, got {self.requests_per_level!r}.")
+        if not isinstance(self.first_request, int | np.integer) or self.first_request < 0:
+            raise InvalidInput(f"first_request must be a non-negative integer, got {self.first_request!r}.")
         if self.rates and self.duration_s <= 0:
             raise InvalidInput(f"duration_s must be positive, got {self.duration_s}.")
         if self.kv_interval_s is not None and self.kv_interval_s <= 0:
@@ -91,4 +96,5 @@ class BenchConfig:
         return {"workload": self.workload.describe(),
                 "levels": {"concurrency": self.levels, "rate": self.rates},
                 "requests_per_level": self.requests_per_level, "duration_s": self.duration_s,
-                "warmup_requests": self.warmup, "seed": self.seed, "slo_ms": self.slo_ms}
+                "warmup_requests": self.warmup, "seed": self.seed, "slo_ms": self.slo_ms,
+                "first_request": self.first_request}

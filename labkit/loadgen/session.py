@@ -61,7 +61,8 @@ class Session:
         self._check_engine()
         self._start_sampler()
         try:  # before any folder is written: a refused workload leaves nothing behind
-            requests = self.config.workload.build(self.engine, self.config.requests_per_level)
+            requests = self.config.workload.build(self.engine, self.config.requests_per_level,
+                                                  start=self.config.first_request)
         except BaseException:
             self._stop_sampler()
             raise
@@ -109,14 +110,14 @@ class Session:
         return f"engine died: {self.died}" if self.died else "interrupted"
 
     def _levels(self, pacer: Pacer, shapes: list[LoadShape], requests: list[Request]) -> None:
-        start = 0
+        first = start = self.config.first_request
         for shape in shapes:
             if self.stop.is_set():
                 break
             n = shape.count()
             # Each level its own prompts (request indices start .. start+n-1): repeating the
             # previous level's would hand servers with a prefix cache free prefills.
-            reqs = requests[:n] if start == 0 and n <= len(requests) else \
+            reqs = requests[:n] if start == first and n <= len(requests) else \
                 self.config.workload.build(self.engine, n, start=start)
             start += n
             self.counts[(shape.mode, shape.level)] = n
