@@ -7,6 +7,7 @@ The public API, in one place:
   ``tokenize``, ``info`` and ``close``.
 - :mod:`labkit.models`: model names, GGUF <-> Hugging Face conversion, quantized variants.
 - :func:`bench` with :mod:`workloads`: throughput, latency and memory under 1..N users.
+- :func:`capacity` with an :class:`SLO`: how many users (or req/s) an engine serves within it.
 - :func:`fit`: will this model fit that machine, in which engine (metadata only).
 - :func:`compare` and :func:`quant_ladder`: where outputs differ, across engines and GGUF types.
 - :mod:`plots` (plotly), :mod:`labkit.widgets` (ipywidgets), :func:`record` and
@@ -37,6 +38,7 @@ from .errors import (
 # results and engines load when a notebook or script first touches them.
 _LAZY = {
     "BenchResult": "loadgen", "bench": "loadgen", "workloads": "loadgen",
+    "SLO": "loadgen", "Capacity": "loadgen", "capacity": "loadgen",
     "Comparison": "comparison", "QuantLadder": "comparison", "compare": "comparison",
     "quant_ladder": "comparison",
     "ENGINES": "engines", "Engine": "engines", "EngineInfo": "engines", "Generation": "engines",
@@ -67,12 +69,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from . import models, plots
     from .comparison import Comparison, QuantLadder, compare, quant_ladder
     from .engines import ENGINES, Engine, EngineInfo, Generation, SamplingParams, Token, load
-    from .loadgen import BenchResult, bench, workloads
+    from .loadgen import SLO, BenchResult, Capacity, bench, capacity, workloads
     from .planner import FitPlan, fit
     from .runner import record
 
 __all__ = [
+    "SLO",
     "BenchResult",
+    "Capacity",
     "Comparison",
     "ENGINES",
     "Engine",
@@ -90,6 +94,7 @@ __all__ = [
     "ServerError",
     "Token",
     "bench",
+    "capacity",
     "compare",
     "fit",
     "load",

@@ -246,6 +246,56 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 register("bench", "measure throughput, latency and memory under load", _bench, _bench_args)
 
 
+def _capacity(args: argparse.Namespace) -> int:
+    from .loadgen import SLO, capacity, workloads
+
+    slo = SLO.parse(args.slo)
+    wl = workloads.chat(args.input_tokens, args.output_tokens)
+    stop = threading.Event()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, _stop_then_raise(stop))
+    try:
+        cap = capacity(args.engine, slo=slo, workload=wl, by=args.by, start=args.start,
+                       max_level=args.max_level, budget_s=args.budget, duration_s=args.duration,
+                       out=args.out, progress=not args.json, stop_event=stop, **engine_kwargs(args))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps(cap.to_dict(), default=str))
+    else:
+        cols = ["step", "level", "met", "completed", "errors", "output_tok_per_s", *slo.bounds,
+                "goodput_req_per_s"]
+        print(cap.levels[[c for c in cols if c in cap.levels.columns]].to_string(index=False))
+        print(cap.summary_line())
+    if cap.stopped == "interrupted":
+        print("labkit: interrupted; the levels measured are kept", file=sys.stderr)
+        return 130
+    if cap.stopped.startswith("engine died"):
+        print(f"labkit: error: {cap.stopped}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _capacity_args(p: argparse.ArgumentParser) -> None:
+    _engine_args(p)
+    p.add_argument("--slo", required=True, help="bounds in ms, e.g. ttft_p99_ms=2000,tpot_p99_ms=100 "
+                   "(any of ttft/tpot/itl/e2e at p50/p90/p99)")
+    p.add_argument("--by", choices=["users", "rate"], default="users",
+                   help="users: closed-loop concurrency; rate: Poisson arrivals (req/s)")
+    p.add_argument("--start", type=float, help="first level (default 1 user or 0.5 req/s)")
+    p.add_argument("--max-level", type=float, help="largest level tried (default 256 users or 1000 req/s)")
+    p.add_argument("--budget", type=float, help="seconds: no level starts that would end past it")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per rate level")
+    p.add_argument("--input-tokens", type=int, default=128)
+    p.add_argument("--output-tokens", type=int, default=64)
+    p.add_argument("--out", help="folder: capacity.json and one bench run folder per level")
+    p.add_argument("--json", action="store_true", help="one JSON object: the answer and every level")
+
+
+register("capacity", "how many users (or req/s) an engine serves within an SLO", _capacity,
+         _capacity_args)
+
+
 def _fit(args: argparse.Namespace) -> int:
     from .planner import fit
 

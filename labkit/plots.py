@@ -136,3 +136,41 @@ def divergence_histogram(comparison: Any) -> go.Figure:
     fig.update_layout(title="First divergence from the reference", xaxis_title="token index",
                       yaxis_title="prompts", barmode="overlay", template="plotly_white")
     return fig
+
+
+def capacity(caps: Any) -> go.Figure:
+    """A capacity search (or several, as ``{label: Capacity}``): each SLO-bounded percentile
+    against the level, the bound as a dashed line, the levels that met it filled, and the
+    answer starred. One panel per bound; levels measured twice show their last run."""
+    from plotly.subplots import make_subplots
+
+    from .loadgen.capacity import Capacity
+
+    caps = {c.engine: c for c in ([caps] if isinstance(caps, Capacity) else caps)} \
+        if not isinstance(caps, dict) else caps
+    bounds = list(dict.fromkeys(b for c in caps.values() for b in c.slo.bounds))
+    fig = make_subplots(rows=1, cols=len(bounds), subplot_titles=bounds)
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    by = next(iter(caps.values())).by if caps else "users"
+    for k, (label, cap) in enumerate(caps.items()):
+        lv = cap.levels.dropna(subset=["met"]).drop_duplicates("level", keep="last").sort_values("level")
+        color = palette[k % len(palette)]
+        for col, bound in enumerate(bounds, start=1):
+            if bound not in lv:
+                continue
+            fig.add_scatter(x=lv["level"], y=lv[bound], mode="lines+markers", name=label, legendgroup=label,
+                            showlegend=col == 1, line={"color": color},
+                            marker={"symbol": ["circle" if m else "circle-open" for m in lv["met"]], "size": 9},
+                            row=1, col=col)
+            if cap.answer > 0:
+                at = lv[lv["level"] == cap.answer]
+                fig.add_scatter(x=at["level"], y=at[bound], mode="markers", showlegend=False,
+                                marker={"symbol": "star", "size": 16, "color": color},
+                                hovertext=f"{label}: {cap.answer:g}", row=1, col=col)
+            if bound in cap.slo.bounds:
+                fig.add_hline(y=cap.slo.bounds[bound], line_dash="dash", line_color="#b00020", row=1, col=col)
+    fig.update_xaxes(type="log", title_text="concurrent users" if by == "users" else "requests/s")
+    fig.update_yaxes(title_text="ms", col=1)
+    fig.update_layout(title="Capacity search: latency against load (dashed: the SLO; filled: met; star: "
+                            "the answer)", template="plotly_white")
+    return fig

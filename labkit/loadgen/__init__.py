@@ -3,6 +3,8 @@
 ``config`` (what a sweep measures) -> ``shapes`` (when requests leave) -> ``drivers`` (how
 they reach an engine, by its declared capabilities) -> ``session`` (sampler, manifest,
 writer, interruption) -> ``result`` (records, summary, persistence); ``run.bench`` ties them.
+``slo`` (latency bounds) and ``capacity`` (the search for the largest load within them) sit
+on top: each level of a search is one ``bench`` run.
 
 >>> import labkit
 >>> res = labkit.bench(engine, concurrency=[1, 2, 4, 8], requests_per_level=16,
@@ -11,6 +13,7 @@ writer, interruption) -> ``result`` (records, summary, persistence); ``run.bench
 """
 
 from . import workloads
+from .capacity import Capacity, capacity
 from .config import BenchConfig
 from .drivers import run_request
 from .importers import from_llama_bench, from_vllm_bench
@@ -18,7 +21,8 @@ from .metrics import request_metrics, summarize
 from .result import BenchResult, RequestRecord, phase_name
 from .run import bench
 from .shapes import Concurrency, LoadShape, Rate
+from .slo import SLO
 
-__all__ = ["BenchConfig", "BenchResult", "Concurrency", "LoadShape", "Rate", "RequestRecord",
-           "bench", "from_llama_bench", "from_vllm_bench", "phase_name", "request_metrics",
+__all__ = ["SLO", "BenchConfig", "BenchResult", "Capacity", "Concurrency", "LoadShape", "Rate",
+           "RequestRecord", "bench", "capacity", "from_llama_bench", "from_vllm_bench", "phase_name", "request_metrics",
            "run_request", "summarize", "workloads"]
