@@ -119,12 +119,10 @@ def _llama_server_kv_mib(gguf, context: int, users: int) -> float:
             if "listening on" in line:
                 break
     finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=60)  # read what it logs on the way out, or it blocks on the pipe
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        # SIGKILL, not SIGTERM: a SIGTERM that lands this soon after "listening" can arrive
+        # before the server's shutdown hook is set, and the server then ignores it (seen: 60 s).
+        proc.kill()
+        proc.communicate()
     sizes = [float(x) for x in re.findall(r"llama_kv_cache: size =\s*([\d.]+) MiB", "".join(lines))]
     assert sizes, "".join(lines[-20:])
     return sum(sizes)
