@@ -382,10 +382,11 @@ class _Walk:
                            "errors": int(res.requests["error"].notna().sum()), "slo_ratio": math.inf,
                            "goodput_req_per_s": 0.0}
         s = summary.iloc[0]
-        judged = self.plan.slo.judge(s)
+        rate = self.by == "rate"
+        judged = self.plan.slo.judge(s, from_schedule=rate)
         complete = res.ended == "completed" and int(s["errors"]) == 0
         ok = res.requests[res.requests["error"].isna() & res.requests["e2e_s"].notna()]
-        good = self.plan.slo.good_requests(ok) if not ok.empty else np.zeros(0, dtype=bool)
+        good = self.plan.slo.good_requests(ok, from_schedule=rate) if not ok.empty else np.zeros(0, dtype=bool)
         row = base | {
             # A level with failed requests does not meet an SLO, whatever its percentiles say.
             "met": (all(j["ok"] for j in judged.values()) and complete) if res.ended == "completed" else None,
@@ -397,6 +398,9 @@ class _Walk:
         }
         if self.by == "users":
             row["per_user_tok_per_s"] = row["output_tok_per_s"] / level
+        else:  # did the client apply the load it names? (see loadgen.metrics)
+            for name in ("sent_rate", "rate_short", "dispatch_delay_p99_ms"):
+                row[name] = s.get(name)
         for name in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", *self.plan.slo.bounds):
             row[name] = float(s[name]) if name in s and not pd.isna(s[name]) else None
         return row

@@ -40,11 +40,14 @@ class Job:
     request: Request
     record: RequestRecord
     on_done: Callable[[RequestRecord], None]
+    due: float | None = None  # perf_counter time it was scheduled to leave (open loop)
 
     def begin(self, origin: float) -> float:
         """Stamp the send time (``origin``: the sweep's perf_counter start); returns t0."""
         t0 = time.perf_counter()
         self.record.start_s, self.record.started_at = t0 - origin, time.time()
+        if self.due is not None:
+            self.record.scheduled_s = self.due - origin
         return t0
 
     def finish(self, tokens: list[Token], t0: float, error: BaseException | None) -> None:

@@ -15,6 +15,16 @@ For one load level, over the requests that succeeded:
 - **req/s** = requests / duration; **output tok/s** = output tokens / duration;
 - percentiles (p50, p90, p99) of TTFT, TPOT, ITL (over all gaps of all requests), E2E;
 - **goodput** (optional SLO in ms for TTFT/TPOT/E2E): requests meeting every SLO / duration.
+
+Open-loop (rate) levels also report how well the client kept to its schedule, as
+coordinated omission would otherwise hide it (a client that falls behind sends late, and
+the server's queue looks shorter than the load asked for):
+
+- **dispatch delay**: actual send time minus scheduled send time, p50/p99;
+- **sent rate** against the **scheduled rate** of the same arrival draws; ``rate_short`` when
+  the client sent at under 95% of it (the level did not apply the load it names);
+- TTFT and E2E **from the scheduled time** (``ttft_sched_*``, ``e2e_sched_*``): the latency a
+  user arriving on schedule saw.
 """
 
 from __future__ import annotations
@@ -42,6 +52,23 @@ def _pct(values: list[float] | np.ndarray, prefix: str) -> dict[str, float]:
         return {f"{prefix}_p{p}_ms": float("nan") for p in PERCENTILES} | {f"{prefix}_mean_ms": float("nan")}
     out = {f"{prefix}_p{p}_ms": float(np.percentile(arr, p) * 1000) for p in PERCENTILES}
     out[f"{prefix}_mean_ms"] = float(arr.mean() * 1000)
+    return out
+
+
+def _schedule(sent: pd.DataFrame, ok: pd.DataFrame) -> dict[str, Any]:
+    """How an open-loop level kept to its schedule (see the module's docstring)."""
+    timed = sent.dropna(subset=["scheduled_s", "start_s"]).sort_values("scheduled_s")
+    delay = (timed["start_s"] - timed["scheduled_s"]).clip(lower=0.0)
+    out = {f"dispatch_delay_p{p}_ms": float(np.percentile(delay, p) * 1000) for p in (50, 99)}
+    if len(timed) > 1:
+        sched = timed["scheduled_s"].iloc[-1] - timed["scheduled_s"].iloc[0]
+        sent_span = timed["start_s"].max() - timed["start_s"].min()
+        out["scheduled_rate"] = (len(timed) - 1) / sched if sched > 0 else float("nan")
+        out["sent_rate"] = (len(timed) - 1) / sent_span if sent_span > 0 else float("nan")
+        out["rate_short"] = bool(out["sent_rate"] < 0.95 * out["scheduled_rate"])
+    late = (ok["start_s"] - ok["scheduled_s"]).clip(lower=0.0)
+    out |= _pct((ok["ttft_s"] + late).tolist(), "ttft_sched")
+    out |= _pct((ok["e2e_s"] + late).tolist(), "e2e_sched")
     return out
 
 
@@ -74,6 +101,8 @@ def summarize(requests: pd.DataFrame, slo_ms: dict[str, float] | None = None) ->
         row |= _pct(ok["tpot_s"].tolist(), "tpot")
         row |= _pct([g for lst in ok["itl_s"] for g in lst], "itl")
         row |= _pct(ok["e2e_s"].tolist(), "e2e")
+        if mode == "rate" and "scheduled_s" in sent and sent["scheduled_s"].notna().any():
+            row |= _schedule(sent, ok)
         if slo_ms:
             good = np.ones(len(ok), dtype=bool)
             for metric, limit in slo_ms.items():

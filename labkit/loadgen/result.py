@@ -40,6 +40,9 @@ class RequestRecord:
     finish_reason: str | None = None
     error: str | None = None
     prompt_sha: str | None = None  # Request.fingerprint: which prompt it was
+    #: open loop only: when it was due to leave (seconds since the sweep began); a client that
+    #: falls behind sends late, and latency counted from here includes that wait
+    scheduled_s: float | None = None
 
     def to_row(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in REQUEST_COLUMNS}

@@ -142,12 +142,15 @@ class Pacer:
         taking = threading.Lock()
         flight = self._flight = InFlight()
 
-        def send(n: int) -> None:
+        def send(n: int, due: float | None = None) -> None:
             with taking:
                 batch = [] if self.stop.is_set() else list(itertools.islice(indices, n))
             flight.add(len(batch))
             if batch:
-                self.driver.send([job(i, finished) for i in batch])
+                jobs = [job(i, finished) for i in batch]
+                for j in jobs:
+                    j.due = due
+                self.driver.send(jobs)
 
         def finished(record: RequestRecord) -> None:
             on_record(record)  # first: it may stop the sweep (a failed request, a dead engine)
@@ -160,7 +163,7 @@ class Pacer:
             delay = start + at - time.perf_counter()
             if (delay > 0 and self.stop.wait(delay)) or self.stop.is_set():  # pacing, not syncing
                 break
-            send(1)
+            send(1, due=start + at)
         flight.close()
         flight.wait()
 

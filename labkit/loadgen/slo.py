@@ -63,30 +63,39 @@ class SLO:
                                    f"ttft_p99_ms=2000,tpot_p99_ms=100; got {part!r}.") from None
         return cls(**bounds)
 
-    def judge(self, row: pd.Series | dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Per bound: the level's value, the bound and whether it holds."""
+    def judge(self, row: pd.Series | dict[str, Any], from_schedule: bool = False) -> dict[str, dict[str, Any]]:
+        """Per bound: the level's value, the bound and whether it holds. ``from_schedule``
+        (open-loop levels): TTFT and E2E count from when each request was due to leave, so a
+        client that fell behind cannot make the server look faster."""
         out = {}
         for name, bound in self.bounds.items():
-            value = row.get(name)
+            metric, pct = name.split("_")[:2]
+            sched = f"{metric}_sched_{pct}_ms"
+            value = row.get(sched) if from_schedule and sched in row else row.get(name)
             value = None if value is None or pd.isna(value) else float(value)
             out[name] = {"value": value, "bound": bound, "ok": value is not None and value <= bound}
         return out
 
-    def met(self, row: pd.Series | dict[str, Any]) -> bool:
+    def met(self, row: pd.Series | dict[str, Any], from_schedule: bool = False) -> bool:
         """Whether one summary row (one level) meets every bound."""
-        return all(j["ok"] for j in self.judge(row).values())
+        return all(j["ok"] for j in self.judge(row, from_schedule).values())
 
-    def good_requests(self, requests: pd.DataFrame) -> np.ndarray:
+    def good_requests(self, requests: pd.DataFrame, from_schedule: bool = False) -> np.ndarray:
         """Which completed requests met the bounds on their own (for goodput): TTFT, TPOT and
-        E2E bounds apply to each request's value; an ITL bound to the same percentile of
-        that request's gaps."""
+        E2E bounds apply to each request's value (TTFT and E2E from its scheduled time with
+        ``from_schedule``); an ITL bound to the same percentile of that request's gaps."""
         good = np.ones(len(requests), dtype=bool)
+        late = np.zeros(len(requests))
+        if from_schedule and "scheduled_s" in requests:
+            late = (requests["start_s"] - requests["scheduled_s"]).clip(lower=0).fillna(0).to_numpy(float)
         for name, bound in self.bounds.items():
             metric, pct = name.split("_")[0], int(name.split("_")[1][1:])
             if metric == "itl":
                 values = [np.percentile(g, pct) if len(g) else np.nan for g in requests["itl_s"]]
             else:
                 values = requests[f"{metric}_s"].astype(float).to_numpy()
+                if metric in ("ttft", "e2e"):
+                    values = values + late
             values = np.asarray(values, dtype=float) * 1000
             # A one-token answer has no TPOT or ITL: nothing to hold against the bound.
             good &= np.where(np.isnan(values), metric in ("tpot", "itl"), values <= bound)

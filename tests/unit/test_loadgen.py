@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+
+import pytest
 
 import labkit
 from labkit.loadgen import workloads
 
-from .fake_engine import FakeEngine
+from .fake_engine import FakeEngine, FakeSubmitEngine
 
 SMALL = workloads.synthetic(input_tokens=8, output_tokens=4)
 
@@ -82,3 +85,28 @@ def test_request_i_is_the_same_whatever_the_batch_it_is_built_in():
     whole = SMALL.build(eng, 6)
     assert SMALL.build(eng, 3, start=3) == whole[3:] and SMALL.build(eng, 2) == whole[:2]
     assert workloads.synthetic(8, 4, seed=1).build(eng, 6) != whole  # another seed, other prompts
+
+
+class SlowSubmitEngine(FakeSubmitEngine):
+    """A client that needs 40 ms to hand each request over: it cannot keep a fast schedule."""
+
+    def submit(self, requests) -> None:
+        time.sleep(0.04)  # the cost being modelled, not synchronisation
+        super().submit(requests)
+
+
+def test_an_open_loop_level_reports_how_well_it_kept_its_schedule():
+    on_time = labkit.bench(FakeEngine(), rate=[20], duration_s=1.0, workload=SMALL, warmup=0,
+                           progress=False)
+    s = on_time.summary.iloc[0]
+    assert on_time.requests["scheduled_s"].notna().all()
+    assert not s["rate_short"] and s["sent_rate"] == pytest.approx(s["scheduled_rate"], rel=0.05)
+    assert s["ttft_sched_p50_ms"] >= s["ttft_p50_ms"] and s["dispatch_delay_p50_ms"] < 20
+    late = labkit.bench(SlowSubmitEngine(), rate=[100], duration_s=1.0, workload=SMALL, warmup=0,
+                        progress=False).summary.iloc[0]
+    assert late["rate_short"] and late["sent_rate"] < 0.5 * late["scheduled_rate"]
+    # a user arriving on schedule waited for the client too: that wait is in their latency
+    assert late["ttft_sched_p99_ms"] > late["ttft_p99_ms"] + late["dispatch_delay_p50_ms"] / 2
+    closed = labkit.bench(FakeEngine(), concurrency=[2], requests_per_level=4, workload=SMALL, warmup=0,
+                          progress=False)
+    assert closed.requests["scheduled_s"].isna().all() and "rate_short" not in closed.summary
