@@ -428,18 +428,9 @@ def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, 
     """
     from . import models
 
-    quants = [q.upper() for q in quants]
-    if not quants:
-        raise InvalidInput("Give at least one quantization type.")
-    unknown = [q for q in quants if q not in models.quant_types()]
-    if unknown:
-        raise InvalidInput(f"Unknown quantization type(s) {unknown}. llama.cpp knows: "
-                           f"{', '.join(models.quant_types())}.")
-    if protocol not in PROTOCOLS:
-        raise InvalidInput(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+    ladder = _ladder(quants, protocol)
     if protocol == "quick" and chunks is None:
         chunks = 4
-    ladder = (["F16"] if "F16" not in quants else []) + quants
     text = text or _license_text()
     n_params = models.model_spec(model).n_params
     rows: list[dict[str, Any]] = []
@@ -464,6 +455,22 @@ def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, 
              "conversion and every other variant is quantized from that F16.",
              f"Scored on the reference text: {scored}; flash attention {'on' if flash_attn else 'off'}."]
     return QuantLadder(rows, "F16", notes)
+
+
+def _ladder(quants: Sequence[str], protocol: str) -> list[str]:
+    """The variants to measure, F16 (the reference) first; unknown names refused."""
+    from . import models
+
+    quants = [q.upper() for q in quants]
+    if not quants:
+        raise InvalidInput("Give at least one quantization type.")
+    unknown = [q for q in quants if q not in models.quant_types()]
+    if unknown:
+        raise InvalidInput(f"Unknown quantization type(s) {unknown}. llama.cpp knows: "
+                           f"{', '.join(models.quant_types())}.")
+    if protocol not in PROTOCOLS:
+        raise InvalidInput(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+    return (["F16"] if "F16" not in quants else []) + quants
 
 
 def _measure_variant(path: Path, windows: list[list[int]] | None, *, text: str, chunk_tokens: int,
