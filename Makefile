@@ -32,12 +32,11 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	@# itself; the kernel; converting the bundled model for vLLM. Only the compile is on the
 	@# critical path. `labkit setup` below finds the conversion cached (or redoes it and reports
 	@# a failure in full) and checks it against the new llama.cpp. Not torch's dtype check: it
-	@# times matmuls, and a compile beside it skews the verdict. pip does not byte-compile the
-	@# ~27,000 files it installs (~60 CPU seconds taken from the compile); labkit._warm then
-	@# compiles only what engines and notebooks import, so the first vLLM start does not do it
-	@# in three processes at once (without it: demo notebook 121 -> 194 s).
+	@# times matmuls, and a compile beside it skews the verdict. Not --no-compile either: it
+	@# saves pip 50 CPU seconds, but the first vLLM start then writes .pyc in three processes
+	@# at once (measured: demo notebook 121 -> 194 s).
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp --source
-	@( $(BIN)/python -m pip install --no-compile -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 || exit $$?; \
+	@( $(BIN)/python -m pip install -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 || exit $$?; \
 	   $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec >> $(VENV)/pip.log 2>&1; \
 	   CMAKE_ARGS="$$CMAKE_ARGS -DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BIN)/python -m pip install -q \
 	     --no-cache-dir "$$(ls $${LABKIT_CACHE:-$$HOME/.cache/labkit}/src/llama_cpp_python-$$(sed -n 's/^llama-cpp-python==//p' $(ENV_FILE)).tar.gz)" \
@@ -45,7 +44,6 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	   $(BIN)/python -m pip install -q --no-deps -e . >> $(VENV)/pip.log 2>&1 || exit $$?; \
 	   $(BIN)/python -m ipykernel install --sys-prefix --name labkit --display-name "Python (labkit)" \
 	     >> $(VENV)/pip.log 2>&1 || exit $$?; \
-	   $(BIN)/python -m labkit._warm >> $(VENV)/pip.log 2>&1; \
 	   PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.cli setup --without-llama-cpp > $(VENV)/prepare.log 2>&1; \
 	   exit 0 ) & pip=$$!; \
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp; build=$$?; \
