@@ -21,43 +21,10 @@ def test_models_lists_the_bundled_model():
     assert "smollm2-135m" in names
 
 
-ENGINES = ["llama.cpp", "vllm", "llama-server", "vllm-server"]
-
-
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    """`labkit generate --json` for every engine, all four started at once: a vLLM start is
-    mostly single-threaded imports in three processes, so the two of them side by side on 2
-    cores take about the time of one."""
-    folder = tmp_path_factory.mktemp("generate")
-    runs = {}
-    for engine in ENGINES:
-        out, err = (open(folder / f"{engine}.{k}", "w+") for k in ("out", "err"))  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "labkit.cli", "generate", "--engine", engine,
-                                 "--model", "smollm2-135m", "--max-tokens", "8", "--temperature", "0",
-                                 "--json", "The capital of France is", "2 + 2 ="],
-                                stdout=out, stderr=err, text=True)
-        runs[engine] = (proc, out, err)
-    yield runs
-    for proc, out, err in runs.values():
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        out.close()
-        err.close()
-
-
-def _finished(run: tuple) -> subprocess.CompletedProcess:
-    proc, out, err = run
-    proc.wait(timeout=600)
-    out.seek(0)
-    err.seek(0)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
-
-
-@pytest.mark.parametrize("engine", ENGINES)
-def test_generate_json(generated, engine):
-    r = _finished(generated[engine])
+@pytest.mark.parametrize("engine", ["llama.cpp", "vllm", "llama-server", "vllm-server"])
+def test_generate_json(engine):
+    r = labkit_cli("generate", "--engine", engine, "--model", "smollm2-135m", "--max-tokens", "8",
+                   "--temperature", "0", "--json", "The capital of France is", "2 + 2 =")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in r.stdout.splitlines()]  # stdout is JSON only
     assert len(rows) == 2

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -43,43 +41,14 @@ def _checked(folder: Path, name: str) -> dict:
     return results(executed)
 
 
-@pytest.fixture(scope="module")
-def side_by_side(tmp_path_factory):
-    """01 and 02 each load llama.cpp and vLLM in a kernel of their own. A vLLM start is mostly
-    single-threaded imports, so on 2 cores the two notebooks run side by side in little more
-    than the time of one; each through `labkit run`, as a user would run it."""
-    runs = {}
-    for name in ("01-quickstart", "02-compare-outputs"):
-        out = tmp_path_factory.mktemp(name) / name
-        log = open(out.parent / "labkit-run.log", "w+")  # noqa: SIM115 (closed below)
-        proc = subprocess.Popen([sys.executable, "-m", "labkit.cli", "run", str(NOTEBOOK_DIR / f"{name}.ipynb"),
-                                 "-p", "MAX_TOKENS", "16", "--out", str(out)],
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
-        runs[name] = (proc, out, log)
-    yield runs
-    for proc, _, log in runs.values():
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        log.close()
-
-
-def _finished(runs: dict, name: str) -> dict:
-    proc, out, log = runs[name]
-    proc.wait(timeout=900)
-    log.seek(0)
-    assert proc.returncode == 0, log.read()[-3000:]
-    return _checked(out, name)
-
-
-def test_01_quickstart(side_by_side):
-    r = _finished(side_by_side, "01-quickstart")
+def test_01_quickstart(tmp_path):
+    _, r = _run("01-quickstart", tmp_path, MAX_TOKENS=16)
     assert r["texts"]["llama.cpp"] and r["texts"]["vllm"]
     assert r["ttft_ms"]["llama.cpp"] > 0 and isinstance(r["identical"], bool)
 
 
-def test_02_compare_outputs(side_by_side):
-    r = _finished(side_by_side, "02-compare-outputs")
+def test_02_compare_outputs(tmp_path):
+    _, r = _run("02-compare-outputs", tmp_path, MAX_TOKENS=16)
     assert r["prompt_ids_identical"] is True
     parity = r["parity"].set_index("engine")
     assert parity.loc["vllm", "top1_agreement"] > 0.8
@@ -114,10 +83,10 @@ def test_05_which_engine(tmp_path):
 
 def test_06_capacity(tmp_path):
     _, r = _run("06-capacity", tmp_path, ENGINES=["llama.cpp", "llama-server"], INPUT_TOKENS=48,
-                OUTPUT_TOKENS=8, MAX_USERS=4, SLO={"e2e_p99_ms": 600000})
+                OUTPUT_TOKENS=8, MAX_USERS=2, SLO={"e2e_p99_ms": 600000})
     table = r["capacity"].set_index("engine")
     assert list(table.index) == ["llama.cpp", "llama-server"]
-    assert (table["users at the SLO"] == 4).all() and (table["goodput req/s"] > 0).all()
+    assert (table["users at the SLO"] == 2).all() and (table["goodput req/s"] > 0).all()
 
 
 def test_a_failing_cell_names_the_cell(tmp_path):
