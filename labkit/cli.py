@@ -137,8 +137,9 @@ def _compare(args: argparse.Namespace) -> int:
         for engine in engines.values():
             engine.close()
     if args.json:
-        print(json.dumps({"reference": cmp.reference, "table": cmp.table.to_dict("records"),
-                          "parity": cmp.parity.to_dict("records"), "notes": cmp.notes,
+        # through pandas' JSON: a missing value is null, not NaN (which is not JSON) or "<NA>"
+        print(json.dumps({"reference": cmp.reference, "table": json.loads(cmp.table.to_json(orient="records")),
+                          "parity": json.loads(cmp.parity.to_json(orient="records")), "notes": cmp.notes,
                           "engines": {n: e.info.to_dict() for n, e in engines.items()}}, default=str))
         return 0
     for note in cmp.notes:

@@ -142,7 +142,10 @@ class Comparison:
                              "n_tokens": g.n_tokens, "identical_to_ref": g.text == ref.text,
                              "first_divergence": fd, "divergence_unit": "token" if ids_known else "char",
                              "token_agreement": agree})
-        return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows)
+        if not frame.empty:  # positions are whole numbers, "none" where the texts agree
+            frame["first_divergence"] = frame["first_divergence"].astype("Int64")
+        return frame
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
@@ -159,16 +162,20 @@ class Comparison:
                 row = t[(t["engine"] == name)].iloc[i]
                 text = self.generations[name][i].text
                 marked = html.escape(text) if name == self.reference else _diff_html(ref, text)
+                fd = row["first_divergence"]
                 status = ("identical" if row["identical_to_ref"] else
-                          f"diverges at {row['divergence_unit']} {row['first_divergence']}")
+                          "same tokens, different text" if pd.isna(fd) else
+                          f"diverges at {row['divergence_unit']} {int(fd)}")
                 if row["same_prompt_tokens"] is not None and not row["same_prompt_tokens"]:
                     status = ("<b style='color:#b00'>fed different prompt tokens: not comparable"
                               f"</b> ({status})")
                 cells.append(f"<td style='vertical-align:top;text-align:left;white-space:pre-wrap'>"
                              f"<div style='font-size:85%;color:#666'>{status}</div>{marked}</td>")
             body.append(f"<tr><td style='vertical-align:top;text-align:left'><b>{html.escape(_label(prompt))}</b></td>{''.join(cells)}</tr>")
-        parity = "" if self.parity.empty else "<h4>Logprob parity vs reference</h4>" + self.parity.to_html(
-            index=False, float_format=lambda x: f"{x:.4f}")
+        # The reference scored against itself (KL 0, agreement 1) says nothing: not shown.
+        shown = self.parity[self.parity["engine"] != self.reference] if not self.parity.empty else self.parity
+        parity = "" if shown.empty else f"<h4>Logprob parity vs the reference ({html.escape(self.reference)})</h4>" \
+            + shown.to_html(index=False, float_format=lambda x: f"{x:.4f}")
         pid = self.prompt_ids
         mism = pid[~pid["same_as_ref"]] if not pid.empty else pid
         tok = ("<p>Prompt token ids: identical in every engine (raw and chat).</p>" if mism.empty else

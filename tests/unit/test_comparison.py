@@ -50,3 +50,34 @@ def test_llama_perplexity_divergence_by_hand():
     got = _divergence_full([ref], [other], [window])
     assert abs(got["mean_kld"] - want) < 1e-6
     assert abs(got["mean_abs_delta_p"] - np.mean([abs(p[i, 5 + i] - q[i, 5 + i]) for i in range(3)])) < 1e-7
+
+
+class _Shorter(FakeEngine):
+    """Generates one token fewer than asked: diverges from the others at that position."""
+
+    def _tokens(self, params, t0):
+        params = type(params)(**{**params.__dict__, "max_tokens": params.max_tokens - 1})
+        yield from super()._tokens(params, t0)
+
+
+def test_positions_are_whole_numbers_and_the_reference_is_not_scored_against_itself():
+    cmp = labkit.compare({"a": FakeScoringEngine(), "b": _Shorter()}, ["one two"], max_tokens=4)
+    t = cmp.table.set_index("engine")
+    assert t.loc["b", "first_divergence"] == 3 and str(t["first_divergence"].dtype) == "Int64"
+    page = cmp._repr_html_()
+    assert "diverges at token 3<" in page and "3.0" not in page
+    assert "Logprob parity" not in page  # only the reference can score here: nothing to show
+
+
+def test_the_compare_panel_starts_with_its_engines_selected_and_explains_a_lone_pick():
+    from labkit.widgets import ComparePanel
+
+    panel = ComparePanel({"a": FakeEngine(), "b": FakeEngine()})
+    assert panel.pick.value == ("a", "b")
+    panel.pick.value = ("a",)
+    panel.run_button.click()
+    assert "Select at least two engines" in panel.status.value and panel.comparison is None
+    panel.pick.value = ("a", "b")
+    panel.run_button.click()
+    panel.wait(30)
+    assert panel.comparison is not None and "identical" in panel.result.value
