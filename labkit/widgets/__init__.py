@@ -239,6 +239,9 @@ class BenchPanel(w.VBox):
         self.figure = go.FigureWidget(layout={"title": "output tok/s vs users", "xaxis_title": "concurrent users",
                                               "yaxis_title": "output tokens/s", "height": 320})
         self.figure.add_scatter(x=[], y=[], mode="lines+markers", name="output tok/s")
+        # a level cut short by Stop: hollow, apart from the line, with how much of it ran
+        self.figure.add_scatter(x=[], y=[], mode="markers+text", name="partial (stopped)",
+                                marker={"symbol": "circle-open", "size": 11}, textposition="top center")
         self.result = None
         self._stop = threading.Event()
         self._worker = _Worker(self.status)
@@ -262,29 +265,51 @@ class BenchPanel(w.VBox):
         except ValueError:
             self._worker.show("users: write comma-separated integers, e.g. 1,2,4", "#c00")
             return
+        if self._worker.busy:
+            return
         self._stop.clear()
         self.progress.max, self.progress.value = max(1, len(levels)), 0
-        self.figure.data[0].x, self.figure.data[0].y = [], []
-        self.stop_button.disabled = False
-
-        def level_done(partial) -> None:
-            s = partial.summary
-            self.figure.data[0].x, self.figure.data[0].y = list(s["level"]), list(s["output_tok_per_s"])
-            self.progress.value = len(s)
+        for trace in self.figure.data:
+            trace.x, trace.y = [], []
+        self.stop_button.disabled, self.run_button.disabled = False, True
 
         def job():
-            return bench(self._get_engine(), concurrency=levels, requests_per_level=self.requests.value,
-                         workload=workloads.synthetic(self.input_tokens.value, self.output_tokens.value),
-                         progress=False, on_level_done=level_done, stop_event=self._stop)
+            try:
+                return bench(self._get_engine(), concurrency=levels, requests_per_level=self.requests.value,
+                             workload=workloads.synthetic(self.input_tokens.value, self.output_tokens.value),
+                             progress=False, on_level_done=self._draw, stop_event=self._stop)
+            finally:
+                self.stop_button.disabled, self.run_button.disabled = True, False
 
         def done(res) -> None:
             self.result = res
-            level_done(res)
-            self.stop_button.disabled = True
-            self._worker.show("stopped: finished levels kept" if res.interrupted else "done", "#080")
+            partial = self._draw(res)
+            if res.interrupted:
+                self._worker.show(f"stopped: {self.progress.value} complete level(s) kept"
+                                  + (f"; {partial} drawn hollow, as partial" if partial else ""), "#a60")
+            else:
+                self._worker.show("done", "#080")
 
         self._worker.show(f"running {levels}…")
         self._worker.start(job, done)
+
+    def _draw(self, res) -> str:
+        """Complete levels on the line; a level cut short (Stop, failed requests) as a hollow
+        marker saying how much of it ran; levels never started not at all. Returns the
+        partial levels' labels."""
+        s = res.summary
+        if s.empty or "output_tok_per_s" not in s:
+            return ""
+        started = s[s["completed"] > 0]
+        whole = started[(started["unmeasured"] == 0) & (started["errors"] == 0)]
+        cut = started[(started["unmeasured"] > 0) | (started["errors"] > 0)]
+        self.figure.data[0].x, self.figure.data[0].y = list(whole["level"]), list(whole["output_tok_per_s"])
+        label = [f"{c} of {c + u + e}" for c, u, e in zip(cut["completed"], cut["unmeasured"], cut["errors"],
+                                                          strict=True)]
+        self.figure.data[1].x, self.figure.data[1].y = list(cut["level"]), list(cut["output_tok_per_s"])
+        self.figure.data[1].text = label
+        self.progress.value = len(whole)
+        return ", ".join(f"{lv} users ({t} requests)" for lv, t in zip(cut["level"], label, strict=True))
 
     def stop(self) -> None:
         self._stop.set()
@@ -305,12 +330,21 @@ class MemoryMonitor(w.VBox):
         self._samplers: dict[str, Any] = {}
         self.figure = go.FigureWidget(layout={"title": "memory (PSS)", "xaxis_title": "seconds",
                                               "yaxis_title": "GiB", "height": 300})
-        self.toggle = w.ToggleButton(description="Live", value=False)
-        self.toggle.observe(lambda ch: self.start() if ch["new"] else self.stop(), "value")
+        # the state in words, not only in the button's shade of grey
+        self.toggle = w.ToggleButton(description="Live: off (click to sample)", value=False,
+                                     layout={"width": "220px"})
+        self.toggle.observe(self._toggled, "value")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t = 0.0
         super().__init__([self.toggle, self.figure], **kwargs)
+
+    def _toggled(self, change: dict) -> None:
+        self.toggle.description = "Live: on (click to pause)" if change["new"] else "Live: off (click to sample)"
+        if change["new"]:
+            self.start()
+        else:
+            self.stop()
 
     def sample(self) -> dict[str, float]:
         """One reading per engine (GiB), appended to the chart."""

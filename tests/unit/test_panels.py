@@ -1,0 +1,51 @@
+"""The notebook panels' logic on fake engines (the browser test shows what users see)."""
+
+from __future__ import annotations
+
+from labkit.widgets import BenchPanel
+
+from .fake_engine import FakeEngine
+
+
+class _StopsThePanel(FakeEngine):
+    """Presses the panel's Stop when its 10th request starts (2 warm up): level 1 (6) is whole,
+    level 2 is cut short, level 4 never starts."""
+
+    panel: BenchPanel | None = None
+
+    def _stream(self, prompt, params, chat, t0):
+        tokens = super()._stream(prompt, params, chat, t0)
+        if self.started == 10 and self.panel is not None:
+            self.panel.stop()
+        return tokens
+
+
+def test_a_stopped_level_is_drawn_as_partial_and_unstarted_ones_not_at_all():
+    eng = _StopsThePanel(token_s=0.002)
+    panel = BenchPanel(eng)
+    eng.panel = panel
+    panel.levels.value, panel.requests.value = "1,2,4", 6
+    panel.input_tokens.value, panel.output_tokens.value = 8, 4
+    panel.run_button.click()
+    assert panel.run_button.disabled and not panel.stop_button.disabled  # while it runs
+    panel.wait(60)
+    line, partial = panel.figure.data
+    assert list(line.x) == [1] and list(partial.x) == [2]
+    (label,) = partial.text
+    done, of = label.split(" of ")
+    assert of == "6" and 0 < int(done) < 6
+    assert panel.progress.value == 1 and "stopped: 1 complete level(s) kept" in panel.status.value
+    assert "2 users" in panel.status.value and not panel.run_button.disabled and panel.stop_button.disabled
+    s = panel.result.summary.set_index("level")
+    assert s.loc[2, "errors"] == 0 and s.loc[2, "unmeasured"] == 6 - int(done)
+
+
+def test_the_memory_monitor_says_whether_it_is_live():
+    from labkit.widgets import MemoryMonitor
+
+    mon = MemoryMonitor({}, interval_s=0.05)
+    assert mon.toggle.description.startswith("Live: off")
+    mon.toggle.value = True
+    assert mon.toggle.description.startswith("Live: on")
+    mon.toggle.value = False
+    assert mon.toggle.description.startswith("Live: off")
