@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -12,18 +12,24 @@ import plotly.graph_objects as go
 from .loadgen.result import BenchResult
 
 
-def _results(results: BenchResult | Sequence[BenchResult] | dict[str, BenchResult]) -> dict[str, BenchResult]:
-    if isinstance(results, BenchResult):
-        results = [results]
-    if isinstance(results, dict):
-        return results
+def _labelled(items: Any, one: type, label: Callable[[Any], str]) -> dict[str, Any]:
+    """One result, a sequence or a ``{label: result}`` dict, as a dict; repeated labels get
+    a prime so two runs of one engine both stay on the figure."""
+    if isinstance(items, one):
+        items = [items]
+    if isinstance(items, dict):
+        return items
     out = {}
-    for r in results:
-        label = r.manifest.get("engine", {}).get("engine", "engine")
-        while label in out:
-            label += "'"
-        out[label] = r
+    for r in items:
+        name = label(r)
+        while name in out:
+            name += "'"
+        out[name] = r
     return out
+
+
+def _results(results: BenchResult | Sequence[BenchResult] | dict[str, BenchResult]) -> dict[str, BenchResult]:
+    return _labelled(results, BenchResult, lambda r: r.manifest.get("engine", {}).get("engine", "engine"))
 
 
 def _summary(results) -> pd.DataFrame:
@@ -142,15 +148,15 @@ def capacity(caps: Any) -> go.Figure:
     """A capacity search (or several, as ``{label: Capacity}``): each SLO-bounded percentile
     against the level, the bound as a dashed line, the levels that met it filled, and the
     answer starred. One panel per bound; levels measured twice show their last run."""
+    from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
     from .loadgen.capacity import Capacity
 
-    caps = {c.engine: c for c in ([caps] if isinstance(caps, Capacity) else caps)} \
-        if not isinstance(caps, dict) else caps
+    caps = _labelled(caps, Capacity, lambda c: c.engine)
     bounds = list(dict.fromkeys(b for c in caps.values() for b in c.slo.bounds))
     fig = make_subplots(rows=1, cols=len(bounds), subplot_titles=bounds)
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    palette = qualitative.Plotly
     by = next(iter(caps.values())).by if caps else "users"
     for k, (label, cap) in enumerate(caps.items()):
         lv = cap.levels.dropna(subset=["met"]).drop_duplicates("level", keep="last").sort_values("level")
