@@ -29,7 +29,7 @@ from .slo import SLO
 from .workloads import Workload, chat
 
 _PROBE_START = 2_000_000  # the probe's prompts are numbered apart from every measured one
-_BY = {"users": "concurrency", "rate": "rate"}
+_BY = ("users", "rate")
 
 
 @dataclass
@@ -135,6 +135,7 @@ class _Search:
     growth: float
     max_level: float
     resolution: float  # rate searches stop bisecting at this relative gap
+    confirm: bool = True  # repeat the answer once before accepting it
     good: float = 0.0  # largest level that met the SLO (0: none yet)
     bad: float | None = None  # smallest level that broke it
     last: float | None = None
@@ -152,7 +153,7 @@ class _Search:
                 return None
             return "grow", min(self._round(self.last * self.growth, up=True), self.max_level)
         if self._narrow():
-            if self.good <= 0 or self.confirmed:
+            if self.good <= 0 or self.confirmed or not self.confirm:
                 return None
             self.confirming = True
             return "confirm", self.good
@@ -212,12 +213,12 @@ def capacity(engine: Engine | str, *, slo: SLO | dict[str, float], workload: Wor
     """
     plan = _plan(slo, by=by, start=start, max_level=max_level, growth=growth, rounds=rounds,
                  min_requests=min_requests, resolution=resolution, budget_s=budget_s,
-                 duration_s=duration_s)
+                 duration_s=duration_s, confirm=confirm)
     workload = workload or chat(input_tokens=128, output_tokens=64)
     if not isinstance(workload, Workload):
         raise InvalidInput(f"workload must be a labkit Workload, got {type(workload).__name__}.")
     walk = {"workload": workload, "out": out, "progress": progress, "seed": seed, "warmup": warmup,
-            "confirm": confirm, "duration_s": duration_s, "stop_event": stop_event,
+            "duration_s": duration_s, "stop_event": stop_event,
             "on_level_done": on_level_done}
     if not isinstance(engine, str):
         if engine_kwargs:
@@ -239,7 +240,7 @@ class _Plan:
 
 def _plan(slo: SLO | dict[str, float], *, by: str, start: float | None, max_level: float | None,
           growth: float, rounds: int, min_requests: int, resolution: float,
-          budget_s: float | None, duration_s: float) -> _Plan:
+          budget_s: float | None, duration_s: float, confirm: bool) -> _Plan:
     """The search's settings, checked before anything is loaded."""
     if isinstance(slo, dict):
         slo = SLO(**slo)
@@ -269,7 +270,7 @@ def _plan(slo: SLO | dict[str, float], *, by: str, start: float | None, max_leve
     if budget_s is not None and by == "rate" and duration_s > budget_s:
         raise InvalidInput(f"budget_s={budget_s:g} is too small for one level: a rate level lasts "
                            f"duration_s={duration_s:g} s.")
-    search = _Search(by, float(start), float(growth), float(max_level), float(resolution))
+    search = _Search(by, float(start), float(growth), float(max_level), float(resolution), confirm)
     return _Plan(slo, search, rounds, min_requests, budget_s)
 
 
@@ -277,12 +278,12 @@ class _Walk:
     """One capacity search on one loaded engine."""
 
     def __init__(self, engine: Engine, plan: _Plan, *, workload: Workload, out: str | Path | None,
-                 progress: bool, seed: int, warmup: int, confirm: bool, duration_s: float,
+                 progress: bool, seed: int, warmup: int, duration_s: float,
                  stop_event: threading.Event | None, on_level_done: Callable[[Capacity], None] | None):
         self.engine, self.plan, self.workload = engine, plan, workload
         self.out = Path(out) if out else None
         self.progress, self.seed, self.warmup, self.duration_s = progress, seed, warmup, duration_s
-        self.confirm, self.stop, self.on_level_done = confirm, stop_event or threading.Event(), on_level_done
+        self.stop, self.on_level_done = stop_event or threading.Event(), on_level_done
         self.search = plan.search
         self.by = self.search.by
         self.rows: list[dict[str, Any]] = []
@@ -295,8 +296,6 @@ class _Walk:
         probe = self._probe()
         if probe.ended != "completed":
             return self._finish(probe.ended)
-        if not self.confirm:
-            self.search.confirmed = True  # nothing to repeat: stop after bisecting
         while (step := self.search.next()) is not None:
             kind, level = step
             if self.stop.is_set():
@@ -408,9 +407,9 @@ class _Walk:
     def _note_saturation(self) -> None:
         """The first grown level whose throughput rose less than 5% over the one before: more
         users past it mostly queue. Recorded, not a reason to stop: the SLO decides."""
-        rows = [r for r in self.rows if r.get("output_tok_per_s") and r["step"] == "grow"]
         if self.saturated is not None:
             return
+        rows = [r for r in self.rows if r.get("output_tok_per_s") and r["step"] == "grow"]
         for prev, cur in zip(rows, rows[1:], strict=False):
             if cur["output_tok_per_s"] < 1.05 * prev["output_tok_per_s"]:
                 self.saturated = cur["level"]
@@ -423,12 +422,12 @@ class _Walk:
         if s.good <= 0:
             return f"the first level ({s.start:g}) already broke the SLO" if s.start == s.bad else \
                 "no level met the SLO"
-        return "the answer was found and confirmed" if s.confirmed and self.confirm else "the answer was found"
+        return "the answer was found and confirmed" if s.confirmed else "the answer was found"
 
     def _capacity(self, stopped: str) -> Capacity:
         levels = pd.DataFrame(self.rows)
         return Capacity(engine=self.engine.info.engine, slo=self.plan.slo, by=self.by,
                         answer=self.search.good, levels=levels, stopped=stopped,
-                        confirmed=self.search.confirmed and self.confirm,
+                        confirmed=self.search.confirmed,
                         elapsed_s=time.monotonic() - self.t0, results=list(self.results),
                         saturated_at=self.saturated)

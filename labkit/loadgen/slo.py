@@ -22,6 +22,12 @@ NAMES = tuple(f"{m}_p{p}_ms" for m in METRICS for p in PERCENTILES)
 _LABELS = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "e2e": "E2E"}
 
 
+def _parts(name: str) -> tuple[str, int]:
+    """``"ttft_p99_ms"`` -> ``("ttft", 99)``."""
+    metric, pct, _ = name.split("_")
+    return metric, int(pct[1:])
+
+
 class SLO:
     """Upper bounds, in milliseconds, on latency percentiles of a load level.
 
@@ -69,8 +75,8 @@ class SLO:
         client that fell behind cannot make the server look faster."""
         out = {}
         for name, bound in self.bounds.items():
-            metric, pct = name.split("_")[:2]
-            sched = f"{metric}_sched_{pct}_ms"
+            metric, pct = _parts(name)
+            sched = f"{metric}_sched_p{pct}_ms"
             value = row.get(sched) if from_schedule and sched in row else row.get(name)
             value = None if value is None or pd.isna(value) else float(value)
             out[name] = {"value": value, "bound": bound, "ok": value is not None and value <= bound}
@@ -89,7 +95,7 @@ class SLO:
         if from_schedule and "scheduled_s" in requests:
             late = (requests["start_s"] - requests["scheduled_s"]).clip(lower=0).fillna(0).to_numpy(float)
         for name, bound in self.bounds.items():
-            metric, pct = name.split("_")[0], int(name.split("_")[1][1:])
+            metric, pct = _parts(name)
             if metric == "itl":
                 values = [np.percentile(g, pct) if len(g) else np.nan for g in requests["itl_s"]]
             else:
@@ -105,8 +111,8 @@ class SLO:
         """``"TTFT p99 <= 2000 ms, TPOT p99 <= 100 ms"``."""
         parts = []
         for name, bound in self.bounds.items():
-            metric, pct = name.split("_")[:2]
-            parts.append(f"{_LABELS[metric]} {pct} <= {bound:g} ms")
+            metric, pct = _parts(name)
+            parts.append(f"{_LABELS[metric]} p{pct} <= {bound:g} ms")
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, float]:
