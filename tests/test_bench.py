@@ -210,3 +210,17 @@ def test_a_refused_workload_leaves_no_run_folder(llama, tmp_path):
         labkit.bench(llama, concurrency=[1], requests_per_level=1, out=tmp_path / "never",
                      workload=workloads.chat(input_tokens=2, output_tokens=4), progress=False)
     assert not (tmp_path / "never").exists()
+
+
+def test_repeats_give_intervals_that_contain_the_point_estimates(llama_server, tmp_path):
+    res = labkit.bench(llama_server, concurrency=[1, 2], requests_per_level=3, workload=SMALL,
+                       repeats=3, out=tmp_path, progress=False)
+    req = res.requests
+    assert sorted(req["round"].unique()) == [0, 1, 2]
+    assert req["prompt_sha"].nunique() == 3 * 2 * 3  # every round new prompts: no cached prefill
+    s = res.summary
+    assert list(s["rounds"]) == [3, 3] and list(s["completed"]) == [9, 9]
+    for fig in ("output_tok_per_s", "ttft_p50_ms", "tpot_p50_ms", "e2e_p99_ms"):
+        assert ((s[f"{fig}_lo"] <= s[fig]) & (s[fig] <= s[f"{fig}_hi"])).all(), fig
+    again = BenchResult.load(tmp_path).summary  # the rounds survive the trip to disk
+    assert list(again["rounds"]) == [3, 3]

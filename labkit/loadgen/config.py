@@ -41,6 +41,9 @@ class BenchConfig:
     #: the index of the first measured request's prompt: a series of sweeps on one engine
     #: (a capacity search) passes its running count, so no prompt is ever sent twice
     first_request: int = 0
+    #: how many rounds over the levels: each figure then gets a 95% interval over rounds
+    #: (see labkit.loadgen.intervals)
+    repeats: int = 1
     levels: list[int] = field(init=False)
     rates: list[float] = field(init=False)
 
@@ -55,6 +58,8 @@ class BenchConfig:
             raise InvalidInput(f"requests_per_level must be a positive integer, got {self.requests_per_level!r}.")
         if not isinstance(self.first_request, int | np.integer) or self.first_request < 0:
             raise InvalidInput(f"first_request must be a non-negative integer, got {self.first_request!r}.")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int | np.integer) or self.repeats < 1:
+            raise InvalidInput(f"repeats must be a positive integer (rounds over the levels), got {self.repeats!r}.")
         if self.rates and self.duration_s <= 0:
             raise InvalidInput(f"duration_s must be positive, got {self.duration_s}.")
         if self.kv_interval_s is not None and self.kv_interval_s <= 0:
@@ -81,10 +86,17 @@ class BenchConfig:
 
     def shapes(self) -> list[LoadShape]:
         """Every level in sweep order: concurrency levels, then rates (arrivals drawn from
-        ``seed``, so a rerun sends at the same times)."""
+        ``seed``, so a rerun sends at the same times), round after round: drift over time
+        (a machine warming up, a neighbour's load) then spreads over every level alike."""
         rng = np.random.default_rng(self.seed)
-        return ([Concurrency(c, self.requests_per_level) for c in self.levels]
-                + [Rate(r, self.duration_s, rng) for r in self.rates])
+        shapes: list[LoadShape] = []
+        for r in range(self.repeats):
+            level_shapes = ([Concurrency(c, self.requests_per_level) for c in self.levels]
+                            + [Rate(x, self.duration_s, rng) for x in self.rates])
+            for shape in level_shapes:
+                shape.round = r
+            shapes += level_shapes
+        return shapes
 
     def warmup_shape(self) -> Concurrency | None:
         if self.warmup <= 0:
@@ -97,4 +109,4 @@ class BenchConfig:
                 "levels": {"concurrency": self.levels, "rate": self.rates},
                 "requests_per_level": self.requests_per_level, "duration_s": self.duration_s,
                 "warmup_requests": self.warmup, "seed": self.seed, "slo_ms": self.slo_ms,
-                "first_request": self.first_request}
+                "first_request": self.first_request, "repeats": self.repeats}

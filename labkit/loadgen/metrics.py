@@ -14,6 +14,7 @@ For one load level, over the requests that succeeded:
 - **duration**: from the first request sent to the last response finished;
 - **req/s** = requests / duration; **output tok/s** = output tokens / duration;
 - percentiles (p50, p90, p99) of TTFT, TPOT, ITL (over all gaps of all requests), E2E;
+- **user tok/s**: ``1000 / TPOT p50``, the speed at which one user sees tokens stream;
 - **goodput** (optional SLO in ms for TTFT/TPOT/E2E): requests meeting every SLO / duration.
 
 Open-loop (rate) levels also report how well the client kept to its schedule, as
@@ -33,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .intervals import FIGURES, over_rounds
 
 PERCENTILES = (50, 90, 99)
 
@@ -73,41 +76,75 @@ def _schedule(sent: pd.DataFrame, ok: pd.DataFrame) -> dict[str, Any]:
 
 
 def summarize(requests: pd.DataFrame, slo_ms: dict[str, float] | None = None) -> pd.DataFrame:
-    """One row per level from the per-request frame (see ``BenchResult.requests``)."""
-    rows = []
+    """One row per level from the per-request frame (see ``BenchResult.requests``). A level
+    run in several rounds gets the mean of its rounds' figures, each with a 95% interval
+    over rounds (``<figure>_lo``/``_hi``, see :mod:`labkit.loadgen.intervals`), and its
+    counts summed."""
     if requests.empty:
         return pd.DataFrame()
+    if "round" not in requests:
+        requests = requests.assign(round=0)
+    rows = []
     for (mode, level), grp in requests.groupby(["mode", "level"], sort=False):
-        # Not sent (the sweep stopped first) or cancelled mid-way: unmeasured, not errors.
-        reason = grp["finish_reason"].astype(str)
-        unmeasured = reason.str.startswith("not sent") | (reason == "cancelled")
-        sent = grp[~unmeasured]
-        ok = sent[sent["error"].isna()]
-        row: dict[str, Any] = {"mode": mode, "level": level, "requests": len(sent),
-                               "completed": len(ok), "errors": int(sent["error"].notna().sum()),
-                               "unmeasured": int(unmeasured.sum())}
-        if ok.empty:
-            rows.append(row)
-            continue
-        start = ok["start_s"].min()
-        end = (ok["start_s"] + ok["e2e_s"]).max()
-        duration = max(end - start, 1e-9)
-        row.update(duration_s=duration, req_per_s=len(ok) / duration,
-                   input_tokens=int(ok["input_tokens"].fillna(0).sum()),
-                   output_tokens=int(ok["output_tokens"].sum()),
-                   output_tok_per_s=ok["output_tokens"].sum() / duration,
-                   total_tok_per_s=(ok["output_tokens"].sum() + ok["input_tokens"].fillna(0).sum()) / duration)
-        row |= _pct(ok["ttft_s"].tolist(), "ttft")
-        row |= _pct(ok["tpot_s"].tolist(), "tpot")
-        row |= _pct([g for lst in ok["itl_s"] for g in lst], "itl")
-        row |= _pct(ok["e2e_s"].tolist(), "e2e")
-        if mode == "rate" and "scheduled_s" in sent and sent["scheduled_s"].notna().any():
-            row |= _schedule(sent, ok)
-        if slo_ms:
-            good = np.ones(len(ok), dtype=bool)
-            for metric, limit in slo_ms.items():
-                col = ok[f"{metric}_s"].astype(float).fillna(0.0).to_numpy() * 1000
-                good &= col <= limit
-            row["goodput_req_per_s"] = float(good.sum()) / duration
-        rows.append(row)
+        rounds = [_level_row(mode, level, g, slo_ms) for _, g in grp.groupby("round", sort=True)]
+        rows.append(rounds[0] if len(rounds) == 1 else _pool_rounds(rounds))
     return pd.DataFrame(rows)
+
+
+_COUNTS = ("requests", "completed", "errors", "unmeasured", "input_tokens", "output_tokens", "duration_s")
+
+
+def _pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level's rounds as one row: counts summed, figures averaged with their interval."""
+    frame = pd.DataFrame(rounds)
+    row: dict[str, Any] = {"mode": rounds[0]["mode"], "level": rounds[0]["level"], "rounds": len(rounds)}
+    for col in frame.columns.drop(["mode", "level"]):
+        values = frame[col]
+        if col in _COUNTS:
+            row[col] = values.sum()
+        elif values.dtype == bool or col == "rate_short":
+            row[col] = bool(values.fillna(False).astype(bool).any())  # short in any round
+        else:
+            row[col] = float(pd.to_numeric(values, errors="coerce").mean())
+    for fig in FIGURES:
+        if fig in frame:
+            est = over_rounds(pd.to_numeric(frame[fig], errors="coerce").tolist())
+            row[f"{fig}_lo"], row[f"{fig}_hi"] = est.lo, est.hi
+    return row
+
+
+def _level_row(mode: str, level: float, grp: pd.DataFrame, slo_ms: dict[str, float] | None) -> dict[str, Any]:
+    """The figures of one level (one round of it) from its requests."""
+    # Not sent (the sweep stopped first) or cancelled mid-way: unmeasured, not errors.
+    reason = grp["finish_reason"].astype(str)
+    unmeasured = reason.str.startswith("not sent") | (reason == "cancelled")
+    sent = grp[~unmeasured]
+    ok = sent[sent["error"].isna()]
+    row: dict[str, Any] = {"mode": mode, "level": level, "requests": len(sent),
+                           "completed": len(ok), "errors": int(sent["error"].notna().sum()),
+                           "unmeasured": int(unmeasured.sum())}
+    if ok.empty:
+        return row
+    start = ok["start_s"].min()
+    end = (ok["start_s"] + ok["e2e_s"]).max()
+    duration = max(end - start, 1e-9)
+    row.update(duration_s=duration, req_per_s=len(ok) / duration,
+               input_tokens=int(ok["input_tokens"].fillna(0).sum()),
+               output_tokens=int(ok["output_tokens"].sum()),
+               output_tok_per_s=ok["output_tokens"].sum() / duration,
+               total_tok_per_s=(ok["output_tokens"].sum() + ok["input_tokens"].fillna(0).sum()) / duration)
+    row |= _pct(ok["ttft_s"].tolist(), "ttft")
+    row |= _pct(ok["tpot_s"].tolist(), "tpot")
+    # The speed one user sees while tokens stream (the Pareto front's per-user axis).
+    row["user_tok_per_s"] = 1000 / row["tpot_p50_ms"] if row["tpot_p50_ms"] > 0 else float("nan")
+    row |= _pct([g for lst in ok["itl_s"] for g in lst], "itl")
+    row |= _pct(ok["e2e_s"].tolist(), "e2e")
+    if mode == "rate" and "scheduled_s" in sent and sent["scheduled_s"].notna().any():
+        row |= _schedule(sent, ok)
+    if slo_ms:
+        good = np.ones(len(ok), dtype=bool)
+        for metric, limit in slo_ms.items():
+            col = ok[f"{metric}_s"].astype(float).fillna(0.0).to_numpy() * 1000
+            good &= col <= limit
+        row["goodput_req_per_s"] = float(good.sum()) / duration
+    return row

@@ -43,6 +43,7 @@ class RequestRecord:
     #: open loop only: when it was due to leave (seconds since the sweep began); a client that
     #: falls behind sends late, and latency counted from here includes that wait
     scheduled_s: float | None = None
+    round: int = 0  # which pass over the levels (bench's ``repeats``)
 
     def to_row(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in REQUEST_COLUMNS}
@@ -166,6 +167,7 @@ class BenchResult:
         manifest = json.loads((folder / "manifest.json").read_text())
         rows = [json.loads(line) for line in (folder / "requests.jsonl").read_text().splitlines() if line.strip()]
         requests = pd.DataFrame(rows, columns=REQUEST_COLUMNS) if rows else pd.DataFrame(columns=REQUEST_COLUMNS)
+        requests["round"] = requests["round"].fillna(0).astype(int)  # saved before rounds existed
         mem, kv = _read_csv(folder / "memory.csv"), _read_csv(folder / "kv.csv")
         extra = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
         return cls(requests, mem, manifest, kv, extra.get("slo_ms"), folder, extra.get("interrupted", False),
@@ -188,7 +190,7 @@ def phase_name(mode: str, level: Any) -> str:
 def fed_alike(runs: dict[str, BenchResult]) -> list[str]:
     """Warnings for runs whose engines were not fed the same prompts (text and token count,
     request by request): their numbers are not comparable. Empty when they were."""
-    frames = {n: r.requests.set_index(["level", "index"]) for n, r in runs.items()
+    frames = {n: r.requests.set_index(["level", "round", "index"]) for n, r in runs.items()
               if not r.requests.empty and "prompt_sha" in r.requests}
     if len(frames) < 2:
         return []
@@ -200,7 +202,7 @@ def fed_alike(runs: dict[str, BenchResult]) -> list[str]:
         if diff.any():
             first = diff[diff].index[0]
             out.append(f"{name} and {ref_name} were not fed the same prompts in {int(diff.sum())} of "
-                       f"{len(common)} requests (first: level {first[0]}, request {first[1]}: "
+                       f"{len(common)} requests (first: level {first[0]}, request {first[2]}: "
                        f"{frame.loc[first, 'input_tokens']} vs {ref.loc[first, 'input_tokens']} input "
                        "tokens); their numbers are not comparable. Different tokenizers or an "
                        "approximate one (a generic OpenAI URL) do this.")

@@ -40,7 +40,7 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
           duration_s: float = 30.0, workload: Workload | None = None, warmup: int = 2,
           out: str | Path | None = None, slo_ms: dict[str, float] | None = None,
           memory_interval_s: float = 0.1, kv_interval_s: float | None = 10.0,
-          progress: bool = True, seed: int = 0, first_request: int = 0,
+          progress: bool = True, seed: int = 0, first_request: int = 0, repeats: int = 1,
           on_level_done: Callable[[BenchResult], None] | None = None,
           stop_event: threading.Event | None = None, **engine_kwargs: Any) -> BenchResult:
     """Measure throughput, latency and memory of ``engine`` under load.
@@ -52,12 +52,13 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
     end; ``engine_kwargs`` go to :func:`labkit.load`). ``out``: a folder that receives the
     manifest and one JSONL line per request as it finishes. ``slo_ms``: e.g.
     ``{"ttft": 500, "tpot": 50}`` adds goodput. ``kv_interval_s``: how often the engine's KV
-    account is read during a level; None reads it only at the end of each level. Each
-    reading costs a server CPU (vLLM's renders its /metrics page: 11 ms): once a second, it
-    raised vLLM's TTFT by 3-5% on 2 cores, hence the default of 10 s. ``memory_interval_s``:
+    account is read during a level (None: at its end only); once a second raised vLLM's TTFT
+    by 3-5% on 2 cores (its /metrics page costs 11 ms of server CPU), hence 10 s. ``memory_interval_s``:
     how often RSS is read; USS/PSS are read at the edges of each phase. ``first_request``:
     where the prompts' numbering starts (successive sweeps on one engine pass their running
-    count, so none repeats a prompt a server has cached). Ctrl-C (or
+    count, so none repeats a prompt a server has cached). ``repeats``: rounds over the levels
+    (each round new prompts); the summary then gives each figure the mean of its rounds and a
+    95% interval over rounds (``<figure>_lo``/``_hi``). Ctrl-C (or
     ``stop_event``) stops the sweep and returns what was measured, with unsent requests marked.
 
     >>> res = bench(engine, concurrency=[1, 8], requests_per_level=16,
@@ -65,7 +66,8 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
     >>> res.summary[["level", "output_tok_per_s", "ttft_p50_ms"]]
     """
     config = BenchConfig(concurrency, rate, requests_per_level, duration_s, workload, warmup,
-                         slo_ms, memory_interval_s, kv_interval_s, progress, seed, first_request)
+                         slo_ms, memory_interval_s, kv_interval_s, progress, seed, first_request,
+                         repeats=repeats)
     hooks = {"out": out, "stop_event": stop_event, "on_level_done": on_level_done}
     if not isinstance(engine, str):
         if engine_kwargs:

@@ -52,7 +52,7 @@ class Session:
         self.records: list[RequestRecord] = []
         self.kv_rows: list[dict[str, Any]] = []
         self.died: str | None = None
-        self.counts: dict[tuple[str, float], int] = {}
+        self.counts: dict[tuple[str, float, int], int] = {}  # (mode, level, round): requests
         self.origin = time.perf_counter()
         self._lock = threading.Lock()
 
@@ -120,7 +120,7 @@ class Session:
             reqs = requests[:n] if start == first and n <= len(requests) else \
                 self.config.workload.build(self.engine, n, start=start)
             start += n
-            self.counts[(shape.mode, shape.level)] = n
+            self.counts[(shape.mode, shape.level, shape.round)] = n
             with self._phase(shape.phase), _KvPoller(self, shape.phase):
                 self._level(pacer, shape, reqs)
             if self.on_level_done is not None and not self.stop.is_set():
@@ -133,7 +133,7 @@ class Session:
         def job(i: int, finished: Callable[[RequestRecord], None]) -> Job:
             req = requests[i % len(requests)]
             return Job(req, RequestRecord(shape.mode, shape.level, i, input_tokens=req.input_tokens,
-                                          prompt_sha=req.fingerprint), finished)
+                                          prompt_sha=req.fingerprint, round=shape.round), finished)
 
         def on_record(rec: RequestRecord) -> None:
             if record:
@@ -180,12 +180,13 @@ class Session:
 
     def _mark_unsent(self, shapes: list[LoadShape]) -> None:
         why = "not sent: engine died" if self.died else "not sent: interrupted"
-        done = {(r.mode, r.level, r.index) for r in self.records}
+        done = {(r.mode, r.level, r.round, r.index) for r in self.records}
         for shape in shapes:
-            n = self.counts.get((shape.mode, shape.level), shape.count())
-            for i in range(n):
-                if (shape.mode, shape.level, i) not in done:
-                    self._record(RequestRecord(shape.mode, shape.level, i, finish_reason=why))
+            key = (shape.mode, shape.level, shape.round)
+            for i in range(self.counts.get(key, shape.count())):
+                if (*key, i) not in done:
+                    self._record(RequestRecord(shape.mode, shape.level, i, finish_reason=why,
+                                               round=shape.round))
 
     # --- measurements around the requests -----------------------------------------------------
     def _check_engine(self) -> None:

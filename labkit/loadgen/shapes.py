@@ -31,6 +31,7 @@ class LoadShape(ABC):
 
     mode: ClassVar[str]
     level: float
+    round: int = 0  # which pass over the levels (bench's ``repeats``)
 
     @property
     def phase(self) -> str:
