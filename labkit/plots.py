@@ -41,12 +41,22 @@ def _summary(results) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _error_bars(g: pd.DataFrame, metric: str) -> dict[str, Any] | None:
+    """The 95% interval over rounds as asymmetric error bars, when the run had rounds."""
+    if f"{metric}_lo" not in g or g[f"{metric}_lo"].isna().all():
+        return None
+    return {"type": "data", "symmetric": False, "array": g[f"{metric}_hi"] - g[metric],
+            "arrayminus": g[metric] - g[f"{metric}_lo"]}
+
+
 def throughput(results, metric: str = "output_tok_per_s") -> go.Figure:
-    """Output tokens/s (or ``req_per_s``) against concurrent users, one line per engine."""
+    """Output tokens/s (or ``req_per_s``) against concurrent users, one line per engine; error
+    bars are the 95% intervals over rounds where the runs had ``repeats``."""
     s = _summary(results)
     fig = go.Figure()
     for label, g in s[s["mode"] == "concurrency"].groupby("label", sort=False):
-        fig.add_scatter(x=g["level"], y=g[metric], mode="lines+markers", name=label)
+        fig.add_scatter(x=g["level"], y=g[metric], mode="lines+markers", name=label,
+                        error_y=_error_bars(g, metric))
     unit = "output tokens/s" if metric == "output_tok_per_s" else "requests/s"
     fig.update_layout(title=f"Throughput vs concurrent users ({unit})", xaxis_title="concurrent users",
                       yaxis_title=unit, template="plotly_white")

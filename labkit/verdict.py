@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from .loadgen.intervals import Estimate, compare
 from .loadgen.result import BenchResult, fed_alike
 from .planner import FitPlan
 
@@ -46,9 +47,33 @@ class Finding:
 
 
 def _level(run: BenchResult, level: int, column: str) -> float:
+    return _estimate(run, level, column).value
+
+
+def _estimate(run: BenchResult, level: int, column: str) -> Estimate:
+    """A figure of one concurrency level, with its interval when the run had rounds."""
     s = run.summary
     row = s[(s["mode"] == "concurrency") & (s["level"] == level)]
-    return float(row[column].iloc[0]) if not row.empty and column in row else float("nan")
+    if row.empty or column not in row:
+        return Estimate(float("nan"), rounds=0)
+    r = row.iloc[0]
+    lo, hi = (float(r.get(f"{column}_lo", float("nan"))), float(r.get(f"{column}_hi", float("nan"))))
+    return Estimate(float(r[column]), lo, hi, int(r.get("rounds", 1)))
+
+
+def _beats(a: Estimate, b: Estimate) -> tuple[bool | None, str]:
+    """Whether ``a`` is higher than ``b``, as the intervals allow: None with "no clear
+    difference" when they overlap; the point comparison, marked, when a run had one round."""
+    verdict = compare(a, b)
+    if verdict == 0:
+        return None, "no clear difference: the 95% intervals over rounds overlap"
+    if verdict is not None:
+        return verdict > 0, f"95% intervals over {min(a.rounds, b.rounds)} rounds do not overlap"
+    return a.value > b.value, "one round, no interval: run with repeats=3 to tell a real difference from noise"
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def _size_mb(run: BenchResult) -> float:
@@ -84,6 +109,9 @@ class _Runs:
     def tok(self, name: str, level: int) -> float:
         return _level(self.runs[name], level, "output_tok_per_s")
 
+    def est(self, name: str, level: int, column: str = "output_tok_per_s") -> Estimate:
+        return _estimate(self.runs[name], level, column)
+
     def at_one(self, name: str, column: str) -> float:
         return _level(self.runs[name], 1, column)
 
@@ -101,24 +129,28 @@ class _Runs:
 
 def _load_findings(r: _Runs) -> dict[str, Finding]:
     u = r.users
-    vs, ls, vi, li = r.tok("vllm-server", u), r.tok("llama-server", u), r.tok("vllm", u), r.tok("llama.cpp", 1)
-    v1, l1 = r.tok("vllm", 1), r.tok("llama.cpp", 1)
-    best_v = max(r.tok(n, lv) for n in ("vllm", "vllm-server") for lv in (1, u))
-    best_l = max([l1] + [r.tok("llama-server", lv) for lv in (1, u)])
+    vs, ls, vi, li = r.est("vllm-server", u), r.est("llama-server", u), r.est("vllm", u), r.est("llama.cpp", 1)
+    v1, l1 = r.est("vllm", 1), r.est("llama.cpp", 1)
+    best_v = max((r.est(n, lv) for n in ("vllm", "vllm-server") for lv in (1, u)), key=lambda e: e.value)
+    best_l = max([l1] + [r.est("llama-server", lv) for lv in (1, u)], key=lambda e: e.value)
     ttft, tpot = (lambda n: r.at_one(n, "ttft_p50_ms")), (lambda n: r.at_one(n, "tpot_p50_ms"))
+    multi, multi_note = _beats(vs, ls)
+    most, most_note = _beats(best_v, best_l)
+    single, single_note = _beats(l1, v1)
     return {
         "multi-user": Finding(
-            f"{u} users: vllm-server {vs:.1f}, llama-server {ls:.1f}, vllm in process {vi:.1f}, "
-            f"llama.cpp in process {li:.1f} (sequential) output tok/s",
-            f"labkit.bench, concurrency {u}, output tok/s", vs > ls,
-            "llama-server batches across parallel slots too, so 'poor' is too strong" if ls > li * 1.2 else ""),
+            f"{u} users: vllm-server {vs}, llama-server {ls}, vllm in process {vi}, "
+            f"llama.cpp in process {li} (sequential) output tok/s",
+            f"labkit.bench, concurrency {u}, output tok/s", multi,
+            _joined(multi_note, "llama-server batches across parallel slots too, so 'poor' is too strong"
+                    if ls.value > li.value * 1.2 else "")),
         "throughput": Finding(
-            f"best output tok/s: vLLM {best_v:.1f}, llama.cpp {best_l:.1f} (ratio {best_v / best_l:.2f})",
-            "labkit.bench, max over levels", best_v > best_l),
+            f"best output tok/s: vLLM {best_v}, llama.cpp {best_l} (ratio {best_v.value / best_l.value:.2f})",
+            "labkit.bench, max over levels", most, most_note),
         "single-user": Finding(
             f"1 user: TTFT p50 llama.cpp {ttft('llama.cpp'):.0f} ms vs vLLM {ttft('vllm'):.0f} ms; TPOT p50 "
-            f"{tpot('llama.cpp'):.1f} vs {tpot('vllm'):.1f} ms; {l1:.1f} vs {v1:.1f} tok/s",
-            "labkit.bench, concurrency 1, in process", l1 > v1),
+            f"{tpot('llama.cpp'):.1f} vs {tpot('vllm'):.1f} ms; {l1} vs {v1} tok/s",
+            "labkit.bench, concurrency 1, in process", single, single_note),
     }
 
 
@@ -166,6 +198,28 @@ def _plan_finding(plan: FitPlan) -> Finding:
         (not vllm["fits"]) and bool(llama["fits"]))
 
 
+def _recommendation(r: _Runs, users: int) -> str:
+    """The answer for many users and for one; "no clear difference" when the intervals say so."""
+    vs, ls = r.est("vllm-server", users), r.est("llama-server", users)
+    l1, v1 = r.est("llama.cpp", 1), r.est("vllm", 1)
+    if compare(vs, ls) == 0:
+        many = (f"for {users} concurrent users on this machine, vllm-server ({vs}) and llama-server "
+                f"({ls}) showed no clear difference in output tok/s (95% intervals overlap)")
+    else:
+        best, other = ("vllm-server", "llama-server") if vs.value >= ls.value else ("llama-server", "vllm-server")
+        many = (f"for {users} concurrent users on this machine, {best} gave the most output tokens per "
+                f"second ({max(vs.value, ls.value):.1f} vs {min(vs.value, ls.value):.1f} for {other})")
+    if compare(l1, v1) == 0:
+        one = f"for a single user, llama.cpp ({l1}) and vLLM ({v1}) showed no clear difference"
+    else:
+        one = (f"for a single user, {'llama.cpp' if l1.value >= v1.value else 'vLLM'} was faster "
+               f"({max(l1.value, v1.value):.1f} vs {min(l1.value, v1.value):.1f} tok/s)")
+    rounds = min(e.rounds for e in (vs, ls, l1, v1))
+    basis = (f" Differences are judged on 95% intervals over {rounds} rounds." if rounds > 1 else
+             " One round each: differences of a few percent may be noise (repeats=3 gives intervals).")
+    return f"{many[0].upper()}{many[1:]}; {one}.{basis}"
+
+
 def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int) -> Verdict:
     """Fill the "measured here" column from benchmark runs of llama.cpp, llama-server, vllm and
     vllm-server (1 and ``users`` concurrent users) and a fit plan for the 26B row."""
@@ -176,13 +230,7 @@ def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int) -> Verdict:
         {"claim": c.text, "vLLM": c.vllm, "llama.cpp": c.llamacpp, "measured here": found[cid].measured,
          "source": found[cid].source, "claim holds here": answer[found[cid].holds],
          "comment": found[cid].comment} for cid, c in CLAIMS.items()]
-    servers = {"vllm-server": r.tok("vllm-server", users), "llama-server": r.tok("llama-server", users)}
-    best_server = max(servers, key=servers.get)
-    l1, v1 = r.tok("llama.cpp", 1), r.tok("vllm", 1)
-    single = "llama.cpp" if l1 >= v1 else "vLLM"
-    rec = (f"For {users} concurrent users on this machine, {best_server} gave the most output tokens per "
-           f"second ({servers[best_server]:.1f} vs {min(servers.values()):.1f}); for a single user, "
-           f"{single} was faster ({max(l1, v1):.1f} vs {min(l1, v1):.1f} tok/s).")
+    rec = _recommendation(r, users)
     warnings = fed_alike(runs)
     table = pd.DataFrame(rows)
     table.insert(4, "same prompts", "no: see the warning" if warnings else "yes")

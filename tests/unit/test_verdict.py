@@ -13,14 +13,16 @@ BIG = {"name": "26B", "num_hidden_layers": 46, "hidden_size": 4608, "num_attenti
        "num_parameters": 27_000_000_000}
 
 
-def _run(engine: str, tok_s: dict[int, float], prompts: str = "p") -> BenchResult:
+def _run(engine: str, tok_s: dict[int, float | list[float]], prompts: str = "p") -> BenchResult:
+    """A canned run: per level one speed, or one per round."""
     rows = []
-    for level, speed in tok_s.items():
-        for i in range(2):  # two requests of 10 tokens, both over the same second of the level
-            r = RequestRecord("concurrency", level, i, start_s=0.0, started_at=0.0, ttft_s=0.1,
-                              tpot_s=0.01, itl_s=[0.01], e2e_s=20 / speed, input_tokens=8,
-                              output_tokens=10, prompt_sha=f"{prompts}{level}-{i}")
-            rows.append(r.to_row())
+    for level, speeds in tok_s.items():
+        for rnd, speed in enumerate(speeds if isinstance(speeds, list) else [speeds]):
+            for i in range(2):  # two requests of 10 tokens, both over the same second of the level
+                r = RequestRecord("concurrency", level, i, start_s=0.0, started_at=0.0, ttft_s=0.1,
+                                  tpot_s=0.01, itl_s=[0.01], e2e_s=20 / speed, input_tokens=8,
+                                  output_tokens=10, prompt_sha=f"{prompts}{level}-{rnd}-{i}", round=rnd)
+                rows.append(r.to_row())
     mem = pd.DataFrame({"t_s": [0.0], "pss_bytes": [2**30], "phase": ["concurrency 1"]})
     manifest = {"engine": {"engine": engine, "device": "cpu", "model_path": ""},
                 "environment": {"cpu": "test CPU"}}
@@ -54,3 +56,17 @@ def test_runs_fed_different_prompts_are_flagged_in_the_table_and_first_in_the_ht
     alike = {n: _run(n, {1: 40.0}) for n in ("llama.cpp", "llama-server", "vllm", "vllm-server")}
     assert (verdict(alike, labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096),
                     users=1).table["same prompts"] == "yes").all()
+
+
+def test_overlapping_intervals_make_the_verdict_say_no_clear_difference():
+    runs = {"llama.cpp": _run("llama.cpp", {1: [50.0, 40.0, 45.0]}),
+            "llama-server": _run("llama-server", {1: [45.0] * 3, 8: [150.0, 175.0, 160.0]}),
+            "vllm": _run("vllm", {1: [30.0, 31.0, 29.0], 8: [200.0] * 3}),
+            "vllm-server": _run("vllm-server", {1: [28.0] * 3, 8: [170.0, 155.0, 180.0]})}
+    v = verdict(runs, labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096), users=8)
+    row = v.table.set_index("claim").loc["multi-user"]
+    assert row["claim holds here"] == "n/a" and "no clear difference" in row["comment"]
+    assert "[" in row["measured here"]  # the interval is shown beside the figure
+    single = v.table.set_index("claim").loc["single-user latency"]
+    assert single["claim holds here"] == "yes" and "do not overlap" in single["comment"]
+    assert "no clear difference" in v.recommendation and "llama.cpp was faster" in v.recommendation
