@@ -8,6 +8,7 @@ The public API, in one place:
 - :mod:`labkit.models`: model names, GGUF <-> Hugging Face conversion, quantized variants.
 - :func:`bench` with :mod:`workloads`: throughput, latency and memory under 1..N users.
 - :func:`capacity` with an :class:`SLO`: how many users (or req/s) an engine serves within it.
+- :func:`sweep`: engines x settings x quantizations x levels on one Pareto :class:`Front`.
 - :func:`fit`: will this model fit that machine, in which engine (metadata only).
 - :func:`compare` and :func:`quant_ladder`: where outputs differ, across engines and GGUF types.
 - :mod:`plots` (plotly), :mod:`labkit.widgets` (ipywidgets), :func:`record` and
@@ -38,7 +39,8 @@ from .errors import (
 # results and engines load when a notebook or script first touches them.
 _LAZY = {
     "BenchResult": "loadgen", "bench": "loadgen", "workloads": "loadgen",
-    "SLO": "loadgen", "Capacity": "loadgen", "capacity": "loadgen",
+    "SLO": "loadgen", "Capacity": "loadgen", "capacity": "loadgen", "Front": "loadgen",
+    "sweep": "loadgen",
     "Comparison": "comparison", "QuantLadder": "comparison", "compare": "comparison",
     "quant_ladder": "comparison",
     "ENGINES": "engines", "Engine": "engines", "EngineInfo": "engines", "Generation": "engines",
@@ -69,7 +71,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from . import models, plots
     from .comparison import Comparison, QuantLadder, compare, quant_ladder
     from .engines import ENGINES, Engine, EngineInfo, Generation, SamplingParams, Token, load
-    from .loadgen import SLO, BenchResult, Capacity, bench, capacity, workloads
+    from .loadgen import SLO, BenchResult, Capacity, Front, bench, capacity, sweep, workloads
     from .planner import FitPlan, fit
     from .runner import record
 
@@ -80,6 +82,7 @@ __all__ = [
     "Comparison",
     "ENGINES",
     "Engine",
+    "Front",
     "EngineError",
     "FitPlan",
     "EngineInfo",
@@ -102,5 +105,6 @@ __all__ = [
     "plots",
     "quant_ladder",
     "record",
+    "sweep",
     "workloads",
 ]

@@ -464,6 +464,32 @@ def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, 
     return QuantLadder(rows, "F16", notes)
 
 
+def kld_to_f16(gguf_models: Sequence[str], *, chunks: int = 4, chunk_tokens: int = 256,
+               progress: bool = True) -> dict[str, float]:
+    """Mean KLD of each GGUF model (``"smollm2-135m"``, ``"smollm2-135m:Q8_0"``, a path)
+    against the F16 of its base, on the reference text (the quant ladder's quick protocol:
+    ``chunks`` chunks, every position, KL over the reference's top 20 tokens). A sweep over
+    quantizations uses it so quality sits beside speed on its front."""
+    from . import models
+
+    bases: dict[str, list[str]] = {}
+    for m in dict.fromkeys(gguf_models):
+        bases.setdefault(str(m).split(":")[0] if ":" in str(m) else str(m), []).append(m)
+    out: dict[str, float] = {}
+    text, args = _license_text(), {"threads": None, "flash_attn": False}
+    for base, names in bases.items():
+        ref, windows = None, None
+        for name in _progress(["F16", *names], f"KLD against F16 of {base}", progress):
+            path = models.variant(base, "F16") if name == "F16" else models.gguf_path(name)
+            _, scores, windows = _measure_variant(path, windows, text=text, chunk_tokens=chunk_tokens,
+                                                  chunks=chunks, protocol="quick", k=20,
+                                                  engine_args=args, decode_tokens=2)
+            ref = ref or scores
+            if name != "F16":
+                out[name] = _divergence(ref, scores, windows)["mean_kld"]
+    return out
+
+
 def _ladder(quants: Sequence[str], protocol: str) -> list[str]:
     """The variants to measure, F16 (the reference) first; unknown names refused."""
     from . import models

@@ -190,3 +190,36 @@ def capacity(caps: Any) -> go.Figure:
     fig.update_layout(title="Capacity search: latency against load (dashed: the SLO; filled: met; star: "
                             "the answer)", template="plotly_white")
     return fig
+
+
+def pareto(front: Any) -> go.Figure:
+    """A sweep's rows: per-user tok/s (how fast one user's tokens stream) against total output
+    tok/s (how much the machine serves), one colour per point, or by KLD when the sweep
+    measured it; marker size = peak memory; hollow = missed the SLO. The front is the line."""
+    t = front.table if hasattr(front, "table") else front
+    t = t.dropna(subset=["user_tok_per_s", "output_tok_per_s"])
+    fig = go.Figure()
+    mem = t.get("peak_pss_bytes", pd.Series(0.0, index=t.index)).fillna(0)
+    size = 9 + 21 * mem / max(1.0, float(mem.max()))
+    met = t["slo_met"] if "slo_met" in t else pd.Series(True, index=t.index)
+    symbols = ["circle" if m else "circle-open" for m in met]
+    hover = [f"{p}<br>{m} {lv:g}<br>{u:.1f} tok/s per user, {o:.1f} tok/s total<br>peak {b / 1024**3:.2f} GiB"
+             for p, m, lv, u, o, b in zip(t["point"], t["mode"], t["level"], t["user_tok_per_s"],
+                                          t["output_tok_per_s"], mem, strict=True)]
+    if "kld" in t and t["kld"].notna().any():
+        fig.add_scatter(x=t["user_tok_per_s"], y=t["output_tok_per_s"], mode="markers", name="points",
+                        hovertext=hover, hoverinfo="text",
+                        marker={"size": size, "symbol": symbols, "color": t["kld"], "colorscale": "Viridis",
+                                "colorbar": {"title": "KLD vs F16"}, "line": {"width": 1}})
+    else:
+        for label, g in t.groupby("point", sort=False):
+            fig.add_scatter(x=g["user_tok_per_s"], y=g["output_tok_per_s"], mode="markers", name=label,
+                            hovertext=[hover[t.index.get_loc(i)] for i in g.index], hoverinfo="text",
+                            marker={"size": size[g.index], "symbol": [symbols[t.index.get_loc(i)] for i in g.index]})
+    best = t[t["on_front"]].sort_values("user_tok_per_s")
+    fig.add_scatter(x=best["user_tok_per_s"], y=best["output_tok_per_s"], mode="lines", name="Pareto front",
+                    line={"color": "#222", "dash": "dot"})
+    fig.update_layout(title="Per-user speed vs total throughput (size: peak memory; hollow: missed the SLO)",
+                      xaxis_title="per-user output tok/s (1000 / TPOT p50)", yaxis_title="total output tok/s",
+                      template="plotly_white")
+    return fig

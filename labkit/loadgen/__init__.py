@@ -3,8 +3,9 @@
 ``config`` (what a sweep measures) -> ``shapes`` (when requests leave) -> ``drivers`` (how
 they reach an engine, by its declared capabilities) -> ``session`` (sampler, manifest,
 writer, interruption) -> ``result`` (records, summary, persistence); ``run.bench`` ties them.
-``slo`` (latency bounds) and ``capacity`` (the search for the largest load within them) sit
-on top: each level of a search is one ``bench`` run.
+``slo`` (latency bounds), ``capacity`` (the search for the largest load within them) and
+``sweep`` (engines x settings on one Pareto front) sit on top: each level of a search, and
+each point of a sweep, is one ``bench`` run. ``intervals``: repeats and their uncertainty.
 
 >>> import labkit
 >>> res = labkit.bench(engine, concurrency=[1, 2, 4, 8], requests_per_level=16,
@@ -22,7 +23,8 @@ from .result import BenchResult, RequestRecord, phase_name
 from .run import bench
 from .shapes import Concurrency, LoadShape, Rate
 from .slo import SLO
+from .sweep import Front, sweep
 
-__all__ = ["SLO", "BenchConfig", "BenchResult", "Capacity", "Concurrency", "LoadShape", "Rate",
-           "RequestRecord", "bench", "capacity", "from_llama_bench", "from_vllm_bench", "phase_name", "request_metrics",
+__all__ = ["SLO", "BenchConfig", "BenchResult", "Capacity", "Concurrency", "Front", "LoadShape", "Rate",
+           "RequestRecord", "bench", "capacity", "sweep", "from_llama_bench", "from_vllm_bench", "phase_name", "request_metrics",
            "run_request", "summarize", "workloads"]

@@ -1,0 +1,59 @@
+"""Sweeps over settings and quantizations on real llama-servers: the front, its settings
+columns, KLD for quantized points, and what an interrupted sweep keeps."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+import labkit
+from labkit.loadgen import SLO, workloads
+
+TINY = workloads.synthetic(input_tokens=16, output_tokens=8)
+FAST = {"concurrency": [1, 2], "requests_per_level": 3, "workload": TINY, "warmup": 1, "progress": False}
+
+
+def test_a_sweep_over_slots_and_quants_gives_a_non_dominated_front_with_kld(tmp_path):
+    grid = {"llama-server": {"parallel": [1, 2], "model": ["smollm2-135m", "smollm2-135m:Q8_0"]}}
+    front = labkit.sweep(grid, slo=SLO(e2e_p99_ms=60_000), out=tmp_path, **FAST)
+    t = front.table
+    assert front.stopped == "completed" and not front.failed
+    assert len(t) == 4 * 2 and set(t["parallel"]) == {1, 2}  # settings as columns, one row per level
+    assert set(t["model"]) == {"smollm2-135m", "smollm2-135m:Q8_0"}
+    assert t["slo_met"].all() and (t["errors"] == 0).all()
+    # Quality beside speed, one figure per model. (The bundled file is Q4_1 and F16 is its
+    # dequantized copy, so it sits nearer F16 than Q8_0 requantized from that F16.)
+    assert (t.groupby("model")["kld"].nunique() == 1).all()
+    kld = t.groupby("model")["kld"].first()
+    assert 0 < kld["smollm2-135m"] < kld["smollm2-135m:Q8_0"] < 0.1
+    # The front, checked on the frame: nothing on it is dominated, everything off it is.
+    pts = t[["user_tok_per_s", "output_tok_per_s"]].to_numpy()
+    for i, on in enumerate(t["on_front"]):
+        dominated = any((pts[j] >= pts[i]).all() and (pts[j] > pts[i]).any() for j in range(len(t)) if j != i)
+        assert on == (not dominated)
+    saved = pd.read_csv(tmp_path / "front.csv")
+    assert len(saved) == len(t) and "kld" in saved
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["points"]) == 4
+    assert labkit.plots.pareto(front).data
+
+
+def test_an_interrupted_sweep_keeps_the_points_it_finished_on_disk(tmp_path):
+    stop = []
+
+    def after_first(front):
+        stop.append(len(front.results))
+        event.set()
+
+    import threading
+
+    event = threading.Event()
+    front = labkit.sweep({"llama-server": {"parallel": [1, 2, 4]}}, out=tmp_path, stop_event=event,
+                         on_point_done=after_first, **FAST)
+    assert front.stopped == "interrupted" and stop == [1]
+    assert list(front.table["parallel"].unique()) == [1]
+    on_disk = pd.read_csv(tmp_path / "front.csv")
+    assert list(on_disk["parallel"].unique()) == [1] and len(on_disk) == 2
+    assert json.loads((tmp_path / "sweep.json").read_text())["stopped"] == "interrupted"
+    assert (tmp_path / "00-llama-server" / "requests.jsonl").exists()
+    assert not (tmp_path / "01-llama-server").exists()

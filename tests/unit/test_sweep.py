@@ -1,0 +1,60 @@
+"""Sweeps: the grid, its checks, and the Pareto front, on frames (no engines)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import labkit
+from labkit.errors import InvalidInput
+from labkit.loadgen.sweep import Front, grid_points, on_front
+
+
+def test_the_grid_is_every_combination_per_engine_without_duplicates():
+    points = grid_points({"llama-server": {"parallel": [2, 4], "model": ["smollm2-135m", "smollm2-135m:Q8_0"]},
+                          "llama.cpp": {"threads": 2}, "vllm-server": {}})
+    assert [p.engine for p in points] == ["llama-server"] * 4 + ["llama.cpp", "vllm-server"]
+    assert points[1].settings == {"parallel": 2, "model": "smollm2-135m:Q8_0"}
+    assert points[4].label == "llama.cpp (threads=2)" and points[5].label == "vllm-server"
+    assert len(grid_points({"llama.cpp": {"threads": [1, 1]}})) == 1
+
+
+@pytest.mark.parametrize(("grid", "says"), [
+    ({"llama-server": {"paralel": [2]}}, "no argument 'paralel'; its arguments are model, parallel"),
+    ({"nope": {}}, "Unknown engine 'nope'"),
+    ({}, "A sweep grid is"),
+    ({"llama.cpp": {"threads": []}}, "no values to try for threads"),
+    ({"llama.cpp": [1, 2]}, "must be a dict"),
+])
+def test_a_bad_grid_is_refused_before_anything_loads(grid, says):
+    with pytest.raises(InvalidInput, match=says):
+        labkit.sweep(grid, concurrency=[1])
+
+
+def test_bad_levels_are_refused_before_anything_loads():
+    with pytest.raises(InvalidInput, match="Concurrency levels"):
+        labkit.sweep({"llama.cpp": {}}, concurrency=[0])
+
+
+def test_the_front_is_exactly_the_non_dominated_rows():
+    rng = np.random.default_rng(0)
+    t = pd.DataFrame({"user_tok_per_s": rng.uniform(1, 50, 40), "output_tok_per_s": rng.uniform(1, 200, 40)})
+    t.loc[40] = [np.nan, 500.0]  # unmeasured: never on the front
+    front = on_front(t)
+    pts = t[["user_tok_per_s", "output_tok_per_s"]].to_numpy()
+    for i in range(40):
+        dominated = any((pts[j] >= pts[i]).all() and (pts[j] > pts[i]).any() for j in range(40) if j != i)
+        assert front[i] == (not dominated)
+    assert not front[40] and front.any()
+
+
+def test_the_pareto_plot_draws_every_point_and_the_front():
+    t = pd.DataFrame({"point": ["a", "a", "b"], "mode": ["concurrency"] * 3, "level": [1, 4, 1],
+                      "user_tok_per_s": [40.0, 20.0, 30.0], "output_tok_per_s": [40.0, 80.0, 30.0],
+                      "peak_pss_bytes": [1e9, 1.2e9, 5e8], "slo_met": [True, False, True], "kld": [0.01, 0.01, 0.2]})
+    t["on_front"] = on_front(t)
+    assert list(t["on_front"]) == [True, True, False]
+    fig = labkit.plots.pareto(Front(t))
+    assert list(fig.data[0].marker.symbol) == ["circle", "circle-open", "circle"]
+    assert list(fig.data[-1].x) == [20.0, 40.0]  # the front, by per-user speed
