@@ -83,10 +83,13 @@ def test_05_which_engine(tmp_path):
 
 def test_06_capacity(tmp_path):
     _, r = _run("06-capacity", tmp_path, ENGINES=["llama.cpp", "llama-server"], INPUT_TOKENS=48,
-                OUTPUT_TOKENS=8, MAX_USERS=2, SLO={"e2e_p99_ms": 600000})
+                OUTPUT_TOKENS=8, MAX_USERS=2, SLO={"e2e_p99_ms": 600000},
+                SWEEP={"llama-server": {"parallel": [1, 2]}}, SWEEP_USERS=[1, 2])
     table = r["capacity"].set_index("engine")
     assert list(table.index) == ["llama.cpp", "llama-server"]
     assert (table["users at the SLO"] == 2).all() and (table["goodput req/s"] > 0).all()
+    front = r["front"]
+    assert len(front) == 4 and front["slo_met"].all() and front["on_front"].any()
 
 
 def test_a_failing_cell_names_the_cell(tmp_path):

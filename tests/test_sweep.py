@@ -15,18 +15,20 @@ FAST = {"concurrency": [1, 2], "requests_per_level": 3, "workload": TINY, "warmu
 
 
 def test_a_sweep_over_slots_and_quants_gives_a_non_dominated_front_with_kld(tmp_path):
-    grid = {"llama-server": {"parallel": [1, 2], "model": ["smollm2-135m", "smollm2-135m:Q8_0"]}}
+    grid = {"llama-server": {"parallel": 2, "model": ["smollm2-135m", "smollm2-135m:Q8_0"]}, "llama.cpp": {}}
     front = labkit.sweep(grid, slo=SLO(e2e_p99_ms=60_000), out=tmp_path, **FAST)
     t = front.table
     assert front.stopped == "completed" and not front.failed
-    assert len(t) == 4 * 2 and set(t["parallel"]) == {1, 2}  # settings as columns, one row per level
-    assert set(t["model"]) == {"smollm2-135m", "smollm2-135m:Q8_0"}
+    assert len(t) == 3 * 2 and list(t["level"]) == [1, 2] * 3  # one row per point and level
+    assert list(t["model"].iloc[::2]) == ["smollm2-135m", "smollm2-135m:Q8_0", None]  # settings as columns
+    assert list(t["point"].iloc[::2]) == ["llama-server (parallel=2, model=smollm2-135m)",
+                                          "llama-server (parallel=2, model=smollm2-135m:Q8_0)", "llama.cpp"]
     assert t["slo_met"].all() and (t["errors"] == 0).all()
     # Quality beside speed, one figure per model. (The bundled file is Q4_1 and F16 is its
     # dequantized copy, so it sits nearer F16 than Q8_0 requantized from that F16.)
-    assert (t.groupby("model")["kld"].nunique() == 1).all()
-    kld = t.groupby("model")["kld"].first()
-    assert 0 < kld["smollm2-135m"] < kld["smollm2-135m:Q8_0"] < 0.1
+    assert (t.groupby("point")["kld"].nunique() == 1).all()
+    kld = t.groupby("point", sort=False)["kld"].first().to_numpy()  # llama.cpp's default model is the bundled one
+    assert 0 < kld[2] == kld[0] < kld[1] < 0.1
     # The front, checked on the frame: nothing on it is dominated, everything off it is.
     pts = t[["user_tok_per_s", "output_tok_per_s"]].to_numpy()
     for i, on in enumerate(t["on_front"]):
@@ -34,7 +36,7 @@ def test_a_sweep_over_slots_and_quants_gives_a_non_dominated_front_with_kld(tmp_
         assert on == (not dominated)
     saved = pd.read_csv(tmp_path / "front.csv")
     assert len(saved) == len(t) and "kld" in saved
-    assert len(json.loads((tmp_path / "sweep.json").read_text())["points"]) == 4
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["points"]) == 3
     assert labkit.plots.pareto(front).data
 
 

@@ -100,7 +100,7 @@ def sweep(grid: dict[str, dict[str, Sequence[Any] | Any]], *, concurrency: Seque
           duration_s: float = 20.0, warmup: int = 2, kld: bool | None = None,
           out: str | Path | None = None, progress: bool = True,
           stop_event: threading.Event | None = None,
-          on_point_done: Callable[[Front], None] | None = None) -> Front:
+          on_point_done: Callable[[Front], None] | None = None, **engine_kwargs: Any) -> Front:
     """Measure every combination of ``grid``'s settings at every load level.
 
     ``grid``: ``{engine: {argument: [values]}}`` (a single value counts as one). Every
@@ -110,12 +110,16 @@ def sweep(grid: dict[str, dict[str, Sequence[Any] | Any]], *, concurrency: Seque
     model's KLD against F16 (default: when a model names a quantization, ``"name:Q8_0"``).
     ``out``: one folder per point and ``front.csv``. Ctrl-C or ``stop_event`` ends the sweep
     with every finished point kept; ``on_point_done`` receives the front so far after each.
+    ``engine_kwargs`` (e.g. ``model=``, ``threads=``) go to every point's engine, unless the
+    grid sets that argument itself.
 
     >>> front = sweep({"llama-server": {"parallel": [2, 4]}}, concurrency=[1, 4],
     ...               slo=SLO(ttft_p99_ms=2000), repeats=3)
     >>> front.table; labkit.plots.pareto(front)
     """
     points = grid_points(grid)
+    for engine in grid:
+        _check_arguments(engine, list(engine_kwargs))
     slo = SLO(**slo) if isinstance(slo, dict) else slo
     if slo is not None and not isinstance(slo, SLO):
         raise InvalidInput(f"slo must be a labkit.SLO or a dict of bounds, got {type(slo).__name__}.")
@@ -126,10 +130,11 @@ def sweep(grid: dict[str, dict[str, Sequence[Any] | Any]], *, concurrency: Seque
                   "requests_per_level": requests_per_level, "duration_s": duration_s,
                   "workload": config.workload, "warmup": warmup, "progress": progress}
     walk = _Walk(points, bench_args, slo, Path(out) if out else None, stop_event or threading.Event())
-    walk.on_point_done = on_point_done
+    walk.on_point_done, walk.common = on_point_done, engine_kwargs
     front = walk.run()
-    if (kld if kld is not None else _names_quants(points)) and not front.table.empty:
-        _add_kld(front, points, progress)
+    quants = _names_quants(points) or ":" in str(engine_kwargs.get("model", ""))
+    if (kld if kld is not None else quants) and not front.table.empty:
+        _add_kld(front, points, engine_kwargs, progress)
         walk.save(front)
     return front
 
@@ -195,6 +200,7 @@ class _Walk:
         self.failed: dict[str, str] = {}
         self.settings = list(dict.fromkeys(k for p in points for k in p.settings))
         self.on_point_done: Callable[[Front], None] | None = None
+        self.common: dict[str, Any] = {}
 
     def run(self) -> Front:
         stopped = "completed"
@@ -222,7 +228,7 @@ class _Walk:
     def _measure(self, i: int, point: Point) -> BenchResult | None:
         folder = self.out / f"{i:02d}-{point.engine}" if self.out else None
         try:
-            engine = load(point.engine, **point.settings)
+            engine = load(point.engine, **{**self.common, **point.settings})
         except LabkitError as e:  # one setting the engine refuses does not end the sweep
             self.failed[point.label] = f"{type(e).__name__}: {e}"
             return None
@@ -275,12 +281,12 @@ def on_front(table: pd.DataFrame, x: str = "user_tok_per_s", y: str = "output_to
     return pd.Series(result, index=table.index)
 
 
-def _add_kld(front: Front, points: list[Point], progress: bool) -> None:
+def _add_kld(front: Front, points: list[Point], common: dict[str, Any], progress: bool) -> None:
     """KLD against F16 for the GGUF models of the sweep's llama.cpp points."""
     from ..comparison import kld_to_f16
     from ..models import DEFAULT_MODEL
 
-    gguf = {p.label: str(p.settings.get("model", DEFAULT_MODEL)) for p in points
+    gguf = {p.label: str(p.settings.get("model", common.get("model", DEFAULT_MODEL))) for p in points
             if engine_class(p.engine).model_format == "gguf" and p.label not in front.failed}
     if not gguf:
         return
