@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .loadgen.capacity import Capacity
 from .loadgen.intervals import Estimate, compare
 from .loadgen.result import BenchResult, fed_alike
+from .loadgen.slo import SLO
 from .planner import FitPlan
 
 
@@ -27,6 +30,7 @@ class Claim:
 CLAIMS: dict[str, Claim] = {
     "multi-user": Claim("multi-user", "excellent", "poor"),
     "throughput": Claim("throughput", "very high", "low"),
+    "users-at-slo": Claim("users served within a latency SLO", "many", "few"),
     "single-user": Claim("single-user latency", "medium", "very good"),
     "cpu": Claim("CPU support", "no", "excellent"),
     "gguf": Claim("GGUF support", "no", "native"),
@@ -220,11 +224,44 @@ def _recommendation(r: _Runs, users: int) -> str:
     return f"{many[0].upper()}{many[1:]}; {one}.{basis}"
 
 
-def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int) -> Verdict:
+_VLLM, _LLAMA = ("vllm", "vllm-server"), ("llama.cpp", "llama-server")
+
+
+def _slo_finding(r: _Runs, slo: SLO | None, capacities: dict[str, Capacity] | None) -> Finding:
+    """Users served within the SLO per engine: from capacity searches when given, else the
+    largest level each bench run measured that met it (a lower bound)."""
+    if capacities:
+        served = {n: float(c.answer) for n, c in capacities.items()}
+        slo_text = next(iter(capacities.values())).slo.describe()
+        source, note = "labkit.capacity (search, confirmed)", ""
+    elif slo is not None:
+        served = {}
+        for name, run in r.runs.items():
+            s = run.summary
+            s = s[(s["mode"] == "concurrency") & (s["errors"] == 0)] if not s.empty else s
+            met = [float(row["level"]) for _, row in s.iterrows() if slo.met(row)]
+            served[name] = max(met, default=0.0)
+        slo_text, source = slo.describe(), "labkit.bench levels judged against the SLO"
+        note = "a lower bound: only the levels run were tried (labkit.capacity searches; notebook 06)"
+    else:
+        return Finding("not measured: give verdict(..., slo=) or capacities= (notebook 06-capacity)",
+                       "-", None)
+    best_v = max((served[n] for n in _VLLM if n in served), default=math.nan)
+    best_l = max((served[n] for n in _LLAMA if n in served), default=math.nan)
+    holds = None if best_v == best_l or math.isnan(best_v) or math.isnan(best_l) else best_v > best_l
+    measured = f"within {slo_text}: " + ", ".join(f"{n} {v:g}" for n, v in served.items()) + " users"
+    return Finding(measured, source, holds, _joined(note, "the same number of users" if best_v == best_l else ""))
+
+
+def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int, *, slo: SLO | None = None,
+            capacities: dict[str, Capacity] | None = None) -> Verdict:
     """Fill the "measured here" column from benchmark runs of llama.cpp, llama-server, vllm and
-    vllm-server (1 and ``users`` concurrent users) and a fit plan for the 26B row."""
+    vllm-server (1 and ``users`` concurrent users) and a fit plan for the 26B row. The row
+    "users served within a latency SLO" comes from ``capacities`` (``labkit.capacity``
+    results by engine) or, with ``slo`` only, from the levels the runs measured."""
     r = _Runs(runs, users)
-    found = {**_load_findings(r), **_platform_findings(r), "26b-on-12gb": _plan_finding(plan)}
+    found = {**_load_findings(r), **_platform_findings(r), "26b-on-12gb": _plan_finding(plan),
+             "users-at-slo": _slo_finding(r, slo, capacities)}
     answer = {True: "yes", False: "no", None: "n/a"}
     rows: list[dict[str, Any]] = [
         {"claim": c.text, "vLLM": c.vllm, "llama.cpp": c.llamacpp, "measured here": found[cid].measured,

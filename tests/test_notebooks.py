@@ -75,8 +75,9 @@ def test_04_memory_and_quantization(tmp_path):
 def test_05_which_engine(tmp_path):
     _, r = _run("05-which-engine", tmp_path, USERS=4, REQUESTS=4, OUTPUT_TOKENS=8)
     v = r["verdict"]
-    assert len(v) == 8
+    assert len(v) == 9
     assert v["measured here"].str.contains(r"\d").all()  # a number in every row
+    assert v.set_index("claim").loc["users served within a latency SLO", "measured here"].startswith("within TTFT")
     assert set(v["claim holds here"]) <= {"yes", "no", "n/a"}
     assert "users" in r["recommendation"]
 

@@ -70,3 +70,16 @@ def test_overlapping_intervals_make_the_verdict_say_no_clear_difference():
     single = v.table.set_index("claim").loc["single-user latency"]
     assert single["claim holds here"] == "yes" and "do not overlap" in single["comment"]
     assert "no clear difference" in v.recommendation and "llama.cpp was faster" in v.recommendation
+
+
+def test_the_slo_row_counts_the_users_each_engine_served_within_it():
+    runs = {"llama.cpp": _run("llama.cpp", {1: 50.0}), "llama-server": _run("llama-server", {1: 45.0, 8: 150.0}),
+            "vllm": _run("vllm", {1: 30.0, 8: 200.0}), "vllm-server": _run("vllm-server", {1: 28.0, 8: 180.0})}
+    plan = labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096)
+    # e2e is 20/speed seconds: 8 users on llama-server take 133 ms, on vllm-server 111 ms.
+    row = verdict(runs, plan, users=8, slo=labkit.SLO(e2e_p99_ms=125)).table.set_index("claim").loc[
+        "users served within a latency SLO"]
+    assert "vllm-server 8" in row["measured here"] and "llama-server 0," in row["measured here"]
+    assert row["claim holds here"] == "yes" and "lower bound" in row["comment"]
+    none = verdict(runs, plan, users=8).table.set_index("claim").loc["users served within a latency SLO"]
+    assert none["claim holds here"] == "n/a" and none["measured here"].startswith("not measured")
