@@ -9,6 +9,9 @@
 3. labkit HTTP metrics vs vLLM's own serving benchmark against the same vLLM server and
    the same prompts (8 users, 64 requests a round): TTFT and TPOT medians over all
    requests of all rounds                                         (target within 5%)
+   and the p99 TTFT, pooled likewise                              (target within 10%)
+   `--serve-users capacity` runs it at the capacity labkit finds for that server first
+   (SLO: TTFT p99 <= 2 s, TPOT p99 <= 100 ms; 128 input, 64 output tokens).
 4. output tok/s per engine at 1 and 32 users: the common-wisdom claim, as ratios.
 """
 
@@ -24,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 import labkit
@@ -126,12 +130,23 @@ def _vllm_bench_serve(srv, data: Path, tmp: str, users: int, n: int) -> dict:
     return {**p50, "ttft_ms": ttft, "tpot_ms": tpot}
 
 
-def http_metrics_vs_vllm_bench(threads: int, users: int, n: int, rounds: int) -> dict:
+def _capacity_users(srv) -> int:
+    """The users labkit's capacity search finds for this server at the common SLO."""
+    slo = labkit.SLO(ttft_p99_ms=2000, tpot_p99_ms=100)
+    cap = labkit.capacity(srv, slo=slo, workload=workloads.chat(input_tokens=128, output_tokens=OUT_TOKENS),
+                          max_level=32, progress=False)
+    print(f"    capacity: {cap.summary_line()}")
+    return max(1, cap.users or 1)
+
+
+def http_metrics_vs_vllm_bench(threads: int, users: int | str, rounds: int) -> dict:
     """labkit's HTTP load generator and vLLM's serving benchmark take turns (alternating who
     goes first) against one server with the same prompts. The ratio is of medians over every
     request of every round (pooled), so one slow round moves it less than a median of
-    per-round p50s."""
+    per-round p50s. ``users="capacity"``: at the level labkit's capacity search finds."""
     with labkit.load("vllm-server", threads=threads) as srv, tempfile.TemporaryDirectory() as tmp:
+        users = _capacity_users(srv) if users == "capacity" else int(users)
+        n = max(64, 8 * users)
         reqs = workloads.synthetic(input_tokens=128, output_tokens=OUT_TOKENS).build(srv, n)
         data = Path(tmp) / "prompts.jsonl"
         data.write_text("".join(json.dumps({"prompt": r.prompt, "output_tokens": OUT_TOKENS}) + "\n" for r in reqs))
@@ -163,6 +178,11 @@ def http_metrics_vs_vllm_bench(threads: int, users: int, n: int, rounds: int) ->
         b = _median([v for r in theirs for v in r[f"{m}_ms"]])
         line(f"vLLM server, {users} users: {m.upper()} median labkit / vllm bench serve", a / b,
              "target within 0.95..1.05")
+        if m == "ttft":
+            a99, b99 = (float(np.percentile([v for r in side for v in r["ttft_ms"]], 99)) for side in (mine, theirs))
+            line(f"vLLM server, {users} users: TTFT p99 labkit / vllm bench serve", a99 / b99,
+                 "target within 0.90..1.10")
+            print(f"    pooled p99 over {rounds} x {n} requests: labkit {a99:.1f} ms, vllm bench serve {b99:.1f} ms")
         print(f"    pooled over {rounds} x {n} requests: labkit {a:.1f} ms, vllm bench serve {b:.1f} ms; "
               f"per-round p50s: labkit {_fmt([r[f'{m}_p50_ms'] for r in mine])}, "
               f"vllm bench serve {_fmt([r[f'{m}_p50_ms'] for r in theirs])}")
@@ -201,6 +221,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds for the anchor comparisons")
     ap.add_argument("--out", type=Path, help="keep every run's results here")
+    ap.add_argument("--serve-users", default="8",
+                    help="users for the vllm-serve comparison: a number, or 'capacity' (labkit's answer)")
     ap.add_argument("--only", help="comma-separated subset: llama-bench,vllm-generate,vllm-serve,wisdom")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else {"llama-bench", "vllm-generate", "vllm-serve", "wisdom"}
@@ -210,7 +232,7 @@ def main() -> None:
     if "vllm-generate" in only:
         results["vllm_generate"] = vllm_vs_bare_generate(args.threads, args.users, args.rounds)
     if "vllm-serve" in only:
-        results["vllm_serve"] = http_metrics_vs_vllm_bench(args.threads, 8, 2 * args.users, args.rounds)
+        results["vllm_serve"] = http_metrics_vs_vllm_bench(args.threads, args.serve_users, args.rounds)
     if "wisdom" in only:
         results["wisdom"] = common_wisdom(args.threads, args.users, args.out)
     if args.out:
