@@ -198,6 +198,8 @@ def pareto(front: Any) -> go.Figure:
     measured it; marker size = peak memory; hollow = missed the SLO. The front is the line."""
     t = front.table if hasattr(front, "table") else front
     t = t.dropna(subset=["user_tok_per_s", "output_tok_per_s"])
+    if "partial" in t:  # a level cut short by Stop is no point of comparison
+        t = t[~t["partial"].astype(bool)]
     fig = go.Figure()
     mem = t.get("peak_pss_bytes", pd.Series(0.0, index=t.index)).fillna(0)
     size = 9 + 21 * mem / max(1.0, float(mem.max()))

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from labkit.widgets import BenchPanel, ComparePanel, MemoryMonitor, ModelLoader
+from labkit.widgets import (
+    BenchPanel,
+    CapacityPanel,
+    ComparePanel,
+    MemoryMonitor,
+    ModelLoader,
+    SweepPanel,
+)
 
 from .conftest import MODEL
 
@@ -60,3 +67,65 @@ def test_memory_monitor_samples_loaded_engines(llama):
     mon = MemoryMonitor({"llama.cpp": llama})
     reading = mon.sample()
     assert reading["llama.cpp"] > 0 and len(mon.figure.data) == 1
+    # an in-process engine is the kernel's growth, and the line says so
+    assert mon.figure.data[0].name == "llama.cpp (in this kernel: its growth since load)"
+
+
+def test_bench_panel_overlays_engines_with_latency_beside_throughput(llama, llama_server):
+    panel = BenchPanel({"in process": llama, "server": llama_server})
+    assert panel.pick.value == ("in process", "server")  # ready with what it was given
+    panel.levels.value, panel.requests.value = "1,2", 2
+    panel.input_tokens.value, panel.output_tokens.value = 16, 4
+    panel.run_button.click()
+    panel.wait(300)
+    names = [t.name for t in panel.figure.data]
+    assert names == ["in process", "in process partial", "server", "server partial"]
+    assert [list(panel.figure.data[i].x) for i in (0, 2)] == [[1, 2], [1, 2]]
+    lat = {t.name: list(t.y) for t in panel.latency.data}
+    assert set(lat) == {f"{e} {m}" for e in ("in process", "server")
+                        for m in ("TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99")}
+    assert all(len(v) == 2 and min(v) > 0 for v in lat.values())
+    assert panel.progress.value == panel.progress.max == 4 and "done" in panel.status.value
+
+
+def test_capacity_panel_finds_the_users_and_draws_the_search(llama_server):
+    panel = CapacityPanel({"server": llama_server})
+    panel.ttft.value, panel.tpot.value, panel.more.value = 0, 0, "e2e_p99_ms=600000"
+    panel.max_users.value, panel.input_tokens.value, panel.output_tokens.value = 2, 48, 4
+    panel.run_button.click()
+    panel.wait(300)
+    cap = panel.capacity
+    assert cap is not None and cap.users == 2 and cap.slo.bounds == {"e2e_p99_ms": 600000}
+    assert "2 users within E2E p99" in panel.status.value and "<table" in panel.table.value
+    drawn = [t for t in panel.figure.data if t.name == "server"]
+    assert drawn and sorted(set(drawn[0].x)) == [1, 2]
+    assert not panel.run_button.disabled and panel.stop_button.disabled
+
+
+def test_capacity_and_sweep_panels_say_what_is_wrong_in_words(llama):
+    cap = CapacityPanel({"a": llama})
+    cap.ttft.value, cap.tpot.value = 0, 0
+    cap.run_button.click()
+    assert "An SLO needs at least one bound" in cap.status.value and cap.capacity is None
+    cap.more.value = "ttft_p42_ms=5"
+    cap.run_button.click()
+    assert "Unknown SLO bound ttft_p42_ms" in cap.status.value
+    sw = SweepPanel('{"llama.cpp": {"treads": [1]}}')
+    sw.run_button.click()
+    assert "llama.cpp has no argument &#x27;treads&#x27;; its arguments are model, threads" in sw.status.value
+    sw.grid.value = "{not a dict"
+    sw.run_button.click()
+    assert "grid: write a dict such as" in sw.status.value and not sw.run_button.disabled
+
+
+def test_sweep_panel_fills_the_front_point_by_point():
+    panel = SweepPanel({"llama.cpp": {"threads": [1, 2]}})
+    panel.levels.value, panel.requests.value = "1", 2
+    panel.input_tokens.value, panel.output_tokens.value = 16, 4
+    panel.run_button.click()
+    panel.wait(300)
+    front = panel.front
+    assert front is not None and len(front.table) == 2 and front.table["on_front"].any()
+    assert panel.progress.value == panel.progress.max == 2
+    assert "done: 2 point(s)" in panel.status.value and "<table" in panel.table.value
+    assert sum(len(t.x) for t in panel.figure.data if t.name != "Pareto front") == 2

@@ -63,8 +63,8 @@ class Point:
 @dataclass
 class Front:
     """What a sweep measured: ``table`` has one row per (point, level) with the settings as
-    columns, the level's figures, ``slo_met`` (with an SLO), ``kld`` (quantized GGUF points)
-    and ``on_front``. ``failed``: points whose engine did not load, with the reason.
+    columns, the level's figures, ``slo_met`` (with an SLO), ``kld`` (quantized GGUF points),
+    ``partial`` (a level cut short by Stop: kept, never on the front) and ``on_front``. ``failed``: points whose engine did not load, with the reason.
     ``stopped``: "completed" or why the sweep ended early (the finished points are kept)."""
 
     table: pd.DataFrame
@@ -88,7 +88,7 @@ class Front:
         notes += [f"<b>{html.escape(p)}</b> did not load: {html.escape(why)}" for p, why in self.failed.items()]
         if self.slo is not None:
             notes.append(f"SLO: {html.escape(self.slo.describe())}")
-        cols = ["point", *self.settings, *[c for c in _FIGURES if c in self.table], "slo_met", "kld", "on_front"]
+        cols = ["point", *self.settings, *[c for c in _FIGURES if c in self.table], "slo_met", "kld", "partial", "on_front"]
         t = self.table[[c for c in dict.fromkeys(cols) if c in self.table]]
         return "".join(f"<p>{n}</p>" for n in notes) + t.to_html(
             index=False, float_format=lambda x: f"{x:,.4g}", na_rep="")
@@ -252,7 +252,10 @@ class _Walk:
     def _front(self, stopped: str) -> Front:
         table = pd.concat(self.rows, ignore_index=True) if self.rows else pd.DataFrame()
         if not table.empty:
-            table["on_front"] = on_front(table)
+            # A level cut short by Stop is kept, marked, and never on the front.
+            table["partial"] = table.get("unmeasured", pd.Series(0, index=table.index)).fillna(0) > 0
+            table["on_front"] = False
+            table.loc[~table["partial"], "on_front"] = on_front(table[~table["partial"]])
         return Front(table, dict(self.results), dict(self.failed), self.slo, stopped, self.settings)
 
     def save(self, front: Front) -> None:

@@ -58,3 +58,16 @@ def test_the_pareto_plot_draws_every_point_and_the_front():
     fig = labkit.plots.pareto(Front(t))
     assert list(fig.data[0].marker.symbol) == ["circle", "circle-open", "circle"]
     assert list(fig.data[-1].x) == [20.0, 40.0]  # the front, by per-user speed
+
+
+def test_a_level_cut_short_is_kept_marked_and_left_off_the_front():
+    from labkit.loadgen.sweep import _Walk
+
+    walk = _Walk([], {}, None, None, None)
+    walk.rows = [pd.DataFrame({"point": ["a", "a"], "mode": ["concurrency"] * 2, "level": [1, 2],
+                               "unmeasured": [0, 5], "user_tok_per_s": [40.0, 90.0],
+                               "output_tok_per_s": [40.0, 90.0]})]
+    t = walk._front("interrupted").table
+    assert list(t["partial"]) == [False, True] and list(t["on_front"]) == [True, False]
+    fig = labkit.plots.pareto(Front(t))
+    assert [len(d.x) for d in fig.data] == [1, 1]  # the whole level, and the front through it

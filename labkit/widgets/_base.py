@@ -1,0 +1,78 @@
+"""What every panel shares: the worker thread that keeps the UI responsive, the engines
+loaded in this kernel, labels that are never cut, and figures redrawn in place."""
+
+from __future__ import annotations
+
+import html
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as w
+
+from ..engines.base import Engine
+from ..errors import LabkitError
+
+
+def _labels_fit(*fields: w.DescriptionWidget) -> None:
+    """ipywidgets cut a label at 80 px ("GPU util/l..."); let each take the width it needs."""
+    for f in fields:
+        f.style.description_width = "initial"
+
+#: Engines loaded through any ModelLoader in this kernel, by label: what ComparePanel offers.
+LOADED: dict[str, Engine] = {}
+
+
+class _Worker:
+    """Runs one job at a time off the UI thread and reports into ``status``."""
+
+    def __init__(self, status: w.HTML):
+        self.status = status
+        self.thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    def start(self, job: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        if self.busy:
+            self.show("busy: wait for the current job", "#a60")
+            return
+        self.error = None
+
+        def run() -> None:
+            try:
+                done(job())
+            except LabkitError as e:
+                self.error = str(e)
+                self.show(str(e).splitlines()[0], "#c00")
+            except Exception as e:  # shown, not raised: the kernel must not see a traceback wall
+                self.error = f"{type(e).__name__}: {e}"
+                self.show(self.error, "#c00")
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def show(self, text: str, color: str = "#333") -> None:
+        self.status.value = f"<span style='color:{color}'>{html.escape(text)}</span>"
+
+
+def engine_choices(engines: Engine | dict[str, Engine] | None) -> dict[str, Engine]:
+    """The engines a panel offers: the one or the dict it was given, else every engine
+    loaded through a ModelLoader in this kernel."""
+    if isinstance(engines, Engine):
+        return {f"{engines.name}: {engines.info.model}": engines}
+    return engines if engines is not None else LOADED
+
+
+def show_figure(widget: Any, fig: Any) -> None:
+    """Replace a FigureWidget's traces and layout with those of a plotly figure (one redraw)."""
+    with widget.batch_update():
+        widget.data = ()
+        widget.add_traces(list(fig.data))
+        widget.layout = fig.layout

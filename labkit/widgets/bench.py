@@ -1,0 +1,188 @@
+"""BenchPanel: throughput and latency of one or more engines as the levels finish; Stop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as w
+from plotly.colors import qualitative
+
+from ..engines.base import Engine
+from ..errors import LabkitError
+from ._base import _labels_fit, _Worker, engine_choices
+
+_LATENCY = (("ttft_p50_ms", "TTFT p50", "solid"), ("ttft_p99_ms", "TTFT p99", "dot"),
+            ("tpot_p50_ms", "TPOT p50", "dash"), ("tpot_p99_ms", "TPOT p99", "dashdot"))
+
+
+class BenchPanel(w.VBox):
+    """Concurrency levels and workload sizes; Run benchmarks each selected engine in turn and
+    draws throughput and latency (TTFT and TPOT, p50 and p99) as each level finishes, one
+    colour per engine on shared figures; Stop keeps the finished levels.
+
+    ``engine``: an engine, a ``{label: engine}`` dict, a function returning the engine to use
+    (e.g. ``lambda: loader.engine``), or None for every engine loaded by a ModelLoader.
+    """
+
+    def __init__(self, engine: Engine | dict[str, Engine] | Callable[[], Engine | None] | None = None,
+                 **kwargs: Any):
+        import plotly.graph_objects as go
+
+        self._engine = engine
+        self.pick = w.SelectMultiple(description="engines", options=list(self._available()),
+                                     layout={"height": "64px"})
+        self.pick.value = tuple(self.pick.options)  # ready to run with what it was given
+        self.levels = w.Text(value="1,2,4", description="users")
+        self.requests = w.BoundedIntText(value=8, min=1, max=100000, description="requests/level")
+        self.input_tokens = w.BoundedIntText(value=64, min=1, max=1 << 20, description="input tokens")
+        self.output_tokens = w.BoundedIntText(value=32, min=1, max=1 << 20, description="output tokens")
+        _labels_fit(self.pick, self.levels, self.requests, self.input_tokens, self.output_tokens)
+        self.run_button = w.Button(description="Run", button_style="primary")
+        self.stop_button = w.Button(description="Stop", button_style="warning", disabled=True)
+        self.progress = w.IntProgress(value=0, min=0, max=1)
+        self.status = w.HTML("")
+        self.figure = go.FigureWidget(layout={"title": "output tok/s vs users (hollow: partial level)",
+                                              "xaxis_title": "concurrent users",
+                                              "yaxis_title": "output tokens/s", "height": 320})
+        self.latency = go.FigureWidget(layout={"title": "latency vs users", "xaxis_title": "concurrent users",
+                                               "yaxis_title": "milliseconds", "height": 320})
+        self.result = None
+        self.results: dict[str, Any] = {}
+        self._complete: dict[str, int] = {}  # complete levels per engine: the progress bar
+        self._stop = threading.Event()
+        self._worker = _Worker(self.status)
+        self.run_button.on_click(lambda _: self.run())
+        self.stop_button.on_click(lambda _: self.stop())
+        controls = [self.levels, self.requests] if callable(engine) and not isinstance(engine, Engine) \
+            else [self.pick, w.VBox([self.levels, self.requests])]
+        super().__init__([w.HBox(controls), w.HBox([self.input_tokens, self.output_tokens]),
+                          w.HBox([self.run_button, self.stop_button, self.progress]), self.status,
+                          w.HBox([self.figure, self.latency])], **kwargs)
+
+    def _available(self) -> dict[str, Engine]:
+        if callable(self._engine) and not isinstance(self._engine, Engine):
+            return {}
+        return engine_choices(self._engine)
+
+    def _selected(self) -> dict[str, Engine]:
+        if callable(self._engine) and not isinstance(self._engine, Engine):
+            engine = self._engine()
+            if engine is None:
+                raise LabkitError("No engine loaded: load one with a ModelLoader first.")
+            return {engine.name: engine}
+        return {k: self._available()[k] for k in self.pick.value if k in self._available()}
+
+    def _levels(self) -> list[int] | None:
+        try:
+            levels = [int(x) for x in self.levels.value.split(",") if x.strip()]
+        except ValueError:
+            levels = []
+        if not levels or min(levels) < 1:
+            self._worker.show("users: write comma-separated positive integers, e.g. 1,2,4", "#c00")
+            return None
+        return levels
+
+    def run(self) -> None:
+        levels = self._levels()
+        if levels is None or self._worker.busy:
+            return
+        try:
+            engines = self._selected()
+        except LabkitError as e:
+            self._worker.show(str(e), "#c00")
+            return
+        if not engines:
+            self._worker.show("Select at least one engine in the list (or load one with a ModelLoader).", "#c00")
+            return
+        self._stop.clear()
+        self.results, self._complete = {}, {}
+        self.progress.max, self.progress.value = max(1, len(levels) * len(engines)), 0
+        for fig in (self.figure, self.latency):
+            fig.data = ()
+        self.stop_button.disabled, self.run_button.disabled = False, True
+        self._worker.show(f"running {levels} on {', '.join(engines)}…")
+        self._worker.start(lambda: self._bench_all(engines, levels), self._done)
+
+    def _bench_all(self, engines: dict[str, Engine], levels: list[int]) -> Any:
+        from ..loadgen import bench, workloads
+
+        try:
+            for label, engine in engines.items():
+                if self._stop.is_set():
+                    break
+                self.results[label] = None
+                self.result = bench(engine, concurrency=levels, requests_per_level=self.requests.value,
+                                    workload=workloads.synthetic(self.input_tokens.value, self.output_tokens.value),
+                                    progress=False, stop_event=self._stop,
+                                    on_level_done=lambda res, label=label: self._draw(label, res))
+                self.results[label] = self.result
+                self._draw(label, self.result)
+            return self.result
+        finally:
+            self.stop_button.disabled, self.run_button.disabled = True, False
+
+    def _done(self, res: Any) -> None:
+        partial = [p for label, r in self.results.items() if r is not None for p in self._partial(label, r)]
+        if res is not None and (res.interrupted or self._stop.is_set()):
+            self._worker.show(f"stopped: {self.progress.value} complete level(s) kept"
+                              + (f"; {', '.join(partial)} drawn hollow, as partial" if partial else ""), "#a60")
+        else:
+            self._worker.show("done", "#080")
+
+    @staticmethod
+    def _split(res: Any) -> tuple[Any, Any]:
+        """(whole levels, levels cut short by Stop or failed requests); unstarted ones in neither."""
+        s = res.summary
+        if s.empty or "output_tok_per_s" not in s:
+            return s, s
+        started = s[s["completed"] > 0]
+        bad = (started["unmeasured"] > 0) | (started["errors"] > 0)
+        return started[~bad], started[bad]
+
+    def _partial(self, label: str, res: Any) -> list[str]:
+        _, cut = self._split(res)
+        if cut.empty:
+            return []
+        return [f"{label} at {lv} users ({c} of {c + u + e} requests)" for lv, c, u, e in
+                zip(cut["level"], cut["completed"], cut["unmeasured"], cut["errors"], strict=True)]
+
+    def _draw(self, label: str, res: Any) -> None:
+        """One engine's traces: complete levels on the line, a level cut short as a hollow
+        marker saying how much of it ran, levels never started not at all."""
+        whole, cut = self._split(res)
+        if "output_tok_per_s" not in whole:
+            return
+        names = list(self.results)
+        color = qualitative.Plotly[names.index(label) % len(qualitative.Plotly)] if label in names else None
+        text = [f"{c} of {c + u + e}" for c, u, e in zip(cut["completed"], cut["unmeasured"], cut["errors"],
+                                                         strict=True)]
+        with self.figure.batch_update(), self.latency.batch_update():
+            self._trace(self.figure, label, {"x": list(whole["level"]), "y": list(whole["output_tok_per_s"]),
+                                             "mode": "lines+markers", "line": {"color": color}})
+            self._trace(self.figure, f"{label} partial", {
+                "x": list(cut["level"]), "y": list(cut["output_tok_per_s"]), "mode": "markers+text",
+                "text": text, "textposition": "top center", "showlegend": not cut.empty,
+                "marker": {"symbol": "circle-open", "size": 11, "color": color}})
+            for col, name, dash in _LATENCY:
+                self._trace(self.latency, f"{label} {name}", {
+                    "x": list(whole["level"]), "y": list(whole[col]), "mode": "lines+markers",
+                    "line": {"color": color, "dash": dash}})
+        self._complete[label] = len(whole)
+        self.progress.value = sum(self._complete.values())
+
+    @staticmethod
+    def _trace(fig: Any, name: str, props: dict[str, Any]) -> None:
+        existing = [t for t in fig.data if t.name == name]
+        if existing:
+            existing[0].update(props)
+        else:
+            fig.add_scatter(name=name, **props)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> BenchPanel:
+        self._worker.wait(timeout)
+        return self

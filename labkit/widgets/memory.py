@@ -1,0 +1,95 @@
+"""MemoryMonitor: a live chart of each loaded engine's memory."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import ipywidgets as w
+
+from ..engines.base import Engine
+from ._base import LOADED
+
+
+class MemoryMonitor(w.VBox):
+    """A live memory chart (PSS of each engine's process tree) of the loaded engines."""
+
+    def __init__(self, engines: dict[str, Engine] | None = None, interval_s: float = 1.0, **kwargs: Any):
+        import plotly.graph_objects as go
+
+        self._engines = engines if engines is not None else LOADED
+        self.interval_s = interval_s
+        self._samplers: dict[str, Any] = {}
+        self.figure = go.FigureWidget(layout={"title": "memory (PSS)", "xaxis_title": "seconds",
+                                              "yaxis_title": "GiB", "height": 300})
+        # the state in words, not only in the button's shade of grey
+        self.toggle = w.ToggleButton(description="Live: off (click to sample)", value=False,
+                                     layout={"width": "220px"})
+        self.toggle.observe(self._toggled, "value")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t = 0.0
+        super().__init__([self.toggle, self.figure], **kwargs)
+
+    def _toggled(self, change: dict) -> None:
+        self.toggle.description = "Live: on (click to pause)" if change["new"] else "Live: off (click to sample)"
+        if change["new"]:
+            self.start()
+        else:
+            self.stop()
+
+    def sample(self) -> dict[str, float]:
+        """One reading per engine (GiB), appended to the chart."""
+        from ..memory import MemorySampler
+
+        readings = {}
+        for label, engine in list(self._engines.items()):
+            if engine.closed:
+                self._samplers.pop(label, None)
+                continue
+            if label not in self._samplers:
+                scope = engine.memory_scope()
+                if scope is None:
+                    continue
+                # A chart someone is watching may spend more than a benchmark's sampler on
+                # the page-table walks that PSS needs, but not a core: 5% of one.
+                self._samplers[label] = MemorySampler(scope, self.interval_s, device=False, cpu_budget=0.05)
+            pss = self._samplers[label].sample()["pss_bytes"]
+            if pss == pss:  # NaN between the readings the budget allows
+                readings[label] = pss / 1024**3
+        names = [t.name for t in self.figure.data]
+        for label, gib in readings.items():
+            name = label + _whose(self._samplers[label].scope)
+            if name not in names:
+                self.figure.add_scatter(x=[], y=[], mode="lines", name=name)
+                names.append(name)
+            trace = self.figure.data[names.index(name)]
+            trace.x, trace.y = (*trace.x, self._t), (*trace.y, gib)
+        self._t += self.interval_s
+        return readings
+
+    def start(self) -> None:
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self.sample()
+                except Exception:
+                    continue
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _whose(scope: Any) -> str:
+    """What a line measures, where it is not one engine's own processes: an in-process engine
+    is the kernel's growth since it loaded, which a second in-process engine shares."""
+    if scope.self_baseline is None:
+        return ""
+    if not scope.roots:
+        return " (in this kernel: its growth since load)"
+    return " (its processes + this kernel's growth since load)"
