@@ -113,8 +113,27 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
                             hint="Run `labkit doctor`: it checks this machine's native builds "
                                  "(llama.cpp, torch) in child processes and names the one "
                                  "that crashes.") from None
+    _slim_widget_state(executed)
     _write_report(executed, folder, nb_path.stem)
     return folder
+
+
+def _slim_widget_state(executed: Path) -> None:
+    """Drop the JavaScript that anywidget-based widgets (plotly's FigureWidget) store in the
+    notebook's widget state: 4-5 MB of plotly.js per figure, which a report cannot run
+    anyway. The widgets' data stays."""
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    slimmed = 0
+    for model in state.values():
+        for key in ("_esm", "_css"):
+            if len(str(model.get("state", {}).get(key, ""))) > 10_000:
+                model["state"][key] = ""
+                slimmed += 1
+    if slimmed:
+        nbformat.write(nb, str(executed))
 
 
 def _write_report(executed: Path, folder: Path, stem: str) -> None:

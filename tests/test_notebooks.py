@@ -126,3 +126,11 @@ def test_a_kernel_killed_by_a_signal_names_the_cell_and_the_signal(tmp_path):
     e = err.value
     assert e.signal == "SIGILL" and e.cell_index == 1 and e.first_line == "import os, signal"
     assert "illegal instruction" in str(e) and "labkit doctor" in str(e)
+
+
+def test_07_panels_render_headlessly(tmp_path):
+    folder, _ = _run("07-panels", tmp_path)
+    nb = nbformat.read(folder / "07-panels.ipynb", as_version=4)
+    widgets = [c for c in nb.cells if c.cell_type == "code"
+               and any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in c.outputs)]
+    assert len(widgets) == 6  # loader, bench, capacity, sweep, compare, memory
