@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from labkit._procs import ManagedProcess
 from labkit.engines.servers import free_port, wait_healthy
@@ -105,11 +106,13 @@ def _bench_then_stop(page) -> None:
     bench.shot("bench")
     bench.fill(users="1,2,4,8", **{"requests/level": "16", "output_tokens": "32"})
     bench.button("Run").click()
-    assert bench.button("Run").is_disabled() and bench.button("Stop").is_enabled()
+    expect(bench.button("Run")).to_be_disabled(timeout=30_000)  # the state, as the page shows it
+    expect(bench.button("Stop")).to_be_enabled()
     bench.button("Stop").click()
     text = bench.status("^stopped: ")
     assert "complete level(s) kept" in text
-    assert bench.button("Run").is_enabled() and bench.button("Stop").is_disabled()
+    expect(bench.button("Run")).to_be_enabled()
+    expect(bench.button("Stop")).to_be_disabled()
     bench.shot("bench-stopped")
 
 
@@ -144,9 +147,10 @@ def _compare_and_memory(page) -> None:
     toggle = mem.root.locator(".widget-toggle-button")
     assert toggle.inner_text().startswith("Live: off")
     toggle.click()
-    assert toggle.inner_text().startswith("Live: on")
-    mem.root.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for(timeout=60_000)
-    assert "in this kernel" in mem.root.inner_text()  # the in-process line says what it measures
+    expect(toggle).to_have_text(re.compile("^Live: on"))
+    # a sample drawn, and the in-process line says what it measures
+    mem.root.locator(".js-plotly-plot .scatterlayer .points path").first.wait_for(timeout=60_000)
+    mem.root.locator(".legendtext", has_text="in this kernel").first.wait_for(state="attached", timeout=60_000)
     mem.shot("memory")
 
 
@@ -160,7 +164,7 @@ def test_every_panel_works_in_jupyterlab(jupyterlab):
         try:
             loader = _Cell(page, LOADER)
             assert "loaded: llama.cpp" in loader.status("^loaded: llama.cpp")
-            assert loader.button("Unload").is_enabled()
+            expect(loader.button("Unload")).to_be_enabled()
             loader.shot("loader")
             _bench_then_stop(page)
             _capacity(page)

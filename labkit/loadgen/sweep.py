@@ -90,6 +90,7 @@ class Front:
             notes.append(f"SLO: {html.escape(self.slo.describe())}")
         cols = ["point", *self.settings, *[c for c in _FIGURES if c in self.table], "slo_met", "kld", "partial", "on_front"]
         t = self.table[[c for c in dict.fromkeys(cols) if c in self.table]]
+        t = t.astype({c: object for c in self.settings if c in t}).where(t.notna(), np.nan)  # None: blank
         return "".join(f"<p>{n}</p>" for n in notes) + t.to_html(
             index=False, float_format=lambda x: f"{x:,.4g}", na_rep="")
 

@@ -45,9 +45,12 @@ class BenchPanel(w.VBox):
         self.status = w.HTML("")
         self.figure = go.FigureWidget(layout={"title": "output tok/s vs users (hollow: partial level)",
                                               "xaxis_title": "concurrent users",
-                                              "yaxis_title": "output tokens/s", "height": 320})
+                                              "yaxis_title": "output tokens/s", "height": 320,
+                                              "width": 560})
         self.latency = go.FigureWidget(layout={"title": "latency vs users", "xaxis_title": "concurrent users",
-                                               "yaxis_title": "milliseconds", "height": 320})
+                                               "yaxis_title": "milliseconds (log)", "yaxis_type": "log",
+                                               "height": 380, "width": 560,
+                                               "legend": {"orientation": "h", "y": -0.3}})
         self.result = None
         self.results: dict[str, Any] = {}
         self._complete: dict[str, int] = {}  # complete levels per engine: the progress bar
@@ -135,8 +138,8 @@ class BenchPanel(w.VBox):
     def _split(res: Any) -> tuple[Any, Any]:
         """(whole levels, levels cut short by Stop or failed requests); unstarted ones in neither."""
         s = res.summary
-        if s.empty or "output_tok_per_s" not in s:
-            return s, s
+        if s.empty or "output_tok_per_s" not in s:  # nothing completed: nothing to draw or list
+            return s.iloc[0:0], s.iloc[0:0]
         started = s[s["completed"] > 0]
         bad = (started["unmeasured"] > 0) | (started["errors"] > 0)
         return started[~bad], started[bad]

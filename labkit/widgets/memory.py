@@ -61,7 +61,7 @@ class MemoryMonitor(w.VBox):
         for label, gib in readings.items():
             name = label + _whose(self._samplers[label].scope)
             if name not in names:
-                self.figure.add_scatter(x=[], y=[], mode="lines", name=name)
+                self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=name)
                 names.append(name)
             trace = self.figure.data[names.index(name)]
             trace.x, trace.y = (*trace.x, self._t), (*trace.y, gib)

@@ -12,10 +12,11 @@ class _StopsThePanel(FakeEngine):
     level 2 is cut short, level 4 never starts."""
 
     panel: BenchPanel | None = None
+    stop_at = 10
 
     def _stream(self, prompt, params, chat, t0):
         tokens = super()._stream(prompt, params, chat, t0)
-        if self.started == 10 and self.panel is not None:
+        if self.started == self.stop_at and self.panel is not None:
             self.panel.stop()
         return tokens
 
@@ -49,3 +50,16 @@ def test_the_memory_monitor_says_whether_it_is_live():
     assert mon.toggle.description.startswith("Live: on")
     mon.toggle.value = False
     assert mon.toggle.description.startswith("Live: off")
+
+
+def test_levels_that_never_started_are_not_listed_as_partial():
+    eng = _StopsThePanel(token_s=0.002)
+    panel = BenchPanel(eng)
+    eng.panel = panel
+    eng.stop_at = 1  # Stop during the warm-up: no measured request is sent
+    panel.levels.value, panel.requests.value = "1,2", 6
+    panel.input_tokens.value, panel.output_tokens.value = 8, 4
+    panel.run_button.click()
+    panel.wait(60)
+    assert "stopped: 0 complete level(s) kept" in panel.status.value
+    assert "of 6" not in panel.status.value and all(len(t.x) == 0 for t in panel.figure.data)
