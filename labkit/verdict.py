@@ -123,6 +123,11 @@ class _Runs:
         mem = self.runs[name].memory
         return float(mem["pss_bytes"].max() / 1024**3) if not mem.empty else float("nan")
 
+    def input_per_request(self, name: str) -> float:
+        s = self.runs[name].summary
+        row = s[(s["mode"] == "concurrency") & (s["level"] == 1)] if not s.empty else s
+        return float(row["input_tokens"].iloc[0] / row["completed"].iloc[0]) if not row.empty else math.nan
+
     def errors(self, name: str) -> int:
         return int(self.runs[name].requests["error"].notna().sum())
 
@@ -134,13 +139,11 @@ class _Runs:
 def _load_findings(r: _Runs) -> dict[str, Finding]:
     u = r.users
     vs, ls, vi, li = r.est("vllm-server", u), r.est("llama-server", u), r.est("vllm", u), r.est("llama.cpp", 1)
-    v1, l1 = r.est("vllm", 1), r.est("llama.cpp", 1)
+    l1 = r.est("llama.cpp", 1)
     best_v = max((r.est(n, lv) for n in ("vllm", "vllm-server") for lv in (1, u)), key=lambda e: e.value)
     best_l = max([l1] + [r.est("llama-server", lv) for lv in (1, u)], key=lambda e: e.value)
-    ttft, tpot = (lambda n: r.at_one(n, "ttft_p50_ms")), (lambda n: r.at_one(n, "tpot_p50_ms"))
     multi, multi_note = _beats(vs, ls)
     most, most_note = _beats(best_v, best_l)
-    single, single_note = _beats(l1, v1)
     return {
         "multi-user": Finding(
             f"{u} users: vllm-server {vs}, llama-server {ls}, vllm in process {vi}, "
@@ -151,11 +154,45 @@ def _load_findings(r: _Runs) -> dict[str, Finding]:
         "throughput": Finding(
             f"best output tok/s: vLLM {best_v}, llama.cpp {best_l} (ratio {best_v.value / best_l.value:.2f})",
             "labkit.bench, max over levels", most, most_note),
-        "single-user": Finding(
-            f"1 user: TTFT p50 llama.cpp {ttft('llama.cpp'):.0f} ms vs vLLM {ttft('vllm'):.0f} ms; TPOT p50 "
-            f"{tpot('llama.cpp'):.1f} vs {tpot('vllm'):.1f} ms; {l1} vs {v1} tok/s",
-            "labkit.bench, concurrency 1, in process", single, single_note),
+        "single-user": _single_user(r),
     }
+
+
+def _faster(a: Estimate, b: Estimate, a_name: str, b_name: str) -> tuple[str | None, bool]:
+    """Which of two latencies is lower: (name or None for no clear difference, judged on
+    intervals or only on one round's points)."""
+    verdict = compare(b, a)  # b higher = a faster
+    if verdict is None:
+        return (None if a.value == b.value else a_name if a.value < b.value else b_name), False
+    return ({1: a_name, -1: b_name}.get(verdict)), True
+
+
+def _single_user(r: _Runs) -> Finding:
+    """Judged on TTFT and TPOT apart: an engine can be first to the first token and last per
+    token; then the totals cross at some output length, and the row says where."""
+    est = {(n, m): r.est(n, 1, f"{m}_p50_ms") for n in ("llama.cpp", "vllm") for m in ("ttft", "tpot")}
+    if any(math.isnan(e.value) for e in est.values()):
+        return Finding("not measured: a run at 1 user of llama.cpp and of vllm is missing",
+                       "labkit.bench, concurrency 1", None)
+    (lt, lp), (vt, vp) = (est["llama.cpp", "ttft"], est["llama.cpp", "tpot"]), (est["vllm", "ttft"], est["vllm", "tpot"])
+    first, judged_t = _faster(lt, vt, "llama.cpp", "vLLM")
+    per_token, judged_p = _faster(lp, vp, "llama.cpp", "vLLM")
+    measured = (f"1 user: TTFT p50 llama.cpp {lt} ms vs vLLM {vt} ms; TPOT p50 {lp} vs {vp} ms "
+                f"(input {r.input_per_request('llama.cpp'):.0f} tokens)")
+    notes = [] if judged_t and judged_p else ["one round, no interval: run with repeats=3 to tell a real "
+                                              "difference from noise"]
+    if first is None or per_token is None:
+        which = "TTFT" if first is None else "TPOT"
+        return Finding(measured, "labkit.bench, concurrency 1, in process", None,
+                       _joined(f"no clear difference in {which} (95% intervals overlap)", *notes))
+    if first == per_token:
+        return Finding(measured, "labkit.bench, concurrency 1, in process", first == "llama.cpp",
+                       _joined(f"{first} is faster both to the first token and per token", *notes))
+    cross = (vt.value - lt.value) / (lp.value - vp.value)
+    return Finding(measured, "labkit.bench, concurrency 1, in process", None, _joined(
+        f"split: {first} is faster to the first token, {per_token} per token; for one user the "
+        f"whole answer is faster on {first} below about {cross:.0f} output tokens and on {per_token} "
+        "above", *notes))
 
 
 def _gguf_loader_note(r: _Runs) -> str:

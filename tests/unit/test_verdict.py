@@ -13,14 +13,15 @@ BIG = {"name": "26B", "num_hidden_layers": 46, "hidden_size": 4608, "num_attenti
        "num_parameters": 27_000_000_000}
 
 
-def _run(engine: str, tok_s: dict[int, float | list[float]], prompts: str = "p") -> BenchResult:
+def _run(engine: str, tok_s: dict[int, float | list[float]], prompts: str = "p", ttft: float = 0.1,
+         tpot: float = 0.01) -> BenchResult:
     """A canned run: per level one speed, or one per round."""
     rows = []
     for level, speeds in tok_s.items():
         for rnd, speed in enumerate(speeds if isinstance(speeds, list) else [speeds]):
             for i in range(2):  # two requests of 10 tokens, both over the same second of the level
-                r = RequestRecord("concurrency", level, i, start_s=0.0, started_at=0.0, ttft_s=0.1,
-                                  tpot_s=0.01, itl_s=[0.01], e2e_s=20 / speed, input_tokens=8,
+                r = RequestRecord("concurrency", level, i, start_s=0.0, started_at=0.0, ttft_s=ttft * (1 + rnd / 50),
+                                  tpot_s=tpot * (1 + rnd / 50), itl_s=[0.01], e2e_s=20 / speed, input_tokens=8,
                                   output_tokens=10, prompt_sha=f"{prompts}{level}-{rnd}-{i}", round=rnd)
                 rows.append(r.to_row())
     mem = pd.DataFrame({"t_s": [0.0], "pss_bytes": [2**30], "phase": ["concurrency 1"]})
@@ -37,7 +38,7 @@ def test_the_verdict_fills_every_claim_in_order_and_recommends_from_the_numbers(
     assert list(v.table["claim"]) == [c.text for c in CLAIMS.values()]
     holds = dict(zip(CLAIMS, v.table["claim holds here"], strict=True))
     assert holds["multi-user"] == "yes"  # vllm-server 180 > llama-server 150
-    assert holds["single-user"] == "yes"  # llama.cpp 50 > vllm 30
+    assert holds["single-user"] == "n/a"  # the same TTFT and TPOT: no latency difference to judge
     assert holds["cpu"] == "no" and holds["api"] == "n/a"
     assert holds["26b-on-12gb"] == "yes"
     assert "vllm-server gave the most" in v.recommendation and "llama.cpp was faster" in v.recommendation
@@ -67,9 +68,32 @@ def test_overlapping_intervals_make_the_verdict_say_no_clear_difference():
     row = v.table.set_index("claim").loc["multi-user"]
     assert row["claim holds here"] == "n/a" and "no clear difference" in row["comment"]
     assert "[" in row["measured here"]  # the interval is shown beside the figure
-    single = v.table.set_index("claim").loc["single-user latency"]
-    assert single["claim holds here"] == "yes" and "do not overlap" in single["comment"]
     assert "no clear difference" in v.recommendation and "llama.cpp was faster" in v.recommendation
+
+
+def _four(llama_ttft: float, llama_tpot: float, vllm_ttft: float, vllm_tpot: float, rounds: int = 3):
+    speeds = [40.0] * rounds
+    return {"llama.cpp": _run("llama.cpp", {1: speeds}, ttft=llama_ttft, tpot=llama_tpot),
+            "llama-server": _run("llama-server", {1: speeds, 8: speeds}),
+            "vllm": _run("vllm", {1: speeds, 8: speeds}, ttft=vllm_ttft, tpot=vllm_tpot),
+            "vllm-server": _run("vllm-server", {1: speeds, 8: speeds})}
+
+
+def test_single_user_latency_is_judged_on_ttft_and_tpot_apart():
+    plan = labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096)
+    single = lambda runs: verdict(runs, plan, users=8).table.set_index("claim").loc["single-user latency"]  # noqa: E731
+    split = single(_four(0.6, 0.010, 0.1, 0.040))  # llama.cpp: slow prefill, fast decode (as measured here)
+    assert split["claim holds here"] == "n/a"
+    assert split["comment"].startswith("split: vLLM is faster to the first token, llama.cpp per token")
+    assert "below about 17 output tokens" in split["comment"]  # (600 - 100) / (40 - 10)
+    both = single(_four(0.1, 0.010, 0.6, 0.040))
+    assert both["claim holds here"] == "yes" and "faster both to the first token and per token" in both["comment"]
+    same = single(_four(0.1, 0.010, 0.1, 0.040))
+    assert same["claim holds here"] == "n/a" and "no clear difference in TTFT" in same["comment"]
+    runs = _four(0.6, 0.010, 0.1, 0.040)
+    runs["vllm"] = _run("vllm", {8: 200.0})  # no level of 1 user
+    missing = single(runs)
+    assert missing["claim holds here"] == "n/a" and missing["measured here"].startswith("not measured")
 
 
 def test_the_slo_row_counts_the_users_each_engine_served_within_it():
