@@ -4,8 +4,8 @@ A notebook records a result with :func:`record` (a number, a dict, or a DataFram
 becomes an output with labkit's MIME type in the executed notebook, so tests and reports
 read numbers back with :func:`results` instead of scraping text. :func:`run` executes a
 notebook on the project's kernel with the notebook's folder as working directory and writes a
-run folder: the executed notebook, an offline HTML export, ``results.json`` and the
-environment manifest. A failing cell raises :class:`~labkit.errors.NotebookError` naming it.
+run folder: the executed notebook, an offline HTML report (:mod:`labkit.report`),
+``results.json`` and the environment manifest. A failing cell raises :class:`~labkit.errors.NotebookError` naming it.
 """
 
 from __future__ import annotations
@@ -141,7 +141,11 @@ def _write_report(executed: Path, folder: Path, stem: str) -> None:
     if not executed.exists():
         return
     (folder / "results.json").write_text(json.dumps(_jsonable(results(executed)), indent=2, default=str))
-    _export_html(executed, folder / (stem + ".html"))
+    from .report import export_html
+
+    manifest = folder / "manifest.json"
+    export_html(executed, folder / (stem + ".html"),
+                json.loads(manifest.read_text()) if manifest.exists() else None)
 
 
 def _kernel_manager(deaths: list[int]) -> type:
@@ -199,28 +203,3 @@ def _source_cell(executed: Path, cell_index: int | None) -> tuple[int, str]:
     source = "".join(source) if isinstance(source, list) else source
     first = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
     return cell_index - injected, first
-
-
-def _export_html(executed: Path, target: Path) -> None:
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(str(executed), as_version=4)
-    # Figures are stored as plotly JSON (small notebooks); the report draws them with one
-    # inlined copy of plotly.js, so it opens offline.
-    n_figures = 0
-    for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            fig = output.get("data", {}).get("application/vnd.plotly.v1+json")
-            if fig is not None:
-                div = f"labkit-figure-{n_figures}"
-                output["data"]["text/html"] = (
-                    f"<div id='{div}' style='height:420px'></div><script>Plotly.newPlot('{div}', "
-                    f"{json.dumps(fig.get('data', []))}, {json.dumps(fig.get('layout', {}))});</script>")
-                n_figures += 1
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    if n_figures:
-        from plotly.offline import get_plotlyjs
-
-        body = body.replace("<head>", f"<head><script>{get_plotlyjs()}</script>", 1)
-    target.write_text(body)

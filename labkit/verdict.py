@@ -100,8 +100,8 @@ class Verdict:
     def _repr_html_(self) -> str:
         warn = "".join(f'<p style="color:#b00020;font-weight:bold">&#9888; {html.escape(w)}</p>'
                        for w in self.warnings)
-        return warn + self.table.to_html(index=False) + \
-            f"<p><b>Recommendation:</b> {html.escape(self.recommendation)}</p>"
+        return warn + f"<p><b>Recommendation:</b> {html.escape(self.recommendation)}</p>" + \
+            self.table.to_html(index=False)
 
 
 class _Runs:
@@ -127,6 +127,16 @@ class _Runs:
         s = self.runs[name].summary
         row = s[(s["mode"] == "concurrency") & (s["level"] == 1)] if not s.empty else s
         return float(row["input_tokens"].iloc[0] / row["completed"].iloc[0]) if not row.empty else math.nan
+
+    def kv_note(self, name: str) -> str:
+        """How much of its KV cache an engine used at most, against what it reserved."""
+        kv = self.runs[name].kv
+        if kv.empty or "kv_used_fraction" not in kv or kv["kv_used_fraction"].isna().all():
+            return ""
+        used = float(kv["kv_used_fraction"].max())
+        cap = kv["kv_capacity_tokens"].dropna() if "kv_capacity_tokens" in kv else kv.iloc[0:0]
+        of = f" of the {int(cap.iloc[-1]):,} tokens it reserved" if not cap.empty else " of its KV cache"
+        return f"{name} used at most {used:.1%}{of}"
 
     def errors(self, name: str) -> int:
         return int(self.runs[name].requests["error"].notna().sum())
@@ -208,7 +218,6 @@ def _gguf_loader_note(r: _Runs) -> str:
 def _platform_findings(r: _Runs) -> dict[str, Finding]:
     device, cpu = r.environment("device", "cpu"), r.environment("cpu", "this CPU")
     gguf_mb, hf_mb = _size_mb(r.runs["llama.cpp"]), _size_mb(r.runs["vllm"])
-    peak = {n: r.peak_gib(n) for n in r.runs}
     return {
         "cpu": Finding(
             f"vLLM ran here on {device} ({cpu}): {r.tok('vllm', 1):.1f} tok/s at 1 user, "
@@ -218,11 +227,6 @@ def _platform_findings(r: _Runs) -> dict[str, Finding]:
             f"llama.cpp loaded the {gguf_mb:.0f} MB GGUF directly; vLLM ran a {hf_mb:.0f} MB Hugging Face "
             "copy that labkit converted from the same GGUF (dequantized)", "labkit.models.hf_dir", True,
             _gguf_loader_note(r)),
-        "memory": Finding(
-            f"peak PSS under load: vllm-server {peak['vllm-server']:.2f} GiB, llama-server "
-            f"{peak['llama-server']:.2f} GiB, vllm {peak['vllm']:.2f}, llama.cpp {peak['llama.cpp']:.2f}",
-            "labkit.memory sampler, whole process tree", peak["llama-server"] < peak["vllm-server"],
-            "vLLM reserves its KV cache up front (VLLM_CPU_KVCACHE_SPACE / gpu_memory_utilization)"),
         "api": Finding(
             f"both served the OpenAI API to the same client: errors vllm-server {r.errors('vllm-server')}, "
             f"llama-server {r.errors('llama-server')}", "labkit.bench over HTTP (streaming)", None,
@@ -264,30 +268,56 @@ def _recommendation(r: _Runs, users: int) -> str:
 _VLLM, _LLAMA = ("vllm", "vllm-server"), ("llama.cpp", "llama-server")
 
 
-def _slo_finding(r: _Runs, slo: SLO | None, capacities: dict[str, Capacity] | None) -> Finding:
-    """Users served within the SLO per engine: from capacity searches when given, else the
-    largest level each bench run measured that met it (a lower bound)."""
+def _served(r: _Runs, slo: SLO | None, capacities: dict[str, Capacity] | None) -> tuple[dict[str, float], str, str, str] | None:
+    """Users each engine served within the SLO: (served, SLO text, source, note); from
+    capacity searches when given, else the largest level each bench run measured that met it
+    (a lower bound); None with neither."""
     if capacities:
         served = {n: float(c.answer) for n, c in capacities.items()}
-        slo_text = next(iter(capacities.values())).slo.describe()
-        source, note = "labkit.capacity (search, confirmed)", ""
-    elif slo is not None:
-        served = {}
-        for name, run in r.runs.items():
-            s = run.summary
-            s = s[(s["mode"] == "concurrency") & (s["errors"] == 0)] if not s.empty else s
-            met = [float(row["level"]) for _, row in s.iterrows() if slo.met(row)]
-            served[name] = max(met, default=0.0)
-        slo_text, source = slo.describe(), "labkit.bench levels judged against the SLO"
-        note = "a lower bound: only the levels run were tried (labkit.capacity searches; notebook 06)"
-    else:
+        return served, next(iter(capacities.values())).slo.describe(), "labkit.capacity (search, confirmed)", ""
+    if slo is None:
+        return None
+    served = {}
+    for name, run in r.runs.items():
+        s = run.summary
+        s = s[(s["mode"] == "concurrency") & (s["errors"] == 0)] if not s.empty else s
+        served[name] = max((float(row["level"]) for _, row in s.iterrows() if slo.met(row)), default=0.0)
+    return (served, slo.describe(), "labkit.bench levels judged against the SLO",
+            "a lower bound: only the levels run were tried (labkit.capacity searches; notebook 06)")
+
+
+def _slo_finding(served: tuple[dict[str, float], str, str, str] | None) -> Finding:
+    if served is None:
         return Finding("not measured: give verdict(..., slo=) or capacities= (notebook 06-capacity)",
                        "-", None)
-    best_v = max((served[n] for n in _VLLM if n in served), default=math.nan)
-    best_l = max((served[n] for n in _LLAMA if n in served), default=math.nan)
+    users, slo_text, source, note = served
+    best_v = max((users[n] for n in _VLLM if n in users), default=math.nan)
+    best_l = max((users[n] for n in _LLAMA if n in users), default=math.nan)
     holds = None if best_v == best_l or math.isnan(best_v) or math.isnan(best_l) else best_v > best_l
-    measured = f"within {slo_text}: " + ", ".join(f"{n} {v:g}" for n, v in served.items()) + " users"
+    measured = f"within {slo_text}: " + ", ".join(f"{n} {v:g}" for n, v in users.items()) + " users"
     return Finding(measured, source, holds, _joined(note, "the same number of users" if best_v == best_l else ""))
+
+
+def _memory_finding(r: _Runs, served: tuple[dict[str, float], str, str, str] | None) -> Finding:
+    """Memory per user served (at the SLO when there is one), not the size of a reservation;
+    and how much of its KV cache each engine used, against what it reserved."""
+    peak = {n: r.peak_gib(n) for n in r.runs}
+    if served is not None:
+        users, basis = served[0], "per user served within the SLO"
+    else:
+        users = {n: float(r.users if n != "llama.cpp" else 1) for n in r.runs}
+        basis = "per concurrent user at the highest level run"
+    per_user = {n: peak[n] / users[n] if users.get(n) else math.nan for n in r.runs}
+    best_v = min((per_user[n] for n in _VLLM if not math.isnan(per_user.get(n, math.nan))), default=math.nan)
+    best_l = min((per_user[n] for n in _LLAMA if not math.isnan(per_user.get(n, math.nan))), default=math.nan)
+    holds = None if math.isnan(best_v) or math.isnan(best_l) else best_l < best_v
+    measured = (f"peak PSS {basis}: " + ", ".join(
+        f"{n} {per_user[n]:.2f} GiB ({peak[n]:.2f} / {users.get(n, 0):g})" if not math.isnan(per_user[n])
+        else f"{n} - (no user served)" for n in r.runs))
+    kv = [r.kv_note(n) for n in r.runs]
+    return Finding(measured, "labkit.memory sampler (whole process tree) and the engines' KV accounts", holds,
+                   _joined("; ".join(k for k in kv if k),
+                           "vLLM reserves its KV cache up front (VLLM_CPU_KVCACHE_SPACE / gpu_memory_utilization)"))
 
 
 def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int, *, slo: SLO | None = None,
@@ -297,8 +327,9 @@ def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int, *, slo: SLO
     "users served within a latency SLO" comes from ``capacities`` (``labkit.capacity``
     results by engine) or, with ``slo`` only, from the levels the runs measured."""
     r = _Runs(runs, users)
+    served = _served(r, slo, capacities)
     found = {**_load_findings(r), **_platform_findings(r), "26b-on-12gb": _plan_finding(plan),
-             "users-at-slo": _slo_finding(r, slo, capacities)}
+             "users-at-slo": _slo_finding(served), "memory": _memory_finding(r, served)}
     answer = {True: "yes", False: "no", None: "n/a"}
     rows: list[dict[str, Any]] = [
         {"claim": c.text, "vLLM": c.vllm, "llama.cpp": c.llamacpp, "measured here": found[cid].measured,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -12,6 +13,8 @@ from labkit.errors import InvalidInput, NotebookError
 from labkit.runner import results, run
 
 NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
 
@@ -73,7 +76,8 @@ def test_04_memory_and_quantization(tmp_path):
 
 
 def test_05_which_engine(tmp_path):
-    _, r = _run("05-which-engine", tmp_path, USERS=4, REQUESTS=4, OUTPUT_TOKENS=8)
+    folder, r = _run("05-which-engine", tmp_path, USERS=4, REQUESTS=4, OUTPUT_TOKENS=8)
+    _check_report(folder / "05-which-engine.html")
     v = r["verdict"]
     assert len(v) == 9
     assert v["measured here"].str.contains(r"\d").all()  # a number in every row
@@ -128,9 +132,40 @@ def test_a_kernel_killed_by_a_signal_names_the_cell_and_the_signal(tmp_path):
     assert "illegal instruction" in str(e) and "labkit doctor" in str(e)
 
 
+@pytest.mark.skipif(CHROMIUM is not None, reason="the browser test runs 07-panels in JupyterLab and uses every panel")
 def test_07_panels_render_headlessly(tmp_path):
     folder, _ = _run("07-panels", tmp_path)
     nb = nbformat.read(folder / "07-panels.ipynb", as_version=4)
     widgets = [c for c in nb.cells if c.cell_type == "code"
                and any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in c.outputs)]
     assert len(widgets) == 6  # loader, bench, capacity, sweep, compare, memory
+
+
+def _check_report(path: Path) -> None:
+    """A report people read: the answer first, no code, no engine logs, the environment last;
+    and in a browser (where there is one), offline, its figures drawn."""
+    page = path.read_text()
+    body = page[page.index("<body"):]
+    assert "WARNING" not in body and "Triton" not in body  # engine and library noise stays out
+    assert "labkit.bench(" not in body  # code hidden: the executed notebook beside it has it
+    first_figure = body.index("labkit-figure-0")
+    assert body.index("Recommendation:") < body.index("claim holds here") < first_figure
+    assert first_figure < body.index("Environment") and "llama_cpp_python" in body[body.index("Environment"):]
+    if CHROMIUM is None:
+        return
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            tab = browser.new_page(viewport={"width": 1300, "height": 1000})
+            tab.route("**/*", lambda route: route.abort() if not route.request.url.startswith("file:")
+                      else route.continue_())  # offline: nothing but the file itself
+            tab.goto(path.as_uri())
+            tab.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
+            assert tab.locator(".js-plotly-plot").count() >= 1
+            ARTIFACTS.mkdir(exist_ok=True)
+            tab.screenshot(path=str(ARTIFACTS / "report-05-which-engine.png"))
+        finally:
+            browser.close()

@@ -14,7 +14,7 @@ BIG = {"name": "26B", "num_hidden_layers": 46, "hidden_size": 4608, "num_attenti
 
 
 def _run(engine: str, tok_s: dict[int, float | list[float]], prompts: str = "p", ttft: float = 0.1,
-         tpot: float = 0.01) -> BenchResult:
+         tpot: float = 0.01, pss_gib: float = 1.0) -> BenchResult:
     """A canned run: per level one speed, or one per round."""
     rows = []
     for level, speeds in tok_s.items():
@@ -24,7 +24,7 @@ def _run(engine: str, tok_s: dict[int, float | list[float]], prompts: str = "p",
                                   tpot_s=tpot * (1 + rnd / 50), itl_s=[0.01], e2e_s=20 / speed, input_tokens=8,
                                   output_tokens=10, prompt_sha=f"{prompts}{level}-{rnd}-{i}", round=rnd)
                 rows.append(r.to_row())
-    mem = pd.DataFrame({"t_s": [0.0], "pss_bytes": [2**30], "phase": ["concurrency 1"]})
+    mem = pd.DataFrame({"t_s": [0.0], "pss_bytes": [pss_gib * 2**30], "phase": ["concurrency 1"]})
     manifest = {"engine": {"engine": engine, "device": "cpu", "model_path": ""},
                 "environment": {"cpu": "test CPU"}}
     return BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), mem, manifest)
@@ -107,3 +107,23 @@ def test_the_slo_row_counts_the_users_each_engine_served_within_it():
     assert row["claim holds here"] == "yes" and "lower bound" in row["comment"]
     none = verdict(runs, plan, users=8).table.set_index("claim").loc["users served within a latency SLO"]
     assert none["claim holds here"] == "n/a" and none["measured here"].startswith("not measured")
+
+
+def test_memory_is_judged_per_user_served_with_kv_used_against_reserved():
+    runs = {"llama.cpp": _run("llama.cpp", {1: 50.0}, pss_gib=0.2),
+            "llama-server": _run("llama-server", {1: 45.0, 8: 150.0}, pss_gib=0.4),
+            "vllm": _run("vllm", {1: 30.0, 8: 200.0}, pss_gib=3.0),
+            "vllm-server": _run("vllm-server", {1: 28.0, 8: 180.0}, pss_gib=3.2)}
+    runs["vllm-server"].kv = pd.DataFrame({"phase": ["concurrency 8"], "kv_used_fraction": [0.03],
+                                           "kv_capacity_tokens": [46592]})
+    plan = labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096)
+    # e2e 20/speed s: within 125 ms vllm and vllm-server serve 8 users, llama-server none
+    row = verdict(runs, plan, users=8, slo=labkit.SLO(e2e_p99_ms=125)).table.set_index("claim").loc[
+        "memory efficiency"]
+    assert row["measured here"].startswith("peak PSS per user served within the SLO: llama.cpp -")
+    assert "vllm-server 0.40 GiB (3.20 / 8)" in row["measured here"]
+    assert row["claim holds here"] == "n/a"  # no llama.cpp engine served a user within it
+    assert "vllm-server used at most 3.0% of the 46,592 tokens it reserved" in row["comment"]
+    loose = verdict(runs, plan, users=8, slo=labkit.SLO(e2e_p99_ms=1000)).table.set_index("claim").loc[
+        "memory efficiency"]
+    assert "llama-server 0.05 GiB (0.40 / 8)" in loose["measured here"] and loose["claim holds here"] == "yes"
