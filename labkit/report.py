@@ -3,8 +3,9 @@
 The report is the executed notebook, rearranged for reading, not a second source of truth:
 - cells tagged ``report-top`` (the answer: a verdict, a recommendation) come first;
 - code is hidden (the executed ``.ipynb`` beside the report has every cell, and reruns);
-- stderr (progress bars, library warnings) is left out: it stays in the executed notebook,
-  and engines write their logs to files that ``engine.info.log_path`` names;
+- stderr (progress bars, library warnings), progress widgets and ``labkit.record`` data are
+  left out: they stay in the executed notebook, and engines write their logs to files that
+  ``engine.info.log_path`` names;
 - the environment and the run's parameters close the report;
 - figures are drawn from their plotly JSON with one inlined plotly.js, so it opens offline.
 """
@@ -27,9 +28,10 @@ def export_html(executed: Path, target: Path, manifest: dict[str, Any] | None = 
     nb = nbformat.read(str(executed), as_version=4)
     top = [c for c in nb.cells if TOP in c.get("metadata", {}).get("tags", [])]
     nb.cells = [_intro(executed.name)] + top + [c for c in nb.cells if all(c is not t for t in top)]
+    nb.metadata.pop("widgets", None)  # progress bars' widget state: nothing to show in a static page
     n_figures = 0
     for cell in nb.cells:
-        cell["outputs"] = [o for o in cell.get("outputs", []) if not _is_stderr(o)]
+        cell["outputs"] = [o for o in cell.get("outputs", []) if not _is_stderr(o) and not _is_record(o)]
         for output in cell["outputs"]:
             n_figures += _draw_figure(output, n_figures)
     if manifest:
@@ -41,6 +43,13 @@ def export_html(executed: Path, target: Path, manifest: dict[str, Any] | None = 
 
         body = body.replace("<head>", f"<head><script>{get_plotlyjs()}</script>", 1)
     target.write_text(body)
+
+
+def _is_record(output: dict[str, Any]) -> bool:
+    """labkit.record()'s outputs: data for results.json, shown by the cell's own display."""
+    from .runner import MIME
+
+    return MIME in output.get("data", {})
 
 
 def _is_stderr(output: dict[str, Any]) -> bool:

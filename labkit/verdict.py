@@ -100,8 +100,9 @@ class Verdict:
     def _repr_html_(self) -> str:
         warn = "".join(f'<p style="color:#b00020;font-weight:bold">&#9888; {html.escape(w)}</p>'
                        for w in self.warnings)
-        return warn + f"<p><b>Recommendation:</b> {html.escape(self.recommendation)}</p>" + \
-            self.table.to_html(index=False)
+        style = "<style>table.labkit-verdict td, table.labkit-verdict th {text-align: left}</style>"
+        return warn + f"<p><b>Recommendation:</b> {html.escape(self.recommendation)}</p>" + style + \
+            self.table.to_html(index=False, classes="labkit-verdict")
 
 
 class _Runs:
@@ -136,6 +137,9 @@ class _Runs:
         used = float(kv["kv_used_fraction"].max())
         cap = kv["kv_capacity_tokens"].dropna() if "kv_capacity_tokens" in kv else kv.iloc[0:0]
         of = f" of the {int(cap.iloc[-1]):,} tokens it reserved" if not cap.empty else " of its KV cache"
+        if used == 0:  # every reading fell between requests: it says nothing of the use under load
+            return (f"{name}: no KV reading caught requests running (levels shorter than bench's "
+                    f"kv_interval_s){of.replace(' it reserved', ' reserved')}")
         return f"{name} used at most {used:.1%}{of}"
 
     def errors(self, name: str) -> int:

@@ -148,9 +148,10 @@ def _check_report(path: Path) -> None:
     body = page[page.index("<body"):]
     assert "WARNING" not in body and "Triton" not in body  # engine and library noise stays out
     assert "labkit.bench(" not in body  # code hidden: the executed notebook beside it has it
+    assert "recorded 'verdict'" not in body and "widget-state" not in body
     first_figure = body.index("labkit-figure-0")
     assert body.index("Recommendation:") < body.index("claim holds here") < first_figure
-    assert first_figure < body.index("Environment") and "llama_cpp_python" in body[body.index("Environment"):]
+    assert first_figure < body.index("Environment") and "llama-cpp-python" in body[body.index("Environment"):]
     if CHROMIUM is None:
         return
     from playwright.sync_api import sync_playwright
