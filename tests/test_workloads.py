@@ -59,3 +59,49 @@ def test_shared_prefix_requests_share_exactly_the_prefix_ids(llama):
         workloads.shared_prefix(prefix_tokens=4000).build(llama, 1)
     with pytest.raises(InvalidInput, match="groups must be a positive integer"):
         workloads.shared_prefix(groups=0)
+
+
+def test_long_context_prompts_have_exactly_each_length_and_are_checked_against_the_context(llama):
+    reqs = workloads.long_context(input_tokens=[64, 300], output_tokens=4).build(llama, 4)
+    assert [r.input_tokens for r in reqs] == [64, 300, 64, 300]
+    assert all(len(llama.tokenize(r.prompt)) == r.input_tokens for r in reqs)
+    with pytest.raises(InvalidInput, match=r"input_tokens \[8192\] \+ 4 output tokens do not fit"):
+        workloads.long_context(input_tokens=[64, 8192], output_tokens=4).build(llama, 1)
+
+
+def _trace_file(tmp_path, lines):
+    import json
+
+    path = tmp_path / "trace.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_a_trace_is_replayed_at_its_times_with_shared_blocks(llama_server, tmp_path):
+    lines = [{"timestamp": t, "input_length": 40, "output_length": 4, "hash_ids": ids}
+             for t, ids in ((1000, [1]), (1250, [1]), (1300, [2]), (1700, [1]), (2000, []), (2300, [2]))]
+    w = workloads.trace(_trace_file(tmp_path, lines), block_tokens=16)
+    ids = [llama_server.tokenize(r.prompt) for r in w.build(llama_server, 6)]
+    assert all(len(x) == 40 for x in ids)
+    assert ids[0][:17] == ids[1][:17] == ids[3][:17] and ids[2][:17] == ids[5][:17]  # block 1, block 2
+    assert ids[0][:17] != ids[2][:17]
+    res = labkit.bench(llama_server, workload=w, progress=False, warmup=0)
+    req = res.requests.sort_values("index")
+    assert list(req["mode"].unique()) == ["trace"] and len(req) == 6 and req["error"].isna().all()
+    assert list(req["scheduled_s"] - req["scheduled_s"].iloc[0]) == pytest.approx([0, 0.25, 0.3, 0.7, 1.0, 1.3])
+    assert (req["start_s"] >= req["scheduled_s"] - 1e-6).all()  # never early; how late is recorded
+    s = res.summary.iloc[0]
+    assert s["mode"] == "trace" and s["level"] == 1.0 and s["dispatch_delay_p99_ms"] >= 0
+    fast = labkit.bench(llama_server, workload=workloads.trace(_trace_file(tmp_path, lines), speedup=2.0),
+                        progress=False, warmup=0).requests.sort_values("index")
+    assert (fast["scheduled_s"] - fast["scheduled_s"].iloc[0]).iloc[-1] == pytest.approx(0.65)
+
+
+def test_a_bad_trace_names_its_line(tmp_path):
+    ok = {"timestamp": 0, "input_length": 8, "output_length": 4}
+    with pytest.raises(InvalidInput, match=r"trace.jsonl:2: timestamp 5 ms is earlier"):
+        workloads.trace(_trace_file(tmp_path, [{**ok, "timestamp": 10}, {**ok, "timestamp": 5}]))
+    with pytest.raises(InvalidInput, match=r"trace.jsonl:1 has no output_length"):
+        workloads.trace(_trace_file(tmp_path, [{"timestamp": 0, "input_length": 8}]))
+    with pytest.raises(InvalidInput, match="A trace sets its own arrival times"):
+        labkit.bench("llama.cpp", workload=workloads.trace(_trace_file(tmp_path, [ok])), concurrency=[2])

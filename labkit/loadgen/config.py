@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInput
-from .shapes import Concurrency, LoadShape, Rate
-from .workloads import Workload, chat
+from .shapes import Concurrency, LoadShape, Rate, Replay
+from .workloads import Trace, Workload, chat
 
 
 def _levels(value: Any) -> list:
@@ -48,11 +48,15 @@ class BenchConfig:
     rates: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.concurrency is None and self.rate is None:
+        replay = isinstance(self.workload, Trace)
+        if replay and (self.concurrency is not None or self.rate is not None):
+            raise InvalidInput("A trace sets its own arrival times: give no concurrency or rate with "
+                               "workloads.trace() (its speedup= scales the times).")
+        if self.concurrency is None and self.rate is None and not replay:
             self.concurrency = [1]
         self.levels = [self._users(c) for c in _levels(self.concurrency)]
         self.rates = [self._rate(r) for r in _levels(self.rate)]
-        if not self.levels and not self.rates:
+        if not self.levels and not self.rates and not replay:
             raise InvalidInput("Give at least one concurrency level or rate.")
         if not isinstance(self.requests_per_level, int | np.integer) or self.requests_per_level <= 0:
             raise InvalidInput(f"requests_per_level must be a positive integer, got {self.requests_per_level!r}.")
@@ -93,6 +97,8 @@ class BenchConfig:
         for r in range(self.repeats):
             level_shapes = ([Concurrency(c, self.requests_per_level) for c in self.levels]
                             + [Rate(x, self.duration_s, rng) for x in self.rates])
+            if isinstance(self.workload, Trace):
+                level_shapes = [Replay(self.workload.arrivals(), self.workload.speedup)]
             for shape in level_shapes:
                 shape.round = r
             shapes += level_shapes
@@ -106,7 +112,8 @@ class BenchConfig:
     def describe(self) -> dict[str, Any]:
         """The manifest's account of the sweep."""
         return {"workload": self.workload.describe(),
-                "levels": {"concurrency": self.levels, "rate": self.rates},
+                "levels": {"concurrency": self.levels, "rate": self.rates,
+                           "trace": [self.workload.speedup] if isinstance(self.workload, Trace) else []},
                 "requests_per_level": self.requests_per_level, "duration_s": self.duration_s,
                 "warmup_requests": self.warmup, "seed": self.seed, "slo_ms": self.slo_ms,
                 "first_request": self.first_request, "repeats": self.repeats}

@@ -139,7 +139,7 @@ def _level_row(mode: str, level: float, grp: pd.DataFrame, slo_ms: dict[str, flo
     row["user_tok_per_s"] = 1000 / row["tpot_p50_ms"] if row["tpot_p50_ms"] > 0 else float("nan")
     row |= _pct([g for lst in ok["itl_s"] for g in lst], "itl")
     row |= _pct(ok["e2e_s"].tolist(), "e2e")
-    if mode == "rate" and "scheduled_s" in sent and sent["scheduled_s"].notna().any():
+    if mode in ("rate", "trace") and "scheduled_s" in sent and sent["scheduled_s"].notna().any():
         row |= _schedule(sent, ok)
     if slo_ms:
         good = np.ones(len(ok), dtype=bool)

@@ -26,7 +26,7 @@ class RequestRecord:
     since the sweep began, ``started_at`` wall clock), its latencies, and how it ended. A
     request never sent (the sweep was stopped) has no times and says why in ``finish_reason``."""
 
-    mode: str  # "concurrency" or "rate"
+    mode: str  # "concurrency", "rate" or "trace"
     level: float  # users, or requests per second
     index: int
     start_s: float | None = None
@@ -184,6 +184,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def phase_name(mode: str, level: Any) -> str:
     """The memory sampler's phase for one load level: "concurrency 8" or "rate 2.0/s"."""
+    if mode == "trace":
+        return f"trace x{level}"
     return f"concurrency {level}" if mode == "concurrency" else f"rate {level}/s"
 
 

@@ -23,7 +23,7 @@ from .result import RequestRecord, phase_name
 if TYPE_CHECKING:
     from .drivers import Driver, Job
 
-__all__ = ["LoadShape", "Concurrency", "Rate", "Pacer"]
+__all__ = ["LoadShape", "Concurrency", "Rate", "Replay", "Pacer"]
 
 
 class LoadShape(ABC):
@@ -84,6 +84,21 @@ class Rate(LoadShape):
         gaps = rng.exponential(1.0 / per_s, size=int(per_s * duration_s * 3) + 10)
         times = np.cumsum(gaps)
         self._times = [float(t) for t in times[times < duration_s]]
+
+    def count(self) -> int:
+        return len(self._times)
+
+    def arrivals(self) -> Sequence[float]:
+        return self._times
+
+
+class Replay(LoadShape):
+    """Open loop at recorded times: a trace (``workloads.trace``), ``level`` its speed-up."""
+
+    mode = "trace"
+
+    def __init__(self, times_s: Sequence[float], speedup: float):
+        self.level, self._times = speedup, list(times_s)
 
     def count(self) -> int:
         return len(self._times)

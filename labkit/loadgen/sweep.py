@@ -246,7 +246,7 @@ class _Walk:
         for k in self.settings:
             s[k] = [point.settings.get(k)] * len(s)
         if self.slo is not None:
-            s["slo_met"] = [self.slo.met(r, from_schedule=r["mode"] == "rate") and r.get("errors", 0) == 0
+            s["slo_met"] = [self.slo.met(r, from_schedule=r["mode"] != "concurrency") and r.get("errors", 0) == 0
                             for _, r in s.iterrows()]
         return s
 

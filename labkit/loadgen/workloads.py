@@ -404,3 +404,144 @@ def shared_prefix(prefix_tokens: int = 1024, suffix_tokens: int = 64, output_tok
             raise InvalidInput(f"{name} must be a positive integer, got {value!r}.")
     return SharedPrefix("shared_prefix", output_tokens, suffix_tokens, seed=seed, ignore_eos=ignore_eos,
                         prefix_tokens=prefix_tokens, groups=groups)
+
+
+def _context_of(engine: Engine) -> int | None:
+    """The context the engine was loaded with, where it says (a generic URL does not)."""
+    info = getattr(engine, "info", None)
+    return (info.args or {}).get("context") if info is not None else None
+
+
+@dataclass
+class LongContext(Workload):
+    """Filler prompts of several lengths, round robin (see :func:`long_context`)."""
+
+    lengths: list[int] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "input_tokens": self.lengths}
+
+    def build(self, engine: Engine, n: int, start: int = 0) -> list[Request]:
+        if n <= 0:
+            raise InvalidInput(f"A workload needs at least one request, got n={n}.")
+        context = _context_of(engine)
+        too_long = [x for x in self.lengths if context and x + self.output_tokens > context]
+        if too_long:
+            raise InvalidInput(f"input_tokens {too_long} + {self.output_tokens} output tokens do not fit the "
+                               f"engine's context of {context}: load it with context >= "
+                               f"{max(too_long) + self.output_tokens}, or drop those lengths.")
+        tok = _tokenizer_for(engine)
+        filler = _single_token_words(tok)
+        out = []
+        for i in range(start, start + n):
+            rng = random.Random(f"{self.seed}:long:{i}")
+            prompt = _pad_to(tok, rng.choice(filler).capitalize(), self.lengths[i % len(self.lengths)], filler, rng)
+            out.append(Request(prompt, self.output_tokens, len(tok.tokenize(prompt)), self.ignore_eos))
+        return out
+
+
+def long_context(input_tokens: Sequence[int] = (512, 2048, 8192), output_tokens: int = 64, seed: int = 0,
+                 ignore_eos: bool = True) -> Workload:
+    """Prompts of exactly each of ``input_tokens`` (request i gets length ``i % len``), for
+    prefill-heavy load; checked against the engine's context before anything is sent."""
+    lengths = list(input_tokens) if isinstance(input_tokens, Sequence) else [input_tokens]
+    if not lengths or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in lengths):
+        raise InvalidInput(f"input_tokens must be positive integers, got {input_tokens!r}.")
+    return LongContext("long_context", output_tokens, max(lengths), seed=seed, ignore_eos=ignore_eos,
+                       lengths=lengths)
+
+
+@dataclass
+class Trace(Workload):
+    """A recorded trace replayed open loop (see :func:`trace`). ``rows``: (seconds since the
+    first request, input tokens, output tokens, shared block ids)."""
+
+    rows: list[tuple[float, int, int, tuple[int, ...]]] = field(default_factory=list)
+    speedup: float = 1.0
+    block_tokens: int = 512
+    path: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "path": self.path, "requests": len(self.rows), "speedup": self.speedup,
+                "block_tokens": self.block_tokens, "input_tokens": "from the trace",
+                "output_tokens": "from the trace"}
+
+    def arrivals(self) -> list[float]:
+        """When each request leaves, in seconds after the first, sped up."""
+        return [t / self.speedup for t, *_ in self.rows]
+
+    def build(self, engine: Engine, n: int, start: int = 0) -> list[Request]:
+        """Request i is the trace's line ``i % len``: its input length exactly, and the blocks
+        named by its hash ids shared with every other request that names them."""
+        if n <= 0:
+            raise InvalidInput(f"A workload needs at least one request, got n={n}.")
+        context = _context_of(engine)
+        worst = max((i + o, k) for k, (_, i, o, _) in enumerate(self.rows, 1))
+        if context and worst[0] > context:
+            raise InvalidInput(f"{self.path}: request {worst[1]} needs {worst[0]} tokens of context and the "
+                               f"engine has {context}; load it with a larger context.")
+        tok = _tokenizer_for(engine)
+        filler = _single_token_words(tok)
+        blocks: dict[int, str] = {}
+        out = []
+        for i in range(start, start + n):
+            _, n_in, n_out, ids = self.rows[i % len(self.rows)]
+            text = "Trace"
+            for h in ids:  # the shared part: block h is the same words wherever it appears
+                if h not in blocks:
+                    blocks[h] = " ".join(random.Random(f"{self.seed}:block:{h}").choice(filler)
+                                         for _ in range(self.block_tokens))
+                text += " " + blocks[h]
+            rng = random.Random(f"{self.seed}:trace:{i}")
+            if len(tok.tokenize(text)) > n_in:  # blocks longer than the line's input: cut words
+                words = text.split(" ")
+                text = " ".join(words[: max(1, n_in - 1)])
+            prompt = _pad_to(tok, text, n_in, filler, rng)
+            out.append(Request(prompt, n_out, len(tok.tokenize(prompt)), self.ignore_eos))
+        return out
+
+
+def trace(path: str | Path, speedup: float = 1.0, block_tokens: int = 512, limit: int | None = None,
+          seed: int = 0, ignore_eos: bool = True) -> Workload:
+    """A JSONL trace in the Mooncake trace's shape, one request per line: ``timestamp`` (ms),
+    ``input_length``, ``output_length`` and optionally ``hash_ids`` (ids of shared blocks of
+    ``block_tokens`` tokens). :func:`labkit.bench` replays it open loop at the trace's times
+    divided by ``speedup`` (no ``concurrency``/``rate``: the trace is the load), recording
+    each request's dispatch delay. ``limit``: the first lines only."""
+    p = Path(path)
+    if not p.exists():
+        raise InvalidInput(f"No trace file at {p}.")
+    if not speedup > 0:
+        raise InvalidInput(f"speedup must be positive, got {speedup!r}.")
+    rows: list[tuple[float, int, int, tuple[int, ...]]] = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        rows.append(_trace_row(p, n, line, rows[-1][0] if rows else None))
+        if limit and len(rows) >= limit:
+            break
+    if not rows:
+        raise InvalidInput(f"{p} has no requests.")
+    t0 = rows[0][0]
+    rows = [(t - t0, i, o, h) for t, i, o, h in rows]
+    return Trace("trace", max(o for *_, o, _ in rows), seed=seed, ignore_eos=ignore_eos, rows=rows,
+                 speedup=float(speedup), block_tokens=block_tokens, path=str(p))
+
+
+def _trace_row(path: Path, n: int, line: str, previous: float | None) -> tuple[float, int, int, tuple[int, ...]]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{path}:{n} is not JSON ({e.msg}).") from None
+    missing = [k for k in ("timestamp", "input_length", "output_length") if k not in obj]
+    if missing:
+        raise InvalidInput(f"{path}:{n} has no {', '.join(missing)} (a line is {{\"timestamp\": ms, "
+                           "\"input_length\": n, \"output_length\": n, \"hash_ids\": [...]}}).")
+    t = float(obj["timestamp"]) / 1000
+    if previous is not None and t < previous:
+        raise InvalidInput(f"{path}:{n}: timestamp {obj['timestamp']} ms is earlier than the line before; "
+                           "a trace must be in time order.")
+    i, o = obj["input_length"], obj["output_length"]
+    if not all(isinstance(x, int) and x > 0 for x in (i, o)):
+        raise InvalidInput(f"{path}:{n}: input_length and output_length must be positive integers.")
+    return t, i, o, tuple(int(h) for h in obj.get("hash_ids", []))
