@@ -105,3 +105,24 @@ def test_a_bad_trace_names_its_line(tmp_path):
         workloads.trace(_trace_file(tmp_path, [{"timestamp": 0, "input_length": 8}]))
     with pytest.raises(InvalidInput, match="A trace sets its own arrival times"):
         labkit.bench("llama.cpp", workload=workloads.trace(_trace_file(tmp_path, [ok])), concurrency=[2])
+
+
+def _shared(engine, seed):
+    w = workloads.shared_prefix(prefix_tokens=256, suffix_tokens=8, output_tokens=4, groups=1, seed=seed)
+    res = labkit.bench(engine, concurrency=[1], requests_per_level=4, workload=w, warmup=0, progress=False)
+    return res.requests.sort_values("start_s"), res.summary.iloc[0]
+
+
+@pytest.mark.parametrize("name", ["llama-server", "vllm-server", "vllm"])
+def test_the_prefix_cache_serves_the_shared_prefix_as_the_engine_reports(name, engine_by_name):
+    req, s = _shared(engine_by_name(name), seed=hash(name) % 1000 + 100)
+    cached = list(req["cached_tokens"])
+    assert cached[0] < 256 <= min(cached[1:]) + 16  # the first pays for the prefix; vLLM caches whole blocks
+    assert s["prefix_hit_rate"] > 0.5 and s["cached_tokens"] == sum(cached)
+    assert req["ttft_s"].iloc[1:].median() < req["ttft_s"].iloc[0]  # a cached prefix is not prefilled again
+
+
+def test_with_the_prefix_cache_off_nothing_is_served_from_it():
+    with labkit.load("llama-server", model=MODEL, prefix_cache=False) as off:
+        req, s = _shared(off, seed=5)
+    assert list(req["cached_tokens"]) == [0, 0, 0, 0] and s["prefix_hit_rate"] == 0

@@ -60,6 +60,9 @@ class Token:
     logprob: float | None = None
     top_logprobs: dict[int, float] | None = None
     finish_reason: str | None = None
+    #: on a request's last (text-less) token: prompt tokens the engine served from its prefix
+    #: cache, as it reported them (None: it did not say)
+    cached_tokens: int | None = None
 
 
 @dataclass

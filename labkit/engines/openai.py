@@ -45,6 +45,9 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
     """An engine reached over HTTP through the OpenAI API: what the ``openai`` engine and the
     managed servers share. Subclasses call :meth:`_connect` once the server answers."""
 
+    #: llama-server's per-request prefix cache switch (None: the server's default)
+    cache_prompt: bool | None = None
+
     def _connect(self, url: str, model: str | None, api_key: str | None,
                  timeout_s: float = 600.0, max_connections: int = 512) -> None:
         """Attach the HTTP clients to ``url`` and read which server it is (``/v1/models``)."""
@@ -143,6 +146,8 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
             body["return_token_ids"] = True
             body["return_tokens_as_token_ids"] = True  # top-k logprobs keyed by id
         elif self.flavor == "llama-server":
+            if self.cache_prompt is not None:
+                body["cache_prompt"] = self.cache_prompt
             body["return_tokens"] = True
             body["verbose"] = True  # puts the token ids of each chunk under "__verbose"
             if params.temperature == 0:
@@ -341,9 +346,13 @@ def _sse_line(line: str, chat: bool, t0: float, url: str) -> list[Token] | None:
 
 
 def _chunk_tokens(chunk: dict, chat: bool, now: float) -> list[Token]:
+    # The usage (vLLM: a last chunk of its own; llama-server: on the finishing chunk) says how
+    # many prompt tokens the server served from its prefix cache.
+    cached = ((chunk.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+    usage = [Token("", None, now, cached_tokens=int(cached))] if cached is not None else []
     choices = chunk.get("choices") or []
     if not choices:
-        return []  # the final usage-only chunk
+        return usage
     choice = choices[0]
     if chat:
         text = (choice.get("delta") or {}).get("content") or ""
@@ -364,7 +373,7 @@ def _chunk_tokens(chunk: dict, chat: bool, now: float) -> list[Token]:
         toks.append(Token(text, None, now, lp, top))
     if finish:
         toks.append(Token("", None, now, finish_reason=finish))
-    return toks
+    return toks + usage
 
 
 def _logprob_entries(lp: Any) -> list[tuple[float | None, dict[int, float] | None]]:

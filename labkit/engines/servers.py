@@ -182,7 +182,7 @@ class LlamaServerEngine(_ManagedServer):
                  host: str = "127.0.0.1",
                  port: int | None = None, startup_timeout_s: float = 120.0,
                  extra_args: list[str] | None = None, log_dir: str | None = None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, prefix_cache: bool = True):
         if parallel <= 0:
             raise InvalidInput(f"parallel must be >= 1, got {parallel}.")
         if threads is not None and threads <= 0:
@@ -207,10 +207,13 @@ class LlamaServerEngine(_ManagedServer):
             model=models.label(model), model_path=str(path), model_sha256=file_sha256(path),
             args={"parallel": parallel, "context": context, "gpu_layers": gpu_layers,
                   "flash_attn": flash_attn, "host": host, "port": self.port,
-                  "extra_args": extra_args or []},
+                  "extra_args": extra_args or [], "prefix_cache": prefix_cache},
             threads=threads, device="cuda" if gpu_layers else "cpu", url=self.url,
             pid=self._proc.pid, log_path=str(self._proc.log_path),
             build=f"{build.variant}: {build.probe.reason}")
+        # Sent with every request (llama-server's cache_prompt): off, a slot re-evaluates the
+        # whole prompt even when it holds the same prefix.
+        self.cache_prompt = prefix_cache
 
 
 class VllmServerEngine(_ManagedServer):
@@ -228,7 +231,8 @@ class VllmServerEngine(_ManagedServer):
                  max_num_seqs: int = 256, enforce_eager: bool = True, host: str = "127.0.0.1",
                  port: int | None = None,
                  startup_timeout_s: float = 300.0, extra_args: list[str] | None = None,
-                 log_dir: str | None = None, api_key: str | None = None, gguf_loader: bool = False):
+                 log_dir: str | None = None, api_key: str | None = None, gguf_loader: bool = False,
+                 prefix_cache: bool = True):
         directory, source = vllm_model_source(model, gguf_loader)
         label = models.label(model, directory)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
@@ -236,6 +240,9 @@ class VllmServerEngine(_ManagedServer):
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory),
                "--served-model-name", label, "--max-model-len", str(context), "--dtype", dtype,
                "--max-num-seqs", str(max_num_seqs), "--disable-uvicorn-access-log",
+               # Automatic prefix caching on or off, and each response's cached prompt tokens.
+               "--enable-prefix-caching" if prefix_cache else "--no-enable-prefix-caching",
+               "--enable-prompt-tokens-details",
                # Eager mode as in the in-process engine: same kernels, same greedy text, and
                # a start in seconds instead of minutes of torch.compile on a small CPU.
                *(["--enforce-eager"] if enforce_eager else []),
@@ -250,7 +257,7 @@ class VllmServerEngine(_ManagedServer):
             model_path=str(directory), model_sha256=None,
             args={"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
                   "max_num_seqs": max_num_seqs, "enforce_eager": enforce_eager, "host": host,
-                  "port": self.port, "extra_args": extra_args or [],
+                  "port": self.port, "extra_args": extra_args or [], "prefix_cache": prefix_cache,
                   "gguf_loader": "used" if gguf_loader else (vllm_gguf_loader() or "available, not used")},
             threads=threads_used, device=device, url=self.url, pid=self._proc.pid,
             log_path=str(self._proc.log_path))

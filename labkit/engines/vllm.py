@@ -120,7 +120,7 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
                  context: int = 2048, kv_cache_gb: float = 1, dtype: str = "auto",
                  enforce_eager: bool = True, max_num_seqs: int = 256, seed: int = 0,
                  gpu_memory_utilization: float | None = None, gguf_loader: bool = False,
-                 **llm_kwargs: Any):
+                 prefix_cache: bool = True, **llm_kwargs: Any):
         super().__init__()
         version = vllm_version()
         directory, source = vllm_model_source(model, gguf_loader)
@@ -128,7 +128,7 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
         dtype = default_dtype() if dtype == "auto" else check_dtype(dtype)
         kwargs: dict[str, Any] = dict(model=str(directory), max_model_len=context, dtype=dtype,
                                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
-                                      seed=seed, **source, **llm_kwargs)
+                                      seed=seed, enable_prefix_caching=prefix_cache, **source, **llm_kwargs)
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if is_synthetic(directory):
@@ -153,6 +153,7 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             model_path=str(directory), model_sha256=None,
             args={"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
                   "enforce_eager": enforce_eager, "max_num_seqs": max_num_seqs, "seed": seed,
+                  "prefix_cache": prefix_cache,
                   "gguf_loader": "used" if gguf_loader else (vllm_gguf_loader() or "available, not used"),
                   **llm_kwargs},
             threads=threads_used, device=device, pid=os.getpid(), concurrency="batched",
@@ -235,7 +236,8 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             if o.finished:
                 if o.prompt_logprobs is not None:
                     p.emit(("prompt_logprobs", o.prompt_logprobs))
-                p.emit(Token("", None, now - p.t0, finish_reason=c.finish_reason))
+                p.emit(Token("", None, now - p.t0, finish_reason=c.finish_reason,
+                             cached_tokens=getattr(o, "num_cached_tokens", None)))
                 p.emit(_DONE)
                 del active[o.request_id]
 

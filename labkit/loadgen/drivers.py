@@ -69,6 +69,7 @@ def finish_record(record: RequestRecord, tokens: list[Token], e2e_s: float,
     record.itl_s, record.e2e_s = metrics["itl_s"], metrics["e2e_s"]
     record.output_tokens = len(real)
     record.finish_reason = next((t.finish_reason for t in reversed(tokens) if t.finish_reason), None)
+    record.cached_tokens = next((t.cached_tokens for t in tokens if t.cached_tokens is not None), None)
     record.error = None if error is None else f"{type(error).__name__}: {error}"
     return record
 

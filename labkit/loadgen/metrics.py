@@ -14,6 +14,9 @@ For one load level, over the requests that succeeded:
 - **duration**: from the first request sent to the last response finished;
 - **req/s** = requests / duration; **output tok/s** = output tokens / duration;
 - percentiles (p50, p90, p99) of TTFT, TPOT, ITL (over all gaps of all requests), E2E;
+- **prefix hit rate**: prompt tokens the engine said it served from its prefix cache, over
+  the prompt tokens sent (requests whose engine reported it: both servers do in their usage,
+  vLLM in process per request);
 - **user tok/s**: ``1000 / TPOT p50``, the speed at which one user sees tokens stream;
 - **goodput** (optional SLO in ms for TTFT/TPOT/E2E): requests meeting every SLO / duration.
 
@@ -91,7 +94,8 @@ def summarize(requests: pd.DataFrame, slo_ms: dict[str, float] | None = None) ->
     return pd.DataFrame(rows)
 
 
-_COUNTS = ("requests", "completed", "errors", "unmeasured", "input_tokens", "output_tokens", "duration_s")
+_COUNTS = ("requests", "completed", "errors", "unmeasured", "input_tokens", "output_tokens", "duration_s",
+           "cached_tokens")
 
 
 def _pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -139,6 +143,10 @@ def _level_row(mode: str, level: float, grp: pd.DataFrame, slo_ms: dict[str, flo
     row["user_tok_per_s"] = 1000 / row["tpot_p50_ms"] if row["tpot_p50_ms"] > 0 else float("nan")
     row |= _pct([g for lst in ok["itl_s"] for g in lst], "itl")
     row |= _pct(ok["e2e_s"].tolist(), "e2e")
+    if "cached_tokens" in ok and ok["cached_tokens"].notna().any():
+        known = ok[ok["cached_tokens"].notna()]
+        row["cached_tokens"] = int(known["cached_tokens"].sum())
+        row["prefix_hit_rate"] = float(known["cached_tokens"].sum() / max(1, known["input_tokens"].fillna(0).sum()))
     if mode in ("rate", "trace") and "scheduled_s" in sent and sent["scheduled_s"].notna().any():
         row |= _schedule(sent, ok)
     if slo_ms:

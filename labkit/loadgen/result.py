@@ -44,6 +44,8 @@ class RequestRecord:
     #: falls behind sends late, and latency counted from here includes that wait
     scheduled_s: float | None = None
     round: int = 0  # which pass over the levels (bench's ``repeats``)
+    #: prompt tokens the engine served from its prefix cache, as it reported them
+    cached_tokens: int | None = None
 
     def to_row(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in REQUEST_COLUMNS}
