@@ -193,8 +193,7 @@ def _stop_then_raise(stop: threading.Event) -> Callable[[int, Any], None]:
 def _bench(args: argparse.Namespace) -> int:
     from .loadgen import bench, workloads
 
-    wl = (workloads.synthetic(args.input_tokens, args.output_tokens) if args.workload == "synthetic"
-          else workloads.chat(args.input_tokens, args.output_tokens))
+    wl = workloads.named(args.workload, args.input_tokens, args.output_tokens)
     kwargs = engine_kwargs(args)
     rates = _float_list(args.rate, "--rate") if args.rate else None
     stop = threading.Event()
@@ -237,9 +236,12 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", help="comma-separated Poisson request rates (req/s)")
     p.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     p.add_argument("--duration", type=float, default=30.0, help="seconds per rate level")
-    p.add_argument("--workload", choices=["chat", "synthetic"], default="chat")
-    p.add_argument("--input-tokens", type=int, default=None)
-    p.add_argument("--output-tokens", type=int, default=64)
+    p.add_argument("--workload", choices=["chat", "synthetic", "sharegpt", "shared-prefix", "long-context"],
+                   default="chat", help="what the requests are (see labkit.workloads.named)")
+    p.add_argument("--input-tokens", type=int, default=None,
+                   help="prompt length; the shared prefix for shared-prefix; unused for sharegpt")
+    p.add_argument("--output-tokens", type=int, default=64,
+                   help="answer length (sharegpt: 0 for each real reply's length)")
     p.add_argument("--out", help="folder for manifest.json, requests.jsonl, summary.csv, memory.csv")
     p.add_argument("--json", action="store_true", help="one JSON object per level")
 

@@ -225,3 +225,18 @@ def pareto(front: Any) -> go.Figure:
                       xaxis_title="per-user output tok/s (1000 / TPOT p50)", yaxis_title="total output tok/s",
                       template="plotly_white")
     return fig
+
+
+def workloads(table: pd.DataFrame, metric: str = "output_tok_per_s") -> go.Figure:
+    """One bar group per workload, one bar per engine, at each engine's highest level: does
+    the winner change with what the requests are? ``table``: rows of engine, workload, level
+    and ``metric`` (a bench summary with those two columns added)."""
+    top = table[table["level"] == table.groupby(["engine", "workload"])["level"].transform("max")]
+    fig = go.Figure()
+    for engine, g in top.groupby("engine", sort=False):
+        fig.add_bar(x=g["workload"], y=g[metric], name=engine,
+                    text=[f"{v:.1f}" for v in g[metric]], textposition="outside")
+    unit = {"output_tok_per_s": "output tokens/s", "ttft_p50_ms": "ms", "prefix_hit_rate": "fraction"}
+    fig.update_layout(title=f"{metric} by workload, at the most users run", barmode="group",
+                      yaxis_title=unit.get(metric, metric), template="plotly_white")
+    return fig

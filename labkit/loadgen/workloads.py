@@ -545,3 +545,28 @@ def _trace_row(path: Path, n: int, line: str, previous: float | None) -> tuple[f
     if not all(isinstance(x, int) and x > 0 for x in (i, o)):
         raise InvalidInput(f"{path}:{n}: input_length and output_length must be positive integers.")
     return t, i, o, tuple(int(h) for h in obj.get("hash_ids", []))
+
+
+#: The workloads that have a name (the CLI's ``--workload``, the notebooks' ``WORKLOAD``).
+NAMES = ("chat", "synthetic", "sharegpt", "shared_prefix", "long_context")
+
+
+def named(name: str, input_tokens: int | None = None, output_tokens: int | None = 64, seed: int = 0) -> Workload:
+    """A workload by name, sized by two numbers: ``input_tokens`` is the prompt length
+    (chat, synthetic; default 128), the shared prefix (shared_prefix; default 1024, suffixes
+    of 64) or the one long length (long_context; default 2048); sharegpt takes its lengths
+    from the data (``output_tokens=None``: the real replies' lengths)."""
+    key = name.replace("-", "_")
+    if key not in NAMES:
+        raise InvalidInput(f"Unknown workload {name!r}; named ones are {', '.join(NAMES)} "
+                           "(or build one with labkit.workloads).")
+    out = output_tokens or 64
+    if key == "chat":
+        return chat(input_tokens, out, seed)
+    if key == "synthetic":
+        return synthetic(input_tokens or 128, out, seed)
+    if key == "sharegpt":
+        return sharegpt(n=200, seed=seed, output_tokens=output_tokens or None)
+    if key == "shared_prefix":
+        return shared_prefix(prefix_tokens=input_tokens or 1024, suffix_tokens=64, output_tokens=out, seed=seed)
+    return long_context(input_tokens=[input_tokens or 2048], output_tokens=out, seed=seed)

@@ -108,3 +108,14 @@ def test_sliding_window_layers_keep_only_the_window():
     assert kv_bytes(spec, 32768, 1, "llama.cpp") == per_layer_token * 62 * 32768  # swa_full in process
     dense = model_spec(SHAPES["llama-3-8b"])
     assert kv_bytes(dense, 4096, 3, "vllm") == 2 * 32 * 8 * 128 * 2 * 4096 * 3
+
+
+def test_named_workloads_and_an_unknown_name():
+    from labkit.loadgen import workloads
+
+    assert workloads.named("synthetic").input_tokens == 128
+    assert workloads.named("shared-prefix", input_tokens=256).prefix_tokens == 256
+    assert workloads.named("long_context", input_tokens=4096).lengths == [4096]
+    assert workloads.named("sharegpt", output_tokens=0).fixed_output is None  # the real replies' lengths
+    with pytest.raises(InvalidInput, match="Unknown workload 'poems'; named ones are chat, synthetic"):
+        workloads.named("poems")
