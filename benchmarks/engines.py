@@ -11,7 +11,8 @@
    requests of all rounds                                         (target within 5%)
    and the p99 TTFT, pooled likewise                              (target within 10%)
    `--serve-users capacity` runs it at the capacity labkit finds for that server first
-   (SLO: TTFT p99 <= 2 s, TPOT p99 <= 100 ms; 128 input, 64 output tokens).
+   (SLO: TTFT p99 <= 2 s, TPOT p99 <= 100 ms; 128 input, 64 output tokens);
+   `--serve-dataset sharegpt` sends both tools the same ShareGPT sample instead.
 4. output tok/s per engine at 1 and 32 users: the common-wisdom claim, as ratios.
 """
 
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -106,13 +108,12 @@ def _fmt(values: list[float]) -> str:
     return ", ".join(f"{v:.1f}" for v in values)
 
 
-def _vllm_bench_serve(srv, data: Path, tmp: str, users: int, n: int) -> dict:
+def _vllm_bench_serve(srv, dataset: list[str], tmp: str, users: int, n: int) -> dict:
     cmd = [sys.executable, "-c", "import sys; from vllm.benchmarks.serve import add_cli_args, main; "
            "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; p = P(); add_cli_args(p); "
            "main(p.parse_args(sys.argv[1:]))",
            "--backend", "vllm", "--base-url", srv.url[: -len("/v1")], "--endpoint", "/v1/completions",
-           "--model", srv.model, "--tokenizer", srv.info.model_path, "--dataset-name", "custom",
-           "--dataset-path", str(data), "--custom-output-len", str(OUT_TOKENS), "--skip-chat-template",
+           "--model", srv.model, "--tokenizer", srv.info.model_path, *dataset,
            "--num-prompts", str(n), "--max-concurrency", str(users), "--ignore-eos", "--disable-tqdm",
            "--temperature", "0",  # greedy, as labkit sends (vllm bench no longer defaults to it)
            "--save-result", "--result-dir", tmp, "--result-filename", "vllm.json",
@@ -139,7 +140,21 @@ def _capacity_users(srv) -> int:
     return max(1, cap.users or 1)
 
 
-def http_metrics_vs_vllm_bench(threads: int, users: int | str, rounds: int) -> dict:
+def _same_requests(srv, dataset: str, n: int, tmp: str) -> tuple[Any, list[str]]:
+    """labkit's workload and ``vllm bench serve``'s dataset arguments for the same n requests."""
+    if dataset == "sharegpt":  # both sample the same file, with the same seed and filters
+        return (workloads.sharegpt(n=n, seed=0, output_tokens=OUT_TOKENS),
+                ["--dataset-name", "sharegpt", "--dataset-path", str(workloads.sharegpt_file()),
+                 "--sharegpt-output-len", str(OUT_TOKENS), "--seed", "0"])
+    reqs = workloads.synthetic(input_tokens=128, output_tokens=OUT_TOKENS).build(srv, n)
+    data = Path(tmp) / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r.prompt, "output_tokens": OUT_TOKENS}) + "\n" for r in reqs))
+    return (workloads.prompts([r.prompt for r in reqs], output_tokens=OUT_TOKENS),
+            ["--dataset-name", "custom", "--dataset-path", str(data), "--custom-output-len", str(OUT_TOKENS),
+             "--skip-chat-template"])
+
+
+def http_metrics_vs_vllm_bench(threads: int, users: int | str, rounds: int, dataset: str = "synthetic") -> dict:
     """labkit's HTTP load generator and vLLM's serving benchmark take turns (alternating who
     goes first) against one server with the same prompts. The ratio is of medians over every
     request of every round (pooled), so one slow round moves it less than a median of
@@ -147,10 +162,7 @@ def http_metrics_vs_vllm_bench(threads: int, users: int | str, rounds: int) -> d
     with labkit.load("vllm-server", threads=threads) as srv, tempfile.TemporaryDirectory() as tmp:
         users = _capacity_users(srv) if users == "capacity" else int(users)
         n = max(64, 8 * users)
-        reqs = workloads.synthetic(input_tokens=128, output_tokens=OUT_TOKENS).build(srv, n)
-        data = Path(tmp) / "prompts.jsonl"
-        data.write_text("".join(json.dumps({"prompt": r.prompt, "output_tokens": OUT_TOKENS}) + "\n" for r in reqs))
-        workload = workloads.prompts([r.prompt for r in reqs], output_tokens=OUT_TOKENS)
+        workload, data = _same_requests(srv, dataset, n, tmp)
         me = psutil.Process()
 
         def ours() -> dict:
@@ -221,6 +233,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds for the anchor comparisons")
     ap.add_argument("--out", type=Path, help="keep every run's results here")
+    ap.add_argument("--serve-dataset", choices=["synthetic", "sharegpt"], default="synthetic",
+                    help="the requests of the vllm-serve comparison (both tools sample sharegpt alike)")
     ap.add_argument("--serve-users", default="8",
                     help="users for the vllm-serve comparison: a number, or 'capacity' (labkit's answer)")
     ap.add_argument("--only", help="comma-separated subset: llama-bench,vllm-generate,vllm-serve,wisdom")
@@ -232,7 +246,8 @@ def main() -> None:
     if "vllm-generate" in only:
         results["vllm_generate"] = vllm_vs_bare_generate(args.threads, args.users, args.rounds)
     if "vllm-serve" in only:
-        results["vllm_serve"] = http_metrics_vs_vllm_bench(args.threads, args.serve_users, args.rounds)
+        results["vllm_serve"] = http_metrics_vs_vllm_bench(args.threads, args.serve_users, args.rounds,
+                                                           args.serve_dataset)
     if "wisdom" in only:
         results["wisdom"] = common_wisdom(args.threads, args.users, args.out)
     if args.out:
