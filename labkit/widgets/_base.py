@@ -76,3 +76,42 @@ def show_figure(widget: Any, fig: Any) -> None:
         widget.data = ()
         widget.add_traces(list(fig.data))
         widget.layout = fig.layout
+
+
+class RunStopPanel(w.VBox):
+    """A panel whose Run starts long work on a worker thread and whose Stop ends it with what
+    was measured kept; the buttons say which is possible. Subclasses call :meth:`_controls`
+    in ``__init__`` and :meth:`_start` from ``run()``."""
+
+    def _controls(self, run_label: str) -> None:
+        self.run_button = w.Button(description=run_label, button_style="primary")
+        self.stop_button = w.Button(description="Stop", button_style="warning", disabled=True)
+        self.status = w.HTML("")
+        self._stop = threading.Event()
+        self._worker = _Worker(self.status)
+        self.run_button.on_click(lambda _: self.run())
+        self.stop_button.on_click(lambda _: self.stop())
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def _start(self, message: str, job: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        """Run ``job`` off the UI thread (Run disabled, Stop enabled until it ends), then ``done``."""
+        self._stop.clear()
+        self.stop_button.disabled, self.run_button.disabled = False, True
+        self._worker.show(message)
+
+        def wrapped() -> Any:
+            try:
+                return job()
+            finally:
+                self.stop_button.disabled, self.run_button.disabled = True, False
+
+        self._worker.start(wrapped, done)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> RunStopPanel:
+        self._worker.wait(timeout)
+        return self

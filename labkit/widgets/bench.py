@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -11,13 +10,13 @@ from plotly.colors import qualitative
 
 from ..engines.base import Engine
 from ..errors import LabkitError
-from ._base import _labels_fit, _Worker, engine_choices
+from ._base import RunStopPanel, _labels_fit, engine_choices
 
 _LATENCY = (("ttft_p50_ms", "TTFT p50", "solid"), ("ttft_p99_ms", "TTFT p99", "dot"),
             ("tpot_p50_ms", "TPOT p50", "dash"), ("tpot_p99_ms", "TPOT p99", "dashdot"))
 
 
-class BenchPanel(w.VBox):
+class BenchPanel(RunStopPanel):
     """Concurrency levels and workload sizes; Run benchmarks each selected engine in turn and
     draws throughput and latency (TTFT and TPOT, p50 and p99) as each level finishes, one
     colour per engine on shared figures; Stop keeps the finished levels.
@@ -39,10 +38,8 @@ class BenchPanel(w.VBox):
         self.input_tokens = w.BoundedIntText(value=64, min=1, max=1 << 20, description="input tokens")
         self.output_tokens = w.BoundedIntText(value=32, min=1, max=1 << 20, description="output tokens")
         _labels_fit(self.pick, self.levels, self.requests, self.input_tokens, self.output_tokens)
-        self.run_button = w.Button(description="Run", button_style="primary")
-        self.stop_button = w.Button(description="Stop", button_style="warning", disabled=True)
+        self._controls("Run")
         self.progress = w.IntProgress(value=0, min=0, max=1)
-        self.status = w.HTML("")
         self.figure = go.FigureWidget(layout={"title": "output tok/s vs users (hollow: partial level)",
                                               "xaxis_title": "concurrent users",
                                               "yaxis_title": "output tokens/s", "height": 320,
@@ -54,10 +51,6 @@ class BenchPanel(w.VBox):
         self.result = None
         self.results: dict[str, Any] = {}
         self._complete: dict[str, int] = {}  # complete levels per engine: the progress bar
-        self._stop = threading.Event()
-        self._worker = _Worker(self.status)
-        self.run_button.on_click(lambda _: self.run())
-        self.stop_button.on_click(lambda _: self.stop())
         controls = [self.levels, self.requests] if callable(engine) and not isinstance(engine, Engine) \
             else [self.pick, w.VBox([self.levels, self.requests])]
         super().__init__([w.HBox(controls), w.HBox([self.input_tokens, self.output_tokens]),
@@ -99,32 +92,27 @@ class BenchPanel(w.VBox):
         if not engines:
             self._worker.show("Select at least one engine in the list (or load one with a ModelLoader).", "#c00")
             return
-        self._stop.clear()
         self.results, self._complete = {}, {}
         self.progress.max, self.progress.value = max(1, len(levels) * len(engines)), 0
         for fig in (self.figure, self.latency):
             fig.data = ()
-        self.stop_button.disabled, self.run_button.disabled = False, True
-        self._worker.show(f"running {levels} on {', '.join(engines)}…")
-        self._worker.start(lambda: self._bench_all(engines, levels), self._done)
+        self._start(f"running {levels} on {', '.join(engines)}…", lambda: self._bench_all(engines, levels),
+                    self._done)
 
     def _bench_all(self, engines: dict[str, Engine], levels: list[int]) -> Any:
         from ..loadgen import bench, workloads
 
-        try:
-            for label, engine in engines.items():
-                if self._stop.is_set():
-                    break
-                self.results[label] = None
-                self.result = bench(engine, concurrency=levels, requests_per_level=self.requests.value,
-                                    workload=workloads.synthetic(self.input_tokens.value, self.output_tokens.value),
-                                    progress=False, stop_event=self._stop,
-                                    on_level_done=lambda res, label=label: self._draw(label, res))
-                self.results[label] = self.result
-                self._draw(label, self.result)
-            return self.result
-        finally:
-            self.stop_button.disabled, self.run_button.disabled = True, False
+        for label, engine in engines.items():
+            if self._stop.is_set():
+                break
+            self.results[label] = None
+            self.result = bench(engine, concurrency=levels, requests_per_level=self.requests.value,
+                                workload=workloads.synthetic(self.input_tokens.value, self.output_tokens.value),
+                                progress=False, stop_event=self._stop,
+                                on_level_done=lambda res, label=label: self._draw(label, res))
+            self.results[label] = self.result
+            self._draw(label, self.result)
+        return self.result
 
     def _done(self, res: Any) -> None:
         partial = [p for label, r in self.results.items() if r is not None for p in self._partial(label, r)]
@@ -183,9 +171,3 @@ class BenchPanel(w.VBox):
         else:
             fig.add_scatter(name=name, **props)
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait(self, timeout: float | None = None) -> BenchPanel:
-        self._worker.wait(timeout)
-        return self

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import ipywidgets as w
 
 from ..engines.base import Engine
 from ..errors import LabkitError
-from ._base import _labels_fit, _Worker, engine_choices, show_figure
+from ._base import RunStopPanel, _labels_fit, engine_choices, show_figure
 
 
-class CapacityPanel(w.VBox):
+class CapacityPanel(RunStopPanel):
     """SLO fields, an engine, the workload and a budget; Run searches (``labkit.capacity``)
     and redraws its figure after every level: each bounded percentile against the users, the
     SLO dashed, met levels filled, the answer starred. Stop ends the search and keeps every
@@ -39,17 +38,11 @@ class CapacityPanel(w.VBox):
         self.budget = w.BoundedIntText(value=600, min=1, max=1 << 24, description="budget (s)")
         _labels_fit(self.engine, self.ttft, self.tpot, self.more, self.max_users, self.input_tokens,
                     self.output_tokens, self.budget)
-        self.run_button = w.Button(description="Find capacity", button_style="primary")
-        self.stop_button = w.Button(description="Stop", button_style="warning", disabled=True)
-        self.status = w.HTML("")
+        self._controls("Find capacity")
         self.figure = go.FigureWidget(layout={"title": "capacity search: each level as it finishes",
                                               "height": 340})
         self.table = w.HTML("")
         self.capacity = None
-        self._stop = threading.Event()
-        self._worker = _Worker(self.status)
-        self.run_button.on_click(lambda _: self.run())
-        self.stop_button.on_click(lambda _: self._stop.set())
         super().__init__([self.engine, w.HBox([self.ttft, self.tpot, self.more]),
                           w.HBox([self.max_users, self.input_tokens, self.output_tokens, self.budget]),
                           w.HBox([self.run_button, self.stop_button]), self.status, self.figure, self.table],
@@ -79,21 +72,12 @@ class CapacityPanel(w.VBox):
         except LabkitError as e:
             self._worker.show(str(e), "#c00")
             return
-        self._stop.clear()
         self.capacity, self.table.value = None, ""
-        self.stop_button.disabled, self.run_button.disabled = False, True
-        self._worker.show(f"searching {self.engine.value} within {slo.describe()}…")
-
-        def job() -> Any:
-            try:
-                return capacity(engine, slo=slo, max_level=self.max_users.value, budget_s=self.budget.value,
-                                workload=workloads.chat(input_tokens=self.input_tokens.value,
-                                                        output_tokens=self.output_tokens.value),
-                                progress=False, stop_event=self._stop, on_level_done=self._level_done)
-            finally:
-                self.stop_button.disabled, self.run_button.disabled = True, False
-
-        self._worker.start(job, self._done)
+        workload = workloads.chat(input_tokens=self.input_tokens.value, output_tokens=self.output_tokens.value)
+        self._start(f"searching {self.engine.value} within {slo.describe()}…",
+                    lambda: capacity(engine, slo=slo, max_level=self.max_users.value, budget_s=self.budget.value,
+                                     workload=workload, progress=False, stop_event=self._stop,
+                                     on_level_done=self._level_done), self._done)
 
     def _level_done(self, cap: Any) -> None:
         from .. import plots
@@ -113,9 +97,3 @@ class CapacityPanel(w.VBox):
         color = "#080" if cap.stopped != "interrupted" and cap.answer > 0 else "#a60"
         self._worker.show(cap.summary_line(), color)
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait(self, timeout: float | None = None) -> CapacityPanel:
-        self._worker.wait(timeout)
-        return self

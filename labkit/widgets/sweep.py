@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import ast
-import threading
 from typing import Any
 
 import ipywidgets as w
 
 from ..errors import InvalidInput, LabkitError
-from ._base import _labels_fit, _Worker, show_figure
+from ._base import RunStopPanel, _labels_fit, show_figure
 
 _EXAMPLE = '{"llama-server": {"parallel": [2, 4]}, "llama.cpp": {}}'
 
 
-class SweepPanel(w.VBox):
+class SweepPanel(RunStopPanel):
     """The grid as ``{engine: {argument: [values]}}``, the levels, an optional SLO; Run calls
     ``labkit.sweep`` and redraws the Pareto figure after every point (per-user against total
     tok/s, the front dotted, hollow where the SLO was missed). Stop ends the sweep after the
@@ -33,17 +32,11 @@ class SweepPanel(w.VBox):
         self.repeats = w.BoundedIntText(value=1, min=1, max=100, description="repeats")
         _labels_fit(self.grid, self.levels, self.slo, self.requests, self.input_tokens, self.output_tokens,
                     self.repeats)
-        self.run_button = w.Button(description="Run sweep", button_style="primary")
-        self.stop_button = w.Button(description="Stop", button_style="warning", disabled=True)
+        self._controls("Run sweep")
         self.progress = w.IntProgress(value=0, min=0, max=1)
-        self.status = w.HTML("")
         self.figure = go.FigureWidget(layout={"title": "Pareto front: filled as points finish", "height": 360})
         self.table = w.HTML("")
         self.front = None
-        self._stop = threading.Event()
-        self._worker = _Worker(self.status)
-        self.run_button.on_click(lambda _: self.run())
-        self.stop_button.on_click(lambda _: self._stop.set())
         super().__init__([self.grid, w.HBox([self.levels, self.slo, self.repeats]),
                           w.HBox([self.requests, self.input_tokens, self.output_tokens]),
                           w.HBox([self.run_button, self.stop_button, self.progress]), self.status,
@@ -79,21 +72,12 @@ class SweepPanel(w.VBox):
         except LabkitError as e:
             self._worker.show(str(e), "#c00")
             return
-        self._stop.clear()
         self.front, self.table.value = None, ""
         self.figure.data = ()
         self.progress.max, self.progress.value = len(grid_points(args["grid"])), 0
-        self.stop_button.disabled, self.run_button.disabled = False, True
-        self._worker.show(f"sweeping {self.progress.max} point(s)…")
-
-        def job() -> Any:
-            try:
-                return sweep(args.pop("grid"), **args, progress=False, stop_event=self._stop,
-                             on_point_done=self._point_done)
-            finally:
-                self.stop_button.disabled, self.run_button.disabled = True, False
-
-        self._worker.start(job, self._done)
+        self._start(f"sweeping {self.progress.max} point(s)…",
+                    lambda: sweep(args.pop("grid"), **args, progress=False, stop_event=self._stop,
+                                  on_point_done=self._point_done), self._done)
 
     def _point_done(self, front: Any) -> None:
         self.progress.value = len(front.results) + len(front.failed)
@@ -118,9 +102,3 @@ class SweepPanel(w.VBox):
             self._worker.show(f"done: {done} point(s), {int(front.table['on_front'].sum())} on the front{failed}",
                               "#080")
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait(self, timeout: float | None = None) -> SweepPanel:
-        self._worker.wait(timeout)
-        return self
