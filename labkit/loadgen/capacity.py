@@ -242,10 +242,7 @@ def _plan(slo: SLO | dict[str, float], *, by: str, start: float | None, max_leve
           growth: float, rounds: int, min_requests: int, resolution: float,
           budget_s: float | None, duration_s: float, confirm: bool) -> _Plan:
     """The search's settings, checked before anything is loaded."""
-    if isinstance(slo, dict):
-        slo = SLO(**slo)
-    if not isinstance(slo, SLO):
-        raise InvalidInput(f"slo must be a labkit.SLO or a dict of bounds, got {type(slo).__name__}.")
+    slo = SLO.of(slo)
     if by not in _BY:
         raise InvalidInput(f"by must be 'users' (closed-loop concurrency) or 'rate' (Poisson "
                            f"arrivals), got {by!r}.")

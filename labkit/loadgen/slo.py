@@ -55,6 +55,15 @@ class SLO:
         self.bounds: dict[str, float] = {k: float(v) for k, v in bounds_ms.items()}
 
     @classmethod
+    def of(cls, value: SLO | dict[str, float]) -> SLO:
+        """An SLO from an SLO or a dict of bounds (what ``capacity`` and ``sweep`` accept)."""
+        if isinstance(value, dict):
+            return cls(**value)
+        if not isinstance(value, SLO):
+            raise InvalidInput(f"slo must be a labkit.SLO or a dict of bounds, got {type(value).__name__}.")
+        return value
+
+    @classmethod
     def parse(cls, text: str) -> SLO:
         """From ``"ttft_p99_ms=2000,tpot_p99_ms=100"`` (the command line's form)."""
         bounds: dict[str, float] = {}

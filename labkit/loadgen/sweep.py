@@ -121,17 +121,15 @@ def sweep(grid: dict[str, dict[str, Sequence[Any] | Any]], *, concurrency: Seque
     points = grid_points(grid)
     for engine in grid:
         _check_arguments(engine, list(engine_kwargs))
-    slo = SLO(**slo) if isinstance(slo, dict) else slo
-    if slo is not None and not isinstance(slo, SLO):
-        raise InvalidInput(f"slo must be a labkit.SLO or a dict of bounds, got {type(slo).__name__}.")
+    slo = SLO.of(slo) if slo is not None else None
     # The levels are checked here, before the first engine loads.
     config = BenchConfig(concurrency, rate, requests_per_level, duration_s, workload, warmup,
                          repeats=repeats)
     bench_args = {"concurrency": config.concurrency, "rate": config.rate, "repeats": repeats,
                   "requests_per_level": requests_per_level, "duration_s": duration_s,
                   "workload": config.workload, "warmup": warmup, "progress": progress}
-    walk = _Walk(points, bench_args, slo, Path(out) if out else None, stop_event or threading.Event())
-    walk.on_point_done, walk.common = on_point_done, engine_kwargs
+    walk = _Walk(points, bench_args, slo, Path(out) if out else None, stop_event or threading.Event(),
+                 common=engine_kwargs, on_point_done=on_point_done)
     front = walk.run()
     quants = _names_quants(points) or ":" in str(engine_kwargs.get("model", ""))
     if (kld if kld is not None else quants) and not front.table.empty:
@@ -194,14 +192,15 @@ class _Walk:
     """Loads each point's engine in turn and benchmarks it; saves after every point."""
 
     def __init__(self, points: list[Point], bench_args: dict[str, Any], slo: SLO | None,
-                 out: Path | None, stop: threading.Event):
+                 out: Path | None, stop: threading.Event | None, *, common: dict[str, Any] | None = None,
+                 on_point_done: Callable[[Front], None] | None = None):
         self.points, self.bench_args, self.slo, self.out, self.stop = points, bench_args, slo, out, stop
+        self.common = common or {}  # engine arguments for every point (the grid's own win)
+        self.on_point_done = on_point_done
         self.rows: list[pd.DataFrame] = []
         self.results: dict[str, BenchResult] = {}
         self.failed: dict[str, str] = {}
         self.settings = list(dict.fromkeys(k for p in points for k in p.settings))
-        self.on_point_done: Callable[[Front], None] | None = None
-        self.common: dict[str, Any] = {}
 
     def run(self) -> Front:
         stopped = "completed"

@@ -42,8 +42,8 @@ class SweepPanel(RunStopPanel):
                           w.HBox([self.run_button, self.stop_button, self.progress]), self.status,
                           self.figure, self.table], **kwargs)
 
-    def _inputs(self) -> dict[str, Any]:
-        """The sweep's arguments from the fields; InvalidInput says which field is wrong."""
+    def _inputs(self) -> tuple[int, dict[str, Any]]:
+        """How many points, and the sweep's arguments, from the fields; InvalidInput says which field is wrong."""
         from ..loadgen import workloads
         from ..loadgen.slo import SLO
         from ..loadgen.sweep import grid_points
@@ -56,25 +56,25 @@ class SweepPanel(RunStopPanel):
             levels = [int(x) for x in self.levels.value.split(",") if x.strip()]
         except ValueError:
             raise InvalidInput("users: write comma-separated positive integers, e.g. 1,4") from None
-        grid_points(grid)  # every argument checked now, before the first engine loads
-        return {"grid": grid, "concurrency": levels, "repeats": self.repeats.value,
+        n_points = len(grid_points(grid))  # every argument checked now, before the first engine loads
+        return n_points, {"grid": grid, "concurrency": levels, "repeats": self.repeats.value,
                 "slo": SLO.parse(self.slo.value) if self.slo.value.strip() else None,
                 "requests_per_level": self.requests.value,
                 "workload": workloads.synthetic(self.input_tokens.value, self.output_tokens.value)}
 
     def run(self) -> None:
-        from ..loadgen.sweep import grid_points, sweep
+        from ..loadgen.sweep import sweep
 
         if self._worker.busy:
             return
         try:
-            args = self._inputs()
+            n_points, args = self._inputs()
         except LabkitError as e:
             self._worker.show(str(e), "#c00")
             return
         self.front, self.table.value = None, ""
         self.figure.data = ()
-        self.progress.max, self.progress.value = len(grid_points(args["grid"])), 0
+        self.progress.max, self.progress.value = n_points, 0
         self._start(f"sweeping {self.progress.max} point(s)…",
                     lambda: sweep(args.pop("grid"), **args, progress=False, stop_event=self._stop,
                                   on_point_done=self._point_done), self._done)
