@@ -92,9 +92,12 @@ class Workload:
         """Requests ``start`` .. ``start + n - 1`` for ``engine``: request i is the same for
         the same seed whatever ``n``, and (with input_tokens) differs from every other, so a
         server's prefix cache never sees a measured prompt twice (a sweep gives each level,
-        and its warm-up, its own range)."""
+        and its warm-up, its own range). Each kind of workload makes them in ``_requests``."""
         if n <= 0:
             raise InvalidInput(f"A workload needs at least one request, got n={n}.")
+        return self._requests(engine, n, start)
+
+    def _requests(self, engine: Engine, n: int, start: int) -> list[Request]:
         if self.kind == "prompts":
             return [Request(self.prompts[i % len(self.prompts)], self.output_tokens, None, self.ignore_eos)
                     for i in range(start, start + n)]
@@ -324,9 +327,7 @@ class ShareGPT(Workload):
                 "input_tokens": "from each prompt",
                 "output_tokens": self.fixed_output or "from each reply"}
 
-    def build(self, engine: Engine, n: int, start: int = 0) -> list[Request]:
-        if n <= 0:
-            raise InvalidInput(f"A workload needs at least one request, got n={n}.")
+    def _requests(self, engine: Engine, n: int, start: int) -> list[Request]:
         if id(engine) not in self._samples:  # sampled once per engine: every level cycles the same n
             tok = _tokenizer_for(engine)
             self._samples[id(engine)] = sample_sharegpt(_sharegpt_pairs(self.path), lambda t: len(tok.tokenize(t)),
@@ -363,12 +364,10 @@ class SharedPrefix(Workload):
         return {**super().describe(), "prefix_tokens": self.prefix_tokens, "suffix_tokens": self.input_tokens,
                 "groups": self.groups, "input_tokens": self.prefix_tokens + (self.input_tokens or 0)}
 
-    def build(self, engine: Engine, n: int, start: int = 0) -> list[Request]:
+    def _requests(self, engine: Engine, n: int, start: int) -> list[Request]:
         """Request i belongs to group ``i % groups``: its prefix is exactly ``prefix_tokens``
         tokens (the group's, the same ids in every request of it) and its suffix exactly
         ``suffix_tokens`` more."""
-        if n <= 0:
-            raise InvalidInput(f"A workload needs at least one request, got n={n}.")
         total = self.prefix_tokens + (self.input_tokens or 0)
         context = (engine.info.args or {}).get("context") if hasattr(engine, "info") else None
         if context and total + self.output_tokens > context:
@@ -421,9 +420,7 @@ class LongContext(Workload):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "input_tokens": self.lengths}
 
-    def build(self, engine: Engine, n: int, start: int = 0) -> list[Request]:
-        if n <= 0:
-            raise InvalidInput(f"A workload needs at least one request, got n={n}.")
+    def _requests(self, engine: Engine, n: int, start: int) -> list[Request]:
         context = _context_of(engine)
         too_long = [x for x in self.lengths if context and x + self.output_tokens > context]
         if too_long:
@@ -470,11 +467,9 @@ class Trace(Workload):
         """When each request leaves, in seconds after the first, sped up."""
         return [t / self.speedup for t, *_ in self.rows]
 
-    def build(self, engine: Engine, n: int, start: int = 0) -> list[Request]:
+    def _requests(self, engine: Engine, n: int, start: int) -> list[Request]:
         """Request i is the trace's line ``i % len``: its input length exactly, and the blocks
         named by its hash ids shared with every other request that names them."""
-        if n <= 0:
-            raise InvalidInput(f"A workload needs at least one request, got n={n}.")
         context = _context_of(engine)
         worst = max((i + o, k) for k, (_, i, o, _) in enumerate(self.rows, 1))
         if context and worst[0] > context:
