@@ -202,22 +202,21 @@ def pareto(front: Any) -> go.Figure:
         t = t[~t["partial"].astype(bool)]
     fig = go.Figure()
     mem = t.get("peak_pss_bytes", pd.Series(0.0, index=t.index)).fillna(0)
-    size = 9 + 21 * mem / max(1.0, float(mem.max()))
     met = t["slo_met"] if "slo_met" in t else pd.Series(True, index=t.index)
-    symbols = ["circle" if m else "circle-open" for m in met]
-    hover = [f"{p}<br>{m} {lv:g}<br>{u:.1f} tok/s per user, {o:.1f} tok/s total<br>peak {b / 1024**3:.2f} GiB"
-             for p, m, lv, u, o, b in zip(t["point"], t["mode"], t["level"], t["user_tok_per_s"],
-                                          t["output_tok_per_s"], mem, strict=True)]
-    if "kld" in t and t["kld"].notna().any():
-        fig.add_scatter(x=t["user_tok_per_s"], y=t["output_tok_per_s"], mode="markers", name="points",
-                        hovertext=hover, hoverinfo="text",
-                        marker={"size": size, "symbol": symbols, "color": t["kld"], "colorscale": "Viridis",
-                                "colorbar": {"title": "KLD vs F16"}, "line": {"width": 1}})
-    else:
-        for label, g in t.groupby("point", sort=False):
-            fig.add_scatter(x=g["user_tok_per_s"], y=g["output_tok_per_s"], mode="markers", name=label,
-                            hovertext=[hover[t.index.get_loc(i)] for i in g.index], hoverinfo="text",
-                            marker={"size": size[g.index], "symbol": [symbols[t.index.get_loc(i)] for i in g.index]})
+    # Per row, so a group of rows (one point's levels) carries its own markers along.
+    t = t.assign(_size=9 + 21 * mem / max(1.0, float(mem.max())),
+                 _symbol=["circle" if m else "circle-open" for m in met],
+                 _hover=[f"{p}<br>{m} {lv:g}<br>{u:.1f} tok/s per user, {o:.1f} tok/s total<br>"
+                         f"peak {b / 1024**3:.2f} GiB"
+                         for p, m, lv, u, o, b in zip(t["point"], t["mode"], t["level"], t["user_tok_per_s"],
+                                                      t["output_tok_per_s"], mem, strict=True)])
+    by_kld = "kld" in t and t["kld"].notna().any()
+    for label, g in ([("points", t)] if by_kld else t.groupby("point", sort=False)):
+        colour = {"color": g["kld"], "colorscale": "Viridis", "colorbar": {"title": "KLD vs F16"},
+                  "line": {"width": 1}} if by_kld else {}
+        fig.add_scatter(x=g["user_tok_per_s"], y=g["output_tok_per_s"], mode="markers", name=label,
+                        hovertext=list(g["_hover"]), hoverinfo="text",
+                        marker={"size": list(g["_size"]), "symbol": list(g["_symbol"]), **colour})
     best = t[t["on_front"]].sort_values("user_tok_per_s")
     fig.add_scatter(x=best["user_tok_per_s"], y=best["output_tok_per_s"], mode="lines", name="Pareto front",
                     line={"color": "#222", "dash": "dot"})

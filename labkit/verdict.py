@@ -50,10 +50,6 @@ class Finding:
     comment: str = ""
 
 
-def _level(run: BenchResult, level: int, column: str) -> float:
-    return _estimate(run, level, column).value
-
-
 def _estimate(run: BenchResult, level: int, column: str) -> Estimate:
     """A figure of one concurrency level, with its interval when the run had rounds."""
     s = run.summary
@@ -112,13 +108,10 @@ class _Runs:
         self.runs, self.users = runs, users
 
     def tok(self, name: str, level: int) -> float:
-        return _level(self.runs[name], level, "output_tok_per_s")
+        return self.est(name, level).value
 
     def est(self, name: str, level: int, column: str = "output_tok_per_s") -> Estimate:
         return _estimate(self.runs[name], level, column)
-
-    def at_one(self, name: str, column: str) -> float:
-        return _level(self.runs[name], 1, column)
 
     def peak_gib(self, name: str) -> float:
         mem = self.runs[name].memory
