@@ -29,6 +29,7 @@ from ..synthetic import is_synthetic
 from .base import EngineInfo
 from .defaults import (
     check_dtype,
+    cpu_executor,
     default_dtype,
     default_threads,
     vllm_env,
@@ -237,6 +238,10 @@ class VllmServerEngine(_ManagedServer):
         label = models.label(model, directory)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
         dtype = default_dtype() if dtype == "auto" else check_dtype(dtype)
+        given = set(extra_args or [])
+        executor = cpu_executor(
+            "given" if "--distributed-executor-backend" in given else None,
+            2 if given & {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp"} else 1)
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory),
                "--served-model-name", label, "--max-model-len", str(context), "--dtype", dtype,
                "--max-num-seqs", str(max_num_seqs), "--disable-uvicorn-access-log",
@@ -248,6 +253,7 @@ class VllmServerEngine(_ManagedServer):
                *(["--enforce-eager"] if enforce_eager else []),
                *(["--gpu-memory-utilization", str(gpu_memory_utilization)] if gpu_memory_utilization else []),
                *(["--load-format", "dummy"] if is_synthetic(directory) else []),
+               *(["--distributed-executor-backend", executor] if executor not in (None, "given") else []),
                *(x for key, value in source.items() for x in (f"--{key.replace('_', '-')}", value)),
                *(extra_args or [])]
         super().__init__(cmd, Launch(host, port, startup_timeout_s, label, {**os.environ, **env},
@@ -258,6 +264,7 @@ class VllmServerEngine(_ManagedServer):
             args={"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
                   "max_num_seqs": max_num_seqs, "enforce_eager": enforce_eager, "host": host,
                   "port": self.port, "extra_args": extra_args or [], "prefix_cache": prefix_cache,
+                  **({"distributed_executor_backend": executor} if executor not in (None, "given") else {}),
                   "gguf_loader": "used" if gguf_loader else (vllm_gguf_loader() or "available, not used")},
             threads=threads_used, device=device, url=self.url, pid=self._proc.pid,
             log_path=str(self._proc.log_path))
