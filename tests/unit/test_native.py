@@ -148,3 +148,17 @@ def test_torch_dtype_decision():
     assert not torch_dtypes.decide(native, reported_bf16=False).bfloat16_native
     crashed = torch_dtypes.decide(None, True, "the matmul check was killed by SIGILL")
     assert not crashed.bfloat16_native and not crashed.float32_ok and "SIGILL" in crashed.reason
+
+
+def test_vllm_on_cpu_gets_the_in_engine_core_executor_and_a_sized_thread_pool(monkeypatch):
+    from labkit.engines import defaults
+
+    monkeypatch.setattr(defaults, "has_cuda", lambda: False)
+    env, used, device = defaults.vllm_env(1, 1)
+    assert (env["OMP_NUM_THREADS"], used, device) == ("1", 1, "cpu")
+    assert defaults.cpu_executor(None) == defaults.UNI_EXECUTOR
+    # The user's choice stands, and several workers keep vLLM's own process executor.
+    assert defaults.cpu_executor("mp") == "mp"
+    assert defaults.cpu_executor(None, parallel=2) is None
+    monkeypatch.setattr(defaults, "has_cuda", lambda: True)
+    assert defaults.cpu_executor(None) is None
