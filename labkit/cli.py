@@ -236,7 +236,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", help="comma-separated Poisson request rates (req/s)")
     p.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     p.add_argument("--duration", type=float, default=30.0, help="seconds per rate level")
-    p.add_argument("--workload", choices=["chat", "synthetic", "sharegpt", "shared-prefix", "long-context"],
+    p.add_argument("--workload", choices=["chat", "synthetic", "sharegpt", "shared-prefix", "long-context",
+                                          "multi-turn"],
                    default="chat", help="what the requests are (see labkit.workloads.named)")
     p.add_argument("--input-tokens", type=int, default=None,
                    help="prompt length; the shared prefix for shared-prefix; unused for sharegpt")

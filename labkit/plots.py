@@ -66,9 +66,10 @@ def throughput(results, metric: str = "output_tok_per_s") -> go.Figure:
 
 def _flag_unlike_prompts(fig: go.Figure, results) -> go.Figure:
     """Engines fed different prompts are not comparable: say so on the figure, in red."""
-    from .loadgen.result import fed_alike
+    from .loadgen.result import MULTI_TURN_NOTE, fed_alike
 
-    warnings = fed_alike(results) if isinstance(results, dict) else []
+    # A multi-turn run's later turns differ by design (each engine's own replies): not a flag.
+    warnings = [w for w in fed_alike(results) if w != MULTI_TURN_NOTE] if isinstance(results, dict) else []
     if warnings:
         fig.update_layout(title=f"{fig.layout.title.text}: NOT COMPARABLE, different prompts",
                           title_font_color="#b00020")
@@ -223,6 +224,26 @@ def pareto(front: Any) -> go.Figure:
     fig.update_layout(title="Per-user speed vs total throughput (size: peak memory; hollow: missed the SLO)",
                       xaxis_title="per-user output tok/s (1000 / TPOT p50)", yaxis_title="total output tok/s",
                       template="plotly_white")
+    return fig
+
+
+def turns(results: BenchResult | dict[str, BenchResult]) -> go.Figure:
+    """Multi-turn sessions: median TTFT by turn, one line per engine and level. Each turn
+    carries the whole conversation so far, so without a prefix cache the line climbs with the
+    history; with one, later turns prefill only what is new and the line stays flat or falls."""
+    fig = go.Figure()
+    for name, res in _results(results).items():
+        t = res.turns
+        if t.empty:  # a run without sessions
+            continue
+        for (mode, level), g in t.groupby(["mode", "level"], sort=False):
+            label = f"{name}, {level:g} users" if mode == "concurrency" else f"{name}, {mode} {level:g}"
+            fig.add_scatter(x=g["turn"], y=g["ttft_p50_ms"], mode="lines+markers", name=label,
+                            customdata=g[["input_tokens_mean", "cached_tokens_mean"]].to_numpy(),
+                            hovertemplate="turn %{x}: TTFT p50 %{y:.0f} ms<br>prompt %{customdata[0]:.0f} "
+                                          "tokens, %{customdata[1]:.0f} from the cache<extra></extra>")
+    fig.update_layout(title="Time to first token by turn of a session", xaxis_title="turn", xaxis_dtick=1,
+                      yaxis_title="TTFT p50 (ms)", template="plotly_white")
     return fig
 
 

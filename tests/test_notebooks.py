@@ -175,8 +175,10 @@ def _check_report(path: Path) -> None:
 def test_08_workloads(tmp_path):
     # ShareGPT's sampler has its own tests (tests/test_workloads.py); here the notebook's logic.
     _, r = _run("08-workloads", tmp_path, ENGINES=["llama.cpp", "llama-server"], USERS=[1, 2], REQUESTS=4,
-                INPUT_TOKENS=64, OUTPUT_TOKENS=4, WORKLOADS=["synthetic", "shared_prefix"])
+                INPUT_TOKENS=64, OUTPUT_TOKENS=4, WORKLOADS=["synthetic", "shared_prefix", "multi_turn"])
     t = r["by_workload"]
-    assert set(t["workload"]) == {"synthetic", "shared_prefix"} and (t["errors"] == 0).all()
+    assert set(t["workload"]) == {"synthetic", "shared_prefix", "multi_turn"} and (t["errors"] == 0).all()
+    sessions = t[t["workload"] == "multi_turn"]
+    assert sessions["ttft_p50_ms_later_turns"].notna().all()  # the per-turn figures reach the table
     hits = t[t["engine"] == "llama-server"].groupby("workload")["prefix_hit_rate"].max()
     assert hits["shared_prefix"] > hits["synthetic"]  # the server's own count of cached prompt tokens

@@ -126,3 +126,29 @@ def test_with_the_prefix_cache_off_nothing_is_served_from_it():
     with labkit.load("llama-server", model=MODEL, prefix_cache=False) as off:
         req, s = _shared(off, seed=5)
     assert list(req["cached_tokens"]) == [0, 0, 0, 0] and s["prefix_hit_rate"] == 0
+
+
+def _sessions(engine, seed):
+    w = workloads.multi_turn(turns=3, system_tokens=256, user_tokens=48, output_tokens=8, think_time_s=0, seed=seed)
+    res = labkit.bench(engine, concurrency=[1], requests_per_level=6, workload=w, warmup=0, progress=False)
+    return res.requests.sort_values("index"), res.turns.set_index("turn")
+
+
+@pytest.mark.parametrize("name", ["llama-server", "vllm-server"])
+def test_a_sessions_later_turns_are_served_from_the_prefix_cache(name, engine_by_name):
+    req, turns = _sessions(engine_by_name(name), seed=hash(name) % 1000 + 200)
+    assert req["error"].isna().all() and list(req["turn"]) == [1, 2, 3] * 2
+    later = req[req["turn"] > 1]
+    # Each later turn finds the session's system prompt and earlier turns in the cache (vLLM
+    # on CPU caches whole blocks of 128 tokens), and so starts sooner than its first turn.
+    previous = req["input_tokens"].shift(1)[req["turn"] > 1]
+    assert (later["cached_tokens"] >= previous // 128 * 128).all() and (later["cached_tokens"] >= 256).all()
+    assert turns.loc[2:, "prefix_hit_rate"].min() > 0.5
+    assert turns.loc[2:, "ttft_p50_ms"].max() < turns.loc[1, "ttft_p50_ms"]
+
+
+def test_without_the_prefix_cache_a_session_prefills_its_history_every_turn():
+    with labkit.load("llama-server", model=MODEL, prefix_cache=False) as off:
+        req, turns = _sessions(off, seed=7)
+    assert list(req["cached_tokens"]) == [0] * 6 and (turns["prefix_hit_rate"] == 0).all()
+    assert turns["input_tokens_mean"].is_monotonic_increasing

@@ -63,6 +63,8 @@ class Token:
     #: on a request's last (text-less) token: prompt tokens the engine served from its prefix
     #: cache, as it reported them (None: it did not say)
     cached_tokens: int | None = None
+    #: on the same token: how many tokens the prompt was, as the engine counted them
+    prompt_tokens: int | None = None
 
 
 @dataclass

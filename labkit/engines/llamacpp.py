@@ -204,7 +204,7 @@ class LlamaCppEngine(Engine, Scores):
                 if len(out) >= params.max_tokens:
                     break
             gen.close()
-            yield Token("", None, time.perf_counter() - t0, finish_reason=finish)
+            yield Token("", None, time.perf_counter() - t0, finish_reason=finish, prompt_tokens=len(ids))
 
     def _logprobs(self, tok: int, k: int) -> tuple[float, dict[int, float]]:
         """Log-softmax of the logits that produced ``tok`` (the last evaluated position)."""

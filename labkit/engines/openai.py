@@ -347,9 +347,13 @@ def _sse_line(line: str, chat: bool, t0: float, url: str) -> list[Token] | None:
 
 def _chunk_tokens(chunk: dict, chat: bool, now: float) -> list[Token]:
     # The usage (vLLM: a last chunk of its own; llama-server: on the finishing chunk) says how
-    # many prompt tokens the server served from its prefix cache.
-    cached = ((chunk.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
-    usage = [Token("", None, now, cached_tokens=int(cached))] if cached is not None else []
+    # long the prompt was and how many of its tokens the server served from its prefix cache.
+    counts = chunk.get("usage") or {}
+    cached = (counts.get("prompt_tokens_details") or {}).get("cached_tokens")
+    prompt = counts.get("prompt_tokens")
+    usage = [Token("", None, now, cached_tokens=None if cached is None else int(cached),
+                   prompt_tokens=None if prompt is None else int(prompt))] \
+        if cached is not None or prompt is not None else []
     choices = chunk.get("choices") or []
     if not choices:
         return usage

@@ -242,7 +242,8 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
                 if o.prompt_logprobs is not None:
                     p.emit(("prompt_logprobs", o.prompt_logprobs))
                 p.emit(Token("", None, now - p.t0, finish_reason=c.finish_reason,
-                             cached_tokens=getattr(o, "num_cached_tokens", None)))
+                             cached_tokens=getattr(o, "num_cached_tokens", None),
+                             prompt_tokens=len(o.prompt_token_ids or ()) or None))
                 p.emit(_DONE)
                 del active[o.request_id]
 

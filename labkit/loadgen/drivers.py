@@ -70,6 +70,9 @@ def finish_record(record: RequestRecord, tokens: list[Token], e2e_s: float,
     record.output_tokens = len(real)
     record.finish_reason = next((t.finish_reason for t in reversed(tokens) if t.finish_reason), None)
     record.cached_tokens = next((t.cached_tokens for t in tokens if t.cached_tokens is not None), None)
+    if record.input_tokens is None:  # a prompt labkit did not count (a session's later turn)
+        record.input_tokens = next((t.prompt_tokens for t in tokens if t.prompt_tokens is not None), None)
+    record.reply = "".join(t.text for t in real)
     record.error = None if error is None else f"{type(error).__name__}: {error}"
     return record
 

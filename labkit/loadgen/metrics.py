@@ -147,6 +147,10 @@ def _level_row(mode: str, level: float, grp: pd.DataFrame, slo_ms: dict[str, flo
         known = ok[ok["cached_tokens"].notna()]
         row["cached_tokens"] = int(known["cached_tokens"].sum())
         row["prefix_hit_rate"] = float(known["cached_tokens"].sum() / max(1, known["input_tokens"].fillna(0).sum()))
+    if "turn" in ok and ok["turn"].notna().any():  # multi-turn: the first turn against the rest
+        first = ok["turn"] == 1
+        row["ttft_p50_ms_first_turn"] = float(ok.loc[first, "ttft_s"].median() * 1000)
+        row["ttft_p50_ms_later_turns"] = float(ok.loc[~first, "ttft_s"].median() * 1000)
     if mode in ("rate", "trace") and "scheduled_s" in sent and sent["scheduled_s"].notna().any():
         row |= _schedule(sent, ok)
     if slo_ms:

@@ -46,12 +46,16 @@ class RequestRecord:
     round: int = 0  # which pass over the levels (bench's ``repeats``)
     #: prompt tokens the engine served from its prefix cache, as it reported them
     cached_tokens: int | None = None
+    #: multi-turn sessions: which turn of its session (1, 2, ...); None for other workloads
+    turn: int | None = None
+    #: the text the engine returned: a session's next turn carries it (not written to disk)
+    reply: str = field(default="", repr=False, metadata={"column": False})
 
     def to_row(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in REQUEST_COLUMNS}
 
 
-REQUEST_COLUMNS = [f.name for f in fields(RequestRecord)]
+REQUEST_COLUMNS = [f.name for f in fields(RequestRecord) if f.metadata.get("column", True)]
 
 
 class RunWriter:
@@ -126,6 +130,30 @@ class BenchResult:
                     s["output_tokens"] > 0)
         return s
 
+    @property
+    def turns(self) -> pd.DataFrame:
+        """Multi-turn sessions: one row per level and turn, with the prompt growing and what the
+        prefix cache served of it. A falling TTFT over turns is the cache at work; a rising one,
+        the history prefilled again every turn. Empty for workloads without sessions."""
+        req = self.requests
+        if req.empty or "turn" not in req or req["turn"].isna().all():
+            return pd.DataFrame()
+        ok = req[req["error"].isna() & req["ttft_s"].notna()]
+        rows = []
+        for (mode, level, turn), g in ok.groupby(["mode", "level", "turn"], sort=True):
+            known = g[g["cached_tokens"].notna()]
+            rows.append({"mode": mode, "level": level, "turn": int(turn), "requests": len(g),
+                         "input_tokens_mean": float(g["input_tokens"].astype(float).mean()),
+                         "cached_tokens_mean": float(known["cached_tokens"].mean()) if len(known) else None,
+                         "prefix_hit_rate": (float(known["cached_tokens"].sum() / max(1, known["input_tokens"].sum()))
+                                             if len(known) else None),
+                         "ttft_p50_ms": float(g["ttft_s"].median() * 1000),
+                         "ttft_p90_ms": float(g["ttft_s"].quantile(0.9) * 1000),
+                         "tpot_p50_ms": float(g["tpot_s"].median() * 1000) if g["tpot_s"].notna().any() else None})
+        out = pd.DataFrame(rows)
+        out.insert(0, "engine", self.manifest.get("engine", {}).get("engine", ""))
+        return out
+
     def memory_peaks(self) -> pd.DataFrame:
         return phase_peaks(self.memory)
 
@@ -143,7 +171,12 @@ class BenchResult:
         head = (f"<p><b>{eng.get('engine', '?')}</b> {eng.get('engine_version', '')} on "
                 f"{self.manifest.get('environment', {}).get('cpu', '?')}, model {eng.get('model', '?')}, "
                 f"threads {eng.get('threads')}, concurrency model: {eng.get('concurrency')}{note}</p>")
-        return head + s.to_html(index=False, float_format=lambda x: f"{x:,.1f}")
+        html = head + s.to_html(index=False, float_format=lambda x: f"{x:,.1f}")
+        turns = self.turns
+        if not turns.empty:
+            html += ("<p>By turn of each session (a prefix cache at work makes later turns' TTFT fall):</p>"
+                     + turns.drop(columns=["engine"]).to_html(index=False, float_format=lambda x: f"{x:,.1f}"))
+        return html
 
     # --- persistence ---------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -191,6 +224,11 @@ def phase_name(mode: str, level: Any) -> str:
     return f"concurrency {level}" if mode == "concurrency" else f"rate {level}/s"
 
 
+MULTI_TURN_NOTE = ("Multi-turn sessions: from the second turn on, each engine's prompts carry its own "
+                   "replies (as in a real chat), so later turns differ in length between engines; their "
+                   "scripted messages and every first turn are checked to be the same.")
+
+
 def fed_alike(runs: dict[str, BenchResult]) -> list[str]:
     """Warnings for runs whose engines were not fed the same prompts (text and token count,
     request by request): their numbers are not comparable. Empty when they were."""
@@ -199,10 +237,15 @@ def fed_alike(runs: dict[str, BenchResult]) -> list[str]:
     if len(frames) < 2:
         return []
     (ref_name, ref), out = next(iter(frames.items())), []
+    if "turn" in ref and (ref["turn"].fillna(1) > 1).any():
+        out.append(MULTI_TURN_NOTE)
     for name, frame in list(frames.items())[1:]:
         common = ref.index.intersection(frame.index)
         cols = ["prompt_sha", "input_tokens"]
         diff = (ref.loc[common, cols].astype(str) != frame.loc[common, cols].astype(str)).any(axis=1)
+        if "turn" in ref:  # a later turn's length is the engine's own: its messages must match
+            later = (ref.loc[common, "turn"].fillna(1) > 1).to_numpy()
+            diff &= ~later | (ref.loc[common, "prompt_sha"].astype(str) != frame.loc[common, "prompt_sha"].astype(str))
         if diff.any():
             first = diff[diff].index[0]
             out.append(f"{name} and {ref_name} were not fed the same prompts in {int(diff.sum())} of "

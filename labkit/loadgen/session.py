@@ -114,7 +114,7 @@ class Session:
         for shape in shapes:
             if self.stop.is_set():
                 break
-            n = shape.count()
+            n = shape.requests(self.config.workload.turns)
             # Each level its own prompts (request indices start .. start+n-1): repeating the
             # previous level's would hand servers with a prefix cache free prefills.
             reqs = requests[:n] if start == first and n <= len(requests) else \
@@ -128,14 +128,22 @@ class Session:
 
     def _level(self, pacer: Pacer, shape: LoadShape, requests: list[Request], record: bool = True,
                label: str | None = None) -> None:
-        bar = _progress(shape.count(), label or shape.phase, self.config.progress)
+        workload = self.config.workload
+        # Sessions for the measured levels; the warm-up's requests go one by one, history-less.
+        turns, think_s = (workload.turns, workload.think_time_s) if record else (1, 0.0)
+        bar = _progress(shape.requests(turns), label or shape.phase, self.config.progress)
+        replies: dict[int, str] = {}  # a session's next turn carries them
 
         def job(i: int, finished: Callable[[RequestRecord], None]) -> Job:
             req = requests[i % len(requests)]
-            return Job(req, RequestRecord(shape.mode, shape.level, i, input_tokens=req.input_tokens,
-                                          prompt_sha=req.fingerprint, round=shape.round), finished)
+            sent = workload.to_send(requests, i, replies) if turns > 1 else req
+            return Job(sent, RequestRecord(shape.mode, shape.level, i, input_tokens=sent.input_tokens,
+                                           prompt_sha=req.fingerprint, round=shape.round,
+                                           turn=i % turns + 1 if turns > 1 else None), finished)
 
         def on_record(rec: RequestRecord) -> None:
+            if turns > 1:
+                replies[rec.index] = rec.reply
             if record:
                 self._record(rec)
             if bar is not None:
@@ -144,7 +152,7 @@ class Session:
                 self._check_alive()
 
         try:
-            pacer.run(shape, job, on_record)
+            pacer.run(shape, job, on_record, turns, think_s)
         finally:
             if bar is not None:
                 bar.close()
@@ -183,10 +191,11 @@ class Session:
         done = {(r.mode, r.level, r.round, r.index) for r in self.records}
         for shape in shapes:
             key = (shape.mode, shape.level, shape.round)
-            for i in range(self.counts.get(key, shape.count())):
+            turns = self.config.workload.turns
+            for i in range(self.counts.get(key, shape.requests(turns))):
                 if (*key, i) not in done:
-                    self._record(RequestRecord(shape.mode, shape.level, i, finish_reason=why,
-                                               round=shape.round))
+                    self._record(RequestRecord(shape.mode, shape.level, i, finish_reason=why, round=shape.round,
+                                               turn=i % turns + 1 if turns > 1 else None))
 
     # --- measurements around the requests -----------------------------------------------------
     def _check_engine(self) -> None:

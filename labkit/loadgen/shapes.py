@@ -42,8 +42,17 @@ class LoadShape(ABC):
     def count(self) -> int:
         """How many requests this level sends."""
 
+    def sessions(self, turns: int) -> int:
+        """How many sessions of ``turns`` requests this level starts (a session is one request
+        for every workload but multi-turn): each arrival starts one."""
+        return self.count()
+
+    def requests(self, turns: int) -> int:
+        """How many requests this level sends in all."""
+        return self.sessions(turns) * turns
+
     def first_wave(self) -> int:
-        """How many leave together when the level starts (in one call to the driver)."""
+        """How many sessions start together when the level starts (in one call to the driver)."""
         return 0
 
     def arrivals(self) -> Sequence[float]:
@@ -51,7 +60,7 @@ class LoadShape(ABC):
         return ()
 
     def after_completion(self) -> int:
-        """How many leave each time a request finishes."""
+        """How many sessions start each time one ends."""
         return 0
 
 
@@ -65,6 +74,9 @@ class Concurrency(LoadShape):
 
     def count(self) -> int:
         return self._requests
+
+    def sessions(self, turns: int) -> int:
+        return -(-self._requests // turns)  # whole sessions: the last one is never cut short
 
     def first_wave(self) -> int:
         return min(self.level, self._requests)
@@ -151,39 +163,75 @@ class Pacer:
         self._flight: InFlight | None = None
 
     def run(self, shape: LoadShape, job: Callable[[int, Callable[[RequestRecord], None]], Job],
-            on_record: Callable[[RequestRecord], None]) -> None:
-        """Send ``shape.count()`` requests, ``job(index, finished)`` making each, and return
-        when all have finished; ``on_record`` sees every finished request first."""
-        indices = iter(range(shape.count()))
-        taking = threading.Lock()
-        flight = self._flight = InFlight()
-
-        def send(n: int, due: float | None = None) -> None:
-            with taking:
-                batch = [] if self.stop.is_set() else list(itertools.islice(indices, n))
-            flight.add(len(batch))
-            if batch:
-                jobs = [job(i, finished) for i in batch]
-                for j in jobs:
-                    j.due = due
-                self.driver.send(jobs)
-
-        def finished(record: RequestRecord) -> None:
-            on_record(record)  # first: it may stop the sweep (a failed request, a dead engine)
-            send(shape.after_completion())
-            flight.done()  # after send's add: the count must not touch zero in between
-
-        send(shape.first_wave())
+            on_record: Callable[[RequestRecord], None], turns: int = 1, think_s: float = 0.0) -> None:
+        """Send the level's sessions of ``turns`` requests (one for every workload but
+        multi-turn), ``job(index, finished)`` making request ``index`` (turn ``index % turns``
+        of session ``index // turns``), and return when all have finished; ``on_record``
+        sees every finished request first. A session's next turn leaves ``think_s`` seconds
+        after its previous one ended; a failed turn ends its session, and its later turns
+        are recorded as not sent."""
+        level = _Level(self, shape, job, on_record, turns, think_s)
+        self._flight = level.flight
+        level.send(shape.first_wave())
         start = time.perf_counter()
         for at in shape.arrivals():
             delay = start + at - time.perf_counter()
             if (delay > 0 and self.stop.wait(delay)) or self.stop.is_set():  # pacing, not syncing
                 break
-            send(1, due=start + at)
-        flight.close()
-        flight.wait()
+            level.send(1, due=start + at)
+        level.flight.close()
+        level.flight.wait()
 
     def settle(self, timeout_s: float) -> None:
         """Wait (bounded) for the requests in flight after ``stop``."""
         if self._flight is not None:
             self._flight.wait(timeout_s)
+
+
+class _Level:
+    """One level's sessions in flight: which start next, and what follows each request."""
+
+    def __init__(self, pacer: Pacer, shape: LoadShape, job: Callable[[int, Callable[[RequestRecord], None]], Job],
+                 on_record: Callable[[RequestRecord], None], turns: int, think_s: float):
+        self.pacer, self.shape, self.job, self.on_record = pacer, shape, job, on_record
+        self.turns, self.think_s = turns, think_s
+        self.sessions = iter(range(shape.sessions(turns)))
+        self.taking = threading.Lock()
+        self.flight = InFlight()
+
+    def send(self, n: int, due: float | None = None) -> None:
+        """Start the next ``n`` sessions (their first turns)."""
+        with self.taking:
+            batch = [] if self.pacer.stop.is_set() else list(itertools.islice(self.sessions, n))
+        self.flight.add(len(batch))
+        if batch:
+            jobs = [self.job(s * self.turns, self.finished) for s in batch]
+            for j in jobs:
+                j.due = due
+            self.pacer.driver.send(jobs)
+
+    def next_turn(self, index: int) -> None:
+        # think_s of the user reading and typing (a wait on stop, so Ctrl-C cuts it short)
+        if (self.think_s > 0 and self.pacer.stop.wait(self.think_s)) or self.pacer.stop.is_set():
+            self.flight.done()  # never sent: the session's marks say so (Session._mark_unsent)
+            return
+        self.pacer.driver.send([self.job(index, self.finished)])
+
+    def finished(self, record: RequestRecord) -> None:
+        self.on_record(record)  # first: it may stop the sweep (a failed request, a dead engine)
+        turn = record.index % self.turns
+        if turn + 1 < self.turns and record.error is None and not self.pacer.stop.is_set():
+            self.flight.add(1)  # the next turn is in flight from now, through its think time
+            if self.think_s > 0:
+                threading.Thread(target=self.next_turn, args=(record.index + 1,), daemon=True,
+                                 name="labkit-think").start()
+            else:
+                self.next_turn(record.index + 1)
+        else:
+            if record.error is not None:
+                for later in range(record.index + 1, record.index - turn + self.turns):
+                    skipped = self.job(later, lambda r: None).record
+                    skipped.finish_reason = f"not sent: turn {turn + 1} of its session failed"
+                    self.on_record(skipped)
+            self.send(self.shape.after_completion())
+        self.flight.done()  # after send's add: the count must not touch zero in between

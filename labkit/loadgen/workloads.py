@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..engines.base import Conversation, Engine
 from ..errors import InvalidInput
@@ -88,6 +88,11 @@ class Workload:
                 "output_tokens": self.output_tokens, "seed": self.seed,
                 "ignore_eos": self.ignore_eos, "n_prompts": len(self.prompts) or None}
 
+    #: requests per session, each sent after the previous one ended and ``think_time_s`` more
+    #: (multi_turn); one for every other workload
+    turns: ClassVar[int] = 1
+    think_time_s: ClassVar[float] = 0.0
+
     def build(self, engine: Engine, n: int, start: int = 0) -> list[Request]:
         """Requests ``start`` .. ``start + n - 1`` for ``engine``: request i is the same for
         the same seed whatever ``n``, and (with input_tokens) differs from every other, so a
@@ -96,6 +101,11 @@ class Workload:
         if n <= 0:
             raise InvalidInput(f"A workload needs at least one request, got n={n}.")
         return self._requests(engine, n, start)
+
+    def to_send(self, requests: Sequence[Request], i: int, replies: dict[int, str]) -> Request:
+        """What request ``i`` of a level sends, given the replies to the level's earlier
+        requests (a session's history); a workload without sessions sends it as built."""
+        return requests[i % len(requests)]
 
     def _requests(self, engine: Engine, n: int, start: int) -> list[Request]:
         if self.kind == "prompts":
@@ -405,6 +415,100 @@ def shared_prefix(prefix_tokens: int = 1024, suffix_tokens: int = 64, output_tok
                         prefix_tokens=prefix_tokens, groups=groups)
 
 
+@dataclass
+class MultiTurn(Workload):
+    """Chat sessions of ``turns`` turns (see :func:`multi_turn`). Request j of a level is turn
+    ``j % turns`` of session ``j // turns``; what it sends carries the session's history."""
+
+    turns: int = 5  # type: ignore[misc]  # a field here, a class constant on Workload
+    think_time_s: float = 0.0  # type: ignore[misc]
+    system_tokens: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "turns": self.turns, "user_tokens": self.input_tokens,
+                "system_tokens": self.system_tokens, "think_time_s": self.think_time_s,
+                "input_tokens": "grows turn by turn", "history": "each engine's own replies"}
+
+    def _requests(self, engine: Engine, n: int, start: int) -> list[Request]:
+        """Each turn's own user message, exactly ``user_tokens`` tokens on its own (template
+        included); a session's first turn also carries its system prompt, and is exactly
+        ``system_tokens + user_tokens``. Later turns are sent with the history (to_send)."""
+        tok = _tokenizer_for(engine)
+        filler = _single_token_words(tok)
+        out = []
+        for j in range(n):
+            i = start + j
+            rng = random.Random(f"{self.seed}:turn:{i}")
+            prompt: Conversation = [{"role": "user", "content": CHAT_QUESTIONS[(i + self.seed) % len(CHAT_QUESTIONS)]}]
+            first = j % self.turns == 0
+            if first and self.system_tokens:  # the session's own: not shared with other sessions
+                words = " ".join(rng.choice(filler) for _ in range(self.system_tokens))
+                prompt = [{"role": "system", "content": f"Session {i}:{words}"}, *prompt]
+            target = self.input_tokens + (self.system_tokens if first else 0)
+            base = len(tok.tokenize(prompt, chat=True)) - (self.system_tokens if first else 0)
+            if base > self.input_tokens:
+                raise InvalidInput(f"user_tokens={self.input_tokens} is shorter than a turn's question on its own "
+                                   f"({base} tokens, template included); ask for user_tokens >= {base}.")
+            prompt = _pad_to(tok, prompt, target, filler, rng)
+            # Only a session's first turn is sent as built: later ones' length is what the
+            # engine reports (the history holds its own replies).
+            out.append(Request(prompt, self.output_tokens, target if first else None, self.ignore_eos))
+        self._check_context(engine, tok, out[: self.turns], filler)
+        return out
+
+    def to_send(self, requests: Sequence[Request], i: int, replies: dict[int, str]) -> Request:
+        k = i % self.turns
+        if k == 0:
+            return requests[i]
+        history: Conversation = []
+        for j in range(i - k, i):
+            history += [*requests[j].prompt, {"role": "assistant", "content": replies.get(j, "")}]
+        return Request([*history, *requests[i].prompt], self.output_tokens, None, self.ignore_eos)
+
+    def _check_context(self, engine: Engine, tok: Any, first: list[Request], filler: list[str]) -> None:
+        """Refuse, before anything is sent, a session whose history would outgrow the context:
+        each reply counted as ``output_tokens`` words of filler, as long as it will be."""
+        context = _context_of(engine)
+        if not context or isinstance(tok, _WordCount):
+            return
+        reply = " ".join(filler[w % len(filler)] for w in range(self.output_tokens))
+        turns = [r.prompt for r in first]
+        while len(turns) < self.turns:
+            turns.append(turns[-1])
+        history: Conversation = []
+        for k, user in enumerate(turns):
+            need = len(tok.tokenize([*history, *user], chat=True)) + self.output_tokens
+            if need > context:
+                raise InvalidInput(
+                    f"A session of {self.turns} turns outgrows the engine's context of {context} at turn "
+                    f"{k + 1} (about {need} tokens: the history, {self.input_tokens} new and "
+                    f"{self.output_tokens} output tokens); load it with a larger context, or use fewer "
+                    "turns or shorter messages.")
+            history += [*user, {"role": "assistant", "content": reply}]
+
+
+def multi_turn(turns: int = 5, user_tokens: int = 64, output_tokens: int = 128, think_time_s: float = 1.0, *,
+               system_tokens: int = 0, seed: int = 0, ignore_eos: bool = True) -> Workload:
+    """Chat sessions: each user sends ``turns`` messages, each after the reply to the previous
+    one and ``think_time_s`` seconds, and each carrying the whole conversation so far (its
+    earlier messages and the engine's own replies). Each message is as long as a prompt of
+    ``user_tokens`` tokens on its own (template included). ``system_tokens`` opens each
+    session with a system prompt of its own (instructions, a retrieved document); the first
+    turn is then exactly ``system_tokens + user_tokens`` tokens.
+    With a prefix cache, a later turn prefills only what is new: ``BenchResult.turns`` shows
+    TTFT per turn. A concurrency level of N users runs N sessions at a time; a rate starts
+    sessions."""
+    for name, value in (("turns", turns), ("user_tokens", user_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InvalidInput(f"{name} must be a positive integer, got {value!r}.")
+    if isinstance(system_tokens, bool) or not isinstance(system_tokens, int) or system_tokens < 0:
+        raise InvalidInput(f"system_tokens must be an integer >= 0, got {system_tokens!r}.")
+    if isinstance(think_time_s, bool) or not isinstance(think_time_s, int | float) or think_time_s < 0:
+        raise InvalidInput(f"think_time_s must be a number of seconds >= 0, got {think_time_s!r}.")
+    return MultiTurn("multi_turn", output_tokens, user_tokens, seed=seed, ignore_eos=ignore_eos,
+                     turns=turns, think_time_s=float(think_time_s), system_tokens=system_tokens)
+
+
 def _context_of(engine: Engine) -> int | None:
     """The context the engine was loaded with, where it says (a generic URL does not)."""
     info = getattr(engine, "info", None)
@@ -543,13 +647,14 @@ def _trace_row(path: Path, n: int, line: str, previous: float | None) -> tuple[f
 
 
 #: The workloads that have a name (the CLI's ``--workload``, the notebooks' ``WORKLOAD``).
-NAMES = ("chat", "synthetic", "sharegpt", "shared_prefix", "long_context")
+NAMES = ("chat", "synthetic", "sharegpt", "shared_prefix", "long_context", "multi_turn")
 
 
 def named(name: str, input_tokens: int | None = None, output_tokens: int | None = 64, seed: int = 0) -> Workload:
     """A workload by name, sized by two numbers: ``input_tokens`` is the prompt length
     (chat, synthetic; default 128), the shared prefix (shared_prefix; default 1024, suffixes
-    of 64) or the one long length (long_context; default 2048); sharegpt takes its lengths
+    of 64), the one long length (long_context; default 2048) or each user message (multi_turn:
+    sessions of 4 turns, 0.5 s of thought between them; default 64); sharegpt takes its lengths
     from the data (``output_tokens=None``: the real replies' lengths)."""
     key = name.replace("-", "_")
     if key not in NAMES:
@@ -564,4 +669,6 @@ def named(name: str, input_tokens: int | None = None, output_tokens: int | None 
         return sharegpt(n=200, seed=seed, output_tokens=output_tokens or None)
     if key == "shared_prefix":
         return shared_prefix(prefix_tokens=input_tokens or 1024, suffix_tokens=64, output_tokens=out, seed=seed)
+    if key == "multi_turn":
+        return multi_turn(turns=4, user_tokens=input_tokens or 64, output_tokens=out, think_time_s=0.5, seed=seed)
     return long_context(input_tokens=[input_tokens or 2048], output_tokens=out, seed=seed)

@@ -18,10 +18,12 @@ class FakeEngine(Engine):
     name = "fake"
     summary = "a fake for unit tests"
 
-    def __init__(self, die_after: int | None = None, token_s: float = 0.0):
+    def __init__(self, die_after: int | None = None, token_s: float = 0.0, fail_from_message: int | None = None):
         super().__init__()
         self.die_after = die_after
         self.token_s = token_s
+        self.fail_from_message = fail_from_message  # refuse conversations this long (a bad request)
+        self.seen: list = []  # every prompt, as sent
         self.started = 0
         self._lock = threading.Lock()
         self._cancelled_at = float("-inf")
@@ -41,11 +43,15 @@ class FakeEngine(Engine):
         with self._lock:
             self.started += 1
             n = self.started
+            self.seen.append(prompt)
         if self.die_after is not None and n > self.die_after:
             raise EngineError("Cannot reach http://127.0.0.1:1/v1 (ConnectError)")
-        return self._tokens(params, t0)
+        if self.fail_from_message is not None and not isinstance(prompt, str) \
+                and len(prompt) >= self.fail_from_message:
+            raise EngineError("400 Bad Request: the fake refuses conversations this long")
+        return self._tokens(params, t0, len(self.tokenize(prompt)))
 
-    def _tokens(self, params, t0):
+    def _tokens(self, params, t0, prompt_tokens=None):
         for i in range(params.max_tokens):
             if self.token_s:
                 time.sleep(self.token_s)  # the fake's "compute", not synchronisation
@@ -53,7 +59,7 @@ class FakeEngine(Engine):
                 yield Token("", None, time.perf_counter() - t0, finish_reason="cancelled")
                 return
             yield Token(f" w{i}", i, time.perf_counter() - t0)
-        yield Token("", None, time.perf_counter() - t0, finish_reason="length")
+        yield Token("", None, time.perf_counter() - t0, finish_reason="length", prompt_tokens=prompt_tokens)
 
     def cancel(self) -> None:
         self._cancelled_at = time.perf_counter()

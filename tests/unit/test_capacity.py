@@ -88,9 +88,9 @@ class OneSlotEngine(FakeEngine):
         super().__init__(**kwargs)
         self.slot = threading.Lock()
 
-    def _tokens(self, params, t0):
+    def _tokens(self, params, t0, prompt_tokens=None):
         with self.slot:
-            yield from super()._tokens(params, t0)
+            yield from super()._tokens(params, t0, prompt_tokens)
 
 
 def test_capacity_on_a_queueing_engine(tmp_path):

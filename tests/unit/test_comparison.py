@@ -55,9 +55,9 @@ def test_llama_perplexity_divergence_by_hand():
 class _Shorter(FakeEngine):
     """Generates one token fewer than asked: diverges from the others at that position."""
 
-    def _tokens(self, params, t0):
+    def _tokens(self, params, t0, prompt_tokens=None):
         params = type(params)(**{**params.__dict__, "max_tokens": params.max_tokens - 1})
-        yield from super()._tokens(params, t0)
+        yield from super()._tokens(params, t0, prompt_tokens)
 
 
 def test_positions_are_whole_numbers_and_the_reference_is_not_scored_against_itself():

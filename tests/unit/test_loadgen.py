@@ -110,3 +110,56 @@ def test_an_open_loop_level_reports_how_well_it_kept_its_schedule():
     closed = labkit.bench(FakeEngine(), concurrency=[2], requests_per_level=4, workload=SMALL, warmup=0,
                           progress=False)
     assert closed.requests["scheduled_s"].isna().all() and "rate_short" not in closed.summary
+
+
+# --- multi-turn sessions ---------------------------------------------------------------------
+def test_a_sessions_turn_carries_every_earlier_turn_and_the_engines_replies():
+    eng = FakeEngine()
+    w = workloads.multi_turn(turns=3, user_tokens=12, output_tokens=4, think_time_s=0.01)
+    res = labkit.bench(eng, concurrency=[2], requests_per_level=6, workload=w, warmup=0, progress=False)
+    scripted = [r.prompt[0]["content"] for r in w.build(eng, 6)]
+    req = res.requests.sort_values("index")
+    assert list(req["turn"]) == [1, 2, 3, 1, 2, 3] and (req["error"].isna()).all()
+    reply = " w0 w1 w2 w3"  # what the fake says every time
+    for prompt in eng.seen:
+        session = next(i // 3 for i, text in enumerate(scripted) if text == prompt[-1]["content"])
+        turn = len(prompt) // 2  # user, assistant, ..., user
+        assert [m["content"] for m in prompt] == [x for j in range(turn) for x in
+                                                  (scripted[session * 3 + j], reply)] + [scripted[session * 3 + turn]]
+    # A later turn's length is the engine's own count of the whole conversation, and it
+    # leaves only after the turn before it ended.
+    assert list(req["input_tokens"]) == [len(eng.tokenize(p)) for p in
+                                         sorted(eng.seen, key=lambda p: scripted.index(p[-1]["content"]))]
+    for _, s in req.groupby(req["index"] // 3):
+        ends = (s["start_s"] + s["e2e_s"]).to_numpy()
+        assert (s["start_s"].to_numpy()[1:] >= ends[:-1] + 0.01).all()
+    t = res.turns
+    assert list(t["turn"]) == [1, 2, 3] and (t["requests"] == 2).all()
+    assert t["input_tokens_mean"].is_monotonic_increasing
+    s = res.summary.iloc[0]
+    assert s["ttft_p50_ms_first_turn"] > 0 and s["ttft_p50_ms_later_turns"] > 0
+
+
+def test_a_failed_turn_ends_its_session_and_its_later_turns_are_marked_not_sent():
+    eng = FakeEngine(fail_from_message=5)  # the third turn (user, assistant, user, assistant, user) fails
+    w = workloads.multi_turn(turns=4, user_tokens=12, output_tokens=4, think_time_s=0)
+    res = labkit.bench(eng, concurrency=[1], requests_per_level=8, workload=w, warmup=0, progress=False)
+    req = res.requests.sort_values("index")
+    assert list(req["turn"]) == [1, 2, 3, 4] * 2
+    assert req["error"].notna().tolist() == [False, False, True, False] * 2
+    assert list(req.loc[req["turn"] == 4, "finish_reason"]) == ["not sent: turn 3 of its session failed"] * 2
+    s = res.summary.iloc[0]
+    assert (s["completed"], s["errors"], s["unmeasured"]) == (4, 2, 2) and res.ended == "completed"
+
+
+def test_a_session_that_would_outgrow_the_context_is_refused_naming_the_turn():
+    eng = FakeEngine()
+    eng.info.args = {"context": 60}
+    w = workloads.multi_turn(turns=4, user_tokens=12, output_tokens=16)
+    with pytest.raises(labkit.InvalidInput, match="outgrows the engine's context of 60 at turn 3"):
+        labkit.bench(eng, concurrency=[1], requests_per_level=4, workload=w, warmup=0, progress=False)
+    assert eng.seen == []
+    with pytest.raises(labkit.InvalidInput, match="turns must be a positive integer"):
+        workloads.multi_turn(turns=0)
+    with pytest.raises(labkit.InvalidInput, match="think_time_s"):
+        workloads.multi_turn(think_time_s=-1)
