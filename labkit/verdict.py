@@ -12,7 +12,7 @@ import pandas as pd
 
 from .loadgen.capacity import Capacity
 from .loadgen.intervals import Estimate, compare
-from .loadgen.result import BenchResult, fed_alike
+from .loadgen.result import MULTI_TURN_NOTE, BenchResult, fed_alike
 from .loadgen.slo import SLO
 from .planner import FitPlan
 
@@ -138,6 +138,28 @@ class _Runs:
     def errors(self, name: str) -> int:
         return int(self.runs[name].requests["error"].notna().sum())
 
+    def settings(self, name: str) -> str:
+        """The settings an engine ran with, as a user would set them again."""
+        eng = self.runs[name].manifest.get("engine", {})
+        args = eng.get("args") or {}
+        parts = [f"model {eng.get('model', '?')}"]
+        if name == "llama-server":
+            parts.insert(0, f"{args.get('parallel', '?')} slots (parallel={args.get('parallel', '?')})")
+        elif name in _VLLM:
+            parts.insert(0, f"max_num_seqs {args.get('max_num_seqs', '?')} at dtype {args.get('dtype', '?')}, "
+                            f"KV cache {args.get('kv_cache_gb', '?')} GiB")
+        if eng.get("threads"):
+            parts.append(f"threads={eng['threads']}")
+        if args.get("context"):
+            parts.append(f"context {args['context']}")
+        return ", ".join(parts)
+
+    def figures(self, name: str, level: int) -> str:
+        """What an engine measured at one level: throughput and the latencies a user feels."""
+        tok = self.est(name, level)
+        ttft, tpot = self.est(name, level, "ttft_p50_ms"), self.est(name, level, "tpot_p50_ms")
+        return f"{tok} output tok/s, TTFT p50 {ttft.value:.0f} ms, TPOT p50 {tpot.value:.1f} ms"
+
     def environment(self, key: str, default: str) -> str:
         vllm = self.runs["vllm"].manifest
         return (vllm.get("environment", {}) if key == "cpu" else vllm.get("engine", {})).get(key, default)
@@ -240,26 +262,53 @@ def _plan_finding(plan: FitPlan) -> Finding:
         (not vllm["fits"]) and bool(llama["fits"]))
 
 
-def _recommendation(r: _Runs, users: int) -> str:
-    """The answer for many users and for one; "no clear difference" when the intervals say so."""
+def _recommendation(r: _Runs, users: int, served: tuple[dict[str, float], str, str, str] | None = None) -> str:
+    """The answer for many users and for one, naming the engine and the settings it ran with
+    and the numbers behind it; "no clear difference" when the intervals say so."""
     vs, ls = r.est("vllm-server", users), r.est("llama-server", users)
     l1, v1 = r.est("llama.cpp", 1), r.est("vllm", 1)
     if compare(vs, ls) == 0:
-        many = (f"for {users} concurrent users on this machine, vllm-server ({vs}) and llama-server "
-                f"({ls}) showed no clear difference in output tok/s (95% intervals overlap)")
+        many = (f"For {users} concurrent users on this machine, vllm-server ({vs}) and llama-server ({ls}) "
+                "showed no clear difference in output tok/s (95% intervals overlap): either serves; "
+                f"llama-server needs less memory up front.")
     else:
-        best, other = ("vllm-server", "llama-server") if vs.value >= ls.value else ("llama-server", "vllm-server")
-        many = (f"for {users} concurrent users on this machine, {best} gave the most output tokens per "
-                f"second ({max(vs.value, ls.value):.1f} vs {min(vs.value, ls.value):.1f} for {other})")
+        best = "vllm-server" if vs.value >= ls.value else "llama-server"
+        other = "llama-server" if best == "vllm-server" else "vllm-server"
+        many = (f"For {users} concurrent users on this machine, use {best} with {r.settings(best)}: "
+                f"{r.figures(best, users)} (against {r.figures(other, users)} for {other}).")
+    if served is not None:
+        capacity, slo_text, _, note = served
+        known = {k: v for k, v in capacity.items() if not math.isnan(v)}
+        if known and max(known.values()) > 0:
+            most = max(known.values())
+            top = [k for k, v in known.items() if v == most]
+            who = top[0] if len(top) == 1 else f"{', '.join(top[:-1])} and {top[-1]} (a tie)"
+            many += (f" Within {slo_text}, {who} served the most users: {most:g}"
+                     f"{' (' + note + ')' if note else ''}.")
     if compare(l1, v1) == 0:
-        one = f"for a single user, llama.cpp ({l1}) and vLLM ({v1}) showed no clear difference"
+        one = f"For a single user, llama.cpp ({l1}) and vLLM ({v1}) showed no clear difference."
     else:
-        one = (f"for a single user, {'llama.cpp' if l1.value >= v1.value else 'vLLM'} was faster "
-               f"({max(l1.value, v1.value):.1f} vs {min(l1.value, v1.value):.1f} tok/s)")
+        fast = "llama.cpp" if l1.value >= v1.value else "vllm"
+        one = (f"For a single user, use {'llama.cpp' if fast == 'llama.cpp' else 'vLLM'} in process with "
+               f"{r.settings(fast)}: {r.figures(fast, 1)}.")
     rounds = min(e.rounds for e in (vs, ls, l1, v1))
     basis = (f" Differences are judged on 95% intervals over {rounds} rounds." if rounds > 1 else
-             " One round each: differences of a few percent may be noise (repeats=3 gives intervals).")
-    return f"{many[0].upper()}{many[1:]}; {one}.{basis}"
+             f" One round each, so these defaults do not separate differences of a few percent from "
+             f"noise (rounds differ by up to ±8% here): REPEATS=3 gives 95% intervals, in about "
+             f"{_rounds_minutes(r, 3):.0f} minutes of benchmarking on this machine.")
+    return f"{many} {one}{basis}"
+
+
+def _rounds_minutes(r: _Runs, rounds: int) -> float:
+    """How long the four runs' levels would take with ``rounds`` rounds, from what one took
+    (engine starts are paid once and are not counted)."""
+    total = 0.0
+    for res in r.runs.values():
+        s = res.summary
+        if not s.empty and "duration_s" in s:
+            per_round = s["duration_s"].fillna(0).sum() / max(1, int(s["rounds"].max()) if "rounds" in s else 1)
+            total += per_round * rounds
+    return total / 60
 
 
 _VLLM, _LLAMA = ("vllm", "vllm-server"), ("llama.cpp", "llama-server")
@@ -332,8 +381,10 @@ def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int, *, slo: SLO
         {"claim": c.text, "vLLM": c.vllm, "llama.cpp": c.llamacpp, "measured here": found[cid].measured,
          "source": found[cid].source, "claim holds here": answer[found[cid].holds],
          "comment": found[cid].comment} for cid, c in CLAIMS.items()]
-    rec = _recommendation(r, users)
+    rec = _recommendation(r, users, served)
     warnings = fed_alike(runs)
     table = pd.DataFrame(rows)
-    table.insert(4, "same prompts", "no: see the warning" if warnings else "yes")
+    mismatched = [w for w in warnings if w != MULTI_TURN_NOTE]
+    table.insert(4, "same prompts", "no: see the warning" if mismatched else
+                 "first turns yes; later ones carry each engine's replies" if warnings else "yes")
     return Verdict(table, rec, warnings)

@@ -25,7 +25,10 @@ def _run(engine: str, tok_s: dict[int, float | list[float]], prompts: str = "p",
                                   output_tokens=10, prompt_sha=f"{prompts}{level}-{rnd}-{i}", round=rnd)
                 rows.append(r.to_row())
     mem = pd.DataFrame({"t_s": [0.0], "pss_bytes": [pss_gib * 2**30], "phase": ["concurrency 1"]})
-    manifest = {"engine": {"engine": engine, "device": "cpu", "model_path": ""},
+    args = {"parallel": 8} if engine == "llama-server" else \
+        {"max_num_seqs": 256, "dtype": "bfloat16", "kv_cache_gb": 1} if engine.startswith("vllm") else {}
+    manifest = {"engine": {"engine": engine, "device": "cpu", "model_path": "", "model": "m-q4",
+                           "threads": 2, "args": {**args, "context": 2048}},
                 "environment": {"cpu": "test CPU"}}
     return BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), mem, manifest)
 
@@ -41,7 +44,15 @@ def test_the_verdict_fills_every_claim_in_order_and_recommends_from_the_numbers(
     assert holds["single-user"] == "n/a"  # the same TTFT and TPOT: no latency difference to judge
     assert holds["cpu"] == "no" and holds["api"] == "n/a"
     assert holds["26b-on-12gb"] == "yes"
-    assert "vllm-server gave the most" in v.recommendation and "llama.cpp was faster" in v.recommendation
+    # The answer names the engine, the settings to run it with and the numbers behind them.
+    assert ("use vllm-server with max_num_seqs 256 at dtype bfloat16, KV cache 1 GiB, model m-q4, threads=2, "
+            "context 2048: 180.0 output tok/s") in v.recommendation
+    assert "against 150.0 output tok/s" in v.recommendation
+    assert "For a single user, use llama.cpp in process with model m-q4, threads=2" in v.recommendation
+    assert "One round each, so these defaults do not separate" in v.recommendation
+    slo = verdict(runs, plan, users=8, slo=labkit.SLO(ttft_p99_ms=1000))
+    assert ("Within TTFT p99 <= 1000 ms, llama-server, vllm and vllm-server (a tie) served the most users: 8"
+            in slo.recommendation)
 
 
 def test_runs_fed_different_prompts_are_flagged_in_the_table_and_first_in_the_html():
@@ -68,7 +79,8 @@ def test_overlapping_intervals_make_the_verdict_say_no_clear_difference():
     row = v.table.set_index("claim").loc["multi-user"]
     assert row["claim holds here"] == "n/a" and "no clear difference" in row["comment"]
     assert "[" in row["measured here"]  # the interval is shown beside the figure
-    assert "no clear difference" in v.recommendation and "llama.cpp was faster" in v.recommendation
+    assert "no clear difference" in v.recommendation and "use llama.cpp in process" in v.recommendation
+    assert "judged on 95% intervals over 3 rounds" in v.recommendation
 
 
 def _four(llama_ttft: float, llama_tpot: float, vllm_ttft: float, vllm_tpot: float, rounds: int = 3):
@@ -127,3 +139,20 @@ def test_memory_is_judged_per_user_served_with_kv_used_against_reserved():
     loose = verdict(runs, plan, users=8, slo=labkit.SLO(e2e_p99_ms=1000)).table.set_index("claim").loc[
         "memory efficiency"]
     assert "llama-server 0.05 GiB (0.40 / 8)" in loose["measured here"] and loose["claim holds here"] == "yes"
+
+
+def test_multi_turn_runs_differ_in_later_turns_by_design_and_only_a_real_mismatch_is_flagged():
+    from labkit.loadgen.result import MULTI_TURN_NOTE, fed_alike
+
+    def sessions(engine: str, later_tokens: int, later_sha: str = "t2") -> BenchResult:
+        rows = [RequestRecord("concurrency", 1, i, start_s=0.0, ttft_s=0.1, tpot_s=0.01, e2e_s=1.0,
+                              input_tokens=8 if i % 2 == 0 else later_tokens, output_tokens=10,
+                              prompt_sha="t1" if i % 2 == 0 else later_sha, turn=i % 2 + 1).to_row() for i in range(4)]
+        return BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), pd.DataFrame(), {"engine": {"engine": engine}})
+
+    # Each engine's own replies make its second turns longer or shorter: a note, not a mismatch.
+    assert fed_alike({"a": sessions("a", 30), "b": sessions("b", 34)}) == [MULTI_TURN_NOTE]
+    assert "NOT COMPARABLE" not in labkit.plots.throughput({"a": sessions("a", 30), "b": sessions("b", 34)}).layout.title.text
+    # Different scripted messages are a mismatch all the same.
+    found = fed_alike({"a": sessions("a", 30), "b": sessions("b", 30, later_sha="other")})
+    assert found[0] == MULTI_TURN_NOTE and "not fed the same prompts in 2 of 4" in found[1]
