@@ -14,6 +14,9 @@
    (SLO: TTFT p99 <= 2 s, TPOT p99 <= 100 ms; 128 input, 64 output tokens);
    `--serve-dataset sharegpt` sends both tools the same ShareGPT sample instead.
 4. output tok/s per engine at 1 and 32 users: the common-wisdom claim, as ratios.
+5. `--only workloads`: the four engines under each named workload (synthetic, sharegpt,
+   shared_prefix, multi_turn, long_context) at 1 and 8 users (`--workload-users`): output
+   tok/s, TTFT p50 and the prefix-cache hit rate, as a table (`--out` keeps it as markdown).
 """
 
 from __future__ import annotations
@@ -227,6 +230,53 @@ def common_wisdom(threads: int, users: int, out: Path | None) -> dict:
     return speeds
 
 
+def by_workload(threads: int, users: int, out: Path | None) -> list[dict]:
+    """Every engine loaded once, every named workload run on it at 1 and ``users`` users
+    (16 requests a level; 128 input and 64 output tokens where the workload takes lengths,
+    ShareGPT's own lengths otherwise). llama.cpp in process serves one request at a time, so
+    its ``users`` level queues them: it is run, and says so by its TTFT."""
+    rows = []
+    configs = {"llama.cpp": {"threads": threads}, "llama-server": {"threads": threads, "parallel": users},
+               "vllm": {"threads": threads}, "vllm-server": {"threads": threads}}
+    sizes = {"synthetic": 128, "shared_prefix": 512, "multi_turn": 64, "long_context": 1536}
+    for name, kw in configs.items():
+        with labkit.load(name, **kw) as engine:
+            for w in workloads.NAMES:
+                if w == "chat":
+                    continue  # the synthetic row stands for unique prompts of one length
+                workload = workloads.named(w, input_tokens=sizes.get(w), output_tokens=None if w == "sharegpt"
+                                           else OUT_TOKENS)
+                res = labkit.bench(engine, concurrency=[1, users], requests_per_level=16, workload=workload,
+                                   progress=False, out=out / f"{name}-{w}" if out else None)
+                for _, r in res.summary.iterrows():
+                    rows.append({"engine": name, "workload": w, "users": int(r["level"]),
+                                 "output_tok_per_s": round(float(r["output_tok_per_s"]), 1),
+                                 "ttft_p50_ms": round(float(r["ttft_p50_ms"]), 0),
+                                 "tpot_p50_ms": round(float(r["tpot_p50_ms"]), 1),
+                                 "prefix_hit_rate": round(float(r.get("prefix_hit_rate", float("nan"))), 2),
+                                 "errors": int(r["errors"])})
+                    print(f"    {name:<13} {w:<14} {rows[-1]['users']:>2} users  {rows[-1]['output_tok_per_s']:7.1f} "
+                          f"tok/s  TTFT p50 {rows[-1]['ttft_p50_ms']:6.0f} ms  hit {rows[-1]['prefix_hit_rate']}",
+                          flush=True)
+    if out:
+        import pandas as pd
+
+        out.mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame(rows)
+        engines = list(configs)
+        lines = ["| workload | users | " + " | ".join(f"{e} tok/s (TTFT p50 ms, hit)" for e in engines) + " |",
+                 "|---|---|" + "---|" * len(engines)]
+        for (w, u), g in frame.groupby(["workload", "users"], sort=False):
+            cells = []
+            for e in engines:
+                r = g[g["engine"] == e]
+                cells.append("" if r.empty else f"{r.iloc[0]['output_tok_per_s']} ({r.iloc[0]['ttft_p50_ms']:.0f}, "
+                                                 f"{r.iloc[0]['prefix_hit_rate']})")
+            lines.append(f"| {w} | {u} | " + " | ".join(cells) + " |")
+        (out / "workloads.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -237,7 +287,8 @@ def main() -> None:
                     help="the requests of the vllm-serve comparison (both tools sample sharegpt alike)")
     ap.add_argument("--serve-users", default="8",
                     help="users for the vllm-serve comparison: a number, or 'capacity' (labkit's answer)")
-    ap.add_argument("--only", help="comma-separated subset: llama-bench,vllm-generate,vllm-serve,wisdom")
+    ap.add_argument("--workload-users", type=int, default=8, help="the many-users level of --only workloads")
+    ap.add_argument("--only", help="comma-separated subset: llama-bench,vllm-generate,vllm-serve,wisdom,workloads")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else {"llama-bench", "vllm-generate", "vllm-serve", "wisdom"}
     results = {"environment": labkit.environment.environment()}
@@ -250,6 +301,8 @@ def main() -> None:
                                                            args.serve_dataset)
     if "wisdom" in only:
         results["wisdom"] = common_wisdom(args.threads, args.users, args.out)
+    if "workloads" in (set(args.only.split(",")) if args.only else set()):
+        results["workloads"] = by_workload(args.threads, args.workload_users, args.out)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "ratios.json").write_text(json.dumps(results, indent=2, default=str))
