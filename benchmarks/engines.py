@@ -232,13 +232,13 @@ def common_wisdom(threads: int, users: int, out: Path | None) -> dict:
 
 def by_workload(threads: int, users: int, out: Path | None) -> list[dict]:
     """Every engine loaded once, every named workload run on it at 1 and ``users`` users
-    (16 requests a level; 128 input and 64 output tokens where the workload takes lengths,
+    (8 requests a level; 128 input and 64 output tokens where the workload takes lengths,
     ShareGPT's own lengths otherwise). llama.cpp in process serves one request at a time, so
     its ``users`` level queues them: it is run, and says so by its TTFT."""
     rows = []
     configs = {"llama.cpp": {"threads": threads}, "llama-server": {"threads": threads, "parallel": users},
                "vllm": {"threads": threads}, "vllm-server": {"threads": threads}}
-    sizes = {"synthetic": 128, "shared_prefix": 512, "multi_turn": 64, "long_context": 1536}
+    sizes = {"synthetic": 128, "shared_prefix": 512, "multi_turn": 64, "long_context": 1024}
     for name, kw in configs.items():
         with labkit.load(name, **kw) as engine:
             for w in workloads.NAMES:
@@ -246,7 +246,7 @@ def by_workload(threads: int, users: int, out: Path | None) -> list[dict]:
                     continue  # the synthetic row stands for unique prompts of one length
                 workload = workloads.named(w, input_tokens=sizes.get(w), output_tokens=None if w == "sharegpt"
                                            else OUT_TOKENS)
-                res = labkit.bench(engine, concurrency=[1, users], requests_per_level=16, workload=workload,
+                res = labkit.bench(engine, concurrency=[1, users], requests_per_level=8, workload=workload,
                                    progress=False, out=out / f"{name}-{w}" if out else None)
                 for _, r in res.summary.iterrows():
                     rows.append({"engine": name, "workload": w, "users": int(r["level"]),
