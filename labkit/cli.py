@@ -377,7 +377,7 @@ def _setup(args: argparse.Namespace) -> int:
 
     build = None
     if not args.without_llama_cpp:
-        build = _step(1, 4, "llama.cpp: build and check on this CPU (first time: ~5 min on 2 cores)",
+        build = _step(1, 4, "llama.cpp: build and check on this CPU (first time: ~4 min on 2 cores)",
                       current_build)
     gguf = _step(2, 4, "bundled model", lambda: models.gguf_path(models.DEFAULT_MODEL))
     hf = _step(3, 4, "convert the bundled model for vLLM and check it against llama.cpp (first time: ~30 s)",

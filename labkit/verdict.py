@@ -283,8 +283,7 @@ def _recommendation(r: _Runs, users: int, served: tuple[dict[str, float], str, s
             most = max(known.values())
             top = [k for k, v in known.items() if v == most]
             who = top[0] if len(top) == 1 else f"{', '.join(top[:-1])} and {top[-1]} (a tie)"
-            many += (f" Within {slo_text}, {who} served the most users: {most:g}"
-                     f"{' (' + note + ')' if note else ''}.")
+            many += f" Within {slo_text}, {who} served the most users: {most:g}{'; ' + note if note else ''}."
     if compare(l1, v1) == 0:
         one = f"For a single user, llama.cpp ({l1}) and vLLM ({v1}) showed no clear difference."
     else:
