@@ -207,12 +207,16 @@ def _bench(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     summary = res.summary
+    # Threads differ by engine when not given (vLLM keeps a core for its front end): say so.
+    eng = res.manifest.get("engine", {})
     if args.json:
         for row in summary.to_dict("records"):
-            print(json.dumps(row, default=str))
+            print(json.dumps({**row, "threads": eng.get("threads")}, default=str))
     elif not summary.empty:
         cols = ["level", "completed", "errors", "unmeasured", "req_per_s", "output_tok_per_s",
                 "ttft_p50_ms", "tpot_p50_ms"]
+        print(f"{eng.get('engine', args.engine)} ({eng.get('engine_version', '?')}), model "
+              f"{eng.get('model', '?')}, threads {eng.get('threads') or 'the engine default'}")
         print(summary[[c for c in cols if c in summary.columns]].to_string(index=False))
         if args.out:
             print(f"results: {args.out}")

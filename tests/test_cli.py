@@ -99,7 +99,7 @@ def test_a_server_killed_mid_sweep_stops_it_with_the_truth(tmp_path):
     assert "engine died: llama-server was killed by SIGKILL" in stderr
     assert "last lines of the engine's log" in stderr
     for line in stdout.splitlines():
-        json.loads(line)  # --json: stdout holds JSON only
+        assert json.loads(line)["threads"] == 1  # --json: stdout holds JSON only, threads said
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["ended"].startswith("engine died")
     rows = [json.loads(x) for x in (tmp_path / "run" / "requests.jsonl").read_text().splitlines()]
@@ -119,6 +119,7 @@ def test_ctrl_c_mid_sweep_exits_130_and_keeps_what_was_measured(tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, (masks, stderr[-2000:])
     assert "labkit: interrupted after" in stderr and "of 40 requests, kept in" in stderr
+    assert stdout.startswith("llama-server (llama.cpp from llama-cpp-python") and ", threads 1\n" in stdout
     assert "Warning" not in stderr and "Traceback" not in stderr
     summary = (tmp_path / "run" / "summary.csv").read_text()
     header, row = summary.splitlines()[:2]
