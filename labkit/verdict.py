@@ -293,7 +293,8 @@ def _recommendation(r: _Runs, users: int, served: tuple[dict[str, float], str, s
     rounds = min(e.rounds for e in (vs, ls, l1, v1))
     basis = (f" Differences are judged on 95% intervals over {rounds} rounds." if rounds > 1 else
              f" One round each, so these defaults do not separate differences of a few percent from "
-             f"noise (rounds differ by up to ±8% here): REPEATS=3 gives 95% intervals, in about "
+             f"noise (whole rounds differed by up to ±8% on the 2-core machines labkit was measured "
+             f"on): REPEATS=3 gives 95% intervals, in about "
              f"{_rounds_minutes(r, 3):.0f} minutes of benchmarking on this machine.")
     return f"{many} {one}{basis}"
 

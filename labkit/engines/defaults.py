@@ -112,9 +112,10 @@ def check_dtype(dtype: str) -> str:
 def vllm_env(threads: int | None, kv_cache_gb: float) -> tuple[dict[str, str], int | None, str]:
     """Environment for a vLLM engine: (variables, CPU threads it will use, device).
 
-    On CPU, vLLM binds its OpenMP threads itself and by default reserves one core for its
-    front end and scheduler; ``threads=N`` pins the workers to the first N cores instead, so
-    comparisons with llama.cpp can be made at equal threads.
+    On CPU, vLLM by default reserves one core for its front end and scheduler; ``threads=N``
+    gives its worker N threads instead, so comparisons with llama.cpp can be made at equal
+    threads. Under labkit's in-engine-core executor (see cpu_executor) OMP_NUM_THREADS counts
+    them and nothing pins them; vLLM's own "mp" executor pins them to the first N cores.
     """
     if has_cuda():
         return {}, None, "cuda"

@@ -238,7 +238,7 @@ class VllmServerEngine(_ManagedServer):
         label = models.label(model, directory)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
         dtype = default_dtype() if dtype == "auto" else check_dtype(dtype)
-        given = set(extra_args or [])
+        given = {a.split("=", 1)[0] for a in extra_args or []}  # "--flag value" or "--flag=value"
         executor = cpu_executor(
             "given" if "--distributed-executor-backend" in given else None,
             2 if given & {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp"} else 1)

@@ -76,7 +76,10 @@ class Concurrency(LoadShape):
         return self._requests
 
     def sessions(self, turns: int) -> int:
-        return -(-self._requests // turns)  # whole sessions: the last one is never cut short
+        # Whole sessions (the last one is never cut short), and with sessions at least one per
+        # user: fewer would run the level below its number of users.
+        whole = -(-self._requests // turns)
+        return whole if turns == 1 else max(int(self.level), whole)
 
     def first_wave(self) -> int:
         return min(self.level, self._requests)
@@ -215,7 +218,16 @@ class _Level:
         if (self.think_s > 0 and self.pacer.stop.wait(self.think_s)) or self.pacer.stop.is_set():
             self.flight.done()  # never sent: the session's marks say so (Session._mark_unsent)
             return
-        self.pacer.driver.send([self.job(index, self.finished)])
+        job = None
+        try:
+            job = self.job(index, self.finished)
+            self.pacer.driver.send([job])
+        except Exception as e:  # not sent (a thread that could not start): a failed turn, not a hang
+            if job is None:
+                self.flight.done()
+                return
+            job.record.error = f"{type(e).__name__}: {e}"
+            self.finished(job.record)
 
     def finished(self, record: RequestRecord) -> None:
         self.on_record(record)  # first: it may stop the sweep (a failed request, a dead engine)

@@ -496,8 +496,10 @@ def multi_turn(turns: int = 5, user_tokens: int = 64, output_tokens: int = 128, 
     session with a system prompt of its own (instructions, a retrieved document); the first
     turn is then exactly ``system_tokens + user_tokens`` tokens.
     With a prefix cache, a later turn prefills only what is new: ``BenchResult.turns`` shows
-    TTFT per turn. A concurrency level of N users runs N sessions at a time; a rate starts
-    sessions."""
+    TTFT per turn. A concurrency level of N users runs N sessions at a time (at least one
+    each, whatever ``requests_per_level``); a rate of X starts X sessions a second, so it
+    offers about X * ``turns`` requests a second, later turns leaving when their session is
+    ready rather than on a schedule."""
     for name, value in (("turns", turns), ("user_tokens", user_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise InvalidInput(f"{name} must be a positive integer, got {value!r}.")

@@ -163,3 +163,34 @@ def test_a_session_that_would_outgrow_the_context_is_refused_naming_the_turn():
         workloads.multi_turn(turns=0)
     with pytest.raises(labkit.InvalidInput, match="think_time_s"):
         workloads.multi_turn(think_time_s=-1)
+
+
+def test_every_user_of_a_level_runs_a_session_whatever_the_request_count():
+    w = workloads.multi_turn(turns=2, user_tokens=12, output_tokens=4, think_time_s=0)
+    res = labkit.bench(FakeEngine(), concurrency=[4], requests_per_level=4, workload=w, warmup=0, progress=False)
+    req = res.requests
+    assert (req["turn"] == 1).sum() == 4 and len(req) == 8 and req["error"].isna().all()
+
+
+def test_a_next_turn_that_cannot_be_sent_fails_its_session_instead_of_hanging():
+    from labkit.loadgen.drivers import Job
+    from labkit.loadgen.result import RequestRecord
+    from labkit.loadgen.shapes import Concurrency, Pacer
+    from labkit.loadgen.workloads import Request
+
+    class FirstTurnsOnly:  # serves first turns at once; cannot send a next turn
+        def send(self, jobs):
+            if any(j.record.index % 2 for j in jobs):
+                raise RuntimeError("can't start new thread")
+            for j in jobs:
+                j.on_done(j.record)
+
+    seen = []
+    job = lambda i, done: Job(Request("p", 4), RequestRecord("concurrency", 1, i), done)  # noqa: E731
+    runner = threading.Thread(target=Pacer(FirstTurnsOnly(), threading.Event()).run,
+                              args=(Concurrency(1, 4), job, seen.append, 2, 0.0), daemon=True)
+    runner.start()
+    runner.join(timeout=30)  # a guard: the level must end on its own
+    assert not runner.is_alive()
+    assert [(r.index, r.error) for r in seen] == [(0, None), (1, "RuntimeError: can't start new thread"),
+                                                  (2, None), (3, "RuntimeError: can't start new thread")]
