@@ -117,6 +117,36 @@ def _pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def _prefix_hits(ok: pd.DataFrame) -> dict[str, Any]:
+    """Prompt tokens served from the prefix cache, and their share of the prompts, over the
+    requests whose engine reported it; nothing when none did."""
+    if "cached_tokens" not in ok or ok["cached_tokens"].isna().all():
+        return {}
+    known = ok[ok["cached_tokens"].notna()]
+    cached = known["cached_tokens"].sum()
+    return {"cached_tokens": int(cached),
+            "prefix_hit_rate": float(cached / max(1, known["input_tokens"].fillna(0).sum()))}
+
+
+def by_turn(requests: pd.DataFrame) -> pd.DataFrame:
+    """Multi-turn sessions: one row per level and turn of the requests that succeeded (see
+    ``BenchResult.turns``); empty for workloads without sessions."""
+    if requests.empty or "turn" not in requests or requests["turn"].isna().all():
+        return pd.DataFrame()
+    ok = requests[requests["error"].isna() & requests["ttft_s"].notna()]
+    rows = []
+    for (mode, level, turn), g in ok.groupby(["mode", "level", "turn"], sort=True):
+        hits = _prefix_hits(g)
+        rows.append({"mode": mode, "level": level, "turn": int(turn), "requests": len(g),
+                     "input_tokens_mean": float(g["input_tokens"].astype(float).mean()),
+                     "cached_tokens_mean": hits["cached_tokens"] / g["cached_tokens"].notna().sum() if hits else None,
+                     "prefix_hit_rate": hits.get("prefix_hit_rate"),
+                     "ttft_p50_ms": float(g["ttft_s"].median() * 1000),
+                     "ttft_p90_ms": float(g["ttft_s"].quantile(0.9) * 1000),
+                     "tpot_p50_ms": float(g["tpot_s"].median() * 1000) if g["tpot_s"].notna().any() else None})
+    return pd.DataFrame(rows)
+
+
 def _level_row(mode: str, level: float, grp: pd.DataFrame, slo_ms: dict[str, float] | None) -> dict[str, Any]:
     """The figures of one level (one round of it) from its requests."""
     # Not sent (the sweep stopped first) or cancelled mid-way: unmeasured, not errors.
@@ -143,10 +173,7 @@ def _level_row(mode: str, level: float, grp: pd.DataFrame, slo_ms: dict[str, flo
     row["user_tok_per_s"] = 1000 / row["tpot_p50_ms"] if row["tpot_p50_ms"] > 0 else float("nan")
     row |= _pct([g for lst in ok["itl_s"] for g in lst], "itl")
     row |= _pct(ok["e2e_s"].tolist(), "e2e")
-    if "cached_tokens" in ok and ok["cached_tokens"].notna().any():
-        known = ok[ok["cached_tokens"].notna()]
-        row["cached_tokens"] = int(known["cached_tokens"].sum())
-        row["prefix_hit_rate"] = float(known["cached_tokens"].sum() / max(1, known["input_tokens"].fillna(0).sum()))
+    row |= _prefix_hits(ok)
     if "turn" in ok and ok["turn"].notna().any():  # multi-turn: the first turn against the rest
         first = ok["turn"] == 1
         row["ttft_p50_ms_first_turn"] = float(ok.loc[first, "ttft_s"].median() * 1000)

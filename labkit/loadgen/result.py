@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ..memory import phase_peaks
-from .metrics import summarize
+from .metrics import by_turn, summarize
 
 
 @dataclass
@@ -135,22 +135,9 @@ class BenchResult:
         """Multi-turn sessions: one row per level and turn, with the prompt growing and what the
         prefix cache served of it. A falling TTFT over turns is the cache at work; a rising one,
         the history prefilled again every turn. Empty for workloads without sessions."""
-        req = self.requests
-        if req.empty or "turn" not in req or req["turn"].isna().all():
-            return pd.DataFrame()
-        ok = req[req["error"].isna() & req["ttft_s"].notna()]
-        rows = []
-        for (mode, level, turn), g in ok.groupby(["mode", "level", "turn"], sort=True):
-            known = g[g["cached_tokens"].notna()]
-            rows.append({"mode": mode, "level": level, "turn": int(turn), "requests": len(g),
-                         "input_tokens_mean": float(g["input_tokens"].astype(float).mean()),
-                         "cached_tokens_mean": float(known["cached_tokens"].mean()) if len(known) else None,
-                         "prefix_hit_rate": (float(known["cached_tokens"].sum() / max(1, known["input_tokens"].sum()))
-                                             if len(known) else None),
-                         "ttft_p50_ms": float(g["ttft_s"].median() * 1000),
-                         "ttft_p90_ms": float(g["ttft_s"].quantile(0.9) * 1000),
-                         "tpot_p50_ms": float(g["tpot_s"].median() * 1000) if g["tpot_s"].notna().any() else None})
-        out = pd.DataFrame(rows)
+        out = by_turn(self.requests)
+        if out.empty:
+            return out
         out.insert(0, "engine", self.manifest.get("engine", {}).get("engine", ""))
         return out
 
