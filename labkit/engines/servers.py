@@ -239,9 +239,9 @@ class VllmServerEngine(_ManagedServer):
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
         dtype = default_dtype() if dtype == "auto" else check_dtype(dtype)
         given = {a.split("=", 1)[0] for a in extra_args or []}  # "--flag value" or "--flag=value"
-        executor = cpu_executor(
-            "given" if "--distributed-executor-backend" in given else None,
-            2 if given & {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp"} else 1)
+        # None where extra_args choose the executor themselves (or ask for several workers).
+        executor = None if "--distributed-executor-backend" in given else cpu_executor(
+            None, 2 if given & {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp"} else 1)
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory),
                "--served-model-name", label, "--max-model-len", str(context), "--dtype", dtype,
                "--max-num-seqs", str(max_num_seqs), "--disable-uvicorn-access-log",
@@ -253,7 +253,7 @@ class VllmServerEngine(_ManagedServer):
                *(["--enforce-eager"] if enforce_eager else []),
                *(["--gpu-memory-utilization", str(gpu_memory_utilization)] if gpu_memory_utilization else []),
                *(["--load-format", "dummy"] if is_synthetic(directory) else []),
-               *(["--distributed-executor-backend", executor] if executor not in (None, "given") else []),
+               *(["--distributed-executor-backend", executor] if executor else []),
                *(x for key, value in source.items() for x in (f"--{key.replace('_', '-')}", value)),
                *(extra_args or [])]
         super().__init__(cmd, Launch(host, port, startup_timeout_s, label, {**os.environ, **env},
@@ -264,7 +264,7 @@ class VllmServerEngine(_ManagedServer):
             args={"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
                   "max_num_seqs": max_num_seqs, "enforce_eager": enforce_eager, "host": host,
                   "port": self.port, "extra_args": extra_args or [], "prefix_cache": prefix_cache,
-                  **({"distributed_executor_backend": executor} if executor not in (None, "given") else {}),
+                  **({"distributed_executor_backend": executor} if executor else {}),
                   "gguf_loader": "used" if gguf_loader else (vllm_gguf_loader() or "available, not used")},
             threads=threads_used, device=device, url=self.url, pid=self._proc.pid,
             log_path=str(self._proc.log_path))

@@ -139,7 +139,7 @@ class Session:
             sent = workload.to_send(requests, i, replies) if turns > 1 else req
             return Job(sent, RequestRecord(shape.mode, shape.level, i, input_tokens=sent.input_tokens,
                                            prompt_sha=req.fingerprint, round=shape.round,
-                                           turn=i % turns + 1 if turns > 1 else None), finished)
+                                           turn=_turn(i, turns)), finished)
 
         def on_record(rec: RequestRecord) -> None:
             if turns > 1:
@@ -189,13 +189,13 @@ class Session:
     def _mark_unsent(self, shapes: list[LoadShape]) -> None:
         why = "not sent: engine died" if self.died else "not sent: interrupted"
         done = {(r.mode, r.level, r.round, r.index) for r in self.records}
+        turns = self.config.workload.turns
         for shape in shapes:
             key = (shape.mode, shape.level, shape.round)
-            turns = self.config.workload.turns
             for i in range(self.counts.get(key, shape.requests(turns))):
                 if (*key, i) not in done:
                     self._record(RequestRecord(shape.mode, shape.level, i, finish_reason=why, round=shape.round,
-                                               turn=i % turns + 1 if turns > 1 else None))
+                                               turn=_turn(i, turns)))
 
     # --- measurements around the requests -----------------------------------------------------
     def _check_engine(self) -> None:
@@ -234,6 +234,11 @@ class Session:
         return BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), mem, self.manifest,
                            pd.DataFrame(self.kv_rows), self.config.slo_ms, self.writer.folder)
 
+
+
+def _turn(index: int, turns: int) -> int | None:
+    """Which turn of its session request ``index`` is (1, 2, ...); None without sessions."""
+    return index % turns + 1 if turns > 1 else None
 
 
 def _progress(total: int, desc: str, enabled: bool):
