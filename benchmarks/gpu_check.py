@@ -126,6 +126,12 @@ class Report:
         self.data["steps"][name] = values
         self.save()
 
+    def skip(self, what: str, left_s: float) -> None:
+        """A step the budget had no room for: said in the report, not silently dropped."""
+        self.data.setdefault("skipped", []).append({"what": what, "budget_left_s": round(left_s)})
+        log(f"skipped {what}: {left_s:.0f} s of the budget left")
+        self.save()
+
     def error(self, where: str, e: BaseException) -> None:
         self.data["errors"].append({"where": where, "error": f"{type(e).__name__}: {e}"[:3000]})
         log(f"FAILED {where}: {type(e).__name__}: {str(e)[:500]}")
@@ -349,35 +355,45 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
             report.error(f"measure {shape}", TimeoutError("budget spent"))
             continue
         _measure_into(report, m, full, levels, reqs, out_tok, card, build, work, dry)
-    for shape, _levels, _reqs, out_tok in partial:  # half the layers: slower, so after the full runs
+    # 4. the seed's card row (26B at IQ3_S with the planner's split for 12 GiB), before the
+    # half-layer runs: those repeat a split measured before, this one is the seed's question.
+    if not dry and left() < 150:
+        report.skip("26B on a 12 GiB card", left())
+    elif not dry:
+        _card_row(report, card, build, work)
+    for shape, _levels, _reqs, out_tok in partial:  # half the layers: slower, so last
         m = made[shape]
-        if dry or left() < 120:
+        if dry:
+            continue
+        if left() < 90:
+            report.skip(f"{m} at half its layers", left())
             continue
         few = {1: 4, 8: 16}
         _measure_into(report, m, m.arch.n_layers // 2, [1, 8], few, min(out_tok, 64), card, build,
                       work, dry)
-
-    # 4. the seed's card row: 26B at IQ3_S with the planner's split for 12 GiB
-    if not dry and left() > 200:
-        try:
-            import labkit
-
-            plan = labkit.fit(SHAPE_26B, engines=["llama-server"], quant="IQ3_S", context=512,
-                              users=1, gpu_memory="12GiB").row("llama-server")
-            m = synthetic.synthetic(SHAPE_26B, quant="IQ3_S", progress=False)
-            rec = measure(m, int(plan["gpu_layers"]), [1], {1: 2}, 32, card, build.bin_dir, work, dry)
-            used = rec.get("nvml_peak_process_mib") or rec.get("nvml_used_over_idle_mib") or 0.0
-            rec["card_row"] = {"planned_gpu_layers": plan["gpu_layers"], "planned_gpu_gib": plan["gpu_gib"],
-                               "measured_gpu_gib": used / 1024, "fits_12_gib": used / 1024 <= 12.0}
-            report.data["runs"].append(rec)
-            report.save()
-        except Exception as e:
-            report.error("26B on a 12 GiB card", e)
     report.data["seconds"] = time.monotonic() - t_start
     report.save()
     print(markdown(report.data), flush=True)
     log(f"done in {report.data['seconds']:.0f} s; errors: {len(report.data['errors'])}")
     return 1 if report.data["errors"] else 0
+
+
+def _card_row(report: Report, card: float | None, build: Any, work: Path) -> None:
+    import labkit
+    from labkit import synthetic
+
+    try:
+        plan = labkit.fit(SHAPE_26B, engines=["llama-server"], quant="IQ3_S", context=512,
+                          users=1, gpu_memory="12GiB").row("llama-server")
+        m = synthetic.synthetic(SHAPE_26B, quant="IQ3_S", progress=False)
+        rec = measure(m, int(plan["gpu_layers"]), [1], {1: 2}, 32, card, build.bin_dir, work, False)
+        used = rec.get("nvml_peak_process_mib") or rec.get("nvml_used_over_idle_mib") or 0.0
+        rec["card_row"] = {"planned_gpu_layers": plan["gpu_layers"], "planned_gpu_gib": plan["gpu_gib"],
+                           "measured_gpu_gib": used / 1024, "fits_12_gib": used / 1024 <= 12.0}
+        report.data["runs"].append(rec)
+        report.save()
+    except Exception as e:
+        report.error("26B on a 12 GiB card", e)
 
 
 def _measure_into(report: Report, m: Any, ngl: int, levels: list[int], reqs: dict[int, int],
@@ -432,6 +448,8 @@ def markdown(d: dict[str, Any]) -> str:
                              f"{c['planned_gpu_gib']:.2f} GiB | measured {c['measured_gpu_gib']:.2f} GiB | "
                              f"fits 12 GiB: {c['fits_12_gib']} | | | | |")
         lines.append("")
+    for k in d.get("skipped", []):
+        lines.append(f"- skipped **{k['what']}**: only {k['budget_left_s']} s of the budget left")
     for e in d["errors"]:
         lines.append(f"- **{e['where']}**: {e['error'][:400]}")
     return "\n".join(lines) + "\n"
