@@ -49,7 +49,7 @@ _LAZY = {
     "record": "runner",
 }
 _SUBMODULES = ("models", "plots", "widgets", "native", "synthetic", "arch", "planner", "comparison",
-               "loadgen")
+               "loadgen", "card", "memory")
 
 
 def __getattr__(name: str):

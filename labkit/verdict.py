@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from .card import CardRun
 from .loadgen.capacity import Capacity
 from .loadgen.intervals import Estimate, compare
 from .loadgen.result import MULTI_TURN_NOTE, BenchResult, fed_alike
@@ -36,7 +37,7 @@ CLAIMS: dict[str, Claim] = {
     "gguf": Claim("GGUF support", "no", "native"),
     "memory": Claim("memory efficiency", "medium", "best"),
     "api": Claim("production API (OpenAI-compatible server)", "ideal", "basic"),
-    "26b-on-12gb": Claim("a 26B model on a 12 GB card (from the fit planner)", "impossible", "yes, at IQ3"),
+    "26b-on-12gb": Claim("a 26B model on a 12 GB card", "impossible", "yes, at IQ3"),
 }
 
 
@@ -253,8 +254,13 @@ def _platform_findings(r: _Runs) -> dict[str, Finding]:
     }
 
 
-def _plan_finding(plan: FitPlan) -> Finding:
+def _plan_finding(plan: FitPlan, card: CardRun | None = None) -> Finding:
     llama, vllm = plan.row("llama.cpp"), plan.row("vllm")
+    if card is not None:  # measured on a GPU: the llama.cpp half of the row is no longer a plan
+        return Finding(
+            f"llama.cpp: {card.text()}; vLLM bf16: {'fits' if vllm['fits'] else 'does not fit'} "
+            f"({vllm['note']})", "labkit.card.measure (llama-server, synthetic weights) and "
+            "labkit.fit for vLLM", None if card.fits is None else (not vllm["fits"]) and card.fits)
     return Finding(
         f"llama.cpp IQ3_S: {'fits' if llama['fits'] else 'does not fit'} with {llama['gpu_layers']} of "
         f"{plan.model.n_layers} layers on the GPU; vLLM bf16: {'fits' if vllm['fits'] else 'does not fit'} "
@@ -367,14 +373,15 @@ def _memory_finding(r: _Runs, served: tuple[dict[str, float], str, str, str] | N
 
 
 def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int, *, slo: SLO | None = None,
-            capacities: dict[str, Capacity] | None = None) -> Verdict:
+            capacities: dict[str, Capacity] | None = None, card: CardRun | None = None) -> Verdict:
     """Fill the "measured here" column from benchmark runs of llama.cpp, llama-server, vllm and
     vllm-server (1 and ``users`` concurrent users) and a fit plan for the 26B row. The row
     "users served within a latency SLO" comes from ``capacities`` (``labkit.capacity``
-    results by engine) or, with ``slo`` only, from the levels the runs measured."""
+    results by engine) or, with ``slo`` only, from the levels the runs measured. ``card``
+    (``labkit.card.measure``, on a GPU) replaces the 26B row's llama.cpp plan with a run."""
     r = _Runs(runs, users)
     served = _served(r, slo, capacities)
-    found = {**_load_findings(r), **_platform_findings(r), "26b-on-12gb": _plan_finding(plan),
+    found = {**_load_findings(r), **_platform_findings(r), "26b-on-12gb": _plan_finding(plan, card),
              "users-at-slo": _slo_finding(served), "memory": _memory_finding(r, served)}
     answer = {True: "yes", False: "no", None: "n/a"}
     rows: list[dict[str, Any]] = [

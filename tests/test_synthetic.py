@@ -82,3 +82,33 @@ def test_gpu_layers_above_the_layer_count_is_refused_not_clamped():
 def test_unknown_shape_lists_the_named_ones():
     with pytest.raises(InvalidInput, match="llama-3-8b"):
         synthetic.synthetic("llama-9000b")
+
+
+class FakeNvml:
+    """NVML where none exists (the one fake allowed): each process's VRAM reads as its RSS."""
+
+    def used_bytes(self) -> int:
+        return 2**30
+
+    def process_bytes(self, pids: set[int]) -> int:
+        import psutil
+
+        return sum(psutil.Process(p).memory_info().rss for p in pids if psutil.pid_exists(p))
+
+    def name(self) -> str:
+        return "Fake GPU"
+
+
+def test_a_card_run_uses_the_planned_split_and_reports_measured_vram(monkeypatch):
+    """labkit.card.measure, the verdict's 26B row on a GPU: a tiny shape, a fake NVML."""
+    from labkit import card, memory
+
+    monkeypatch.setattr(memory, "nvml", lambda: FakeNvml())
+    run = card.measure(QWEN_TINY, quant="Q8_0", gpu_memory="1GiB", requests=1, output_tokens=8,
+                       progress=False)
+    plan = labkit.fit(labkit.models.synthetic(QWEN_TINY, quant="Q8_0", progress=False),
+                      engines=["llama-server"], quant="Q8_0", context=512, gpu_memory="1GiB")
+    assert run.gpu_layers == plan.row("llama-server")["gpu_layers"] == run.n_layers + 1
+    assert run.gpu == "Fake GPU" and run.card_gib == 1.0
+    assert 0 < run.measured_gpu_gib < 1 and run.fits is True  # the server's RSS, through the fake
+    assert run.output_tok_s_1_user > 0 and "synthetic weights" in run.text()

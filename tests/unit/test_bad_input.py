@@ -119,3 +119,12 @@ def test_named_workloads_and_an_unknown_name():
     assert workloads.named("sharegpt", output_tokens=0).fixed_output is None  # the real replies' lengths
     with pytest.raises(InvalidInput, match="Unknown workload 'poems'; named ones are chat, synthetic"):
         workloads.named("poems")
+
+
+def test_measuring_a_card_without_a_gpu_says_what_plans_it_instead():
+    from labkit import card
+
+    if labkit.memory.nvml() is not None:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(InvalidInput, match=r"needs an NVIDIA GPU .* labkit.fit"):
+        card.measure("llama-3-8b")

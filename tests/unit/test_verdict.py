@@ -156,3 +156,22 @@ def test_multi_turn_runs_differ_in_later_turns_by_design_and_only_a_real_mismatc
     # Different scripted messages are a mismatch all the same.
     found = fed_alike({"a": sessions("a", 30), "b": sessions("b", 30, later_sha="other")})
     assert found[0] == MULTI_TURN_NOTE and "not fed the same prompts in 2 of 4" in found[1]
+
+
+def test_a_measured_card_run_replaces_the_plan_in_the_26b_row():
+    from labkit.card import CardRun
+
+    runs = {"llama.cpp": _run("llama.cpp", {1: 50.0}), "llama-server": _run("llama-server", {1: 45.0, 8: 150.0}),
+            "vllm": _run("vllm", {1: 30.0, 8: 200.0}), "vllm-server": _run("vllm-server", {1: 28.0, 8: 180.0})}
+    plan = labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096)
+
+    def row(measured_gib):
+        run = CardRun("synthetic:26b:IQ3_S", "IQ3_S", "NVIDIA H100", 12.0, 43, 46, 11.86, measured_gib, 14.1, 64.5)
+        t = verdict(runs, plan, users=8, card=run).table.set_index(pd.Index(list(CLAIMS)))
+        return t.loc["26b-on-12gb"]
+
+    fits, over, unread = row(11.5), row(12.4), row(None)
+    assert fits["claim holds here"] == "yes" and "used 11.50 GiB of VRAM (fits 12 GiB" in fits["measured here"]
+    assert "labkit.card.measure" in fits["source"] and "14.1 tok/s at 1 user" in fits["measured here"]
+    assert over["claim holds here"] == "no" and "does not fit 12 GiB" in over["measured here"]
+    assert unread["claim holds here"] == "n/a" and "fit not measured" in unread["measured here"]
