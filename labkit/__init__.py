@@ -47,9 +47,10 @@ _LAZY = {
     "SamplingParams": "engines", "Token": "engines", "load": "engines",
     "FitPlan": "planner", "fit": "planner",
     "record": "runner",
+    "conformance": "apicheck", "batch_invariance": "apicheck",
 }
 _SUBMODULES = ("models", "plots", "widgets", "native", "synthetic", "arch", "planner", "comparison",
-               "loadgen", "card", "memory")
+               "loadgen", "card", "memory", "apicheck")
 
 
 def __getattr__(name: str):
@@ -69,6 +70,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from . import models, plots
+    from .apicheck import batch_invariance, conformance
     from .comparison import Comparison, QuantLadder, compare, quant_ladder
     from .engines import ENGINES, Engine, EngineInfo, Generation, SamplingParams, Token, load
     from .loadgen import SLO, BenchResult, Capacity, Front, bench, capacity, sweep, workloads
@@ -96,9 +98,11 @@ __all__ = [
     "SamplingParams",
     "ServerError",
     "Token",
+    "batch_invariance",
     "bench",
     "capacity",
     "compare",
+    "conformance",
     "fit",
     "load",
     "models",

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .errors import LabkitError
+from .errors import InvalidInput, LabkitError
 
 _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {}
 
@@ -121,7 +121,6 @@ register("generate", "generate text with one engine", _generate, _generate_args)
 def _compare(args: argparse.Namespace) -> int:
     from .comparison import compare
     from .engines import load
-    from .errors import InvalidInput
 
     names = [n.strip() for n in args.engines.split(",") if n.strip()]
     if len(names) < 2 or len(set(names)) != len(names):
@@ -458,6 +457,43 @@ def _doctor_args(p: argparse.ArgumentParser) -> None:
 
 register("doctor", "re-check this machine's llama.cpp build and torch kernels", _doctor,
          _doctor_args)
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    """The OpenAI-API conformance matrix of one server, started here or attached by URL."""
+    from .apicheck import TOOL_ARGS, conformance
+    from .engines import load
+
+    if args.engine not in ("llama-server", "vllm-server", "openai"):
+        raise InvalidInput(f"--engine {args.engine} has no HTTP API to check: use llama-server, "
+                           "vllm-server, or openai with --url.")
+    kw = engine_kwargs(args)
+    if not args.no_tool_flags and args.engine in TOOL_ARGS:
+        kw["extra_args"] = TOOL_ARGS[args.engine]
+    with load(args.engine, **kw) as srv:
+        m = conformance(srv, timeout_s=args.timeout, progress=not args.json)
+    if args.json:
+        print(json.dumps(m.to_dict(), default=str))
+        return 0
+    for engine, flags in m.flags.items():
+        print(f"{engine}, started with {flags}")
+    for r in m.table.to_dict("records"):
+        print(f"  {r['status']:<12} {r['feature']:<52} {r['evidence'][:90]}")
+    print(m.counts().to_string())
+    return 0
+
+
+def _conformance_args(p: argparse.ArgumentParser) -> None:
+    _engine_args(p)
+    p.set_defaults(engine="llama-server")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds each request may take")
+    p.add_argument("--no-tool-flags", action="store_true",
+                   help="start the server without the flags the tool checks need (vLLM's parser)")
+    p.add_argument("--json", action="store_true", help="one JSON object: flags and every check")
+
+
+register("conformance", "grade a server's OpenAI API: endpoints, sampling, JSON, tools, errors",
+         _conformance, _conformance_args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 import labkit
+from labkit.apicheck import TOOL_ARGS
 
 MODEL = "smollm2-135m"
 PROMPTS = [
@@ -74,7 +75,7 @@ def llama_server():
 
 @pytest.fixture(scope="session")
 def vllm_server():
-    with labkit.load("vllm-server", model=MODEL) as engine:
+    with labkit.load("vllm-server", model=MODEL, extra_args=TOOL_ARGS["vllm-server"]) as engine:
         yield engine
 
 

@@ -98,6 +98,11 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
     def info(self) -> EngineInfo:
         return self._info
 
+    @property
+    def http_headers(self) -> dict[str, str]:
+        """The headers every request carries (the API key, where one was given)."""
+        return dict(self._client_options["headers"])
+
     # --- HTTP helpers ------------------------------------------------------------------------
     def _get(self, path: str) -> dict[str, Any]:
         return self._request("GET", path)

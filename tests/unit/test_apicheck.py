@@ -1,0 +1,138 @@
+"""The conformance checks' grading, against a small fake OpenAI server that answers wrongly
+(no engine needed): malformed tool calls are "wrong", a 500 is "wrong", a hang is "missing"."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+import labkit
+from labkit.apicheck.schema import problems
+from labkit.engines.servers import free_port
+from labkit.errors import InvalidInput
+
+HANG = asyncio.Event()  # never set: a request that waits on it hangs until the server stops
+
+
+async def _models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "fake"}]})
+
+
+async def _chat(request: web.Request) -> web.Response:
+    body = await request.json()
+    if "response_format" in body and body["response_format"]["type"] == "json_schema":
+        await HANG.wait()
+    message: dict = {"role": "assistant", "content": "hello"}
+    if body.get("tool_choice") == "required":  # arguments that are not JSON
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Paris"}}]}
+    elif isinstance(body.get("tool_choice"), dict):  # a tool that was not offered
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "delete_everything", "arguments": "{}"}}]}
+    return web.json_response({"object": "chat.completion", "choices": [
+        {"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+
+async def _boom(request: web.Request) -> web.Response:
+    return web.json_response({"error": {"message": "boom"}}, status=500)
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return web.Response(status=404, text="Not Found")
+
+
+def _serve(routes: list[web.RouteDef]) -> Iterator[str]:
+    """An aiohttp app on 127.0.0.1 in a thread of its own; yields its /v1 URL."""
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)  # a hanging handler is cancelled, not awaited
+    port = free_port()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert started.wait(10)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+
+
+@pytest.fixture
+def wrong_server() -> Iterator[str]:
+    yield from _serve([web.get("/v1/models", _models), web.post("/v1/chat/completions", _chat),
+                       web.post("/v1/completions", _boom)])
+
+
+def test_malformed_answers_are_graded_wrong_and_a_hang_missing(wrong_server):
+    m = labkit.conformance(wrong_server, timeout_s=1.0, progress=False)
+    row = m.table.set_index("feature")
+    assert row.loc["/v1/models", "status"] == "supported"
+    assert row.loc["tool_choice required", "status"] == "wrong"
+    assert "not a JSON string" in row.loc["tool_choice required", "evidence"]
+    assert row.loc["tool_choice named function", "status"] == "wrong"
+    assert "'delete_everything'" in row.loc["tool_choice named function", "evidence"]
+    assert row.loc["completions", "status"] == "wrong" and "HTTP 500" in row.loc["completions", "evidence"]
+    assert row.loc["response_format json_schema", "status"] == "missing"
+    assert "timeout" in row.loc["response_format json_schema", "evidence"]
+    assert row.loc["chat completions", "status"] == "supported"
+    assert len(m.table) == len(labkit.apicheck.checks.CHECKS)  # every check ran to an answer
+    assert m.counts().loc[wrong_server, "wrong"] >= 3  # a URL's engine is named by the URL
+    html = m._repr_html_()
+    assert "<table>" in html and "attached to" in html
+
+
+def test_a_url_that_is_not_an_openai_server_is_refused_clearly():
+    for url in _serve([web.get("/v1/models", _not_found)]):
+        with pytest.raises(InvalidInput, match=r"does not serve the OpenAI API \(GET /v1/models: HTTP 404"):
+            labkit.conformance(url, progress=False)
+
+
+def test_in_process_engines_are_refused_for_conformance():
+    class NoHttp:
+        pass
+
+    with pytest.raises(InvalidInput, match="server reached over HTTP"):
+        labkit.conformance(NoHttp(), progress=False)
+
+
+@pytest.mark.parametrize("value, schema, found", [
+    ({"name": "a", "age": 3}, {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["name"]}, []),
+    ({"age": 3}, {"type": "object", "required": ["name"]}, ["$: missing required 'name'"]),
+    ({"age": True}, {"type": "object", "properties": {"age": {"type": "integer"}}}, ["$.age: true/false"]),
+    ({"a": 1, "b": 2}, {"type": "object", "properties": {"a": {}}, "additionalProperties": False}, ["$: unexpected 'b'"]),
+    ("Paris", {"type": "object"}, ["$: str 'Paris' where object was expected"]),
+    ([1, "x"], {"type": "array", "items": {"type": "integer"}}, ["$[1]: str"]),
+    ("c", {"enum": ["a", "b"]}, ["$: 'c' is not one of"]),
+])
+def test_the_schema_check_names_what_is_wrong(value, schema, found):
+    got = problems(value, schema)
+    assert len(got) == len(found) and all(g.startswith(f) for g, f in zip(got, found, strict=True))
+
+
+def test_the_cli_refuses_an_engine_without_an_api():
+    from labkit.cli import main
+
+    assert main(["conformance", "--engine", "llama.cpp"]) == 2
+
+
+def test_json_of_the_matrix_round_trips(wrong_server):
+    m = labkit.conformance(wrong_server, timeout_s=1.0, progress=False)
+    d = json.loads(json.dumps(m.to_dict(), default=str))
+    assert {c["feature"] for c in d["checks"]} == set(m.table["feature"])
