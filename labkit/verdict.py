@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from .apicheck import Conformance
 from .card import CardRun
 from .loadgen.capacity import Capacity
 from .loadgen.intervals import Estimate, compare
@@ -37,6 +38,7 @@ CLAIMS: dict[str, Claim] = {
     "gguf": Claim("GGUF support", "no", "native"),
     "memory": Claim("memory efficiency", "medium", "best"),
     "api": Claim("production API (OpenAI-compatible server)", "ideal", "basic"),
+    "tools": Claim("tool calling", "good", "good"),
     "26b-on-12gb": Claim("a 26B model on a 12 GB card", "impossible", "yes, at IQ3"),
 }
 
@@ -247,11 +249,50 @@ def _platform_findings(r: _Runs) -> dict[str, Finding]:
             f"llama.cpp loaded the {gguf_mb:.0f} MB GGUF directly; vLLM ran a {hf_mb:.0f} MB Hugging Face "
             "copy that labkit converted from the same GGUF (dequantized)", "labkit.models.hf_dir", True,
             _gguf_loader_note(r)),
-        "api": Finding(
-            f"both served the OpenAI API to the same client: errors vllm-server {r.errors('vllm-server')}, "
-            f"llama-server {r.errors('llama-server')}", "labkit.bench over HTTP (streaming)", None,
-            "both speak /v1/completions and /v1/chat/completions with streaming; vLLM adds more of the API"),
     }
+
+
+_SERVERS = ("vllm-server", "llama-server")
+
+
+def _api_findings(r: _Runs, api: Conformance | None) -> dict[str, Finding]:
+    """The API and tool-calling rows, from the conformance matrix of both servers."""
+    errors = f"bench errors vllm-server {r.errors('vllm-server')}, llama-server {r.errors('llama-server')}"
+    have = set(api.table["engine"]) if api is not None else set()
+    if not set(_SERVERS) <= have:
+        missing = "not measured: give verdict(..., api=labkit.conformance(...)) for vllm-server and llama-server"
+        return {"api": Finding(f"{missing}; {errors}", "labkit.bench over HTTP (streaming)", None),
+                "tools": Finding(missing, "labkit.conformance", None)}
+    t = api.table
+    rest, tools = t[t["group"] != "tools"], t[t["group"] == "tools"]
+    score = {e: _score(rest, e) for e in _SERVERS}
+    differ = api.differences()
+    differ = differ[differ.index.isin(rest["feature"])]
+    api_row = Finding(
+        "; ".join(f"{e}: {_tally(rest, e)}" for e in _SERVERS) + f"; {errors}", f"labkit.conformance ({rest['feature'].nunique()} checks)",
+        score["vllm-server"] > score["llama-server"],
+        "they differ on " + ", ".join(f"{f} ({', '.join(f'{e} {row[e]}' for e in _SERVERS)})"
+                                      for f, row in differ.iterrows()) if len(differ) else "no differences")
+    forced = tools[tools["feature"].isin(["tool_choice required", "tool_choice named function"])]
+    good = {e: bool((forced[forced["engine"] == e]["status"] == "supported").all()) for e in _SERVERS}
+    bad = [f"{x['engine']} {x['feature']}: {x['status']} ({x['evidence'][:70]})"
+           for x in forced.to_dict("records") if x["status"] != "supported"]
+    tools_row = Finding("; ".join(f"{e}: {_tally(tools, e)}" for e in _SERVERS),
+                        "labkit.conformance, tools group (started with: " +
+                        "; ".join(f"{e} {api.flags.get(e, '?')}" for e in _SERVERS) + ")",
+                        all(good.values()), _joined(*bad))
+    return {"api": api_row, "tools": tools_row}
+
+
+def _score(t: pd.DataFrame, engine: str) -> float:
+    s = t[t["engine"] == engine]["status"]
+    return float((s == "supported").sum() + 0.5 * (s == "partial").sum())
+
+
+def _tally(t: pd.DataFrame, engine: str) -> str:
+    counts = t[t["engine"] == engine]["status"].value_counts()
+    return ", ".join(f"{counts[k]} {k}" for k in ("supported", "partial", "missing", "wrong", "not checked")
+                     if k in counts)
 
 
 def _plan_finding(plan: FitPlan, card: CardRun | None = None) -> Finding:
@@ -373,15 +414,18 @@ def _memory_finding(r: _Runs, served: tuple[dict[str, float], str, str, str] | N
 
 
 def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int, *, slo: SLO | None = None,
-            capacities: dict[str, Capacity] | None = None, card: CardRun | None = None) -> Verdict:
+            capacities: dict[str, Capacity] | None = None, card: CardRun | None = None,
+            api: Conformance | None = None) -> Verdict:
     """Fill the "measured here" column from benchmark runs of llama.cpp, llama-server, vllm and
     vllm-server (1 and ``users`` concurrent users) and a fit plan for the 26B row. The row
     "users served within a latency SLO" comes from ``capacities`` (``labkit.capacity``
     results by engine) or, with ``slo`` only, from the levels the runs measured. ``card``
-    (``labkit.card.measure``, on a GPU) replaces the 26B row's llama.cpp plan with a run."""
+    (``labkit.card.measure``, on a GPU) replaces the 26B row's llama.cpp plan with a run;
+    ``api`` (``labkit.conformance`` of vllm-server and llama-server) fills the API and tool rows."""
     r = _Runs(runs, users)
     served = _served(r, slo, capacities)
-    found = {**_load_findings(r), **_platform_findings(r), "26b-on-12gb": _plan_finding(plan, card),
+    found = {**_load_findings(r), **_platform_findings(r), **_api_findings(r, api),
+             "26b-on-12gb": _plan_finding(plan, card),
              "users-at-slo": _slo_finding(served), "memory": _memory_finding(r, served)}
     answer = {True: "yes", False: "no", None: "n/a"}
     rows: list[dict[str, Any]] = [

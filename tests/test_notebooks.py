@@ -79,8 +79,11 @@ def test_05_which_engine(tmp_path):
     folder, r = _run("05-which-engine", tmp_path, USERS=4, REQUESTS=4, OUTPUT_TOKENS=8)
     _check_report(folder / "05-which-engine.html")
     v = r["verdict"]
-    assert len(v) == 9
+    assert len(v) == 10
     assert v["measured here"].str.contains(r"\d").all()  # a number in every row
+    rows = v.set_index("claim")
+    assert rows.loc["tool calling", "measured here"].startswith("vllm-server: ")  # from the conformance matrix
+    assert "labkit.conformance" in rows.loc["production API (OpenAI-compatible server)", "source"]
     assert v.set_index("claim").loc["users served within a latency SLO", "measured here"].startswith("within TTFT")
     assert set(v["claim holds here"]) <= {"yes", "no", "n/a"}
     assert "users" in r["recommendation"]

@@ -30,6 +30,13 @@ class Conformance:
     table: pd.DataFrame
     flags: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def combine(cls, parts: dict[str, Conformance] | list[Conformance]) -> Conformance:
+        """One matrix from several, e.g. of servers checked one after the other."""
+        parts = list(parts.values()) if isinstance(parts, dict) else list(parts)
+        flags = {k: v for p in parts for k, v in p.flags.items()}
+        return cls(pd.concat([p.table for p in parts], ignore_index=True), flags)
+
     def counts(self) -> pd.DataFrame:
         """Per engine, how many features fall in each status."""
         c = self.table.groupby(["engine", "status"]).size().unstack(fill_value=0)

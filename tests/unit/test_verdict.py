@@ -175,3 +175,33 @@ def test_a_measured_card_run_replaces_the_plan_in_the_26b_row():
     assert "labkit.card.measure" in fits["source"] and "14.1 tok/s at 1 user" in fits["measured here"]
     assert over["claim holds here"] == "no" and "does not fit 12 GiB" in over["measured here"]
     assert unread["claim holds here"] == "n/a" and "fit not measured" in unread["measured here"]
+
+
+def _matrix(engine: str, statuses: dict[str, str]):
+    from labkit.apicheck import Conformance
+    from labkit.apicheck.checks import CHECKS
+
+    rows = [{"engine": engine, "group": c.group, "feature": c.feature, "status": statuses.get(c.feature, "supported"),
+             "evidence": f"evidence for {c.feature}", "model": "", "seconds": 0.1} for c in CHECKS]
+    return Conformance(pd.DataFrame(rows), {engine: "flags of " + engine})
+
+
+def test_the_api_and_tool_rows_come_from_the_conformance_matrix():
+    from labkit.apicheck import Conformance
+
+    runs = {"llama.cpp": _run("llama.cpp", {1: 50.0}), "llama-server": _run("llama-server", {1: 45.0, 8: 150.0}),
+            "vllm": _run("vllm", {1: 30.0, 8: 200.0}), "vllm-server": _run("vllm-server", {1: 28.0, 8: 180.0})}
+    plan = labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096)
+    api = Conformance.combine([
+        _matrix("vllm-server", {}),
+        _matrix("llama-server", {"n > 1": "missing", "an unknown model": "partial", "tool_choice required": "wrong"})])
+    t = verdict(runs, plan, users=8, api=api).table.set_index(pd.Index(list(CLAIMS)))
+    assert t.loc["api", "claim holds here"] == "yes"
+    assert t.loc["api", "measured here"].startswith("vllm-server: 19 supported; llama-server: 17 supported, 1 partial, 1 missing")
+    assert "n > 1 (vllm-server supported, llama-server missing)" in t.loc["api", "comment"]
+    assert t.loc["tools", "claim holds here"] == "no"
+    assert "llama-server tool_choice required: wrong (evidence for tool_choice required)" in t.loc["tools", "comment"]
+    assert "flags of vllm-server" in t.loc["tools", "source"]
+    without = verdict(runs, plan, users=8).table.set_index(pd.Index(list(CLAIMS)))
+    assert without.loc["tools", "measured here"].startswith("not measured")
+    assert without.loc["api", "claim holds here"] == "n/a"
