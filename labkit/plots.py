@@ -260,3 +260,19 @@ def workloads(table: pd.DataFrame, metric: str = "output_tok_per_s") -> go.Figur
     fig.update_layout(title=f"{metric} by workload, at the most users run", barmode="group",
                       yaxis_title=unit.get(metric, metric), template="plotly_white")
     return fig
+
+
+def invariance(results: Any) -> go.Figure:
+    """The share of greedy outputs that changed when the same prompts ran among N users
+    instead of alone, one bar group per level, one bar per engine; hover: mean agreement.
+    ``results``: :class:`labkit.apicheck.Invariance` objects, a list or a dict."""
+    items = list(results.values()) if isinstance(results, dict) else list(results)
+    fig = go.Figure()
+    for inv in items:
+        s = inv.summary()
+        fig.add_bar(x=[f"{u} users" for u in s["users"]], y=s["changed_frac"], name=inv.engine,
+                    text=[f"{v:.0%}" for v in s["changed_frac"]], textposition="outside",
+                    customdata=s["mean_agreement"], hovertemplate="%{y:.0%} changed, agreement %{customdata:.2f}")
+    fig.update_layout(title="Greedy outputs that changed under concurrent load (vs alone)", barmode="group",
+                      yaxis_title="fraction of prompts", yaxis_range=[0, 1.1], template="plotly_white")
+    return fig

@@ -31,7 +31,8 @@ def export_html(executed: Path, target: Path, manifest: dict[str, Any] | None = 
     nb.metadata.pop("widgets", None)  # progress bars' widget state: nothing to show in a static page
     n_figures = 0
     for cell in nb.cells:
-        cell["outputs"] = [o for o in cell.get("outputs", []) if not _is_stderr(o) and not _is_record(o)]
+        cell["outputs"] = [o for o in cell.get("outputs", [])
+                           if not _is_stderr(o) and not _is_record(o) and not _is_widget(o)]
         for output in cell["outputs"]:
             n_figures += _draw_figure(output, n_figures)
     if manifest:
@@ -50,6 +51,12 @@ def _is_record(output: dict[str, Any]) -> bool:
     from .runner import MIME
 
     return MIME in output.get("data", {})
+
+
+def _is_widget(output: dict[str, Any]) -> bool:
+    """A widget's view (a progress bar): without its state, only its text fallback would show,
+    frozen at whatever it said when the page was saved."""
+    return "application/vnd.jupyter.widget-view+json" in output.get("data", {})
 
 
 def _is_stderr(output: dict[str, Any]) -> bool:

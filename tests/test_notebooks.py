@@ -185,3 +185,16 @@ def test_08_workloads(tmp_path):
     assert sessions["ttft_p50_ms_later_turns"].notna().all()  # the per-turn figures reach the table
     hits = t[t["engine"] == "llama-server"].groupby("workload")["prefix_hit_rate"].max()
     assert hits["shared_prefix"] > hits["synthetic"]  # the server's own count of cached prompt tokens
+
+
+def test_09_api_and_tools(tmp_path):
+    # Both servers' matrices are checked in tests/test_conformance.py; here the notebook's logic.
+    folder, r = _run("09-api-and-tools", tmp_path, ENGINES=["llama-server"], USERS=2, PROMPTS=2, MAX_TOKENS=6)
+    body = (folder / "09-api-and-tools.html").read_text().split("<body", 1)[1]
+    assert "labkit.conformance(" not in body and "Triton" not in body  # code hidden, no engine noise
+    assert body.index("tool_choice required") < body.index("labkit-figure-0")  # the matrix comes first
+    table = r["conformance"]
+    assert len(table) == 24 and set(table["engine"]) == {"llama-server"}
+    assert set(table["status"]) <= {"supported", "partial", "missing", "wrong", "not checked"}
+    inv = r["invariance"]["llama-server"].set_index("users")
+    assert inv.loc[1, "changed_frac"] == 0.0 and inv.loc[2, "prompts"] == 2
