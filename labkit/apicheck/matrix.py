@@ -55,16 +55,16 @@ class Conformance:
 
     def _repr_html_(self) -> str:
         engines = list(dict.fromkeys(self.table["engine"]))
-        head = "".join(f"<th>{html.escape(e)}</th>" for e in engines)
+        head = "".join(f"<th>{html.escape(e)}<br><small style='font-weight:normal'>"
+                       f"{html.escape(self.flags.get(e, ''))}</small></th>" for e in engines)
         rows = []
         for (grp, feat), part in self.table.groupby(["group", "feature"], sort=False):
             by = {r["engine"]: r for r in part.to_dict("records")}
             cells = "".join(_cell(by.get(e)) for e in engines)
             rows.append(f"<tr><td>{html.escape(grp)}</td><td>{html.escape(feat)}</td>{cells}</tr>")
-        flags = "".join(f"<li><b>{html.escape(e)}</b>: {html.escape(f)}</li>" for e, f in self.flags.items())
         return (f"<table><thead><tr><th>group</th><th>feature</th>{head}</tr></thead>"
-                f"<tbody>{''.join(rows)}</tbody></table><p>Started with:</p><ul>{flags}</ul>"
-                "<p>Hover a cell for the evidence; the second line is what the model did.</p>")
+                f"<tbody>{''.join(rows)}</tbody></table><p>Under each server: the flags it was started "
+                "with. Hover a cell for the evidence; the second line is what the model did.</p>")
 
 
 def _cell(r: dict[str, Any] | None) -> str:
