@@ -43,7 +43,9 @@ GiB = 1024**3
 
 
 class DeviceMemory(Protocol):
-    """What labkit needs from NVML; :class:`Nvml` is the real one."""
+    """What labkit needs from NVML; :class:`Nvml` is the real one. Readers of energy, power,
+    utilisation and clocks (``energy_j``, ``power_w``, ``utilization_pct``, ``sm_clock_mhz``)
+    are optional: each returns None where the driver does not say."""
 
     def used_bytes(self) -> int: ...
 
@@ -91,6 +93,19 @@ class Nvml:
     def power_w(self) -> float | None:
         try:
             return self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0
+        except self._nvml.NVMLError:
+            return None
+
+    def utilization_pct(self) -> float | None:
+        """How much of the last sample period a kernel was running (NVML's "GPU utilisation")."""
+        try:
+            return float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+        except self._nvml.NVMLError:
+            return None
+
+    def sm_clock_mhz(self) -> float | None:
+        try:
+            return float(self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM))
         except self._nvml.NVMLError:
             return None
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .errors import InvalidInput
 from .loadgen.result import BenchResult
 
 
@@ -276,3 +278,60 @@ def invariance(results: Any) -> go.Figure:
     fig.update_layout(title="Greedy outputs that changed under concurrent load (vs alone)", barmode="group",
                       yaxis_title="fraction of prompts", yaxis_range=[0, 1.1], template="plotly_white")
     return fig
+
+
+def timeline(result: BenchResult) -> go.Figure:
+    """What the client saw and what the server was doing, on one time axis (a run with
+    ``telemetry=True``): requests in flight and each request's TTFT; the server's running and
+    waiting requests and KV use; CPU use of the engine's processes by role (and the GPU's
+    utilisation where there is one); memory by role. A TTFT tail lines up with a queue."""
+    from plotly.subplots import make_subplots
+
+    t, req = result.telemetry, result.requests
+    if t.empty:
+        raise InvalidInput("This run has no telemetry: bench it with telemetry=True.")
+    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                        subplot_titles=("client: in flight, and TTFT of each request", "server: queue and KV",
+                                        "CPU (cores busy) by process; GPU %", "memory (RSS) by process"),
+                        specs=[[{"secondary_y": True}], [{"secondary_y": True}], [{}], [{}]])
+    done = req.dropna(subset=["start_s", "e2e_s"])
+    if not done.empty:
+        # Counted on a grid, not at the edges: a user's next request leaves a hair after the
+        # last one ended, and edge-by-edge that draws a dip at every hand-over.
+        start, end = done["start_s"].to_numpy(), (done["start_s"] + done["e2e_s"]).to_numpy()
+        grid = np.linspace(start.min(), end.max(), 400)
+        flight = ((start[None, :] <= grid[:, None]) & (grid[:, None] < end[None, :])).sum(axis=1)
+        fig.add_scatter(x=grid, y=flight, mode="lines", line_shape="hv", name="in flight", row=1, col=1)
+        fig.add_scatter(x=done["start_s"], y=done["ttft_s"] * 1000, mode="markers", name="TTFT ms",
+                        marker={"size": 4}, row=1, col=1, secondary_y=True)
+    for metric, axis in (("running", False), ("waiting", False), ("kv_used_fraction", True)):
+        g = t[(t["source"] == "server") & (t["metric"] == metric)]
+        if not g.empty:
+            fig.add_scatter(x=g["t_s"], y=g["value"], mode="lines+markers", name=metric, row=2, col=1,
+                            secondary_y=axis)
+    for (source, metric), g in t[t["metric"].isin(["cpu_util", "machine_cpu_util", "util_pct"])].groupby(
+            ["source", "metric"], sort=False):
+        name = "GPU util %" if metric == "util_pct" else "CPU machine" if source == "host" else \
+            f"CPU {source.split(':', 1)[1]}"
+        fig.add_scatter(x=g["t_s"], y=g["value"], mode="lines", name=name, row=3, col=1)
+    for source, g in t[t["metric"] == "rss_bytes"].groupby("source", sort=False):
+        fig.add_scatter(x=g["t_s"], y=g["value"] / 2**30, mode="lines", name=f"{source.split(':', 1)[1]} GiB",
+                        row=4, col=1)
+    _phase_bands(fig, t)
+    fig.update_yaxes(title_text="requests", row=1, col=1)
+    fig.update_yaxes(title_text="TTFT ms", row=1, col=1, secondary_y=True)
+    fig.update_yaxes(title_text="requests", row=2, col=1)
+    fig.update_yaxes(title_text="KV used", range=[0, 1], row=2, col=1, secondary_y=True)
+    fig.update_xaxes(title_text="seconds since the sweep began", row=4, col=1)
+    eng = result.manifest.get("engine", {}).get("engine", "")
+    fig.update_layout(height=900, template="plotly_white", title=f"{eng}: client and server, one time axis")
+    return fig
+
+
+def _phase_bands(fig: go.Figure, t: pd.DataFrame) -> None:
+    """A shaded band per measured level, labelled, across every row."""
+    spans = t[t["phase"] != "idle"].groupby("phase", sort=False)["t_s"].agg(["min", "max"])
+    for i, (phase, span) in enumerate(spans.iterrows()):
+        label = {} if phase == "warm-up" else {"annotation_text": phase, "annotation_position": "top left"}
+        fig.add_vrect(x0=span["min"], x1=span["max"], fillcolor="#888" if i % 2 else "#bbb", opacity=0.12,
+                      line_width=0, **label)

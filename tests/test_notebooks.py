@@ -73,6 +73,8 @@ def test_04_memory_and_quantization(tmp_path):
     ladder = r["ladder"].set_index("quant")
     assert ladder.loc["Q8_0", "mean_kld"] < ladder.loc["Q2_K", "mean_kld"]
     assert all(v > 0 for v in r["peak_pss_gib"].values())
+    tl = r["timeline"].iloc[0]  # 8 users on 2 slots: the server's own queue, beside the client's TTFT
+    assert tl["waiting_max"] > 0 and tl["running_mean"] > 0 and tl["cpu_util_server"] > 0
 
 
 def test_05_which_engine(tmp_path):

@@ -71,3 +71,9 @@ class ReportsKv(ABC):
     def kv_account(self) -> dict[str, float]:
         """The KV facts right now, keyed by :data:`KV_KEYS` (empty when it tells nothing).
         Cheap enough to call every few seconds during a level; never raises."""
+
+    def server_snapshot(self) -> dict[str, float]:
+        """The engine's own view for the telemetry timeline: its KV account and the metrics of
+        :data:`labkit.engines.prometheus.SERVER_METRICS` by their shared names, from one
+        reading. Never raises; by default the KV account alone."""
+        return self.kv_account()

@@ -33,7 +33,7 @@ from .base import (
     check_conversation,
 )
 from .capabilities import AsyncStreams, ReportsKv
-from .prometheus import llamacpp_kv, parse_prometheus, vllm_kv
+from .prometheus import llamacpp_kv, parse_prometheus, server_metrics, vllm_kv
 
 
 def _root(url: str) -> str:
@@ -262,11 +262,22 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
             return ""
 
     def kv_account(self) -> dict[str, float]:
+        return self._account(with_metrics=False)
+
+    def server_snapshot(self) -> dict[str, float]:
+        return self._account(with_metrics=True)
+
+    def _account(self, with_metrics: bool) -> dict[str, float]:
+        """One scrape of /metrics (and /slots for llama-server): the KV account, and with
+        ``with_metrics`` the shared-name server metrics too."""
         if self.flavor == "generic" or self.closed:
-            return {}  # a server labkit does not know publishes no KV metrics it can read
+            return {}  # a server labkit does not know publishes no metrics it can read
         try:
             samples = parse_prometheus(self.metrics_text())
-            return vllm_kv(samples) if self.flavor == "vllm" else self._llamacpp_kv(samples)
+            snap = vllm_kv(samples) if self.flavor == "vllm" else self._llamacpp_kv(samples)
+            if with_metrics:
+                snap = {**server_metrics(samples, self.flavor), **snap}
+            return snap
         except Exception:
             return {}
 
@@ -275,7 +286,16 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
         # llama-server's /metrics has no capacity; its /slots has each slot's context.
         slots = self.slots()
         snap["kv_capacity_tokens"] = sum(int(s.get("n_ctx", 0)) for s in slots)
-        snap["running"] = sum(1 for s in slots if s.get("is_processing"))
+        busy = [s for s in slots if s.get("is_processing")]
+        snap["running"] = len(busy)
+        if "kv_used_fraction" not in snap and snap["kv_capacity_tokens"]:
+            # Newer llama-servers export no KV gauge: count the cells of the busy slots (their
+            # prompt and what they decoded so far), as vLLM counts the blocks of running
+            # requests; an idle slot's kept prefix is reusable cache, not use.
+            used = sum(int(s.get("n_prompt_tokens", 0)) + int((s.get("next_token") or [{}])[0].get("n_decoded", 0))
+                       for s in busy)
+            snap.setdefault("kv_used_tokens", float(used))
+            snap["kv_used_fraction"] = used / snap["kv_capacity_tokens"]
         return snap
 
     def slots(self) -> list[dict[str, Any]]:

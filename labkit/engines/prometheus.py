@@ -50,3 +50,36 @@ def vllm_kv(samples: list[Sample]) -> dict[str, float]:
 def llamacpp_kv(samples: list[Sample]) -> dict[str, float]:
     """llama-server's /metrics as a KV account (its capacity comes from /slots)."""
     return {_LLAMACPP[m]: v for m, _, v in samples if m in _LLAMACPP}
+
+
+# One name per concept for both servers: the telemetry timeline's "server" source (README,
+# "Telemetry"). Gauges are read as they are; counters are cumulative, and the timeline turns
+# them into per-second rates. A concept an engine lacks gives no column, never a zero.
+SERVER_METRICS: dict[str, tuple[str | None, str | None, str]] = {
+    # shared name          vLLM (in process or /metrics)   llama-server /metrics            kind
+    "running":             ("vllm:num_requests_running",   "llamacpp:requests_processing",   "gauge"),
+    "waiting":             ("vllm:num_requests_waiting",   "llamacpp:requests_deferred",     "gauge"),
+    "kv_used_fraction":    ("vllm:kv_cache_usage_perc",    "llamacpp:kv_cache_usage_ratio",  "gauge"),
+    "prompt_tokens":       ("vllm:prompt_tokens",          "llamacpp:prompt_tokens",         "counter"),
+    "generation_tokens":   ("vllm:generation_tokens",      "llamacpp:tokens_predicted",      "counter"),
+    "preemptions":         ("vllm:num_preemptions",        None,                             "counter"),
+    "prefix_hit_tokens":   ("vllm:prefix_cache_hits",      None,                             "counter"),
+    "prefix_query_tokens": ("vllm:prefix_cache_queries",   None,                             "counter"),
+    "decode_calls":        (None,                          "llamacpp:n_decode",              "counter"),
+}
+COUNTERS = frozenset(k for k, (_, _, kind) in SERVER_METRICS.items() if kind == "counter")
+
+
+def server_metrics(samples: list[Sample], flavor: str) -> dict[str, float]:
+    """``samples`` of vLLM (``flavor`` "vllm") or llama-server ("llama-server") under the
+    shared names of :data:`SERVER_METRICS`. Counters are matched with or without the
+    ``_total`` suffix Prometheus adds; labelled series (one per model or engine) are summed."""
+    col = 0 if flavor == "vllm" else 1
+    wanted = {names[col]: shared for shared, names in SERVER_METRICS.items() if names[col]}
+    out: dict[str, float] = {}
+    for metric, _labels, value in samples:
+        base = metric[: -len("_total")] if metric.endswith("_total") else metric
+        shared = wanted.get(metric) or wanted.get(base)
+        if shared is not None:
+            out[shared] = out.get(shared, 0.0) + value
+    return out

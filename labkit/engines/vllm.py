@@ -48,7 +48,7 @@ from .defaults import (
     vllm_model_source,
     vllm_version,
 )
-from .prometheus import vllm_kv
+from .prometheus import server_metrics, vllm_kv
 
 _DONE = object()
 
@@ -340,6 +340,12 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
         return list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def kv_account(self) -> dict[str, float]:
+        return self._account(with_metrics=False)
+
+    def server_snapshot(self) -> dict[str, float]:
+        return self._account(with_metrics=True)
+
+    def _account(self, with_metrics: bool) -> dict[str, float]:
         if self.closed:
             return {}
         snap: dict[str, float] = {}
@@ -347,8 +353,11 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             cc = self._engine.vllm_config.cache_config
             if cc.num_gpu_blocks:
                 snap["kv_capacity_tokens"] = int(cc.num_gpu_blocks) * int(cc.block_size)
-            snap.update(vllm_kv([(m.name, {}, float(m.value)) for m in self._llm.get_metrics()
-                                 if isinstance(getattr(m, "value", None), int | float)]))
+            samples = [(m.name, {}, float(m.value)) for m in self._llm.get_metrics()
+                       if isinstance(getattr(m, "value", None), int | float)]
+            snap.update(vllm_kv(samples))
+            if with_metrics:
+                snap = {**server_metrics(samples, "vllm"), **snap}
         except Exception:
             pass  # a reading is optional; the sweep goes on without it
         return snap

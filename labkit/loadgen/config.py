@@ -44,6 +44,11 @@ class BenchConfig:
     #: how many rounds over the levels: each figure then gets a 95% interval over rounds
     #: (see labkit.loadgen.intervals)
     repeats: int = 1
+    #: the telemetry timeline (labkit.loadgen.telemetry): server metrics, CPU by process role,
+    #: GPU; read every ``telemetry_interval_s``. Off by default: a server scrape costs the
+    #: server time (vLLM: ~11 ms to render /metrics).
+    telemetry: bool = False
+    telemetry_interval_s: float = 2.0
     levels: list[int] = field(init=False)
     rates: list[float] = field(init=False)
 
@@ -62,6 +67,9 @@ class BenchConfig:
             raise InvalidInput(f"requests_per_level must be a positive integer, got {self.requests_per_level!r}.")
         if not isinstance(self.first_request, int | np.integer) or self.first_request < 0:
             raise InvalidInput(f"first_request must be a non-negative integer, got {self.first_request!r}.")
+        if not isinstance(self.telemetry_interval_s, int | float) or not self.telemetry_interval_s > 0:
+            raise InvalidInput(f"telemetry_interval_s must be a positive number of seconds, got "
+                               f"{self.telemetry_interval_s!r}.")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int | np.integer) or self.repeats < 1:
             raise InvalidInput(f"repeats must be a positive integer (rounds over the levels), got {self.repeats!r}.")
         if self.rates and self.duration_s <= 0:
@@ -116,4 +124,5 @@ class BenchConfig:
                            "trace": [self.workload.speedup] if isinstance(self.workload, Trace) else []},
                 "requests_per_level": self.requests_per_level, "duration_s": self.duration_s,
                 "warmup_requests": self.warmup, "seed": self.seed, "slo_ms": self.slo_ms,
-                "first_request": self.first_request, "repeats": self.repeats}
+                "first_request": self.first_request, "repeats": self.repeats,
+                "telemetry_interval_s": self.telemetry_interval_s if self.telemetry else None}

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..memory import phase_peaks
 from .metrics import by_turn, summarize
+from .telemetry import per_level
 
 
 @dataclass
@@ -112,6 +113,12 @@ class BenchResult:
     #: "engine died: ..." (then ``engine_log`` holds the end of the engine's log)
     ended: str = "completed"
     engine_log: str = ""
+    #: the telemetry timeline (bench(..., telemetry=True)): t_s, phase, source, metric, value
+    telemetry: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: telemetry sources that gave nothing, and why
+    telemetry_absent: dict[str, str] = field(default_factory=dict)
+    #: what bench(..., after=) returned (not saved with the run)
+    after: Any = None
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -128,6 +135,11 @@ class BenchResult:
             if "gpu_energy_j" in s.columns:  # the level's whole energy, not only its tokens'
                 s["j_per_output_token"] = s["gpu_energy_j"] / s["output_tokens"].where(
                     s["output_tokens"] > 0)
+        levels = per_level(self.telemetry)
+        if not levels.empty:
+            if "phase" not in s.columns:
+                s["phase"] = [phase_name(m, lv) for m, lv in zip(s["mode"], s["level"], strict=True)]
+            s = s.merge(levels, on="phase", how="left")
         return s
 
     @property
@@ -178,9 +190,11 @@ class BenchResult:
         self.summary.to_csv(folder / "summary.csv", index=False)
         if not self.kv.empty:
             self.kv.to_csv(folder / "kv.csv", index=False)
+        if not self.telemetry.empty:
+            self.telemetry.to_csv(folder / "telemetry.csv", index=False)
         (folder / "run.json").write_text(json.dumps({"slo_ms": self.slo_ms, "interrupted": self.interrupted,
-                                                     "ended": self.ended,
-                                                     "engine_log": self.engine_log}))
+                                                     "ended": self.ended, "engine_log": self.engine_log,
+                                                     "telemetry_absent": self.telemetry_absent}))
         return folder
 
     @classmethod
@@ -193,7 +207,8 @@ class BenchResult:
         mem, kv = _read_csv(folder / "memory.csv"), _read_csv(folder / "kv.csv")
         extra = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
         return cls(requests, mem, manifest, kv, extra.get("slo_ms"), folder, extra.get("interrupted", False),
-                   extra.get("ended", "completed"), extra.get("engine_log", ""))
+                   extra.get("ended", "completed"), extra.get("engine_log", ""),
+                   _read_csv(folder / "telemetry.csv"), extra.get("telemetry_absent", {}))
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

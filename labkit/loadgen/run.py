@@ -41,7 +41,9 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
           out: str | Path | None = None, slo_ms: dict[str, float] | None = None,
           memory_interval_s: float = 0.1, kv_interval_s: float | None = 10.0,
           progress: bool = True, seed: int = 0, first_request: int = 0, repeats: int = 1,
+          telemetry: bool = False, telemetry_interval_s: float = 2.0,
           on_level_done: Callable[[BenchResult], None] | None = None,
+          after: Callable[[Engine], Any] | None = None,
           stop_event: threading.Event | None = None, **engine_kwargs: Any) -> BenchResult:
     """Measure throughput, latency and memory of ``engine`` under load.
 
@@ -58,7 +60,10 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
     where the prompts' numbering starts (successive sweeps on one engine pass their running
     count, so none repeats a prompt a server has cached). ``repeats``: rounds over the levels
     (each round new prompts); the summary then gives each figure the mean of its rounds and a
-    95% interval over rounds (``<figure>_lo``/``_hi``). Ctrl-C (or
+    95% interval over rounds (``<figure>_lo``/``_hi``). ``telemetry=True``: the engine's own
+    metrics, CPU by process role and the GPU every ``telemetry_interval_s`` (``res.telemetry``).
+    ``after``: called with an engine bench loaded, once the sweep completed, before closing it;
+    it returns ``res.after`` (``after=labkit.conformance``: one server start for both). Ctrl-C (or
     ``stop_event``) stops the sweep and returns what was measured, with unsent requests marked.
 
     >>> res = bench(engine, concurrency=[1, 8], requests_per_level=16,
@@ -67,20 +72,32 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
     """
     config = BenchConfig(concurrency, rate, requests_per_level, duration_s, workload, warmup,
                          slo_ms, memory_interval_s, kv_interval_s, progress, seed, first_request,
-                         repeats=repeats)
+                         repeats=repeats, telemetry=telemetry, telemetry_interval_s=telemetry_interval_s)
     hooks = {"out": out, "stop_event": stop_event, "on_level_done": on_level_done}
     if not isinstance(engine, str):
+        if after is not None:
+            raise InvalidInput("after= runs on the engine bench() loaded by name; with a loaded "
+                               "engine, call it yourself after bench().")
         if engine_kwargs:
             raise InvalidInput(f"Engine options {sorted(engine_kwargs)} only apply when bench() "
                                "loads the engine by name.")
         return Session(engine, config, **hooks).run()
-    sampler = memory_sampler(_LoadingScope(), memory_interval_s)
+    return _load_and_run(engine, engine_kwargs, config, hooks, after)
+
+
+def _load_and_run(name: str, engine_kwargs: dict[str, Any], config: BenchConfig, hooks: dict[str, Any],
+                  after: Callable[[Engine], Any] | None) -> BenchResult:
+    """Load ``name`` under the "load" memory phase, run the session, call ``after``, close."""
+    sampler = memory_sampler(_LoadingScope(), config.memory_interval_s)
     sampler.start()
     try:
         with sampler.phase("load"):
-            loaded = load(engine, **engine_kwargs)
+            loaded = load(name, **engine_kwargs)
     except BaseException:
         sampler.stop()
         raise
     with loaded:
-        return Session(loaded, config, sampler=sampler, **hooks).run()
+        res = Session(loaded, config, sampler=sampler, **hooks).run()
+        if after is not None and res.ended == "completed":
+            res.after = after(loaded)
+        return res

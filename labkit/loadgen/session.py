@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from .config import BenchConfig
 from .drivers import Job, driver_for
 from .result import REQUEST_COLUMNS, BenchResult, RequestRecord, RunWriter
 from .shapes import LoadShape, Pacer
+from .telemetry import Telemetry
 from .workloads import Request
 
 _WARM_UP_START = 1_000_000  # warm-up requests are numbered apart from every measured one
@@ -51,6 +52,7 @@ class Session:
         self.stop = stop_event or threading.Event()
         self.records: list[RequestRecord] = []
         self.kv_rows: list[dict[str, Any]] = []
+        self.telemetry: Telemetry | None = None
         self.died: str | None = None
         self.counts: dict[tuple[str, float, int], int] = {}  # (mode, level, round): requests
         self.origin = time.perf_counter()
@@ -206,6 +208,8 @@ class Session:
             raise EngineError(f"The {self.engine.name} engine cannot serve: {reason}.")
 
     def _start_sampler(self) -> None:
+        if self.config.telemetry and self.telemetry is None:
+            self.telemetry = Telemetry(self.engine, self.origin, self.config.telemetry_interval_s).start()
         scope = self.engine.memory_scope()
         if self.sampler is None:
             if scope is not None:
@@ -217,9 +221,22 @@ class Session:
     def _stop_sampler(self) -> None:
         if self.sampler is not None:
             self.sampler.stop()
+        if self.telemetry is not None:
+            self.telemetry.stop()
 
+    @contextmanager
     def _phase(self, name: str):
-        return self.sampler.phase(name) if self.sampler is not None else nullcontext()
+        tel = self.telemetry
+        if tel is not None:  # a reading at each edge: a level shorter than the interval has two
+            tel.phase = name
+            tel.sample()
+        try:
+            with self.sampler.phase(name) if self.sampler is not None else nullcontext():
+                yield
+        finally:
+            if tel is not None:
+                tel.sample()
+                tel.phase = "idle"
 
     def _read_kv(self, phase: str) -> None:
         if isinstance(self.engine, ReportsKv):
@@ -231,8 +248,11 @@ class Session:
         with self._lock:
             rows = [r.to_row() for r in self.records]
         mem = self.sampler.frame() if self.sampler is not None else pd.DataFrame()
-        return BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), mem, self.manifest,
-                           pd.DataFrame(self.kv_rows), self.config.slo_ms, self.writer.folder)
+        res = BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), mem, self.manifest,
+                          pd.DataFrame(self.kv_rows), self.config.slo_ms, self.writer.folder)
+        if self.telemetry is not None:
+            res.telemetry, res.telemetry_absent = self.telemetry.frame(), dict(self.telemetry.absent)
+        return res
 
 
 

@@ -194,3 +194,8 @@ def test_a_next_turn_that_cannot_be_sent_fails_its_session_instead_of_hanging():
     assert not runner.is_alive()
     assert [(r.index, r.error) for r in seen] == [(0, None), (1, "RuntimeError: can't start new thread"),
                                                   (2, None), (3, "RuntimeError: can't start new thread")]
+
+
+def test_after_is_for_engines_bench_loads_itself():
+    with pytest.raises(labkit.InvalidInput, match="after= runs on the engine bench"):
+        labkit.bench(FakeEngine(), concurrency=[1], requests_per_level=1, workload=SMALL, after=print)

@@ -1,0 +1,221 @@
+"""The server's view, on the client's clock: what the engine was doing while labkit measured it.
+
+One thread reads three sources every ``interval_s`` and writes tidy rows (``t_s``, ``phase``,
+``source``, ``metric``, ``value``) on the same clock as the request records:
+
+- ``server``: the engine's own metrics under shared names (running, waiting, KV used, and
+  rates of prompt/generation tokens, preemptions and prefix-cache hits; see
+  :data:`labkit.engines.prometheus.SERVER_METRICS`), from one scrape of /metrics;
+- ``host``: CPU use of the engine's processes by role (vLLM's API server against its engine
+  core; llama-server; this process for an in-process engine), in cores, from psutil's CPU
+  times, and of the whole machine;
+- ``gpu``: NVML utilisation, power, energy, memory and SM clock, where there is a GPU.
+
+A source that has nothing to say gives no rows (an absent column, never a zero); why is in
+:attr:`Telemetry.absent`. Counters are kept as read and turned into per-second rates by
+:func:`rates`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psutil
+
+from ..engines.capabilities import ReportsKv
+from ..engines.prometheus import COUNTERS
+from ..memory import DeviceMemory, EngineMemory, nvml
+
+#: per-role CPU seconds and the GPU's energy are cumulative too: rates like the server's counters
+_CUMULATIVE = COUNTERS | {"cpu_seconds", "machine_cpu_seconds", "energy_j", "cpu_energy_j"}
+RAPL = Path("/sys/class/powercap")
+
+
+class Telemetry:
+    """Samples every source every ``interval_s`` from :meth:`start` to :meth:`stop`; ``phase``
+    is set by the session around each level."""
+
+    def __init__(self, engine: Any, origin: float, interval_s: float = 2.0,
+                 device: DeviceMemory | None | bool = True):
+        self.engine, self.origin, self.interval_s = engine, origin, interval_s
+        self.device = nvml() if device is True else (device or None)
+        self.phase = "idle"
+        self.rows: list[dict[str, Any]] = []
+        self.absent: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="labkit-telemetry", daemon=True)
+        self._lock = threading.Lock()
+        self._procs: dict[int, psutil.Process] = {}
+        if not isinstance(engine, ReportsKv):
+            self.absent["server"] = f"the {engine.name} engine reports no metrics of its own"
+        if self.device is None:
+            self.absent["gpu"] = "no NVIDIA GPU (NVML found none)"
+        self._rapl = _rapl_files()
+        if not self._rapl:
+            self.absent["cpu_energy"] = f"RAPL is not readable here ({RAPL}/intel-rapl:*/energy_uj)"
+
+    def start(self) -> Telemetry:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        """One reading of every source (a failing source is skipped, never raised)."""
+        t = time.perf_counter() - self.origin
+        rows = [*self._server(), *self._host(), *self._gpu()]
+        with self._lock:
+            self.rows += [{"t_s": t, "phase": self.phase, "source": s, "metric": m, "value": float(v)}
+                          for s, m, v in rows if v is not None]
+
+    def _server(self) -> list[tuple[str, str, float]]:
+        if "server" in self.absent:
+            return []
+        snap = self.engine.server_snapshot()
+        if not snap and not self.rows:
+            self.absent["server"] = (f"the {self.engine.name} engine gave no metrics (a server "
+                                     "without /metrics, or one labkit does not know)")
+        return [("server", k, v) for k, v in snap.items()]
+
+    def _host(self) -> list[tuple[str, str, float]]:
+        out: list[tuple[str, str, float]] = []
+        busy = psutil.cpu_times()
+        out.append(("host", "machine_cpu_seconds", busy.user + busy.system + getattr(busy, "nice", 0.0)))
+        if self._rapl:  # package energy counters, microjoules (wraparound shows as a negative rate, dropped)
+            try:
+                out.append(("host", "cpu_energy_j", sum(int(f.read_text()) for f in self._rapl) / 1e6))
+            except (OSError, ValueError):
+                pass
+        for role, (secs, rss) in self._by_role().items():
+            out += [(f"host:{role}", "cpu_seconds", secs), (f"host:{role}", "rss_bytes", rss)]
+        return out
+
+    def _by_role(self) -> dict[str, tuple[float, float]]:
+        """CPU seconds and RSS of the engine's processes, summed by role (cheap: /proc/PID/stat
+        and statm, no page-table walk)."""
+        scope = self.engine.memory_scope()  # None: a remote engine, nothing of it runs here
+        procs: list[psutil.Process] = list(scope.processes()) if isinstance(scope, EngineMemory) else []
+        in_process = isinstance(scope, EngineMemory) and scope.self_baseline is not None
+        if in_process:
+            procs.append(psutil.Process())  # the engine runs here, beside the client
+        procs = list({p.pid: p for p in procs}.values())  # this process may be in the tree too
+        by_role: dict[str, tuple[float, float]] = {}
+        for p in procs:
+            p = self._procs.setdefault(p.pid, p)  # one Process per pid: its cached name stays
+            try:
+                role = _role(p)
+                if role is None:
+                    continue
+                t, rss = p.cpu_times(), p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            cpu, mem = by_role.get(role, (0.0, 0.0))
+            by_role[role] = (cpu + t.user + t.system, mem + rss)
+        if not in_process:
+            me = psutil.Process()  # the load generator itself, for comparison
+            t = me.cpu_times()
+            by_role["labkit_client"] = (t.user + t.system, me.memory_info().rss)
+        return by_role
+
+    def _gpu(self) -> list[tuple[str, str, float]]:
+        if self.device is None:
+            return []
+        out = [("gpu", "memory_used_bytes", self.device.used_bytes())]
+        for metric, reader in (("util_pct", "utilization_pct"), ("power_w", "power_w"),
+                               ("energy_j", "energy_j"), ("sm_clock_mhz", "sm_clock_mhz")):
+            read = getattr(self.device, reader, None)  # optional in the DeviceMemory protocol
+            value = read() if read else None
+            if value is not None:
+                out.append(("gpu", metric, value))
+        return out
+
+    def frame(self) -> pd.DataFrame:
+        """The tidy timeline with counters turned into rates (see :func:`rates`)."""
+        with self._lock:
+            raw = pd.DataFrame(self.rows, columns=["t_s", "phase", "source", "metric", "value"])
+        return rates(raw)
+
+
+def _rapl_files() -> list[Path]:
+    """The CPU packages' energy counters, where this user may read them."""
+    files = sorted(RAPL.glob("intel-rapl:[0-9]*/energy_uj")) if RAPL.is_dir() else []
+    readable = []
+    for f in files:
+        try:
+            int(f.read_text())
+            readable.append(f)
+        except (OSError, ValueError):
+            continue
+    return readable
+
+
+def _role(p: psutil.Process) -> str | None:
+    """What a process of the engine is, from what it runs: ``in_process`` (an in-process
+    engine and the client, one process), ``engine_core`` (vLLM's scheduler and model),
+    ``api_server`` (vLLM's HTTP front end), ``server`` (llama-server), ``worker`` (any other
+    child); None for labkit's own reaper, which only watches."""
+    if p.pid == os.getpid():
+        return "in_process"
+    name, cmd = p.name(), " ".join(p.cmdline()[:4])
+    if "labkit._reaper" in cmd:
+        return None
+    if "EngineCore" in name or "EngineCore" in cmd:
+        return "engine_core"
+    if name.startswith("llama-server") or "llama-server" in cmd.split(" -")[0]:
+        return "server"
+    if "vllm.entrypoints" in cmd or "vllm serve" in cmd:
+        return "api_server"
+    return "worker"
+
+
+def rates(raw: pd.DataFrame) -> pd.DataFrame:
+    """Gauges as read; each cumulative metric (server counters, CPU seconds, GPU energy) as
+    its per-second rate between consecutive readings (``<metric>_per_s``; CPU seconds become
+    ``cpu_util``, in cores busy). A counter that went backwards (a restart) gives no rate."""
+    if raw.empty:
+        return raw
+    cumulative = raw["metric"].isin(_CUMULATIVE)
+    out = [raw[~cumulative]]
+    for (_source, metric), g in raw[cumulative].groupby(["source", "metric"], sort=False):
+        g = g.sort_values("t_s")
+        d = g["value"].diff() / g["t_s"].diff()
+        name = {"cpu_seconds": "cpu_util", "machine_cpu_seconds": "machine_cpu_util",
+                "energy_j": "power_from_energy_w", "cpu_energy_j": "cpu_power_w"}.get(metric, f"{metric}_per_s")
+        out.append(g.assign(metric=name, value=d).dropna(subset=["value"]).query("value >= 0"))
+        if metric == "energy_j":
+            out.append(g)  # the counter itself: energy per level is its difference
+    return pd.concat(out, ignore_index=True).sort_values(["t_s", "source", "metric"], ignore_index=True)
+
+
+def per_level(telemetry: pd.DataFrame) -> pd.DataFrame:
+    """Per phase: mean running and waiting, peak KV use, mean CPU use per role, preemptions."""
+    if telemetry.empty:
+        return pd.DataFrame()
+    t = telemetry
+    out: dict[str, pd.Series] = {}
+    server = t[t["source"] == "server"]
+    for metric, how, col in (("running", "mean", "running_mean"), ("waiting", "mean", "waiting_mean"),
+                             ("waiting", "max", "waiting_max"), ("kv_used_fraction", "max", "kv_used_frac_max"),
+                             ("preemptions_per_s", "mean", "preemptions_per_s")):
+        g = server[server["metric"] == metric]
+        if not g.empty:
+            out[col] = g.groupby("phase")["value"].agg(how)
+    cpu = t[t["metric"].isin(["cpu_util", "machine_cpu_util"])]
+    for source, g in cpu.groupby("source"):
+        role = "machine" if source == "host" else source.split(":", 1)[1]
+        out[f"cpu_util_{role}"] = g.groupby("phase")["value"].mean()
+    return pd.DataFrame(out).reset_index(names="phase") if out else pd.DataFrame()

@@ -1,0 +1,157 @@
+"""The telemetry timeline's arithmetic and sources, without engines: counters become rates,
+levels get their means and peaks, a fake NVML's energy becomes joules per token."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import labkit
+from labkit import memory
+from labkit.engines.prometheus import parse_prometheus, server_metrics
+from labkit.loadgen import workloads
+from labkit.loadgen.telemetry import per_level, rates
+
+from .fake_engine import FakeKvEngine
+
+DATA = Path(__file__).parent / "data"
+SMALL = workloads.synthetic(input_tokens=8, output_tokens=4)
+
+
+def _raw(rows: list[tuple[float, str, str, str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["t_s", "phase", "source", "metric", "value"])
+
+
+def test_counters_become_rates_and_cpu_seconds_cores_busy():
+    raw = _raw([(0.0, "idle", "server", "generation_tokens", 100.0), (2.0, "concurrency 8", "server", "generation_tokens", 300.0),
+                (4.0, "concurrency 8", "server", "generation_tokens", 50.0),  # a restart: no rate
+                (0.0, "idle", "host:engine_core", "cpu_seconds", 10.0), (2.0, "concurrency 8", "host:engine_core", "cpu_seconds", 13.0),
+                (2.0, "concurrency 8", "server", "running", 8.0)])
+    t = rates(raw)
+    gen = t[t["metric"] == "generation_tokens_per_s"]
+    assert gen["value"].tolist() == [100.0]  # (300 - 100) / 2 s; the fall to 50 gives nothing
+    assert t[t["metric"] == "cpu_util"]["value"].tolist() == [1.5]  # 3 CPU seconds in 2 s
+    assert t[t["metric"] == "running"]["value"].tolist() == [8.0]  # gauges as read
+    assert "cpu_seconds" not in set(t["metric"])
+
+
+def test_each_level_gets_its_queue_means_kv_peak_and_cpu_by_role():
+    t = _raw([(1, "concurrency 8", "server", "running", 6.0), (2, "concurrency 8", "server", "running", 8.0),
+              (1, "concurrency 8", "server", "waiting", 0.0), (2, "concurrency 8", "server", "waiting", 4.0),
+              (2, "concurrency 8", "server", "kv_used_fraction", 0.25), (3, "concurrency 8", "server", "kv_used_fraction", 0.5),
+              (2, "concurrency 8", "host:api_server", "cpu_util", 0.4), (2, "concurrency 8", "host", "machine_cpu_util", 1.9)])
+    lv = per_level(t).set_index("phase").loc["concurrency 8"]
+    assert lv["running_mean"] == 7.0 and lv["waiting_mean"] == 2.0 and lv["waiting_max"] == 4.0
+    assert lv["kv_used_frac_max"] == 0.5
+    assert lv["cpu_util_api_server"] == 0.4 and lv["cpu_util_machine"] == 1.9
+    assert "preemptions_per_s" not in lv.index  # a concept the engine lacks: absent, not zero
+
+
+class TelemetryKvEngine(FakeKvEngine):
+    """Reports server metrics, and runs "in process" (its memory is this process's)."""
+
+    def memory_scope(self):
+        return memory.EngineMemory([], memory.self_memory())
+
+    def server_snapshot(self):
+        return {"running": float(self.started % 3), "generation_tokens": float(4 * self.started)}
+
+
+class FakeNvml:
+    """The one fake allowed: NVML where there is no GPU. Energy rises 10 J per reading."""
+
+    def __init__(self):
+        self._energy = itertools.count(0, 10)
+
+    def used_bytes(self) -> int:
+        return 2**30
+
+    def process_bytes(self, pids: set[int]) -> int:
+        return 2**29
+
+    def name(self) -> str:
+        return "Fake GPU"
+
+    def energy_j(self) -> float:
+        return float(next(self._energy))
+
+    def power_w(self) -> float:
+        return 250.0
+
+    def utilization_pct(self) -> float:
+        return 80.0
+
+
+def test_a_bench_with_telemetry_has_a_tidy_timeline_and_summary_columns(monkeypatch, tmp_path):
+    monkeypatch.setattr(memory, "nvml", lambda: FakeNvml())
+    monkeypatch.setattr("labkit.loadgen.telemetry.nvml", lambda: FakeNvml())
+    res = labkit.bench(TelemetryKvEngine(), concurrency=[2], requests_per_level=6, workload=SMALL, warmup=0,
+                       progress=False, telemetry=True, telemetry_interval_s=0.01, out=tmp_path / "run")
+    t = res.telemetry
+    assert list(t.columns) == ["t_s", "phase", "source", "metric", "value"]
+    assert {"server", "host", "host:in_process", "gpu"} <= set(t["source"])
+    assert {"running", "generation_tokens_per_s", "cpu_util", "rss_bytes", "util_pct", "power_w"} <= set(t["metric"])
+    s = res.summary.iloc[0]
+    assert s["phase"] == "concurrency 2" and s["running_mean"] >= 0 and s["cpu_util_in_process"] >= 0
+    # The energy path: the level's joules are the counter's rise across the level.
+    mem = res.memory[res.memory["phase"] == "concurrency 2"]
+    assert s["gpu_energy_j"] == mem["gpu_energy_j"].max() - mem["gpu_energy_j"].min() > 0
+    assert s["j_per_output_token"] == pytest.approx(s["gpu_energy_j"] / 24)
+    saved = labkit.BenchResult.load(tmp_path / "run")
+    assert len(saved.telemetry) == len(t) and saved.telemetry_absent == res.telemetry_absent
+
+
+def test_telemetry_off_reads_no_server_metrics():
+    class Counting(TelemetryKvEngine):
+        snapshots = 0
+
+        def server_snapshot(self):
+            Counting.snapshots += 1
+            return super().server_snapshot()
+
+    res = labkit.bench(Counting(), concurrency=[2], requests_per_level=4, workload=SMALL, warmup=0, progress=False)
+    assert Counting.snapshots == 0 and res.telemetry.empty
+
+
+def test_an_engine_without_metrics_gives_absent_columns_and_says_why():
+    from .fake_engine import FakeEngine
+
+    res = labkit.bench(FakeEngine(), concurrency=[1], requests_per_level=2, workload=SMALL, warmup=0,
+                       progress=False, telemetry=True, telemetry_interval_s=0.01)
+    assert "server" not in set(res.telemetry["source"])
+    assert "reports no metrics" in res.telemetry_absent["server"]
+    assert "running_mean" not in res.summary.columns
+
+
+def test_a_bad_interval_is_refused():
+    with pytest.raises(labkit.InvalidInput, match="telemetry_interval_s"):
+        labkit.bench(FakeKvEngine(), concurrency=[1], telemetry=True, telemetry_interval_s=0)
+
+
+def test_both_servers_real_pages_map_to_the_shared_names():
+    vllm = server_metrics(parse_prometheus((DATA / "vllm_metrics.txt").read_text()), "vllm")
+    assert vllm["running"] == 1.0 and vllm["waiting"] == 0.0  # not waiting_by_reason
+    assert vllm["kv_used_fraction"] == pytest.approx(0.0027548209366391463)
+    assert vllm["prefix_query_tokens"] == 64.0 and vllm["prompt_tokens"] == 64.0 and vllm["preemptions"] == 0.0
+    llama = server_metrics(parse_prometheus((DATA / "llamacpp_metrics.txt").read_text()), "llama-server")
+    assert llama["running"] == 2.0 and llama["waiting"] == 2.0
+    assert {"prompt_tokens", "generation_tokens", "decode_calls"} <= set(llama)
+    assert "preemptions" not in llama and "kv_used_fraction" not in llama  # absent, not zero
+
+
+def test_llama_server_kv_use_comes_from_its_busy_slots(monkeypatch):
+    import json
+
+    from labkit.engines.openai import HttpEngine
+
+    slots = json.loads((DATA / "llamacpp_slots.json").read_text())
+    eng = HttpEngine.__new__(HttpEngine)
+    monkeypatch.setattr(eng, "slots", lambda: slots, raising=False)
+    snap = eng._llamacpp_kv(parse_prometheus((DATA / "llamacpp_metrics.txt").read_text()))
+    busy = [s for s in slots if s["is_processing"]]
+    used = sum(s["n_prompt_tokens"] + s["next_token"][0]["n_decoded"] for s in busy)
+    assert snap["running"] == len(busy) == 2 and snap["kv_used_tokens"] == used > 0
+    assert snap["kv_used_fraction"] == used / sum(s["n_ctx"] for s in slots)
