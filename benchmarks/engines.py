@@ -157,20 +157,24 @@ def _same_requests(srv, dataset: str, n: int, tmp: str) -> tuple[Any, list[str]]
              "--skip-chat-template"])
 
 
-def http_metrics_vs_vllm_bench(threads: int, users: int | str, rounds: int, dataset: str = "synthetic") -> dict:
+def http_metrics_vs_vllm_bench(threads: int, users: int | str, rounds: int, dataset: str = "synthetic",
+                               telemetry_s: float | None = None) -> dict:
     """labkit's HTTP load generator and vLLM's serving benchmark take turns (alternating who
     goes first) against one server with the same prompts. The ratio is of medians over every
     request of every round (pooled), so one slow round moves it less than a median of
-    per-round p50s. ``users="capacity"``: at the level labkit's capacity search finds."""
+    per-round p50s. ``users="capacity"``: at the level labkit's capacity search finds.
+    ``telemetry_s``: a third side, labkit with telemetry read at that interval, in the same
+    rotation (its cost to the server is its ratio against the other two)."""
     with labkit.load("vllm-server", threads=threads) as srv, tempfile.TemporaryDirectory() as tmp:
         users = _capacity_users(srv) if users == "capacity" else int(users)
         n = max(64, 8 * users)
         workload, data = _same_requests(srv, dataset, n, tmp)
         me = psutil.Process()
 
-        def ours() -> dict:
+        def ours(tel: float | None = None) -> dict:
             cpu, t = sum(me.cpu_times()[:2]), time.perf_counter()
-            res = labkit.bench(srv, concurrency=[users], requests_per_level=n, progress=False, workload=workload)
+            res = labkit.bench(srv, concurrency=[users], requests_per_level=n, progress=False, workload=workload,
+                               telemetry=tel is not None, telemetry_interval_s=tel or 2.0)
             ok = res.requests[res.requests["error"].isna()]
             s = res.summary.iloc[0]
             return {"ttft_p50_ms": s["ttft_p50_ms"], "tpot_p50_ms": s["tpot_p50_ms"],
@@ -178,16 +182,22 @@ def http_metrics_vs_vllm_bench(threads: int, users: int | str, rounds: int, data
                     "client_cpu": (sum(me.cpu_times()[:2]) - cpu) / (time.perf_counter() - t)}
 
         ours()  # warm-up
-        mine, theirs = [], []
+        mine, theirs, watched = [], [], []
+        sides = [lambda: mine.append(ours()), lambda: theirs.append(_vllm_bench_serve(srv, data, tmp, users, n))]
+        if telemetry_s is not None:
+            sides.append(lambda: watched.append(ours(telemetry_s)))
         for i in range(rounds):
-            # Alternate who goes first, so whatever the previous run leaves behind (a
+            # Rotate who goes first, so whatever the previous run leaves behind (a
             # subprocess exiting, a drained queue) does not always fall on the same side.
-            if i % 2:
-                theirs.append(_vllm_bench_serve(srv, data, tmp, users, n))
-                mine.append(ours())
-            else:
-                mine.append(ours())
-                theirs.append(_vllm_bench_serve(srv, data, tmp, users, n))
+            for side in sides[i % len(sides):] + sides[:i % len(sides)]:
+                side()
+    if watched:
+        for m in ("ttft", "tpot"):
+            w = _median([v for r in watched for v in r[f"{m}_ms"]])
+            for other, name in ((theirs, "vllm bench serve"), (mine, "labkit without telemetry")):
+                line(f"vLLM server, {users} users, telemetry every {telemetry_s:g} s: {m.upper()} median "
+                     f"labkit / {name}", w / _median([v for r in other for v in r[f"{m}_ms"]]),
+                     "target within 0.98..1.02")
     for m in ("ttft", "tpot"):
         a = _median([v for r in mine for v in r[f"{m}_ms"]])
         b = _median([v for r in theirs for v in r[f"{m}_ms"]])
@@ -288,6 +298,8 @@ def main() -> None:
     ap.add_argument("--serve-users", default="8",
                     help="users for the vllm-serve comparison: a number, or 'capacity' (labkit's answer)")
     ap.add_argument("--workload-users", type=int, default=8, help="the many-users level of --only workloads")
+    ap.add_argument("--telemetry-interval", type=float,
+                    help="vllm-serve: also run labkit with telemetry read every S seconds, in the same rotation")
     ap.add_argument("--only", help="comma-separated subset: llama-bench,vllm-generate,vllm-serve,wisdom,workloads")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else {"llama-bench", "vllm-generate", "vllm-serve", "wisdom"}
@@ -298,7 +310,7 @@ def main() -> None:
         results["vllm_generate"] = vllm_vs_bare_generate(args.threads, args.users, args.rounds)
     if "vllm-serve" in only:
         results["vllm_serve"] = http_metrics_vs_vllm_bench(args.threads, args.serve_users, args.rounds,
-                                                           args.serve_dataset)
+                                                           args.serve_dataset, args.telemetry_interval)
     if "wisdom" in only:
         results["wisdom"] = common_wisdom(args.threads, args.users, args.out)
     if "workloads" in (set(args.only.split(",")) if args.only else set()):
