@@ -140,23 +140,24 @@ def _streamed(r: Reply, chat: bool) -> tuple[str, list[str]]:
     return text, faults
 
 
-@check("completions, streamed", "endpoints")
-def completions_stream(api: ApiClient) -> Outcome:
-    r = api.stream("/completions", {"model": api.model, "prompt": "Once upon a time", "max_tokens": 8})
+def _stream_check(api: ApiClient, chat: bool) -> Outcome:
+    body = {"messages": [{"role": "user", "content": "Say hello."}]} if chat else {"prompt": "Once upon a time"}
+    r = api.stream("/chat/completions" if chat else "/completions", {"model": api.model, "max_tokens": 8, **body})
     if (bad := refused(r)) is not None:
         return bad
-    text, faults = _streamed(r, chat=False)
-    return _graded(faults + ([] if text else ["no text in the events"]), f"{len(r.events)} events, then [DONE]")
+    text, faults = _streamed(r, chat)
+    missing = [] if text else [f"no {'delta.content' if chat else 'text'} in the events"]
+    return _graded(faults + missing, f"{len(r.events)} events, then [DONE]")
+
+
+@check("completions, streamed", "endpoints")
+def completions_stream(api: ApiClient) -> Outcome:
+    return _stream_check(api, chat=False)
 
 
 @check("chat completions, streamed", "endpoints")
 def chat_stream(api: ApiClient) -> Outcome:
-    r = api.stream("/chat/completions", {"model": api.model, "max_tokens": 8,
-                                         "messages": [{"role": "user", "content": "Say hello."}]})
-    if (bad := refused(r)) is not None:
-        return bad
-    text, faults = _streamed(r, chat=True)
-    return _graded(faults + ([] if text else ["no delta.content in the events"]), f"{len(r.events)} events, then [DONE]")
+    return _stream_check(api, chat=True)
 
 
 @check("usage in streams (stream_options.include_usage)", "endpoints")
