@@ -126,17 +126,26 @@ class _Runs:
         return float(row["input_tokens"].iloc[0] / row["completed"].iloc[0]) if not row.empty else math.nan
 
     def kv_note(self, name: str) -> str:
-        """How much of its KV cache an engine used at most, against what it reserved."""
-        kv = self.runs[name].kv
-        if kv.empty or "kv_used_fraction" not in kv or kv["kv_used_fraction"].isna().all():
+        """How much of its KV cache an engine used at most, against what it reserved: from the
+        KV polls and, where the run had telemetry, from its readings during the levels."""
+        used, cap = self._kv_series(name, "kv_used_fraction"), self._kv_series(name, "kv_capacity_tokens")
+        if used.empty:
             return ""
-        used = float(kv["kv_used_fraction"].max())
-        cap = kv["kv_capacity_tokens"].dropna() if "kv_capacity_tokens" in kv else kv.iloc[0:0]
+        peak = float(used.max())
         of = f" of the {int(cap.iloc[-1]):,} tokens it reserved" if not cap.empty else " of its KV cache"
-        if used == 0:  # every reading fell between requests: it says nothing of the use under load
+        if peak == 0:  # every reading fell between requests: it says nothing of the use under load
             return (f"{name}: no KV reading caught requests running (levels shorter than bench's "
-                    f"kv_interval_s){of.replace(' it reserved', ' reserved')}")
-        return f"{name} used at most {used:.1%}{of}"
+                    f"kv_interval_s; bench(telemetry=True) reads during them){of.replace(' it reserved', ' reserved')}")
+        return f"{name} used at most {peak:.1%}{of}"
+
+    def _kv_series(self, name: str, key: str) -> pd.Series:
+        run = self.runs[name]
+        parts = [run.kv[key].dropna()] if key in run.kv else []
+        t = run.telemetry
+        if not t.empty:
+            parts.append(t[(t["source"] == "server") & (t["metric"] == key)]["value"])
+        parts = [x for x in parts if not x.empty]
+        return pd.concat(parts, ignore_index=True) if parts else pd.Series(dtype=float)
 
     def errors(self, name: str) -> int:
         return int(self.runs[name].requests["error"].notna().sum())

@@ -205,3 +205,14 @@ def test_the_api_and_tool_rows_come_from_the_conformance_matrix():
     without = verdict(runs, plan, users=8).table.set_index(pd.Index(list(CLAIMS)))
     assert without.loc["tools", "measured here"].startswith("not measured")
     assert without.loc["api", "claim holds here"] == "n/a"
+
+
+def test_the_memory_row_takes_kv_use_from_telemetry_read_during_the_levels():
+    runs = {"llama.cpp": _run("llama.cpp", {1: 50.0}), "llama-server": _run("llama-server", {1: 45.0, 8: 150.0}),
+            "vllm": _run("vllm", {1: 30.0, 8: 200.0}), "vllm-server": _run("vllm-server", {1: 28.0, 8: 180.0})}
+    runs["llama-server"].telemetry = pd.DataFrame({
+        "t_s": [1.0, 1.0, 2.0], "phase": ["concurrency 8"] * 3, "source": ["server"] * 3,
+        "metric": ["kv_capacity_tokens", "kv_used_fraction", "kv_used_fraction"], "value": [16384.0, 0.25, 0.125]})
+    plan = labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096)
+    t = verdict(runs, plan, users=8).table.set_index(pd.Index(list(CLAIMS)))
+    assert "llama-server used at most 25.0% of the 16,384 tokens it reserved" in t.loc["memory", "comment"]
