@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -108,6 +108,17 @@ class Nvml:
             return float(self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM))
         except self._nvml.NVMLError:
             return None
+
+
+def optional_readings(device: DeviceMemory, names: Sequence[str]) -> dict[str, float]:
+    """The optional readers of ``device`` that it has and that answered, by name."""
+    out = {}
+    for name in names:
+        read = getattr(device, name, None)
+        value = read() if read else None
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def nvml() -> DeviceMemory | None:
@@ -293,11 +304,7 @@ class MemorySampler:
         if self.device is not None:
             row["vram_used_bytes"] = self.device.used_bytes()
             row["vram_process_bytes"] = self.device.process_bytes(m.pids)
-            for col in ("energy_j", "power_w"):  # optional in the DeviceMemory protocol
-                read = getattr(self.device, col, None)
-                value = read() if read else None
-                if value is not None:
-                    row[f"gpu_{col}"] = value
+            row |= {f"gpu_{k}": v for k, v in optional_readings(self.device, ("energy_j", "power_w")).items()}
         with self._lock:
             self._rows.append(row)
         return row

@@ -255,7 +255,6 @@ class Session:
         return res
 
 
-
 def _turn(index: int, turns: int) -> int | None:
     """Which turn of its session request ``index`` is (1, 2, ...); None without sessions."""
     return index % turns + 1 if turns > 1 else None

@@ -29,7 +29,7 @@ import psutil
 
 from ..engines.capabilities import ReportsKv
 from ..engines.prometheus import COUNTERS
-from ..memory import DeviceMemory, EngineMemory, nvml
+from ..memory import DeviceMemory, EngineMemory, nvml, optional_readings
 
 #: per-role CPU seconds and the GPU's energy are cumulative too: rates like the server's counters
 _CUMULATIVE = COUNTERS | {"cpu_seconds", "machine_cpu_seconds", "energy_j", "cpu_energy_j"}
@@ -50,7 +50,7 @@ class Telemetry:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="labkit-telemetry", daemon=True)
         self._lock = threading.Lock()
-        self._procs: dict[int, psutil.Process] = {}
+        self._procs: dict[int, tuple[psutil.Process, str | None]] = {}  # pid: (process, role)
         if not isinstance(engine, ReportsKv):
             self.absent["server"] = f"the {engine.name} engine reports no metrics of its own"
         if self.device is None:
@@ -77,7 +77,12 @@ class Telemetry:
     def sample(self) -> None:
         """One reading of every source (a failing source is skipped, never raised)."""
         t = time.perf_counter() - self.origin
-        rows = [*self._server(), *self._host(), *self._gpu()]
+        rows: list[tuple[str, str, float]] = []
+        for source in (self._server, self._host, self._gpu):
+            try:
+                rows += source()
+            except Exception:  # a reading is optional: an NVML or /proc error loses this one only
+                continue
         with self._lock:
             self.rows += [{"t_s": t, "phase": self.phase, "source": s, "metric": m, "value": float(v)}
                           for s, m, v in rows if v is not None]
@@ -115,9 +120,10 @@ class Telemetry:
         procs = list({p.pid: p for p in procs}.values())  # this process may be in the tree too
         by_role: dict[str, tuple[float, float]] = {}
         for p in procs:
-            p = self._procs.setdefault(p.pid, p)  # one Process per pid: its cached name stays
             try:
-                role = _role(p)
+                if p.pid not in self._procs:  # a pid's role does not change: read it once
+                    self._procs[p.pid] = (p, _role(p))
+                p, role = self._procs[p.pid]
                 if role is None:
                     continue
                 t, rss = p.cpu_times(), p.memory_info().rss
@@ -134,14 +140,9 @@ class Telemetry:
     def _gpu(self) -> list[tuple[str, str, float]]:
         if self.device is None:
             return []
-        out = [("gpu", "memory_used_bytes", self.device.used_bytes())]
-        for metric, reader in (("util_pct", "utilization_pct"), ("power_w", "power_w"),
-                               ("energy_j", "energy_j"), ("sm_clock_mhz", "sm_clock_mhz")):
-            read = getattr(self.device, reader, None)  # optional in the DeviceMemory protocol
-            value = read() if read else None
-            if value is not None:
-                out.append(("gpu", metric, value))
-        return out
+        read = optional_readings(self.device, ("utilization_pct", "power_w", "energy_j", "sm_clock_mhz"))
+        return [("gpu", "memory_used_bytes", self.device.used_bytes()),
+                *(("gpu", "util_pct" if k == "utilization_pct" else k, v) for k, v in read.items())]
 
     def frame(self) -> pd.DataFrame:
         """The tidy timeline with counters turned into rates (see :func:`rates`)."""

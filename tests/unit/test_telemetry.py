@@ -155,3 +155,14 @@ def test_llama_server_kv_use_comes_from_its_busy_slots(monkeypatch):
     used = sum(s["n_prompt_tokens"] + s["next_token"][0]["n_decoded"] for s in busy)
     assert snap["running"] == len(busy) == 2 and snap["kv_used_tokens"] == used > 0
     assert snap["kv_used_fraction"] == used / sum(s["n_ctx"] for s in slots)
+
+
+def test_a_source_that_fails_loses_its_reading_not_the_run(monkeypatch):
+    class BrokenNvml(FakeNvml):
+        def used_bytes(self) -> int:
+            raise RuntimeError("NVML: GPU is lost")
+
+    monkeypatch.setattr("labkit.loadgen.telemetry.nvml", lambda: BrokenNvml())
+    res = labkit.bench(TelemetryKvEngine(), concurrency=[1], requests_per_level=2, workload=SMALL, warmup=0,
+                       progress=False, telemetry=True, telemetry_interval_s=0.01)
+    assert "gpu" not in set(res.telemetry["source"]) and {"server", "host"} <= set(res.telemetry["source"])
