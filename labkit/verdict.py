@@ -274,34 +274,30 @@ def _api_findings(r: _Runs, api: Conformance | None) -> dict[str, Finding]:
                 "tools": Finding(missing, "labkit.conformance", None)}
     t = api.table
     rest, tools = t[t["group"] != "tools"], t[t["group"] == "tools"]
-    score = {e: _score(rest, e) for e in _SERVERS}
+    counts = Conformance(rest).counts()  # per engine, how many features in each status
+    score = {e: counts.loc[e].get("supported", 0) + 0.5 * counts.loc[e].get("partial", 0) for e in _SERVERS}
     differ = api.differences()
     differ = differ[differ.index.isin(rest["feature"])]
     api_row = Finding(
-        "; ".join(f"{e}: {_tally(rest, e)}" for e in _SERVERS) + f"; {errors}", f"labkit.conformance ({rest['feature'].nunique()} checks)",
-        score["vllm-server"] > score["llama-server"],
+        "; ".join(f"{e}: {_tally(counts.loc[e])}" for e in _SERVERS) + f"; {errors}",
+        f"labkit.conformance ({rest['feature'].nunique()} checks)", bool(score["vllm-server"] > score["llama-server"]),
         "they differ on " + ", ".join(f"{f} ({', '.join(f'{e} {row[e]}' for e in _SERVERS)})"
                                       for f, row in differ.iterrows()) if len(differ) else "no differences")
     forced = tools[tools["feature"].isin(["tool_choice required", "tool_choice named function"])]
     good = {e: bool((forced[forced["engine"] == e]["status"] == "supported").all()) for e in _SERVERS}
     bad = [f"{x['engine']} {x['feature']}: {x['status']} ({x['evidence'][:70]})"
            for x in forced.to_dict("records") if x["status"] != "supported"]
-    tools_row = Finding("; ".join(f"{e}: {_tally(tools, e)}" for e in _SERVERS),
+    tool_counts = Conformance(tools).counts()
+    tools_row = Finding("; ".join(f"{e}: {_tally(tool_counts.loc[e])}" for e in _SERVERS),
                         "labkit.conformance, tools group (started with: " +
                         "; ".join(f"{e} {api.flags.get(e, '?')}" for e in _SERVERS) + ")",
                         all(good.values()), _joined(*bad))
     return {"api": api_row, "tools": tools_row}
 
 
-def _score(t: pd.DataFrame, engine: str) -> float:
-    s = t[t["engine"] == engine]["status"]
-    return float((s == "supported").sum() + 0.5 * (s == "partial").sum())
-
-
-def _tally(t: pd.DataFrame, engine: str) -> str:
-    counts = t[t["engine"] == engine]["status"].value_counts()
-    return ", ".join(f"{counts[k]} {k}" for k in ("supported", "partial", "missing", "wrong", "not checked")
-                     if k in counts)
+def _tally(counts: pd.Series) -> str:
+    """One engine's row of ``Conformance.counts()``, in words: "17 supported, 2 partial"."""
+    return ", ".join(f"{n} {status}" for status, n in counts.items() if n)
 
 
 def _plan_finding(plan: FitPlan, card: CardRun | None = None) -> Finding:
