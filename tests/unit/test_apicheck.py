@@ -136,3 +136,15 @@ def test_json_of_the_matrix_round_trips(wrong_server):
     m = labkit.conformance(wrong_server, timeout_s=1.0, progress=False)
     d = json.loads(json.dumps(m.to_dict(), default=str))
     assert {c["feature"] for c in d["checks"]} == set(m.table["feature"])
+
+
+@pytest.mark.parametrize("prompts, users, message", [
+    ([], [1, 8], "prompts must be a non-empty list"), (["hi", ""], [1], "non-empty strings"),
+    (["hi"], [0, 8], r"users must be positive integers, got \[0, 8\]"), (["hi"], [], "users must be positive")])
+def test_batch_invariance_refuses_bad_prompts_and_levels_before_generating(prompts, users, message):
+    class Untouchable:
+        def generate(self, *a, **k):
+            raise AssertionError("generated before checking its input")
+
+    with pytest.raises(InvalidInput, match=message):
+        labkit.batch_invariance(Untouchable(), prompts, users=users)
