@@ -134,8 +134,9 @@ class _Runs:
         peak = float(used.max())
         of = f" of the {int(cap.iloc[-1]):,} tokens it reserved" if not cap.empty else " of its KV cache"
         if peak == 0:  # every reading fell between requests: it says nothing of the use under load
-            return (f"{name}: no KV reading caught requests running (levels shorter than bench's "
-                    f"kv_interval_s; bench(telemetry=True) reads during them){of.replace(' it reserved', ' reserved')}")
+            return (f"{name}: no KV reading caught requests running (without telemetry the KV "
+                    f"account is read at each level's end; bench(telemetry=True) reads during "
+                    f"levels){of.replace(' it reserved', ' reserved')}")
         return f"{name} used at most {peak:.1%}{of}"
 
     def _kv_series(self, name: str, key: str) -> pd.Series:

@@ -35,7 +35,9 @@ class BenchConfig:
     warmup: int = 2
     slo_ms: dict[str, float] | None = None
     memory_interval_s: float = 0.1
-    kv_interval_s: float | None = 10.0
+    #: None: the KV account is read once at each level's end, never during it (each read is a
+    #: scrape of the server); with telemetry on, telemetry's readings are the KV account
+    kv_interval_s: float | None = None
     progress: bool = True
     seed: int = 0
     #: the index of the first measured request's prompt: a series of sweeps on one engine

@@ -39,7 +39,7 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
           rate: Sequence[float] | float | None = None, requests_per_level: int = 32,
           duration_s: float = 30.0, workload: Workload | None = None, warmup: int = 2,
           out: str | Path | None = None, slo_ms: dict[str, float] | None = None,
-          memory_interval_s: float = 0.1, kv_interval_s: float | None = 10.0,
+          memory_interval_s: float = 0.1, kv_interval_s: float | None = None,
           progress: bool = True, seed: int = 0, first_request: int = 0, repeats: int = 1,
           telemetry: bool = False, telemetry_interval_s: float = 2.0,
           on_level_done: Callable[[BenchResult], None] | None = None,
@@ -54,8 +54,9 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
     end; ``engine_kwargs`` go to :func:`labkit.load`). ``out``: a folder that receives the
     manifest and one JSONL line per request as it finishes. ``slo_ms``: e.g.
     ``{"ttft": 500, "tpot": 50}`` adds goodput. ``kv_interval_s``: how often the engine's KV
-    account is read during a level (None: at its end only); once a second raised vLLM's TTFT
-    by 3-5% on 2 cores (its /metrics page costs 11 ms of server CPU), hence 10 s. ``memory_interval_s``:
+    account is read during a level; None: at each level's end only, so nothing scrapes the
+    server while it is measured (its /metrics page costs 7-11 ms of server CPU). With
+    ``telemetry=True`` the telemetry readings are the KV account. ``memory_interval_s``:
     how often RSS is read; USS/PSS are read at the edges of each phase. ``first_request``:
     where the prompts' numbering starts (successive sweeps on one engine pass their running
     count, so none repeats a prompt a server has cached). ``repeats``: rounds over the levels

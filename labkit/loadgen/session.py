@@ -28,7 +28,7 @@ from .config import BenchConfig
 from .drivers import Job, driver_for
 from .result import REQUEST_COLUMNS, BenchResult, RequestRecord, RunWriter
 from .shapes import LoadShape, Pacer
-from .telemetry import Telemetry
+from .telemetry import Telemetry, kv_readings
 from .workloads import Request
 
 _WARM_UP_START = 1_000_000  # warm-up requests are numbered apart from every measured one
@@ -238,8 +238,14 @@ class Session:
                 tel.sample()
                 tel.phase = "idle"
 
+    @property
+    def _polls_kv(self) -> bool:
+        # With telemetry on, its readings (at each level's edges and between) are the KV
+        # account: a second reader would scrape the server twice as often.
+        return self.telemetry is None and isinstance(self.engine, ReportsKv)
+
     def _read_kv(self, phase: str) -> None:
-        if isinstance(self.engine, ReportsKv):
+        if self._polls_kv:
             snap = self.engine.kv_account()
             if snap:
                 self.kv_rows.append({"phase": phase, "t_s": time.perf_counter() - self.origin, **snap})
@@ -248,10 +254,12 @@ class Session:
         with self._lock:
             rows = [r.to_row() for r in self.records]
         mem = self.sampler.frame() if self.sampler is not None else pd.DataFrame()
+        tel = self.telemetry.frame() if self.telemetry is not None else None
+        kv = kv_readings(tel) if tel is not None else pd.DataFrame(self.kv_rows)
         res = BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), mem, self.manifest,
-                          pd.DataFrame(self.kv_rows), self.config.slo_ms, self.writer.folder)
-        if self.telemetry is not None:
-            res.telemetry, res.telemetry_absent = self.telemetry.frame(), dict(self.telemetry.absent)
+                          kv, self.config.slo_ms, self.writer.folder)
+        if tel is not None:
+            res.telemetry, res.telemetry_absent = tel, dict(self.telemetry.absent)
         return res
 
 
@@ -282,7 +290,7 @@ class _KvPoller:
             self.session._read_kv(self.phase)
 
     def __enter__(self):
-        if self.every_s is not None and isinstance(self.session.engine, ReportsKv):
+        if self.every_s is not None and self.session._polls_kv:
             self.thread.start()
 
     def __exit__(self, *exc):

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 import psutil
 
-from ..engines.capabilities import ReportsKv
+from ..engines.capabilities import KV_KEYS, ReportsKv
 from ..engines.prometheus import COUNTERS
 from ..memory import DeviceMemory, EngineMemory, nvml, optional_readings
 
@@ -181,6 +181,16 @@ def _role(p: psutil.Process) -> str | None:
     if "vllm.entrypoints" in cmd or "vllm serve" in cmd:
         return "api_server"
     return "worker"
+
+
+def kv_readings(telemetry: pd.DataFrame) -> pd.DataFrame:
+    """The KV account in the telemetry (its ``server`` rows of :data:`KV_KEYS`), one row per
+    reading, as the KV poller writes it: ``phase``, ``t_s`` and a column per key."""
+    t = telemetry[(telemetry["source"] == "server") & telemetry["metric"].isin(KV_KEYS)]
+    if t.empty:
+        return pd.DataFrame()
+    wide = t.pivot_table(index=["t_s", "phase"], columns="metric", values="value", aggfunc="last")
+    return wide.reset_index()[["phase", "t_s", *[k for k in KV_KEYS if k in wide.columns]]]
 
 
 def rates(raw: pd.DataFrame) -> pd.DataFrame:

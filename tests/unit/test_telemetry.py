@@ -166,3 +166,45 @@ def test_a_source_that_fails_loses_its_reading_not_the_run(monkeypatch):
     res = labkit.bench(TelemetryKvEngine(), concurrency=[1], requests_per_level=2, workload=SMALL, warmup=0,
                        progress=False, telemetry=True, telemetry_interval_s=0.01)
     assert "gpu" not in set(res.telemetry["source"]) and {"server", "host"} <= set(res.telemetry["source"])
+
+
+
+class _Reads(FakeKvEngine):
+    """Notes each scrape of its "server": which reader, and how many requests had started."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.reads: list[tuple[str, int]] = []
+
+    def kv_account(self):
+        self.reads.append(("kv", self.started))
+        return super().kv_account()
+
+    def server_snapshot(self):
+        self.reads.append(("snapshot", self.started))
+        return FakeKvEngine.kv_account(self)
+
+
+def test_without_telemetry_the_server_is_read_once_after_each_level_and_never_during_it():
+    eng = _Reads()
+    res = labkit.bench(eng, concurrency=[1, 2], requests_per_level=4, workload=SMALL, warmup=1, progress=False)
+    # one read after the warm-up and after each level, when all their requests had started
+    assert eng.reads == [("kv", 1), ("kv", 1 + 4), ("kv", 1 + 8)]
+    assert list(res.kv["phase"]) == ["idle", "concurrency 1", "concurrency 2"]
+
+
+def test_kv_interval_polls_during_levels_when_asked():
+    eng = _Reads(token_s=0.005)
+    labkit.bench(eng, concurrency=[1], requests_per_level=6, workload=SMALL, warmup=0, progress=False,
+                 kv_interval_s=0.001)
+    assert len(eng.reads) > 1 and {k for k, _ in eng.reads} == {"kv"}
+
+
+def test_with_telemetry_one_reader_scrapes_and_its_readings_are_the_kv_account():
+    eng = _Reads()
+    res = labkit.bench(eng, concurrency=[2], requests_per_level=4, workload=SMALL, warmup=0, progress=False,
+                       telemetry=True, telemetry_interval_s=60)
+    assert {k for k, _ in eng.reads} == {"snapshot"}  # no second reader beside telemetry
+    level = res.kv[res.kv["phase"] == "concurrency 2"]
+    assert list(level["kv_used_tokens"]) == [0.0, 4.0]  # the level's two edges
+    assert (res.kv["kv_capacity_tokens"] == 1024).all()
