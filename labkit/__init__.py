@@ -40,7 +40,7 @@ from .errors import (
 _LAZY = {
     "BenchResult": "loadgen", "bench": "loadgen", "workloads": "loadgen",
     "SLO": "loadgen", "Capacity": "loadgen", "capacity": "loadgen", "Front": "loadgen",
-    "sweep": "loadgen",
+    "sweep": "loadgen", "calibrate": "loadgen", "Calibration": "loadgen",
     "Comparison": "comparison", "QuantLadder": "comparison", "compare": "comparison",
     "quant_ladder": "comparison",
     "ENGINES": "engines", "Engine": "engines", "EngineInfo": "engines", "Generation": "engines",
@@ -73,13 +73,25 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .apicheck import batch_invariance, conformance
     from .comparison import Comparison, QuantLadder, compare, quant_ladder
     from .engines import ENGINES, Engine, EngineInfo, Generation, SamplingParams, Token, load
-    from .loadgen import SLO, BenchResult, Capacity, Front, bench, capacity, sweep, workloads
+    from .loadgen import (
+        SLO,
+        BenchResult,
+        Calibration,
+        Capacity,
+        Front,
+        bench,
+        calibrate,
+        capacity,
+        sweep,
+        workloads,
+    )
     from .planner import FitPlan, fit
     from .runner import record
 
 __all__ = [
     "SLO",
     "BenchResult",
+    "Calibration",
     "Capacity",
     "Comparison",
     "ENGINES",
@@ -100,6 +112,7 @@ __all__ = [
     "Token",
     "batch_invariance",
     "bench",
+    "calibrate",
     "capacity",
     "compare",
     "conformance",

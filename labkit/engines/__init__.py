@@ -1,4 +1,5 @@
-"""Engines: one protocol (:class:`Engine`), one registry (:data:`ENGINES`), five implementations.
+"""Engines: one protocol (:class:`Engine`), one registry (:data:`ENGINES`), five implementations
+and a mock.
 
 ========================  =================================================
 ``llama.cpp``             llama-cpp-python in process (llamacpp.py)
@@ -6,6 +7,7 @@
 ``llama-server``          managed llama.cpp HTTP server (servers.py)
 ``vllm-server``           managed vLLM OpenAI server (servers.py)
 ``openai``                any OpenAI-compatible URL (openai.py)
+``mock-server``           labkit's loopback server with no model, to calibrate the client (mock.py)
 ========================  =================================================
 
 Each declares its capabilities beyond the protocol (:mod:`.capabilities`): ``vllm`` Submits,

@@ -345,6 +345,7 @@ ENGINES: dict[str, str] = {
     "llama-server": "labkit.engines.servers:LlamaServerEngine",
     "vllm-server": "labkit.engines.servers:VllmServerEngine",
     "openai": "labkit.engines.openai:OpenAIEngine",
+    "mock-server": "labkit.engines.mock:MockServerEngine",
 }
 
 

@@ -49,12 +49,16 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
     cache_prompt: bool | None = None
 
     def _connect(self, url: str, model: str | None, api_key: str | None,
-                 timeout_s: float = 600.0, max_connections: int = 512) -> None:
+                 timeout_s: float = 600.0, max_connections: int = 512,
+                 headers: dict[str, str] | None = None) -> None:
         """Attach the HTTP clients to ``url`` and read which server it is (``/v1/models``)."""
         if not url or not url.startswith(("http://", "https://")):
             raise InvalidInput(f"url must start with http:// or https://, got {url!r}.")
+        if headers is not None and not (isinstance(headers, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in headers.items())):
+            raise InvalidInput(f"headers must map header names to strings, got {headers!r:.80}.")
         self.url = _root(url) + "/v1"
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = {**(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
         self._client_options: dict[str, Any] = dict(
             timeout=httpx.Timeout(timeout_s, connect=10.0), headers=headers,
             limits=httpx.Limits(max_connections=max_connections,
@@ -102,6 +106,22 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
     def http_headers(self) -> dict[str, str]:
         """The headers every request carries (the API key, where one was given)."""
         return dict(self._client_options["headers"])
+
+    def client_spec(self) -> dict[str, Any]:
+        """What another process needs to reach this server as this engine does (for load
+        from several processes): URL, model, headers, limits. It holds the API key, so it is
+        handed over in memory only, never written."""
+        return {"url": self.url, "model": self.model, "headers": self.http_headers,
+                "timeout_s": self._timeout_s, "max_connections": self._max_connections,
+                "cache_prompt": self.cache_prompt}
+
+    @staticmethod
+    def from_spec(spec: dict[str, Any]) -> HttpEngine:
+        """A client of the server a :meth:`client_spec` describes (an ``openai`` engine)."""
+        engine = OpenAIEngine(spec["url"], spec["model"], headers=spec["headers"],
+                              timeout_s=spec["timeout_s"], max_connections=spec["max_connections"])
+        engine.cache_prompt = spec["cache_prompt"]
+        return engine
 
     # --- HTTP helpers ------------------------------------------------------------------------
     def _get(self, path: str) -> dict[str, Any]:
@@ -330,9 +350,10 @@ class OpenAIEngine(HttpEngine):
     summary = "any OpenAI-compatible URL (HTTP, streaming)"
 
     def __init__(self, url: str, model: str | None = None, *, api_key: str | None = None,
-                 timeout_s: float = 600.0, max_connections: int = 512):
+                 timeout_s: float = 600.0, max_connections: int = 512,
+                 headers: dict[str, str] | None = None):
         super().__init__()
-        self._connect(url, model, api_key, timeout_s, max_connections)
+        self._connect(url, model, api_key, timeout_s, max_connections, headers)
         self._info = EngineInfo(
             engine=self.name, engine_version=self.flavor, model=self.model, model_path="",
             model_sha256=None, args={"url": self.url}, url=self.url, threads=None,

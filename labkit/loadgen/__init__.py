@@ -6,6 +6,8 @@ writer, interruption) -> ``result`` (records, summary, persistence); ``run.bench
 ``slo`` (latency bounds), ``capacity`` (the search for the largest load within them) and
 ``sweep`` (engines x settings on one Pareto front) sit on top: each level of a search, and
 each point of a sweep, is one ``bench`` run. ``intervals``: repeats and their uncertainty.
+``client`` (is the load generator the bottleneck?), ``workers`` (load from several
+processes) and ``calibrate`` (what the client sustains against the mock server).
 
 >>> import labkit
 >>> res = labkit.bench(engine, concurrency=[1, 2, 4, 8], requests_per_level=16,
@@ -14,6 +16,7 @@ each point of a sweep, is one ``bench`` run. ``intervals``: repeats and their un
 """
 
 from . import workloads
+from .calibrate import Calibration, calibrate
 from .capacity import Capacity, capacity
 from .config import BenchConfig
 from .drivers import run_request
@@ -25,6 +28,6 @@ from .shapes import Concurrency, LoadShape, Rate
 from .slo import SLO
 from .sweep import Front, sweep
 
-__all__ = ["SLO", "BenchConfig", "BenchResult", "Capacity", "Concurrency", "Front", "LoadShape", "Rate",
+__all__ = ["SLO", "BenchConfig", "BenchResult", "Calibration", "Capacity", "calibrate", "Concurrency", "Front", "LoadShape", "Rate",
            "RequestRecord", "bench", "capacity", "sweep", "from_llama_bench", "from_vllm_bench", "phase_name", "request_metrics",
            "run_request", "summarize", "workloads"]

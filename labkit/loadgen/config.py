@@ -51,6 +51,8 @@ class BenchConfig:
     #: server time (vLLM: ~11 ms to render /metrics).
     telemetry: bool = False
     telemetry_interval_s: float = 2.0
+    #: load processes (labkit.loadgen.workers): 1 sends every request from this process
+    workers: int = 1
     levels: list[int] = field(init=False)
     rates: list[float] = field(init=False)
 
@@ -127,4 +129,5 @@ class BenchConfig:
                 "requests_per_level": self.requests_per_level, "duration_s": self.duration_s,
                 "warmup_requests": self.warmup, "seed": self.seed, "slo_ms": self.slo_ms,
                 "first_request": self.first_request, "repeats": self.repeats,
-                "telemetry_interval_s": self.telemetry_interval_s if self.telemetry else None}
+                "telemetry_interval_s": self.telemetry_interval_s if self.telemetry else None,
+                "workers": self.workers}

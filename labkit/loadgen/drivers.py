@@ -24,6 +24,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import psutil
+
 from ..engines.base import Engine, Submission, Token
 from ..engines.capabilities import AsyncStreams, Submits
 from .metrics import request_metrics
@@ -41,6 +43,7 @@ class Job:
     record: RequestRecord
     on_done: Callable[[RequestRecord], None]
     due: float | None = None  # perf_counter time it was scheduled to leave (open loop)
+    ready: float | None = None  # perf_counter time it could leave (see RequestRecord.ready_s)
 
     def begin(self, origin: float) -> float:
         """Stamp the send time (``origin``: the sweep's perf_counter start); returns t0."""
@@ -48,6 +51,8 @@ class Job:
         self.record.start_s, self.record.started_at = t0 - origin, time.time()
         if self.due is not None:
             self.record.scheduled_s = self.due - origin
+        if self.ready is not None:
+            self.record.ready_s = self.ready - origin
         return t0
 
     def finish(self, tokens: list[Token], t0: float, error: BaseException | None) -> None:
@@ -90,6 +95,10 @@ class Driver(ABC):
     def close(self) -> None:
         """Release what the driver holds (after the last level)."""
         return None
+
+    def processes(self) -> list[psutil.Process]:
+        """The processes that send the requests (whose CPU says if the client kept up)."""
+        return [psutil.Process()]
 
 
 class SubmitDriver(Driver):
@@ -177,8 +186,13 @@ class ThreadDriver(Driver):
         job.finish(tokens, t0, error)
 
 
-def driver_for(engine: Engine, origin: float) -> Driver:
-    """The cheapest way ``engine`` declares it can be driven."""
+def driver_for(engine: Engine, origin: float, workers: int = 1) -> Driver:
+    """The cheapest way ``engine`` declares it can be driven (from ``workers`` processes:
+    see :mod:`labkit.loadgen.workers`)."""
+    if workers > 1:
+        from .workers import ProcessDriver
+
+        return ProcessDriver(engine, origin, workers)
     if isinstance(engine, Submits):
         return SubmitDriver(engine, origin)
     if isinstance(engine, AsyncStreams):

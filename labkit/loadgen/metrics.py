@@ -64,8 +64,7 @@ def _pct(values: list[float] | np.ndarray, prefix: str) -> dict[str, float]:
 def _schedule(sent: pd.DataFrame, ok: pd.DataFrame) -> dict[str, Any]:
     """How an open-loop level kept to its schedule (see the module's docstring)."""
     timed = sent.dropna(subset=["scheduled_s", "start_s"]).sort_values("scheduled_s")
-    delay = (timed["start_s"] - timed["scheduled_s"]).clip(lower=0.0)
-    out = {f"dispatch_delay_p{p}_ms": float(np.percentile(delay, p) * 1000) for p in (50, 99)}
+    out: dict[str, Any] = {}
     if len(timed) > 1:
         sched = timed["scheduled_s"].iloc[-1] - timed["scheduled_s"].iloc[0]
         sent_span = timed["start_s"].max() - timed["start_s"].min()
@@ -76,6 +75,16 @@ def _schedule(sent: pd.DataFrame, ok: pd.DataFrame) -> dict[str, Any]:
     out |= _pct((ok["ttft_s"] + late).tolist(), "ttft_sched")
     out |= _pct((ok["e2e_s"] + late).tolist(), "e2e_sched")
     return out
+
+
+def _dispatch(sent: pd.DataFrame) -> dict[str, float]:
+    """The client's own delay between a request being ready to leave and leaving (runs saved
+    before ``ready_s`` existed: open-loop levels from their schedule)."""
+    ready = sent["ready_s"] if "ready_s" in sent and sent["ready_s"].notna().any() else sent.get("scheduled_s")
+    if ready is None or ready.isna().all():
+        return {}
+    delay = (sent["start_s"] - ready).dropna().clip(lower=0.0)
+    return {f"dispatch_delay_p{p}_ms": float(np.percentile(delay, p) * 1000) for p in (50, 99)}
 
 
 def summarize(requests: pd.DataFrame, slo_ms: dict[str, float] | None = None) -> pd.DataFrame:
@@ -178,6 +187,7 @@ def _level_row(mode: str, level: float, grp: pd.DataFrame, slo_ms: dict[str, flo
         first = ok["turn"] == 1
         row["ttft_p50_ms_first_turn"] = float(ok.loc[first, "ttft_s"].median() * 1000)
         row["ttft_p50_ms_later_turns"] = float(ok.loc[~first, "ttft_s"].median() * 1000)
+    row |= _dispatch(sent)
     if mode in ("rate", "trace") and "scheduled_s" in sent and sent["scheduled_s"].notna().any():
         row |= _schedule(sent, ok)
     if slo_ms:

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ..memory import phase_peaks
+from .client import add_judgement
 from .metrics import by_turn, summarize
 from .telemetry import per_level
 
@@ -44,6 +45,12 @@ class RequestRecord:
     #: open loop only: when it was due to leave (seconds since the sweep began); a client that
     #: falls behind sends late, and latency counted from here includes that wait
     scheduled_s: float | None = None
+    #: when it could have left: its arrival (open loop), or the level's start or the end of
+    #: its user's previous request (closed loop); ``start_s - ready_s`` is the client's own
+    #: dispatch delay, which grows when the client, not the server, is the bottleneck
+    ready_s: float | None = None
+    #: which load process sent it (bench's ``workers``; 0 with one)
+    worker: int = 0
     round: int = 0  # which pass over the levels (bench's ``repeats``)
     #: prompt tokens the engine served from its prefix cache, as it reported them
     cached_tokens: int | None = None
@@ -119,6 +126,9 @@ class BenchResult:
     telemetry_absent: dict[str, str] = field(default_factory=dict)
     #: what bench(..., after=) returned (not saved with the run)
     after: Any = None
+    #: the load processes' CPU per level (see labkit.loadgen.client): phase, client_processes,
+    #: client_cpu_cores, client_busiest_core
+    client: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -140,7 +150,7 @@ class BenchResult:
             if "phase" not in s.columns:
                 s["phase"] = [phase_name(m, lv) for m, lv in zip(s["mode"], s["level"], strict=True)]
             s = s.merge(levels, on="phase", how="left")
-        return s
+        return add_judgement(s, self.client)
 
     @property
     def turns(self) -> pd.DataFrame:
@@ -170,6 +180,10 @@ class BenchResult:
         head = (f"<p><b>{eng.get('engine', '?')}</b> {eng.get('engine_version', '')} on "
                 f"{self.manifest.get('environment', {}).get('cpu', '?')}, model {eng.get('model', '?')}, "
                 f"threads {eng.get('threads')}, concurrency model: {eng.get('concurrency')}{note}</p>")
+        bound = self.summary
+        bound = bound[bound["client_bound"]] if "client_bound" in bound else bound.iloc[0:0]
+        for _, r in bound.iterrows():  # where the user looks first: above the table
+            head += (f"<p style='color:#b00'><b>{r['mode']} {r['level']}: {r['client_note']}</b></p>")
         html = head + s.to_html(index=False, float_format=lambda x: f"{x:,.1f}")
         turns = self.turns
         if not turns.empty:
@@ -192,6 +206,8 @@ class BenchResult:
             self.kv.to_csv(folder / "kv.csv", index=False)
         if not self.telemetry.empty:
             self.telemetry.to_csv(folder / "telemetry.csv", index=False)
+        if not self.client.empty:
+            self.client.to_csv(folder / "client.csv", index=False)
         (folder / "run.json").write_text(json.dumps({"slo_ms": self.slo_ms, "interrupted": self.interrupted,
                                                      "ended": self.ended, "engine_log": self.engine_log,
                                                      "telemetry_absent": self.telemetry_absent}))
@@ -208,7 +224,8 @@ class BenchResult:
         extra = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
         return cls(requests, mem, manifest, kv, extra.get("slo_ms"), folder, extra.get("interrupted", False),
                    extra.get("ended", "completed"), extra.get("engine_log", ""),
-                   _read_csv(folder / "telemetry.csv"), extra.get("telemetry_absent", {}))
+                   _read_csv(folder / "telemetry.csv"), extra.get("telemetry_absent", {}),
+                   client=_read_csv(folder / "client.csv"))
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

@@ -20,15 +20,17 @@ import pandas as pd
 
 from .. import __version__
 from ..engines.base import Engine
-from ..engines.capabilities import ReportsKv
+from ..engines.capabilities import AsyncStreams, ReportsKv
 from ..environment import environment
 from ..errors import EngineError
 from ..memory import MemorySampler
+from .client import ClientMeter
 from .config import BenchConfig
 from .drivers import Job, driver_for
 from .result import REQUEST_COLUMNS, BenchResult, RequestRecord, RunWriter
 from .shapes import LoadShape, Pacer
 from .telemetry import Telemetry, kv_readings
+from .workers import check_workers
 from .workloads import Request
 
 _WARM_UP_START = 1_000_000  # warm-up requests are numbered apart from every measured one
@@ -53,6 +55,8 @@ class Session:
         self.records: list[RequestRecord] = []
         self.kv_rows: list[dict[str, Any]] = []
         self.telemetry: Telemetry | None = None
+        # An engine in this process shares its CPU: only a client of a server has its own.
+        self.client = ClientMeter(enabled=isinstance(engine, AsyncStreams))
         self.died: str | None = None
         self.counts: dict[tuple[str, float, int], int] = {}  # (mode, level, round): requests
         self.origin = time.perf_counter()
@@ -61,6 +65,7 @@ class Session:
     # --- the sweep ---------------------------------------------------------------------------
     def run(self) -> BenchResult:
         self._check_engine()
+        check_workers(self.config.workers, self.engine)
         self._start_sampler()
         try:  # before any folder is written: a refused workload leaves nothing behind
             requests = self.config.workload.build(self.engine, self.config.requests_per_level,
@@ -83,7 +88,8 @@ class Session:
 
     def _sweep(self, requests: list[Request]) -> str:
         """Run every level; returns how the sweep ended."""
-        driver = driver_for(self.engine, self.origin)
+        driver = driver_for(self.engine, self.origin, self.config.workers)
+        self.client.processes = driver.processes
         pacer = Pacer(driver, self.stop)
         shapes = self.config.shapes()
         interrupted = False
@@ -230,10 +236,12 @@ class Session:
         if tel is not None:  # a reading at each edge: a level shorter than the interval has two
             tel.phase = name
             tel.sample()
+        self.client.begin()
         try:
             with self.sampler.phase(name) if self.sampler is not None else nullcontext():
                 yield
         finally:
+            self.client.end(name)
             if tel is not None:
                 tel.sample()
                 tel.phase = "idle"
@@ -257,7 +265,7 @@ class Session:
         tel = self.telemetry.frame() if self.telemetry is not None else None
         kv = kv_readings(tel) if tel is not None else pd.DataFrame(self.kv_rows)
         res = BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), mem, self.manifest,
-                          kv, self.config.slo_ms, self.writer.folder)
+                          kv, self.config.slo_ms, self.writer.folder, client=self.client.frame())
         if tel is not None:
             res.telemetry, res.telemetry_absent = tel, dict(self.telemetry.absent)
         return res

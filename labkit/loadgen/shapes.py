@@ -208,9 +208,10 @@ class _Level:
             batch = [] if self.pacer.stop.is_set() else list(itertools.islice(self.sessions, n))
         self.flight.add(len(batch))
         if batch:
+            ready = due if due is not None else time.perf_counter()
             jobs = [self.job(s * self.turns, self.finished) for s in batch]
             for j in jobs:
-                j.due = due
+                j.due, j.ready = due, ready
             self.pacer.driver.send(jobs)
 
     def next_turn(self, index: int) -> None:
@@ -221,6 +222,7 @@ class _Level:
         job = None
         try:
             job = self.job(index, self.finished)
+            job.ready = time.perf_counter()
             self.pacer.driver.send([job])
         except Exception as e:  # not sent (a thread that could not start): a failed turn, not a hang
             if job is None:

@@ -20,7 +20,7 @@ class ModelLoader(w.VBox):
         if attached is not None:  # show an engine loaded in code, so the panel can unload it
             engine, model = attached.name, attached.info.model
         choices = [e.name for e in models.list_models() if e.path] or [model]
-        self.engine_name = w.Dropdown(options=[e for e in ENGINES if e != "openai"], value=engine,
+        self.engine_name = w.Dropdown(options=[e for e in ENGINES if e not in ("openai", "mock-server")], value=engine,
                                       description="engine")
         self.model = w.Combobox(value=model, options=choices, description="model",
                                 placeholder="name, NAME:QUANT, .gguf or HF dir")

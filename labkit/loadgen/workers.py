@@ -1,0 +1,196 @@
+"""Load from several processes: ``bench(..., workers=N)``.
+
+One Python process streams a few tens of thousands of chunks a second (see
+:func:`labkit.calibrate`); a big server streams more. With ``workers=N`` the pacing stays
+here, written once (:mod:`labkit.loadgen.shapes`), and the requests go to N load processes,
+each running the asyncio driver against its own client of the same server. A request's
+record is filled where it ran and comes back whole (every chunk time, its error), so the
+rows are merged by construction and each percentile is computed from all raw rows, never
+averaged across workers. Times come from one clock: ``perf_counter`` is the host's
+monotonic clock, the same in every process, so each process stamps its requests against
+the sweep's own origin.
+
+Workers are started with ``spawn`` (a fork of a process running threads can deadlock),
+ignore Ctrl-C (the sweep's owner decides what stops), and leave when their owner is gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import warnings
+from collections import defaultdict
+from typing import Any
+
+import psutil
+
+from ..engines.base import Engine
+from ..errors import EngineError, InvalidInput
+from .drivers import AsyncDriver, Driver, Job
+from .result import RequestRecord
+
+_START_TIMEOUT_S = 120.0  # a worker imports labkit and asks the server /v1/models
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_workers(workers: Any, engine: Engine) -> int:
+    """The number of load processes, refused where it cannot work and warned where it cannot help."""
+    from ..engines.openai import HttpEngine
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidInput(f"workers must be a whole number of load processes >= 1, got {workers!r}.")
+    if workers > 1 and not isinstance(engine, HttpEngine):
+        raise InvalidInput(f"workers={workers} sends requests from {workers} processes, each with its "
+                           f"own connections to a server; the {engine.name} engine runs inside this "
+                           "process. Use a server engine (llama-server, vllm-server, openai).")
+    cores = usable_cores()
+    if workers > cores:
+        warnings.warn(f"workers={workers} load processes on {cores} usable cores: they compete "
+                      "with each other (and with a server on this machine) for CPU; more than "
+                      f"{cores} cannot raise what the client sustains.", RuntimeWarning, stacklevel=3)
+    return workers
+
+
+class ProcessDriver(Driver):
+    """Carries requests to N load processes; request ``index`` goes to worker ``index % N``,
+    so a user's (or a session's) requests leave from one process."""
+
+    def __init__(self, engine: Engine, origin: float, workers: int):
+        super().__init__(engine, origin)
+        ctx = mp.get_context("spawn")
+        self._out: Any = ctx.Queue()
+        self._ins: list[Any] = [ctx.Queue() for _ in range(workers)]
+        spec = engine.client_spec()  # type: ignore[attr-defined]  (an HttpEngine: check_workers)
+        self._procs = [ctx.Process(target=_work, args=(spec, origin, q, self._out, os.getpid(), i),
+                                   name=f"labkit-load-{i}", daemon=True) for i, q in enumerate(self._ins)]
+        self._pending: dict[int, tuple[Job, int]] = {}  # id: (job, worker)
+        self._closing = False
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        for p in self._procs:
+            p.start()
+        try:
+            self._await_ready()
+        except BaseException:
+            self._stop_workers()
+            raise
+        self._collector = threading.Thread(target=self._collect, name="labkit-load-collector", daemon=True)
+        self._collector.start()
+
+    def _await_ready(self) -> None:
+        for _ in self._procs:
+            try:
+                kind, index, detail = self._out.get(timeout=_START_TIMEOUT_S)
+            except queue.Empty:
+                raise EngineError(f"A load process did not start within {_START_TIMEOUT_S:.0f} s.") from None
+            if kind == "failed":
+                raise EngineError(f"Load process {index} could not reach the server: {detail}")
+
+    def processes(self) -> list[psutil.Process]:
+        out = [psutil.Process()]
+        for p in self._procs:
+            try:
+                out.append(psutil.Process(p.pid))
+            except (psutil.Error, TypeError):
+                continue
+        return out
+
+    def send(self, jobs: list[Job]) -> None:
+        batches: dict[int, list[tuple]] = defaultdict(list)
+        with self._lock:
+            for job in jobs:
+                jid, w = next(self._ids), job.record.index % len(self._ins)
+                job.record.worker = w
+                self._pending[jid] = (job, w)
+                batches[w].append((jid, job.request, job.record, job.due, job.ready))
+        for w, batch in batches.items():  # a wave leaves as one message per worker
+            self._ins[w].put(batch)
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                msg = self._out.get(timeout=1.0)
+            except queue.Empty:
+                self._fail_lost()
+                continue
+            if msg is None:
+                return
+            _, jid, record = msg
+            with self._lock:
+                job, _ = self._pending.pop(jid, (None, None))
+            if job is not None:
+                _copy(record, job.record)
+                job.on_done(job.record)
+
+    def _fail_lost(self) -> None:
+        """A worker that died (killed, out of memory) takes its requests in flight with it:
+        they end as errors, so the level ends instead of waiting for them forever."""
+        dead = {i: p.exitcode for i, p in enumerate(self._procs) if p.exitcode is not None}
+        if not dead or self._closing:
+            return
+        with self._lock:
+            lost = [(jid, job, w) for jid, (job, w) in self._pending.items() if w in dead]
+            for jid, _, _ in lost:
+                del self._pending[jid]
+        for _, job, w in lost:
+            job.record.error = f"EngineError: load process {w} ended (exit code {dead[w]}) with this request in flight"
+            job.on_done(job.record)
+
+    def close(self) -> None:
+        self._closing = True
+        self._stop_workers()
+        self._out.put(None)
+        self._collector.join(timeout=30)
+
+    def _stop_workers(self) -> None:
+        for q in self._ins:
+            q.put(None)
+        for p in self._procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+
+
+def _copy(src: RequestRecord, dst: RequestRecord) -> None:
+    """The worker's record into the one the session holds (its callbacks keep that object)."""
+    dst.__dict__.update(src.__dict__)
+
+
+def _work(spec: dict[str, Any], origin: float, inbox: Any, outbox: Any, owner: int, index: int) -> None:
+    """One load process: a client of the server and an asyncio driver, until told to stop."""
+    from ..engines.openai import HttpEngine
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to act on
+    try:
+        engine = HttpEngine.from_spec(spec)
+    except Exception as e:
+        outbox.put(("failed", index, f"{type(e).__name__}: {e}"))
+        return
+    outbox.put(("ready", index, os.getpid()))
+    driver = AsyncDriver(engine, origin)
+    try:
+        while True:
+            try:
+                batch = inbox.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != owner:  # the owner is gone: nobody waits for these rows
+                    return
+                continue
+            if batch is None:
+                return
+            driver.send([Job(req, rec, lambda r, j=jid: outbox.put(("done", j, r)), due=due, ready=ready)
+                         for jid, req, rec, due, ready in batch])
+    finally:
+        driver.close()
+        engine.close()

@@ -1,0 +1,105 @@
+"""Load from several processes, against labkit's real loopback mock server: every request
+comes back once, percentiles come from the raw rows, a dead worker costs only its own
+requests, and calibrate() measures the client."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import httpx
+import numpy as np
+import pytest
+
+import labkit
+from labkit.errors import InvalidInput
+from labkit.loadgen import workers as workers_mod
+from labkit.loadgen import workloads
+
+SMALL = workloads.synthetic(input_tokens=8, output_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def mock():
+    with labkit.load("mock-server") as engine:
+        yield engine
+
+
+def test_the_mock_server_speaks_the_openai_api(mock):
+    root = mock.url[: -len("/v1")]
+    assert httpx.get(root + "/version").json()["version"].startswith("labkit-mock")
+    gen = mock.generate(["one two three"], max_tokens=5)[0]
+    assert gen.text == " tok" * 5 and gen.finish_reason == "length" and len(gen.token_times_s) == 5
+    chat = mock.chat([[{"role": "user", "content": "hi"}]], max_tokens=3)[0]
+    assert chat.text == " tok" * 3
+    plain = httpx.post(mock.url + "/completions", json={"prompt": "a b", "max_tokens": 2}).json()
+    assert plain["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+    assert mock.caveats() and "No model" in mock.caveats()[0]
+
+
+def test_rows_from_two_workers_are_every_request_once(mock, tmp_path):
+    res = labkit.bench(mock, concurrency=[4], rate=[200.0], duration_s=0.2, requests_per_level=40,
+                       workload=SMALL, warmup=1, progress=False, workers=2, out=tmp_path / "run")
+    for (mode, level), rows in res.requests.groupby(["mode", "level"]):
+        assert sorted(rows["index"]) == list(range(len(rows))), (mode, level)  # no loss, no duplicate
+        assert set(rows["worker"]) == {0, 1}
+        assert rows["error"].isna().all() and (rows["output_tokens"] == 16).all()
+    closed = res.requests[res.requests["mode"] == "concurrency"]
+    assert len(closed) == 40
+    # one clock: every request left after it was ready, and within the sweep
+    assert (closed["start_s"] >= closed["ready_s"]).all() and (closed["start_s"] > 0).all()
+    saved = labkit.BenchResult.load(tmp_path / "run")
+    assert len(saved.requests) == len(res.requests) and saved.manifest["workers"] == 2
+
+
+def test_percentiles_come_from_the_merged_raw_rows(mock):
+    res = labkit.bench(mock, concurrency=[6], requests_per_level=60, workload=SMALL, warmup=0,
+                       progress=False, workers=2)
+    s, r = res.summary.iloc[0], res.requests
+    for p in (50, 90, 99):
+        assert s[f"ttft_p{p}_ms"] == pytest.approx(np.percentile(r["ttft_s"], p) * 1000)
+    gaps = [g for lst in r["itl_s"] for g in lst]
+    assert s["itl_p99_ms"] == pytest.approx(np.percentile(gaps, 99) * 1000)
+    assert s["client_processes"] == 3  # this process and its two workers, each measured
+    assert {"dispatch_delay_p50_ms", "dispatch_delay_p99_ms", "client_bound", "client_note"} <= set(s.index)
+
+
+def test_a_worker_that_dies_costs_only_its_own_requests(monkeypatch):
+    send = workers_mod.ProcessDriver.send
+    killed = []
+
+    def send_then_kill(self, jobs):
+        send(self, jobs)
+        if not killed:  # worker 1 dies with its first requests in hand
+            killed.append(self._procs[1].pid)
+            os.kill(self._procs[1].pid, signal.SIGKILL)
+
+    monkeypatch.setattr(workers_mod.ProcessDriver, "send", send_then_kill)
+    with labkit.load("mock-server", token_delay_ms=50) as slow:
+        res = labkit.bench(slow, concurrency=[4], requests_per_level=8, workload=SMALL, warmup=0,
+                           progress=False, workers=2)
+    r = res.requests
+    lost = r[r["worker"] == 1]
+    assert killed and len(lost) >= 2 and lost["error"].str.contains("load process 1 ended").all()
+    assert r[r["worker"] == 0]["error"].isna().all()  # the other worker's requests are all kept
+
+
+def test_bad_worker_counts_are_refused_and_too_many_warned(mock, monkeypatch):
+    for bad in (0, -1, "2", 1.5, True):
+        with pytest.raises(InvalidInput, match="workers"):
+            labkit.bench(mock, concurrency=[1], requests_per_level=1, workload=SMALL, progress=False, workers=bad)
+    monkeypatch.setattr(workers_mod, "usable_cores", lambda: 1)
+    with pytest.warns(RuntimeWarning, match="workers=2 load processes on 1 usable cores"):
+        labkit.bench(mock, concurrency=[1], requests_per_level=2, workload=SMALL, warmup=0, progress=False,
+                     workers=2)
+
+
+def test_calibrate_measures_what_the_client_sustains():
+    cal = labkit.calibrate(workers=[1, 2], users=(4,), requests_per_level=24, progress=False)
+    t = cal.table
+    assert list(t["workers"]) == [1, 2]
+    assert (t["max_req_per_s"] > 0).all() and (t["max_chunks_per_s"] > t["max_req_per_s"]).all()
+    assert t["dispatch_delay_p99_ms"].notna().all() and (t["client_cpu_cores"] > 0).all()
+    assert cal.scaling().iloc[0] == 1.0 and "Client calibration" in cal._repr_html_()
+    with pytest.raises(InvalidInput, match="workers"):
+        labkit.calibrate(workers=[0])
