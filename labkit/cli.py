@@ -29,6 +29,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, help="context length per sequence")
     p.add_argument("--parallel", type=int, help="llama-server parallel slots")
     p.add_argument("--gpu-layers", type=int, help="llama.cpp layers on the GPU")
+    # Accepted only to refuse it with the reason: a key on the command line shows in `ps`.
+    p.add_argument("--api-key", help=argparse.SUPPRESS)
 
 
 API_KEY_VARIABLE = "LABKIT_API_KEY"
@@ -43,6 +45,9 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """
     import os
 
+    if getattr(args, "api_key", None) is not None:
+        raise InvalidInput(f"An API key on the command line shows in `ps` and the shell's history: "
+                           f"export it as {API_KEY_VARIABLE} instead (labkit sends it from there).")
     key = os.environ.get(API_KEY_VARIABLE)
     if args.engine == "openai":
         if not args.url:

@@ -284,8 +284,15 @@ class PlanRequest:
     cpu_kv_cache_gb: float = 1.0
     ubatch: int = 512
     gpu_layers: int | None = None
+    tensor_parallel: int = 1  # vLLM's tensor_parallel_size: ``gpu`` is then each card's bytes
 
     def __post_init__(self) -> None:
+        if isinstance(self.tensor_parallel, bool) or not isinstance(self.tensor_parallel, int) \
+                or self.tensor_parallel < 1:
+            raise InvalidInput(f"tensor_parallel_size must be a whole number of GPUs >= 1, got "
+                               f"{self.tensor_parallel!r}.")
+        if self.tensor_parallel > 1 and self.gpu is None:
+            raise InvalidInput("tensor_parallel_size plans several GPUs: give gpu_memory= (each card's size).")
         if self.context <= 0 or self.users <= 0:
             raise InvalidInput(f"context and users must be positive (got context={self.context}, "
                                f"users={self.users}).")
@@ -308,14 +315,16 @@ def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, .
         quant: str | None = None, dtype: str = "auto", context: int = 4096, users: int = 1,
         gpu_memory: str | float | None = None, system_memory: str | float | None = None,
         gpu_memory_utilization: float = 0.9, kv_cache_type: str = "f16",
-        cpu_kv_cache_gb: float = 1.0, ubatch: int = 512, gpu_layers: int | None = None) -> FitPlan:
+        cpu_kv_cache_gb: float = 1.0, ubatch: int = 512, gpu_layers: int | None = None,
+        tensor_parallel_size: int = 1) -> FitPlan:
     """Plan memory for ``model`` in each engine; nothing is loaded.
 
     >>> plan = fit("smollm2-135m", engines=["llama.cpp", "vllm"], context=4096, users=8)
     >>> plan.table[["engine", "total_gib", "fits"]]  # doctest: +SKIP
 
     ``gpu_layers`` plans llama.cpp with that many layers offloaded (as ``-ngl``) instead of
-    as many as fit; it needs ``gpu_memory``.
+    as many as fit; it needs ``gpu_memory``. ``tensor_parallel_size``: vLLM over that many
+    GPUs of ``gpu_memory`` each, planned per GPU (its shard of the weights and KV heads).
     """
     unknown = [e for e in engines if e not in ("llama.cpp", "llama-server", "vllm", "vllm-server")]
     if unknown:
@@ -327,7 +336,7 @@ def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, .
         dtype = "bfloat16" if gpu else default_dtype()
     req = PlanRequest(model_spec(model), quant, dtype, context, users, gpu,
                       parse_bytes(system_memory) or _system_memory(), gpu_memory_utilization,
-                      kv_cache_type, cpu_kv_cache_gb, ubatch, gpu_layers)
+                      kv_cache_type, cpu_kv_cache_gb, ubatch, gpu_layers, tensor_parallel_size)
     rows = [_plan_llamacpp(e, req) if e in ("llama.cpp", "llama-server") else _plan_vllm(e, req)
             for e in engines]
     return FitPlan(req.spec, rows, context, users, gpu, req.ram)
@@ -346,6 +355,8 @@ def _plan_llamacpp(engine: str, req: PlanRequest) -> dict[str, Any]:
         + req.users * spec.vocab_size * 4
     overhead = RUNTIME_OVERHEAD[("llama.cpp", "cuda" if req.gpu else "cpu")]
     total = weights + kv_total + compute + overhead + (0 if req.gpu else repack_layer * spec.n_layers)
+    if req.tensor_parallel > 1:  # llama.cpp splits by layer (--split-mode), not by tensor
+        note += f"; one GPU (tensor_parallel_size={req.tensor_parallel} is vLLM's)"
     row = {"engine": engine, "quant": req.quant or spec.file_type or "F16", "weights_gib": weights / GiB,
            "kv_per_token_kib": kv_tok / 1024, "kv_total_gib": kv_total / GiB,
            "overhead_gib": (compute + overhead) / GiB, "total_gib": total / GiB,
@@ -412,8 +423,15 @@ def _plan_vllm(engine: str, req: PlanRequest) -> dict[str, Any]:
     if key not in _VLLM_DTYPE_BYTES:
         raise InvalidInput(f"vLLM weight type {quant or dtype!r} unknown to the planner; known: "
                            f"{', '.join(_VLLM_DTYPE_BYTES)} (GGUF quantizations are llama.cpp's).")
-    weights = spec.n_params * _VLLM_DTYPE_BYTES[key]
-    kv_tok = kv_bytes(spec, req.context, 1, engine) / req.context  # per token of one sequence
+    tp = req.tensor_parallel
+    # Per GPU with tensor parallelism: a 1/tp shard of the weights (vLLM shards the
+    # embedding by vocabulary too) and of the KV heads; a head is never split, so with fewer
+    # KV heads than GPUs each GPU holds a whole one (replicated).
+    weights = spec.n_params * _VLLM_DTYPE_BYTES[key] / tp
+    kv_share = -(-spec.n_kv_heads // tp) / spec.n_kv_heads
+    kv_tok = kv_bytes(spec, req.context, 1, engine) / req.context * kv_share  # per token of one sequence
+    if tp > 1:
+        note += f"; per GPU of {tp} (tensor parallel)"
     overhead = RUNTIME_OVERHEAD.get((engine, "cuda" if gpu else "cpu"),
                                     RUNTIME_OVERHEAD[("vllm", "cuda" if gpu else "cpu")])
     # Activation peak of vLLM's profiling run: max_num_batched_tokens (>= context) through
@@ -421,9 +439,10 @@ def _plan_vllm(engine: str, req: PlanRequest) -> dict[str, Any]:
     # on CPU the measured footprint did not grow from 2k to 16k context.
     activation = 256 * spec.vocab_size * 4
     if gpu:
-        activation += max(req.context, 2048) * (spec.intermediate_size or 4 * spec.hidden_size) * 2 * 2
+        activation += max(req.context, 2048) * (spec.intermediate_size or 4 * spec.hidden_size) * 2 * 2 / tp
     row = {"engine": engine, "quant": key, "weights_gib": weights / GiB, "kv_per_token_kib": kv_tok / 1024,
-           "note": note, "overhead_gib": (activation + overhead) / GiB, "gpu_layers": None}
+           "note": note, "overhead_gib": (activation + overhead) / GiB, "gpu_layers": None,
+           **({"tensor_parallel": tp} if tp > 1 else {})}
     fixed = weights + activation + overhead
     row.update(_vllm_gpu(req, fixed, kv_tok, weights) if gpu else _vllm_cpu(req, fixed, kv_tok))
     return row

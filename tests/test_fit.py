@@ -145,3 +145,25 @@ def test_sliding_window_kv_is_what_each_engine_allocates():
         log = e.info.log_path
     with open(log) as f:
         assert "using full-size SWA cache" in f.read()
+
+
+def test_tensor_parallel_plans_vllm_per_gpu():
+    """Llama-3-8B shapes, 8 KV heads: each of 2 GPUs holds half the weights and half the KV
+    heads; over 16 GPUs a KV head is never split, so each holds one (of 8) whole."""
+    shape = {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+             "vocab_size": 128256, "max_position_embeddings": 8192}
+    kw = dict(engines=["vllm", "llama-server"], gpu_memory="24GiB", context=4096, users=8, dtype="bfloat16")
+    one, two = labkit.fit(shape, **kw), labkit.fit(shape, tensor_parallel_size=2, **kw)
+    assert two.row("vllm")["weights_gib"] == pytest.approx(one.row("vllm")["weights_gib"] / 2)
+    assert two.row("vllm")["kv_per_token_kib"] == pytest.approx(one.row("vllm")["kv_per_token_kib"] / 2)
+    assert two.row("vllm")["max_users"] > 2 * one.row("vllm")["max_users"]  # the freed weights hold KV too
+    assert "per GPU of 2" in two.row("vllm")["note"] and two.row("vllm")["tensor_parallel"] == 2
+    assert two.row("llama-server")["weights_gib"] == one.row("llama-server")["weights_gib"]
+    assert "vLLM's" in two.row("llama-server")["note"]  # llama.cpp does not split by tensor: said so
+    sixteen = labkit.fit(shape, tensor_parallel_size=16, **kw).row("vllm")
+    assert sixteen["kv_per_token_kib"] == pytest.approx(one.row("vllm")["kv_per_token_kib"] / 8)
+    with pytest.raises(labkit.InvalidInput, match="gpu_memory"):
+        labkit.fit(shape, tensor_parallel_size=2)
+    with pytest.raises(labkit.InvalidInput, match="tensor_parallel_size"):
+        labkit.fit(shape, gpu_memory="24GiB", tensor_parallel_size=0)

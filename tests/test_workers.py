@@ -103,3 +103,28 @@ def test_calibrate_measures_what_the_client_sustains():
     assert cal.scaling().iloc[0] == 1.0 and "Client calibration" in cal._repr_html_()
     with pytest.raises(InvalidInput, match="workers"):
         labkit.calibrate(workers=[0])
+
+
+def test_an_api_key_reaches_the_server_from_every_worker_and_nothing_written(tmp_path, monkeypatch, capfd):
+    key, extra = "sk-test-0123456789abcdef", "gw-secret-9876543210"
+    monkeypatch.setenv("MY_GATEWAY_KEY", key)
+    with labkit.load("mock-server", api_key=key, log_dir=str(tmp_path / "logs")) as gated:
+        assert httpx.get(gated.url + "/models").status_code == 401  # it requires the key
+        with pytest.raises(InvalidInput, match="NOT_SET_ANYWHERE"):
+            labkit.load("openai", url=gated.url, api_key_env="NOT_SET_ANYWHERE")
+        with labkit.load("openai", url=gated.url, api_key_env="MY_GATEWAY_KEY",
+                         headers={"X-Gateway": extra}) as ext:
+            assert ext.info.args["server_version"].startswith("labkit-mock")  # the endpoint's identity
+            res = labkit.bench(ext, concurrency=[2], requests_per_level=6, workload=SMALL, warmup=0,
+                               progress=False, workers=2, out=tmp_path / "run")
+            assert res.summary["completed"].iloc[0] == 6 and set(res.requests["worker"]) == {0, 1}
+            res.save(tmp_path / "saved")
+            shown = res._repr_html_() + ext.info._repr_html_() + str(res.manifest)
+    out, err = capfd.readouterr()
+    for secret in (key, extra):
+        assert secret not in shown + out + err
+        for f in tmp_path.rglob("*"):
+            if f.is_file():
+                assert secret not in f.read_text(errors="replace"), f
+    assert res.manifest["engine"]["args"]["header_names"] == ["X-Gateway"]
+    assert res.manifest["environment"]["hostname"]  # which client host measured it

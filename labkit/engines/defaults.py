@@ -154,3 +154,29 @@ def cpu_executor(requested: Any, parallel: int = 1) -> Any:
     if requested is not None or parallel > 1 or has_cuda():
         return requested
     return UNI_EXECUTOR
+
+
+_BACKENDS = ("mp", "ray", "uni", "external_launcher")
+
+
+def parallelism(tensor: int = 1, pipeline: int = 1, data: int = 1, backend: str | None = None) -> dict[str, Any]:
+    """vLLM's parallel sizes and executor backend, checked: the keyword arguments both vLLM
+    engines pass on (``LLM(**...)``, or as the server's flags), only those that differ from
+    vLLM's defaults. Ray across hosts is vLLM's own (``backend="ray"``): labkit adds nothing."""
+    sizes = {"tensor_parallel_size": tensor, "pipeline_parallel_size": pipeline, "data_parallel_size": data}
+    for name, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidInput(f"{name} must be a whole number >= 1, got {n!r}.")
+    if backend is not None and backend not in _BACKENDS and "." not in str(backend):
+        raise InvalidInput(f"distributed_executor_backend must be one of {', '.join(_BACKENDS)} (or an "
+                           f"executor class path), got {backend!r}.")
+    out: dict[str, Any] = {k: v for k, v in sizes.items() if v > 1}
+    executor = cpu_executor(backend, tensor * pipeline * data)
+    if executor is not None:
+        out["distributed_executor_backend"] = executor
+    return out
+
+
+def as_flags(kwargs: dict[str, Any]) -> list[str]:
+    """``{"tensor_parallel_size": 2}`` as vLLM server flags: ``--tensor-parallel-size 2``."""
+    return [x for k, v in kwargs.items() for x in (f"--{k.replace('_', '-')}", str(v))]

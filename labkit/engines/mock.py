@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 from typing import Any
@@ -24,6 +25,8 @@ from .base import EngineInfo
 from .servers import Launch, _ManagedServer
 
 MODEL = "labkit-mock"
+#: with an API key (``api_key=``), the mock answers 401 to requests without it, as a gateway does
+KEY_VARIABLE = "LABKIT_MOCK_API_KEY"
 
 
 class MockServerEngine(_ManagedServer):
@@ -35,12 +38,13 @@ class MockServerEngine(_ManagedServer):
 
     def __init__(self, *, token_delay_ms: float = 0.0, ttft_ms: float = 0.0, jitter: float = 0.0,
                  seed: int = 0, host: str = "127.0.0.1", port: int | None = None,
-                 startup_timeout_s: float = 60.0, log_dir: str | None = None):
+                 startup_timeout_s: float = 60.0, log_dir: str | None = None, api_key: str | None = None):
         args = {"token_delay_ms": token_delay_ms, "ttft_ms": ttft_ms, "jitter": jitter, "seed": seed}
         _check(args)
         cmd = [sys.executable, "-m", "labkit.engines.mock",
                *(x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", str(v)))]
-        super().__init__(cmd, Launch(host, port, startup_timeout_s, MODEL, log_dir=log_dir))
+        super().__init__(cmd, Launch(host, port, startup_timeout_s, MODEL, log_dir=log_dir,
+                                     api_key=api_key, key_variable=KEY_VARIABLE))
         self._info = EngineInfo(
             engine=self.name, engine_version=f"labkit {__version__}", model=MODEL, model_path="",
             model_sha256=None, args={**args, "host": host, "port": self.port}, threads=1,
@@ -145,7 +149,15 @@ def app(replies: _Replies) -> Any:
     async def version(_: web.Request) -> web.Response:
         return web.json_response({"version": f"labkit-mock {__version__}"})
 
-    application = web.Application()
+    key = os.environ.get(KEY_VARIABLE)
+
+    @web.middleware
+    async def require_key(request: web.Request, handler: Any) -> web.StreamResponse:
+        if key and request.path != "/health" and request.headers.get("Authorization") != f"Bearer {key}":
+            return web.json_response({"error": {"message": "a valid API key is required"}}, status=401)
+        return await handler(request)
+
+    application = web.Application(middlewares=[require_key])
     application.add_routes([web.post("/v1/completions", complete), web.post("/v1/chat/completions", complete),
                             web.get("/v1/models", models), web.get("/health", health),
                             web.get("/version", version)])

@@ -344,21 +344,50 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
 
 
 class OpenAIEngine(HttpEngine):
-    """An OpenAI-compatible endpoint, e.g. ``load("openai", url="http://127.0.0.1:8000/v1")``."""
+    """An OpenAI-compatible endpoint, e.g. ``load("openai", url="http://127.0.0.1:8000/v1")``.
+
+    ``api_key_env``: the environment variable holding the API key (or ``api_key=`` itself);
+    ``headers``: more headers for every request (a gateway's own). Neither is recorded
+    anywhere: the engine's info, a result's manifest and its logs name the endpoint (its URL,
+    model and ``/version`` where it serves one), never its credentials.
+    """
 
     name = "openai"
     summary = "any OpenAI-compatible URL (HTTP, streaming)"
 
     def __init__(self, url: str, model: str | None = None, *, api_key: str | None = None,
-                 timeout_s: float = 600.0, max_connections: int = 512,
+                 api_key_env: str | None = None, timeout_s: float = 600.0, max_connections: int = 512,
                  headers: dict[str, str] | None = None):
         super().__init__()
-        self._connect(url, model, api_key, timeout_s, max_connections, headers)
+        self._connect(url, model, _key(api_key, api_key_env), timeout_s, max_connections, headers)
         self._info = EngineInfo(
             engine=self.name, engine_version=self.flavor, model=self.model, model_path="",
-            model_sha256=None, args={"url": self.url}, url=self.url, threads=None,
-            device="remote",
-        )
+            model_sha256=None, url=self.url, threads=None, device="remote",
+            args={"url": self.url, "server_version": self._server_version(),
+                  "api_key_env": api_key_env, "header_names": sorted(headers or {})})
+
+    def _server_version(self) -> str | None:
+        """What the endpoint says it runs (``/version``: vLLM, labkit's mock), if it says."""
+        try:
+            r = self._client.get(_root(self.url) + "/version", timeout=5.0)
+            return str(r.json().get("version")) if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+
+
+def _key(api_key: str | None, api_key_env: str | None) -> str | None:
+    import os
+
+    if api_key_env is None:
+        return api_key
+    if api_key is not None:
+        raise InvalidInput("Give api_key= or api_key_env=, not both.")
+    if not isinstance(api_key_env, str) or not api_key_env:
+        raise InvalidInput(f"api_key_env names an environment variable, got {api_key_env!r}.")
+    if not os.environ.get(api_key_env):
+        raise InvalidInput(f"The environment variable {api_key_env} (api_key_env) is not set or "
+                           "empty: export the API key there first.")
+    return os.environ[api_key_env]
 
 
 def _one_line(text: str, limit: int = 300) -> str:

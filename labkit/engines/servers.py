@@ -28,10 +28,11 @@ from ..memory import EngineMemory
 from ..synthetic import is_synthetic
 from .base import EngineInfo
 from .defaults import (
+    as_flags,
     check_dtype,
-    cpu_executor,
     default_dtype,
     default_threads,
+    parallelism,
     vllm_env,
     vllm_gguf_loader,
     vllm_model_source,
@@ -233,15 +234,18 @@ class VllmServerEngine(_ManagedServer):
                  port: int | None = None,
                  startup_timeout_s: float = 300.0, extra_args: list[str] | None = None,
                  log_dir: str | None = None, api_key: str | None = None, gguf_loader: bool = False,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
+                 data_parallel_size: int = 1, distributed_executor_backend: str | None = None):
         directory, source = vllm_model_source(model, gguf_loader)
         label = models.label(model, directory)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
         dtype = default_dtype() if dtype == "auto" else check_dtype(dtype)
         given = {a.split("=", 1)[0] for a in extra_args or []}  # "--flag value" or "--flag=value"
-        # None where extra_args choose the executor themselves (or ask for several workers).
-        executor = None if "--distributed-executor-backend" in given else cpu_executor(
-            None, 2 if given & {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp"} else 1)
+        parallel = parallelism(tensor_parallel_size, pipeline_parallel_size, data_parallel_size,
+                               distributed_executor_backend)
+        if given & {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--data-parallel-size",
+                    "-dp", "--distributed-executor-backend"}:
+            parallel = {}  # extra_args choose the parallel layout and executor themselves
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory),
                "--served-model-name", label, "--max-model-len", str(context), "--dtype", dtype,
                "--max-num-seqs", str(max_num_seqs), "--disable-uvicorn-access-log",
@@ -253,7 +257,7 @@ class VllmServerEngine(_ManagedServer):
                *(["--enforce-eager"] if enforce_eager else []),
                *(["--gpu-memory-utilization", str(gpu_memory_utilization)] if gpu_memory_utilization else []),
                *(["--load-format", "dummy"] if is_synthetic(directory) else []),
-               *(["--distributed-executor-backend", executor] if executor else []),
+               *as_flags(parallel),
                *(x for key, value in source.items() for x in (f"--{key.replace('_', '-')}", value)),
                *(extra_args or [])]
         super().__init__(cmd, Launch(host, port, startup_timeout_s, label, {**os.environ, **env},
@@ -264,7 +268,7 @@ class VllmServerEngine(_ManagedServer):
             args={"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
                   "max_num_seqs": max_num_seqs, "enforce_eager": enforce_eager, "host": host,
                   "port": self.port, "extra_args": extra_args or [], "prefix_cache": prefix_cache,
-                  **({"distributed_executor_backend": executor} if executor else {}),
+                  **parallel,
                   "gguf_loader": "used" if gguf_loader else (vllm_gguf_loader() or "available, not used")},
             threads=threads_used, device=device, url=self.url, pid=self._proc.pid,
             log_path=str(self._proc.log_path))

@@ -40,8 +40,8 @@ from .base import (
 from .capabilities import ReportsKv, Scores, Submits
 from .defaults import (
     check_dtype,
-    cpu_executor,
     default_dtype,
+    parallelism,
     script_hint,
     vllm_env,
     vllm_gguf_loader,
@@ -127,10 +127,9 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
         directory, source = vllm_model_source(model, gguf_loader)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
         dtype = default_dtype() if dtype == "auto" else check_dtype(dtype)
-        parallel = llm_kwargs.get("tensor_parallel_size", 1) * llm_kwargs.get("pipeline_parallel_size", 1)
-        executor = cpu_executor(llm_kwargs.pop("distributed_executor_backend", None), parallel)
-        if executor is not None:
-            llm_kwargs["distributed_executor_backend"] = executor
+        llm_kwargs.update(parallelism(*(llm_kwargs.pop(k, 1) for k in (
+            "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")),
+            llm_kwargs.pop("distributed_executor_backend", None)))
         kwargs: dict[str, Any] = dict(model=str(directory), max_model_len=context, dtype=dtype,
                                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
                                       seed=seed, enable_prefix_caching=prefix_cache, **source, **llm_kwargs)

@@ -90,8 +90,13 @@ def test_the_cli_takes_an_api_key_from_the_environment_only(monkeypatch):
     assert engine_kwargs(args)["api_key"] == "k-123"
     args = build_parser().parse_args(["generate", "--engine", "llama.cpp", "hi"])
     assert "api_key" not in engine_kwargs(args)  # an in-process engine has no API
-    with pytest.raises(SystemExit):  # and there is no flag that would put it in `ps`
-        build_parser().parse_args(["generate", "--api-key", "k", "hi"])
+    # a key on the command line (where `ps` shows it) is refused, saying where it goes instead
+    args = build_parser().parse_args(["generate", "--api-key", "k", "hi"])
+    with pytest.raises(InvalidInput, match="shows in `ps`.*LABKIT_API_KEY"):
+        engine_kwargs(args)
+    from labkit.cli import main
+
+    assert main(["generate", "--engine", "openai", "--url", "http://x/v1", "--api-key", "k", "hi"]) == 2
 
 
 def test_sliding_window_layers_keep_only_the_window():

@@ -162,3 +162,19 @@ def test_vllm_on_cpu_gets_the_in_engine_core_executor_and_a_sized_thread_pool(mo
     assert defaults.cpu_executor(None, parallel=2) is None
     monkeypatch.setattr(defaults, "has_cuda", lambda: True)
     assert defaults.cpu_executor(None) is None
+
+
+def test_vllm_parallel_sizes_and_executor_pass_through_checked(monkeypatch):
+    from labkit.engines import defaults
+    from labkit.errors import InvalidInput
+
+    monkeypatch.setattr(defaults, "has_cuda", lambda: True)
+    got = defaults.parallelism(2, 1, 1, "ray")
+    assert got == {"tensor_parallel_size": 2, "distributed_executor_backend": "ray"}
+    assert defaults.as_flags(got) == ["--tensor-parallel-size", "2", "--distributed-executor-backend", "ray"]
+    assert defaults.parallelism(1, 2, 2) == {"pipeline_parallel_size": 2, "data_parallel_size": 2}
+    monkeypatch.setattr(defaults, "has_cuda", lambda: False)
+    assert defaults.parallelism() == {"distributed_executor_backend": defaults.UNI_EXECUTOR}
+    for bad in ({"tensor": 0}, {"pipeline": 1.5}, {"data": True}, {"backend": "threads"}):
+        with pytest.raises(InvalidInput):
+            defaults.parallelism(**bad)
