@@ -50,7 +50,7 @@ _LAZY = {
     "conformance": "apicheck", "batch_invariance": "apicheck",
 }
 _SUBMODULES = ("models", "plots", "widgets", "native", "synthetic", "arch", "planner", "comparison",
-               "loadgen", "card", "memory", "apicheck")
+               "loadgen", "card", "memory", "apicheck", "runs")
 
 
 def __getattr__(name: str):

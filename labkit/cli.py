@@ -337,15 +337,19 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 register("fit", "plan memory: will a model fit, in which engine", _fit, _fit_args)
 
 
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def _run(args: argparse.Namespace) -> int:
     from .runner import run
 
-    params = {}
-    for name, value in args.param or []:
-        try:
-            params[name] = json.loads(value)
-        except json.JSONDecodeError:
-            params[name] = value
+    params = {name: _json_or_text(value) for name, value in args.param or []}
+    if args.grid:
+        return _run_grid(args, params)
     folder = run(args.notebook, params, out=args.out)
     stem = args.notebook.rsplit("/", 1)[-1].removesuffix(".ipynb")
     print(f"report: {folder / (stem + '.html')}")
@@ -358,6 +362,30 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="override a parameter (VALUE is read as JSON when it parses)")
     p.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")
+    p.add_argument("--grid", nargs=2, action="append", metavar=("NAME", "VALUES"),
+                   help="run once per value of a parameter (VALUES: a JSON list); several --grid "
+                        "flags run every combination, each into OUT/NNN-NAME=VALUE")
+    p.add_argument("--json", action="store_true", help="with --grid: the points as JSON on stdout")
+
+
+def _run_grid(args: argparse.Namespace, params: dict[str, Any]) -> int:
+    from .runner import run_grid
+
+    grid = {}
+    for name, values in args.grid:
+        parsed = _json_or_text(values)
+        if not isinstance(parsed, list) or not parsed:
+            raise InvalidInput(f"--grid {name} takes a JSON list of values, e.g. '[1, 4, 16]'; got {values!r}.")
+        grid[name] = parsed
+    points = run_grid(args.notebook, grid, params, out=args.out, progress=not args.json)
+    failed = points[points["error"].notna()]
+    if args.json:
+        print(points.to_json(orient="records"))
+    else:
+        print(points.to_string(index=False))
+    for _, row in failed.iterrows():
+        print(f"labkit: point {row['folder']} failed: {row['error']}", file=sys.stderr)
+    return 1 if len(failed) else 0
 
 
 register("run", "run a notebook headlessly and write its report", _run, _run_args)

@@ -30,13 +30,19 @@ def _labelled(items: Any, one: type, label: Callable[[Any], str]) -> dict[str, A
     return out
 
 
-def _results(results: BenchResult | Sequence[BenchResult] | dict[str, BenchResult]) -> dict[str, BenchResult]:
+def _results(results: Any, by: str = "machine") -> dict[str, BenchResult]:
+    """One result, a sequence, a ``{label: result}`` dict, or :class:`labkit.runs.Runs` (its
+    bench runs labelled ``by`` machine, engine or run)."""
+    from .runs import Runs
+
+    if isinstance(results, Runs):
+        return results.by(by)
     return _labelled(results, BenchResult, lambda r: r.manifest.get("engine", {}).get("engine", "engine"))
 
 
 def _summary(results) -> pd.DataFrame:
     frames = []
-    for label, r in _results(results).items():
+    for label, r in _results(results).items():  # results: already labelled (see callers)
         s = r.summary
         if not s.empty:
             frames.append(s.assign(label=label))
@@ -51,9 +57,11 @@ def _error_bars(g: pd.DataFrame, metric: str) -> dict[str, Any] | None:
             "arrayminus": g[metric] - g[f"{metric}_lo"]}
 
 
-def throughput(results, metric: str = "output_tok_per_s") -> go.Figure:
-    """Output tokens/s (or ``req_per_s``) against concurrent users, one line per engine; error
-    bars are the 95% intervals over rounds where the runs had ``repeats``."""
+def throughput(results, metric: str = "output_tok_per_s", by: str = "machine") -> go.Figure:
+    """Output tokens/s (or ``req_per_s``) against concurrent users, one line per engine (or,
+    for :func:`labkit.runs.load`'s runs, per machine, engine or run: ``by``); error bars are
+    the 95% intervals over rounds where the runs had ``repeats``."""
+    results = _results(results, by)
     s = _summary(results)
     fig = go.Figure()
     for label, g in s[s["mode"] == "concurrency"].groupby("label", sort=False):
@@ -80,8 +88,10 @@ def _flag_unlike_prompts(fig: go.Figure, results) -> go.Figure:
     return fig
 
 
-def latency(results, metrics: Sequence[str] = ("ttft", "tpot"), percentile: str = "p50") -> go.Figure:
-    """TTFT and TPOT percentiles (ms) against concurrent users."""
+def latency(results, metrics: Sequence[str] = ("ttft", "tpot"), percentile: str = "p50",
+            by: str = "machine") -> go.Figure:
+    """TTFT and TPOT percentiles (ms) against concurrent users (``by``: see :func:`throughput`)."""
+    results = _results(results, by)
     s = _summary(results)
     fig = go.Figure()
     dashes = ["solid", "dash", "dot"]

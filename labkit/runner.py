@@ -11,6 +11,7 @@ run folder: the executed notebook, an offline HTML report (:mod:`labkit.report`)
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from .errors import InvalidInput, NotebookError
 
 MIME = "application/vnd.labkit.record+json"
 KERNEL = "labkit"
+#: the run folder of the notebook being executed, for the notebook's own saved results
+RUN_DIR_VARIABLE = "LABKIT_RUN_DIR"
 
 
 def _jsonable(value: Any) -> Any:
@@ -89,12 +92,17 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     executed = folder / nb_path.name
-    manifest = {"notebook": str(nb_path), "parameters": parameters or {}, "environment": environment(),
+    from . import __version__
+
+    manifest = {"notebook": str(nb_path), "parameters": parameters or {}, "labkit_version": __version__,
+                "environment": environment(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     from nbclient.exceptions import DeadKernelError
 
     deaths: list[int] = []
+    previous = os.environ.get(RUN_DIR_VARIABLE)
+    os.environ[RUN_DIR_VARIABLE] = str(folder)  # the kernel inherits it: labkit.runs.folder()
     try:
         pm.execute_notebook(str(nb_path), str(executed), parameters=parameters or {}, kernel_name=kernel,
                             cwd=str(nb_path.parent), progress_bar=False, execution_timeout=timeout_s,
@@ -113,6 +121,11 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
                             hint="Run `labkit doctor`: it checks this machine's native builds "
                                  "(llama.cpp, torch) in child processes and names the one "
                                  "that crashes.") from None
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_VARIABLE, None)
+        else:
+            os.environ[RUN_DIR_VARIABLE] = previous
     _slim_widget_state(executed)
     _write_report(executed, folder, nb_path.stem)
     return folder
@@ -203,3 +216,54 @@ def _source_cell(executed: Path, cell_index: int | None) -> tuple[int, str]:
     source = "".join(source) if isinstance(source, list) else source
     first = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
     return cell_index - injected, first
+
+
+def run_grid(notebook: str | Path, grid: dict[str, list[Any]], parameters: dict[str, Any] | None = None,
+             out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run ``notebook`` once per combination of the ``grid``'s values (``parameters`` fixed
+    for all), each into its own run folder under ``out``; returns one row per point (its
+    parameters, folder, and ``error`` where it failed). A failing point does not stop the
+    others; Ctrl-C stops after the points that completed, which stay. ``index.json`` in
+    ``out`` lists them all, for :func:`labkit.runs.load`."""
+    import itertools
+
+    if not grid or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise InvalidInput(f"grid maps each parameter to a non-empty list of values, got {grid!r:.120}.")
+    nb_path = Path(notebook)
+    base = Path(out) if out else Path("runs") / f"{nb_path.stem}-grid-{time.strftime('%Y%m%d-%H%M%S')}"
+    points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    rows: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(points), desc=f"{nb_path.stem} grid")
+    try:
+        for i, point in enumerate(points):
+            folder = base / f"{i:03d}-{_slug(point)}"
+            row: dict[str, Any] = {**point, "folder": str(folder), "error": None}
+            rows.append(row)
+            try:
+                run(nb_path, {**(parameters or {}), **point}, out=folder)
+            except NotebookError as e:
+                row["error"] = str(e).splitlines()[0]
+            if bar is not None:
+                bar.update(1)
+    except KeyboardInterrupt:
+        rows[-1]["error"] = "interrupted"
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "index.json").write_text(json.dumps({"notebook": str(nb_path), "grid": grid,
+                                                     "parameters": parameters or {}, "points": rows},
+                                                    indent=2, default=str))
+    return pd.DataFrame(rows)
+
+
+def _slug(point: dict[str, Any]) -> str:
+    import re
+
+    text = "-".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in point.items())
+    return re.sub(r"[^A-Za-z0-9=,._-]+", "_", text)[:80]

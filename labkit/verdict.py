@@ -419,7 +419,7 @@ def _memory_finding(r: _Runs, served: tuple[dict[str, float], str, str, str] | N
                            "vLLM reserves its KV cache up front (VLLM_CPU_KVCACHE_SPACE / gpu_memory_utilization)"))
 
 
-def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int, *, slo: SLO | None = None,
+def verdict(runs: Any, plan: FitPlan, users: int, *, slo: SLO | None = None,
             capacities: dict[str, Capacity] | None = None, card: CardRun | None = None,
             api: Conformance | None = None) -> Verdict:
     """Fill the "measured here" column from benchmark runs of llama.cpp, llama-server, vllm and
@@ -427,7 +427,12 @@ def verdict(runs: dict[str, BenchResult], plan: FitPlan, users: int, *, slo: SLO
     "users served within a latency SLO" comes from ``capacities`` (``labkit.capacity``
     results by engine) or, with ``slo`` only, from the levels the runs measured. ``card``
     (``labkit.card.measure``, on a GPU) replaces the 26B row's llama.cpp plan with a run;
-    ``api`` (``labkit.conformance`` of vllm-server and llama-server) fills the API and tool rows."""
+    ``api`` (``labkit.conformance`` of vllm-server and llama-server) fills the API and tool rows.
+    ``runs`` may be :func:`labkit.runs.load`'s runs of one machine (``runs.on(machine)``)."""
+    from .runs import Runs
+
+    if isinstance(runs, Runs):
+        runs = runs.engines()
     r = _Runs(runs, users)
     served = _served(r, slo, capacities)
     found = {**_load_findings(r), **_platform_findings(r), **_api_findings(r, api),

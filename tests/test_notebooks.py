@@ -200,3 +200,38 @@ def test_09_api_and_tools(tmp_path):
     assert set(table["status"]) <= {"supported", "partial", "missing", "wrong", "not checked"}
     inv = r["invariance"]["llama-server"].set_index("users")
     assert inv.loc[1, "changed_frac"] == 0.0 and inv.loc[2, "prompts"] == 2
+
+
+def test_10_compare_machines_as_a_grid_and_its_runs_load_by_machine(tmp_path):
+    """`labkit run --grid`: one run folder per point, each holding the notebook and its bench
+    run; the committed run from another machine loads beside them."""
+    import subprocess
+    import sys
+
+    import labkit
+
+    out = tmp_path / "grid"
+    cmd = [sys.executable, "-m", "labkit.cli", "run", str(NOTEBOOK_DIR / "10-compare-machines.ipynb"),
+           "--grid", "USERS", "[[1], [2]]", "-p", "REQUESTS", "3", "-p", "OUTPUT_TOKENS", "8",
+           "--out", str(out), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    points = json.loads(done.stdout)  # --json: only JSON on stdout
+    assert [p["USERS"] for p in points] == [[1], [2]] and all(p["error"] is None for p in points)
+    index = json.loads((out / "index.json").read_text())
+    assert len(index["points"]) == 2
+    for p in points:
+        r = _checked(Path(p["folder"]), "10-compare-machines")
+        assert {"machines", "summary"} <= set(r)
+    runs = labkit.runs.load(out)
+    assert sorted(r.kind for r in runs.runs) == ["bench", "bench", "notebook", "notebook"]
+    assert sorted(runs.summary["level"]) == [1, 2]
+
+
+def test_a_grid_with_a_bad_parameter_is_refused_before_any_run(tmp_path):
+    from labkit.cli import main
+
+    assert main(["run", str(NOTEBOOK_DIR / "10-compare-machines.ipynb"), "--grid", "NOPE", "[1]",
+                 "--out", str(tmp_path / "g")]) == 2
+    assert main(["run", str(NOTEBOOK_DIR / "10-compare-machines.ipynb"), "--grid", "USERS", "4",
+                 "--out", str(tmp_path / "g")]) == 2

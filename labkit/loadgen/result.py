@@ -66,6 +66,11 @@ class RequestRecord:
 REQUEST_COLUMNS = [f.name for f in fields(RequestRecord) if f.metadata.get("column", True)]
 
 
+#: what a run folder holds (BenchResult.save writes them; a new run replaces them all)
+RUN_FILES = ("manifest.json", "requests.jsonl", "memory.csv", "summary.csv", "kv.csv", "telemetry.csv",
+             "client.csv", "run.json")
+
+
 class RunWriter:
     """Appends request rows to ``requests.jsonl`` as they finish (thread-safe)."""
 
@@ -75,7 +80,11 @@ class RunWriter:
         self._file = None
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.folder / "requests.jsonl", "a")  # noqa: SIM115 (closed in close())
+            # A new run in a folder that held one replaces it whole: its rows appended to the
+            # old run's, under the new manifest, would load as one run that never happened.
+            for name in RUN_FILES:
+                (self.folder / name).unlink(missing_ok=True)
+            self._file = open(self.folder / "requests.jsonl", "w")  # noqa: SIM115 (closed in close())
 
     def manifest(self, manifest: dict[str, Any]) -> None:
         if self.folder:
