@@ -79,15 +79,7 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     """Execute ``notebook`` and return its run folder (executed .ipynb, .html, results.json)."""
     import papermill as pm
 
-    nb_path = Path(notebook).resolve()
-    if not nb_path.exists():
-        raise InvalidInput(f"No notebook at {nb_path}.")
-    known = pm.inspect_notebook(str(nb_path))
-    unknown = sorted(set(parameters or {}) - set(known))
-    if unknown:
-        listing = ", ".join(f"{k} (default {v.get('default')})" for k, v in known.items()) or "none"
-        raise InvalidInput(f"{nb_path.name} has no parameter {', '.join(unknown)}. Its parameters "
-                           f"(the cell tagged 'parameters'): {listing}.")
+    nb_path = _checked_notebook(notebook, parameters)
     folder = Path(out) if out else Path("runs") / f"{nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,8 +87,7 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     from . import __version__
 
     manifest = {"notebook": str(nb_path), "parameters": parameters or {}, "labkit_version": __version__,
-                "environment": environment(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "environment": environment(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     from nbclient.exceptions import DeadKernelError
 
@@ -129,6 +120,22 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     _slim_widget_state(executed)
     _write_report(executed, folder, nb_path.stem)
     return folder
+
+
+def _checked_notebook(notebook: str | Path, parameters: dict[str, Any] | None) -> Path:
+    """The notebook's path, once it exists and has every parameter given."""
+    import papermill as pm
+
+    nb_path = Path(notebook).resolve()
+    if not nb_path.exists():
+        raise InvalidInput(f"No notebook at {nb_path}.")
+    known = pm.inspect_notebook(str(nb_path))
+    unknown = sorted(set(parameters or {}) - set(known))
+    if unknown:
+        listing = ", ".join(f"{k} (default {v.get('default')})" for k, v in known.items()) or "none"
+        raise InvalidInput(f"{nb_path.name} has no parameter {', '.join(unknown)}. Its parameters "
+                           f"(the cell tagged 'parameters'): {listing}.")
+    return nb_path
 
 
 def _slim_widget_state(executed: Path) -> None:
@@ -229,7 +236,7 @@ def run_grid(notebook: str | Path, grid: dict[str, list[Any]], parameters: dict[
 
     if not grid or any(not isinstance(v, list) or not v for v in grid.values()):
         raise InvalidInput(f"grid maps each parameter to a non-empty list of values, got {grid!r:.120}.")
-    nb_path = Path(notebook)
+    nb_path = _checked_notebook(notebook, {**(parameters or {}), **grid})  # before any point runs
     base = Path(out) if out else Path("runs") / f"{nb_path.stem}-grid-{time.strftime('%Y%m%d-%H%M%S')}"
     points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     rows: list[dict[str, Any]] = []

@@ -235,3 +235,4 @@ def test_a_grid_with_a_bad_parameter_is_refused_before_any_run(tmp_path):
                  "--out", str(tmp_path / "g")]) == 2
     assert main(["run", str(NOTEBOOK_DIR / "10-compare-machines.ipynb"), "--grid", "USERS", "4",
                  "--out", str(tmp_path / "g")]) == 2
+    assert not (tmp_path / "g").exists()  # refused before anything ran or was written
