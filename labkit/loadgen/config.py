@@ -51,8 +51,10 @@ class BenchConfig:
     #: server time (vLLM: ~11 ms to render /metrics).
     telemetry: bool = False
     telemetry_interval_s: float = 2.0
-    #: load processes (labkit.loadgen.workers): 1 sends every request from this process
-    workers: int = 1
+    #: load processes (labkit.loadgen.workers): 1 sends every request from this process;
+    #: "ray" or "ray:N": Ray actors (labkit.loadgen.ray_workers) on the cluster at ray_address
+    workers: int | str = 1
+    ray_address: str | None = None
     levels: list[int] = field(init=False)
     rates: list[float] = field(init=False)
 
@@ -130,4 +132,4 @@ class BenchConfig:
                 "warmup_requests": self.warmup, "seed": self.seed, "slo_ms": self.slo_ms,
                 "first_request": self.first_request, "repeats": self.repeats,
                 "telemetry_interval_s": self.telemetry_interval_s if self.telemetry else None,
-                "workers": self.workers}
+                "workers": self.workers, "ray_address": self.ray_address}

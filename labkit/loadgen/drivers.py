@@ -23,6 +23,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -96,6 +97,10 @@ class Driver(ABC):
         """Release what the driver holds (after the last level)."""
         return None
 
+    def describe(self) -> dict[str, Any]:
+        """For the manifest: what sent the requests."""
+        return {"driver": type(self).__name__, "processes": 1}
+
     def processes(self) -> list[psutil.Process]:
         """The processes that send the requests (whose CPU says if the client kept up)."""
         return [psutil.Process()]
@@ -140,16 +145,7 @@ class AsyncDriver(Driver):
             task.add_done_callback(self._tasks.discard)
 
     async def _one(self, job: Job) -> None:
-        tokens: list[Token] = []
-        error = None
-        t0 = job.begin(self.origin)
-        try:
-            r = job.request
-            async for tok in self.engine.astream(r.prompt, **job.params):
-                tokens.append(tok)
-        except Exception as e:
-            error = e
-        job.finish(tokens, t0, error)
+        await stream_job(self.engine, job, self.origin)
 
     def close(self) -> None:
         async def shutdown() -> None:
@@ -169,6 +165,19 @@ class AsyncDriver(Driver):
                 self._loop.close()
 
 
+async def stream_job(engine: AsyncStreams, job: Job, origin: float) -> None:
+    """Send one job on the running event loop and finish its record (errors included)."""
+    tokens: list[Token] = []
+    error = None
+    t0 = job.begin(origin)
+    try:
+        async for tok in engine.astream(job.request.prompt, **job.params):
+            tokens.append(tok)
+    except Exception as e:
+        error = e
+    job.finish(tokens, t0, error)
+
+
 class ThreadDriver(Driver):
     def send(self, jobs: list[Job]) -> None:
         for job in jobs:
@@ -186,9 +195,13 @@ class ThreadDriver(Driver):
         job.finish(tokens, t0, error)
 
 
-def driver_for(engine: Engine, origin: float, workers: int = 1) -> Driver:
-    """The cheapest way ``engine`` declares it can be driven (from ``workers`` processes:
-    see :mod:`labkit.loadgen.workers`)."""
+def driver_for(engine: Engine, origin: float, workers: int | str = 1, ray_address: str | None = None) -> Driver:
+    """The cheapest way ``engine`` declares it can be driven (from ``workers`` processes or
+    Ray actors: see :mod:`labkit.loadgen.workers` and :mod:`labkit.loadgen.ray_workers`)."""
+    if isinstance(workers, str):
+        from .ray_workers import RayDriver
+
+        return RayDriver(engine, origin, workers, ray_address)
     if workers > 1:
         from .workers import ProcessDriver
 

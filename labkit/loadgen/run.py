@@ -41,7 +41,8 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
           out: str | Path | None = None, slo_ms: dict[str, float] | None = None,
           memory_interval_s: float = 0.1, kv_interval_s: float | None = None,
           progress: bool = True, seed: int = 0, first_request: int = 0, repeats: int = 1,
-          telemetry: bool = False, telemetry_interval_s: float = 2.0, workers: int = 1,
+          telemetry: bool = False, telemetry_interval_s: float = 2.0,
+          workers: int | str = 1, ray_address: str | None = None,
           on_level_done: Callable[[BenchResult], None] | None = None,
           after: Callable[[Engine], Any] | None = None,
           stop_event: threading.Event | None = None, **engine_kwargs: Any) -> BenchResult:
@@ -55,13 +56,12 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
     manifest and one JSONL line per request as it finishes. ``slo_ms``: e.g.
     ``{"ttft": 500, "tpot": 50}`` adds goodput. ``kv_interval_s``: KV account reads during a
     level (None: at its end only; a /metrics page costs 7-11 ms of server CPU). ``memory_interval_s``:
-    how often RSS is read; USS/PSS are read at the edges of each phase. ``first_request``:
-    where the prompts' numbering starts (successive sweeps on one engine pass their running
-    count, so none repeats a prompt a server has cached). ``repeats``: rounds over the levels
-    (each round new prompts); the summary then gives each figure the mean of its rounds and a
-    95% interval over rounds (``<figure>_lo``/``_hi``). ``telemetry=True``: the engine's own
+    how often RSS is read (USS/PSS at phase edges). ``first_request``: the prompts' first number
+    (sweeps in a series pass their count: no prompt repeats). ``repeats``: rounds over the
+    levels, new prompts each: figures get 95% intervals. ``telemetry=True``: the engine's own
     metrics, CPU by process role and the GPU every ``telemetry_interval_s`` (``res.telemetry``).
-    ``workers``: load processes (servers only) when one cannot keep up (``client_bound``).
+    ``workers``: load processes (servers only) when one cannot keep up (``client_bound``);
+    ``"ray"``/``"ray:N"``: Ray actors on the cluster at ``ray_address``.
     ``after``: called with an engine bench loaded, once the sweep completed, before closing it;
     it returns ``res.after`` (``after=labkit.conformance``: one server start for both). Ctrl-C (or
     ``stop_event``) stops the sweep and returns what was measured, with unsent requests marked.
@@ -73,7 +73,7 @@ def bench(engine: Engine | str, *, concurrency: Sequence[int] | int | None = Non
     config = BenchConfig(concurrency, rate, requests_per_level, duration_s, workload, warmup,
                          slo_ms, memory_interval_s, kv_interval_s, progress, seed, first_request,
                          repeats=repeats, telemetry=telemetry, telemetry_interval_s=telemetry_interval_s,
-                         workers=workers)
+                         workers=workers, ray_address=ray_address)
     hooks = {"out": out, "stop_event": stop_event, "on_level_done": on_level_done}
     if not isinstance(engine, str):
         if after is not None:

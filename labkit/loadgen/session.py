@@ -88,8 +88,10 @@ class Session:
 
     def _sweep(self, requests: list[Request]) -> str:
         """Run every level; returns how the sweep ended."""
-        driver = driver_for(self.engine, self.origin, self.config.workers)
+        driver = driver_for(self.engine, self.origin, self.config.workers, self.config.ray_address)
         self.client.processes = driver.processes
+        self.manifest["load"] = driver.describe()  # who sent the requests (processes, actors)
+        self.writer.manifest(self.manifest)
         pacer = Pacer(driver, self.stop)
         shapes = self.config.shapes()
         interrupted = False

@@ -43,12 +43,24 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def check_workers(workers: Any, engine: Engine) -> int:
-    """The number of load processes, refused where it cannot work and warned where it cannot help."""
+def check_workers(workers: Any, engine: Engine) -> int | str:
+    """The number of load processes (or "ray", "ray:N"), refused where it cannot work and
+    warned where it cannot help."""
     from ..engines.openai import HttpEngine
 
+    if isinstance(workers, str):
+        from .ray_workers import import_ray, ray_actors
+
+        ray_actors(workers)
+        import_ray()
+        if not isinstance(engine, HttpEngine):
+            raise InvalidInput(f"workers={workers!r} sends requests from Ray actors, each with its own "
+                               f"connections to a server; the {engine.name} engine runs inside this "
+                               "process. Use a server engine (llama-server, vllm-server, openai).")
+        return workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidInput(f"workers must be a whole number of load processes >= 1, got {workers!r}.")
+        raise InvalidInput(f"workers must be a whole number of load processes >= 1, 'ray' or 'ray:N', "
+                           f"got {workers!r}.")
     if workers > 1 and not isinstance(engine, HttpEngine):
         raise InvalidInput(f"workers={workers} sends requests from {workers} processes, each with its "
                            f"own connections to a server; the {engine.name} engine runs inside this "
@@ -95,6 +107,9 @@ class ProcessDriver(Driver):
                 raise EngineError(f"A load process did not start within {_START_TIMEOUT_S:.0f} s.") from None
             if kind == "failed":
                 raise EngineError(f"Load process {index} could not reach the server: {detail}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"driver": "ProcessDriver", "processes": len(self._procs), "clock": "perf_counter (one host)"}
 
     def processes(self) -> list[psutil.Process]:
         out = [psutil.Process()]

@@ -66,3 +66,20 @@ def test_workers_need_a_server():
 
     with pytest.raises(labkit.InvalidInput, match="runs inside this process"):
         labkit.bench(FakeEngine(), concurrency=[2], requests_per_level=2, workload=SMALL, progress=False, workers=2)
+
+
+def test_ray_workers_need_ray_and_a_well_formed_count(monkeypatch):
+    import sys
+
+    import pytest
+
+    from labkit.loadgen.ray_workers import ray_actors
+
+    assert ray_actors("ray") is None and ray_actors("ray:3") == 3
+    for bad in ("ray:0", "ray:x", "dask"):
+        with pytest.raises(labkit.InvalidInput, match="'ray' or 'ray:N'"):
+            ray_actors(bad)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(labkit.InvalidInput, match=r"labkit\[ray\]"):
+        labkit.bench(FakeAsyncEngine(), concurrency=[1], requests_per_level=1, workload=SMALL, progress=False,
+                     workers="ray")

@@ -1,0 +1,180 @@
+"""Load from Ray actors on many hosts: ``bench(..., workers="ray", ray_address="auto")``.
+
+The same request code as the local load processes (:func:`labkit.loadgen.drivers.stream_job`),
+placed in Ray actors spread over the cluster; Ray does the placement, the transport and the
+cleanup, labkit adds no cluster plumbing of its own. ``workers="ray"`` starts one actor per
+alive node; ``"ray:N"`` starts N, spread. The pacing stays in this process, and each request
+is one actor call that returns its whole record.
+
+One clock across hosts: each actor's ``perf_counter`` is mapped onto this process's at start
+(a round trip, its midpoint; the half round trip is the uncertainty, kept in
+:attr:`RayDriver.clock_error_s`), so every record's times count from the sweep's origin.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+from ..engines.base import Engine
+from ..errors import EngineError, InvalidInput
+from .drivers import Driver, Job
+from .result import RequestRecord
+
+EXTRA = "pip install 'labkit[ray]' (or: pip install ray)"
+NAMESPACE = "labkit"
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InvalidInput(f"workers='ray' needs Ray, which is not installed here: {EXTRA}.") from None
+    return ray
+
+
+def ray_actors(workers: str) -> int | None:
+    """``"ray"``: None (one actor per node); ``"ray:N"``: N."""
+    if workers == "ray":
+        return None
+    head, _, count = workers.partition(":")
+    if head != "ray" or not count.isdigit() or int(count) < 1:
+        raise InvalidInput(f"workers takes a number of processes, 'ray' or 'ray:N' (N Ray actors), got {workers!r}.")
+    return int(count)
+
+
+def _probe(address: str | None) -> None:
+    """Refuse a HOST:PORT nothing listens on at once: ray.init would retry it for ever."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return  # Ray finds "auto" itself (and says so quickly when there is none)
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            return
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"Cannot reach the Ray cluster at {address!r} ({type(e).__name__}: {e}). Start "
+                           "one (`ray start --head`) or give its address: ray_address='HOST:6379'.") from None
+
+
+class _LoadActor:
+    """A client of the server on one host, serving one request per call on its event loop."""
+
+    def __init__(self, spec: dict[str, Any]):
+        from ..engines.openai import HttpEngine
+
+        self.engine = HttpEngine.from_spec(spec)
+        self.origin = 0.0
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def set_origin(self, origin: float) -> None:
+        self.origin = origin
+
+    async def one(self, request: Any, record: RequestRecord, due: float | None, ready: float | None) -> RequestRecord:
+        from .drivers import stream_job
+
+        done: list[RequestRecord] = []
+        await stream_job(self.engine, Job(request, record, done.append, due=due, ready=ready), self.origin)
+        return done[0]
+
+
+class RayDriver(Driver):
+    """Carries requests to Ray actors; request ``index`` goes to actor ``index % N``."""
+
+    def __init__(self, engine: Engine, origin: float, workers: str, address: str | None):
+        super().__init__(engine, origin)
+        ray = self._ray = import_ray()
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            _probe(address)
+            try:
+                ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, include_dashboard=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise InvalidInput(f"Cannot reach the Ray cluster at {address or 'auto'!r} ({e}). Start one "
+                                   "(`ray start --head`) or give its address: ray_address='HOST:6379'.") from None
+        self._nodes = [n for n in ray.nodes() if n.get("Alive")]
+        count = ray_actors(workers) or len(self._nodes)
+        remote = ray.remote(num_cpus=0)(_LoadActor)  # a client mostly waits: do not hold a core
+        tag = uuid.uuid4().hex[:8]
+        self.names = [f"labkit-load-{tag}-{i}" for i in range(count)]
+        self._actors = [remote.options(name=n, namespace=NAMESPACE, scheduling_strategy="SPREAD",
+                                       max_concurrency=4096).remote(engine.client_spec())  # type: ignore[attr-defined]
+                        for n in self.names]
+        try:
+            self.clock_error_s = self._sync_clocks(origin)
+        except Exception as e:
+            self.close()
+            raise EngineError(f"A Ray load actor could not start: {e}") from None
+        self._pending: dict[Any, tuple[Job, int]] = {}
+        self._lock = threading.Condition()
+        self._closing = threading.Event()
+        self._collector = threading.Thread(target=self._collect, name="labkit-ray-collector", daemon=True)
+        self._collector.start()
+
+    def _sync_clocks(self, origin: float) -> float:
+        """Map each actor's clock onto ours: the quickest of a few round trips (the first waits
+        for the actor to start), its midpoint. Returns the largest half round trip."""
+        self._ray.get([a.now.remote() for a in self._actors], timeout=120)  # all started
+        worst = 0.0
+        for actor in self._actors:
+            trips = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                theirs = self._ray.get(actor.now.remote(), timeout=60)
+                t1 = time.perf_counter()
+                trips.append((t1 - t0, theirs - (t0 + t1) / 2))  # (round trip, their clock - ours)
+            rtt, offset = min(trips)
+            self._ray.get(actor.set_origin.remote(origin + offset), timeout=60)
+            worst = max(worst, rtt / 2)
+        return worst
+
+    def describe(self) -> dict[str, Any]:
+        return {"driver": "RayDriver", "ray_actors": self.names, "ray_nodes": len(self._nodes),
+                "clock_error_ms": self.clock_error_s * 1000}
+
+    def send(self, jobs: list[Job]) -> None:
+        with self._lock:
+            for job in jobs:
+                w = job.record.index % len(self._actors)
+                job.record.worker = w
+                ref = self._actors[w].one.remote(job.request, job.record, job.due, job.ready)
+                self._pending[ref] = (job, w)
+            self._lock.notify()
+
+    def _collect(self) -> None:
+        while not self._closing.is_set():
+            with self._lock:
+                if not self._pending:  # idle between levels: until send() or close() says so
+                    self._lock.wait(0.5)
+                    continue
+                refs = list(self._pending)
+            ready, _ = self._ray.wait(refs, num_returns=1, timeout=0.5)
+            for ref in ready:
+                with self._lock:
+                    job, w = self._pending.pop(ref)
+                try:
+                    record = self._ray.get(ref)
+                    job.record.__dict__.update(record.__dict__)
+                except Exception as e:  # the actor died: this request is lost, not the level
+                    job.record.error = f"EngineError: Ray load actor {w} failed ({type(e).__name__})"
+                job.on_done(job.record)
+
+    def close(self) -> None:
+        if hasattr(self, "_collector"):
+            self._closing.set()
+            with self._lock:
+                self._lock.notify()
+            self._collector.join(timeout=30)
+        for actor in getattr(self, "_actors", []):
+            try:
+                self._ray.kill(actor)
+            except Exception:
+                pass
+        if self._owns_ray:
+            self._ray.shutdown()
+
