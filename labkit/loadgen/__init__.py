@@ -20,7 +20,7 @@ from .calibrate import Calibration, calibrate
 from .capacity import Capacity, capacity
 from .config import BenchConfig
 from .drivers import run_request
-from .importers import from_llama_bench, from_vllm_bench
+from .importers import from_aiperf, from_guidellm, from_llama_bench, from_vllm_bench
 from .metrics import request_metrics, summarize
 from .result import BenchResult, RequestRecord, phase_name
 from .run import bench
@@ -29,5 +29,5 @@ from .slo import SLO
 from .sweep import Front, sweep
 
 __all__ = ["SLO", "BenchConfig", "BenchResult", "Calibration", "Capacity", "calibrate", "Concurrency", "Front", "LoadShape", "Rate",
-           "RequestRecord", "bench", "capacity", "sweep", "from_llama_bench", "from_vllm_bench", "phase_name", "request_metrics",
+           "RequestRecord", "bench", "capacity", "sweep", "from_aiperf", "from_guidellm", "from_llama_bench", "from_vllm_bench", "phase_name", "request_metrics",
            "run_request", "summarize", "workloads"]

@@ -86,3 +86,28 @@ def test_logprob_entries_without_ids_keep_the_values_and_drop_the_unkeyed_top_k(
     entries = _logprob_entries({"token_logprobs": [-0.3], "top_logprobs": [{" the": -0.3}]})
     assert entries == [(-0.3, None)]
     assert _logprob_entries(None) == []
+
+
+def test_guidellm_and_aiperf_reports_become_summary_rows():
+    """Real reports from both tools (run against labkit's mock server, 64 streams, 512
+    requests of 256 tokens), in the columns labkit's own summary uses."""
+    from pathlib import Path
+
+    from labkit.loadgen import from_aiperf, from_guidellm
+
+    data = Path(__file__).parent / "data"
+    g = from_guidellm(data / "guidellm_benchmarks.json").iloc[0]
+    assert (g["source"], g["mode"], g["level"]) == ("guidellm", "concurrency", 64)
+    assert g["completed"] == 503 and g["req_per_s"] == pytest.approx(503 / g["duration_s"])
+    assert g["output_tok_per_s"] == pytest.approx(503 * 256 / g["duration_s"])
+    assert 0 < g["ttft_p50_ms"] < g["ttft_p99_ms"] and g["e2e_p50_ms"] > g["ttft_p50_ms"]
+    a = from_aiperf(data / "aiperf_profile_export.json").iloc[0]
+    assert (a["source"], a["mode"], a["level"], a["completed"]) == ("aiperf", "concurrency", 64, 512)
+    assert a["output_tok_per_s"] == pytest.approx(a["req_per_s"] * 256, rel=0.01)
+    assert a["ttft_p50_ms"] > 0 and "tpot_p50_ms" in a.index
+    from labkit.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="AIPerf"):
+        from_aiperf({"benchmarks": []})
+    with pytest.raises(InvalidInput, match="GuideLLM"):
+        from_guidellm({"request_throughput": {}})
