@@ -217,12 +217,21 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
             async with self._async_session().post(url, json=body) as r:
                 if r.status >= 400:
                     _raise_http(url, r.status, await r.text())
-                async for raw in r.content:  # one SSE line at a time
-                    tokens = _sse_line(raw.decode("utf-8").strip(), chat, t0, url)
-                    if tokens is None:
-                        break
-                    for tok in tokens:
-                        yield tok
+                # Whatever the network hands over at once, read as one piece and timed once
+                # (the events in it did arrive together): an await per SSE line cost the
+                # client a third of its chunk rate against a server that writes fast.
+                pending, now = b"", 0.0
+                async for data in r.content.iter_any():
+                    now = time.perf_counter() - t0
+                    *lines, pending = (pending + data).split(b"\n")
+                    for raw in lines:
+                        tokens = _sse_data(raw.decode("utf-8").strip(), chat, now, url)
+                        if tokens is None:
+                            return
+                        for tok in tokens:
+                            yield tok
+                for tok in _sse_data(pending.decode("utf-8").strip(), chat, now, url) or []:
+                    yield tok  # a last event the server ended without a newline
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise EngineError(f"Request to {url} failed ({type(e).__name__}: {e}).") from e
 
@@ -408,12 +417,16 @@ def _raise_http(url: str, status: int, text: str) -> None:
 
 def _sse_line(line: str, chat: bool, t0: float, url: str) -> list[Token] | None:
     """Tokens in one server-sent-events line (timed now); None at the end of the stream."""
+    return _sse_data(line, chat, time.perf_counter() - t0, url)
+
+
+def _sse_data(line: str, chat: bool, now: float, url: str) -> list[Token] | None:
+    """Tokens in one server-sent-events line that arrived ``now``; None at the end."""
     if not line.startswith("data:"):
         return []
     data = line[5:].strip()
     if data == "[DONE]":
         return None
-    now = time.perf_counter() - t0
     chunk = json.loads(data)
     if "error" in chunk:
         raise EngineError(f"{url} reported an error mid-stream: {chunk['error']}")
