@@ -207,7 +207,8 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         res = bench(args.engine, concurrency=_int_list(args.concurrency) if args.concurrency else None,
                     rate=rates, requests_per_level=args.requests, duration_s=args.duration, workload=wl,
-                    out=args.out, progress=not args.json, stop_event=stop, **kwargs)
+                    out=args.out, progress=not args.json, stop_event=stop, workers=_workers(args.workers),
+                    ray_address=args.ray_address, **kwargs)
     finally:
         signal.signal(signal.SIGINT, previous)
     summary = res.summary
@@ -252,7 +253,38 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-tokens", type=int, default=64,
                    help="answer length (sharegpt: 0 for each real reply's length)")
     p.add_argument("--out", help="folder for manifest.json, requests.jsonl, summary.csv, memory.csv")
+    p.add_argument("--workers", default="1",
+                   help="load processes (servers only), or 'ray' / 'ray:N' for Ray actors")
+    p.add_argument("--ray-address", help="with --workers ray: the cluster (default: Ray's 'auto')")
     p.add_argument("--json", action="store_true", help="one JSON object per level")
+
+
+def _workers(value: str) -> int | str:
+    return int(value) if value.strip().isdigit() else value.strip()
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .loadgen import calibrate
+
+    cal = calibrate(workers=_int_list(args.workers) if args.workers else None,
+                    users=_int_list(args.users), requests_per_level=args.requests, progress=not args.json)
+    if args.json:
+        print(cal.table.to_json(orient="records"))
+    else:
+        print(f"against labkit's mock server, {cal.cores} usable cores:")
+        print(cal.table.to_string(index=False, float_format=lambda x: f"{x:,.1f}"))
+    return 0
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", help="comma-separated load-process counts (default: 1, 2, 4 ... up to the cores)")
+    p.add_argument("--users", default="16,64,256", help="comma-separated concurrency levels to try")
+    p.add_argument("--requests", type=int, default=512, help="requests per level")
+    p.add_argument("--json", action="store_true", help="the table as one JSON list")
+
+
+register("calibrate", "what this client sustains (req/s, chunks/s) against labkit's mock server",
+         _calibrate, _calibrate_args)
 
 
 register("bench", "measure throughput, latency and memory under load", _bench, _bench_args)

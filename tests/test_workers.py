@@ -4,6 +4,7 @@ requests, and calibrate() measures the client."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -129,3 +130,18 @@ def test_an_api_key_reaches_the_server_from_every_worker_and_nothing_written(tmp
                 assert secret not in f.read_text(errors="replace"), f
     assert res.manifest["engine"]["args"]["header_names"] == ["X-Gateway"]
     assert res.manifest["environment"]["hostname"]  # which client host measured it
+
+
+def test_the_cli_calibrates_and_benches_with_workers_as_json(capsys):
+    from labkit.cli import main
+
+    assert main(["calibrate", "--workers", "1", "--users", "4", "--requests", "16", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)  # only JSON on stdout
+    assert table[0]["workers"] == 1 and table[0]["max_chunks_per_s"] > 0
+    with labkit.load("mock-server") as m:
+        assert main(["bench", "--engine", "openai", "--url", m.url, "--model", "labkit-mock", "--workers", "2",
+                     "--concurrency", "2", "--requests", "4", "--workload", "synthetic", "--input-tokens", "8",
+                     "--output-tokens", "4", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["completed"] == 4 and rows[0]["client_processes"] == 3
+    assert main(["bench", "--engine", "openai", "--url", "http://127.0.0.1:1/v1", "--workers", "ray:x"]) == 2

@@ -73,6 +73,13 @@ class BenchConfig:
             raise InvalidInput(f"requests_per_level must be a positive integer, got {self.requests_per_level!r}.")
         if not isinstance(self.first_request, int | np.integer) or self.first_request < 0:
             raise InvalidInput(f"first_request must be a non-negative integer, got {self.first_request!r}.")
+        if isinstance(self.workers, str):
+            from .ray_workers import ray_actors
+
+            ray_actors(self.workers)  # "ray" or "ray:N", refused before an engine is loaded
+        elif isinstance(self.workers, bool) or not isinstance(self.workers, int | np.integer) or self.workers < 1:
+            raise InvalidInput(f"workers must be a whole number of load processes >= 1, 'ray' or 'ray:N', "
+                               f"got {self.workers!r}.")
         if not isinstance(self.telemetry_interval_s, int | float) or not self.telemetry_interval_s > 0:
             raise InvalidInput(f"telemetry_interval_s must be a positive number of seconds, got "
                                f"{self.telemetry_interval_s!r}.")
