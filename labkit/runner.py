@@ -245,19 +245,22 @@ def run_grid(notebook: str | Path, grid: dict[str, list[Any]], parameters: dict[
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(points), desc=f"{nb_path.stem} grid")
+    row: dict[str, Any] = {}
     try:
         for i, point in enumerate(points):
             folder = base / f"{i:03d}-{_slug(point)}"
-            row: dict[str, Any] = {**point, "folder": str(folder), "error": None}
+            row = {**point, "folder": str(folder), "error": "running"}
             rows.append(row)
             try:
                 run(nb_path, {**(parameters or {}), **point}, out=folder)
-            except NotebookError as e:
-                row["error"] = str(e).splitlines()[0]
+                row["error"] = None
+            except Exception as e:  # a failed cell, a cell timeout, a dead kernel: this point only
+                row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
             if bar is not None:
                 bar.update(1)
     except KeyboardInterrupt:
-        rows[-1]["error"] = "interrupted"
+        if row.get("error") == "running":
+            row["error"] = "interrupted"
         raise
     finally:
         if bar is not None:

@@ -115,7 +115,12 @@ class Runs:
         if len(machines) > 1:
             raise InvalidInput(f"A verdict speaks for one machine; these runs come from {len(machines)} "
                                f"({', '.join(sorted(machines))}): pass runs.on(machine).")
-        return self.by("engine")
+        engines = [r.engine for r in self.runs if r.result is not None]
+        twice = sorted({e for e in engines if engines.count(e) > 1})
+        if twice:
+            raise InvalidInput(f"More than one run of {', '.join(twice)} on this machine: a verdict takes "
+                               "one per engine (load the folders you mean, or Runs([...]) of them).")
+        return {r.engine: r.result for r in self.runs if r.result is not None}
 
     def recorded(self, name: str) -> pd.DataFrame:
         """A value every notebook run recorded under ``name`` (a table), stacked with the

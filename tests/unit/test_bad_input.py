@@ -133,3 +133,9 @@ def test_measuring_a_card_without_a_gpu_says_what_plans_it_instead():
         pytest.skip("this machine has a GPU")
     with pytest.raises(InvalidInput, match=r"needs an NVIDIA GPU .* labkit.fit"):
         card.measure("llama-3-8b")
+
+
+def test_bad_headers_are_refused_without_showing_their_values():
+    with pytest.raises(InvalidInput) as err:
+        labkit.load("openai", url="http://127.0.0.1:1/v1", headers={"Authorization": "Bearer sk-do-not-print", "X": 1})
+    assert "sk-do-not-print" not in str(err.value) and "Authorization" in str(err.value)

@@ -178,3 +178,14 @@ def test_vllm_parallel_sizes_and_executor_pass_through_checked(monkeypatch):
     for bad in ({"tensor": 0}, {"pipeline": 1.5}, {"data": True}, {"backend": "threads"}):
         with pytest.raises(InvalidInput):
             defaults.parallelism(**bad)
+
+
+def test_vllm_server_refuses_a_parallel_layout_given_twice():
+    from labkit.engines.servers import _parallel_args
+    from labkit.errors import InvalidInput
+
+    assert _parallel_args(["--tensor-parallel-size", "2"], 1, 1, 1, None) == {}  # extra_args alone: theirs
+    with pytest.raises(InvalidInput, match="tensor_parallel_size"):
+        _parallel_args(["-tp=2"], 2, 1, 1, None)
+    with pytest.raises(InvalidInput, match="distributed_executor_backend"):
+        _parallel_args(["--pipeline-parallel-size", "2"], 1, 1, 1, "ray")

@@ -86,3 +86,38 @@ def test_a_new_run_in_a_used_folder_replaces_the_old_one(tmp_path):
                           progress=False, out=tmp_path / "run")
     loaded = labkit.BenchResult.load(tmp_path / "run")
     assert len(loaded.requests) == len(second.requests) == 3 and set(loaded.requests["level"]) == {3}
+
+
+def test_a_verdict_takes_one_run_per_engine(tmp_path):
+    _bench(tmp_path / "a")
+    _bench(tmp_path / "b")
+    with pytest.raises(labkit.InvalidInput, match="More than one run of fake"):
+        labkit.runs.load([tmp_path / "a", tmp_path / "b"]).engines()
+
+
+def test_a_folder_that_is_not_a_labkit_run_is_not_emptied(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"name": "my project"}')
+    with pytest.raises(labkit.InvalidInput, match="not a labkit bench run"):
+        labkit.bench(FakeAsyncEngine(), concurrency=[1], requests_per_level=1, workload=SMALL, progress=False,
+                     out=tmp_path)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == {"name": "my project"}
+
+
+def test_load_processes_that_cannot_start_leave_the_old_run_and_no_thread(tmp_path, monkeypatch):
+    import threading
+
+    from labkit.errors import EngineError
+    from labkit.loadgen import session
+
+    _bench(tmp_path / "run")
+    before = threading.active_count()
+
+    def refuse(*args, **kwargs):
+        raise EngineError("A load process did not start")
+
+    monkeypatch.setattr(session, "driver_for", refuse)
+    with pytest.raises(EngineError):
+        labkit.bench(FakeAsyncEngine(), concurrency=[2], requests_per_level=2, workload=SMALL, progress=False,
+                     out=tmp_path / "run")
+    assert threading.active_count() == before  # the memory sampler and telemetry stopped
+    assert len(labkit.BenchResult.load(tmp_path / "run").requests) == 8  # the old run is intact
