@@ -72,8 +72,8 @@ class Runs:
     def summary(self) -> pd.DataFrame:
         frames = []
         for r in self.runs:
-            if r.result is not None and not r.result.summary.empty:
-                s = r.result.summary
+            s = r.result.summary if r.result is not None else pd.DataFrame()  # a computed property: once
+            if not s.empty:
                 frames.append(s.drop(columns=["engine"]).assign(machine=r.machine, engine=r.engine, run=r.folder.name))
         if not frames:
             return pd.DataFrame()

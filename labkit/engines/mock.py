@@ -22,6 +22,7 @@ from typing import Any
 from .. import __version__
 from ..errors import InvalidInput
 from .base import EngineInfo
+from .defaults import as_flags
 from .servers import Launch, _ManagedServer
 
 MODEL = "labkit-mock"
@@ -41,8 +42,7 @@ class MockServerEngine(_ManagedServer):
                  startup_timeout_s: float = 60.0, log_dir: str | None = None, api_key: str | None = None):
         args = {"token_delay_ms": token_delay_ms, "ttft_ms": ttft_ms, "jitter": jitter, "seed": seed}
         _check(args)
-        cmd = [sys.executable, "-m", "labkit.engines.mock",
-               *(x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", str(v)))]
+        cmd = [sys.executable, "-m", "labkit.engines.mock", *as_flags(args)]
         super().__init__(cmd, Launch(host, port, startup_timeout_s, MODEL, log_dir=log_dir,
                                      api_key=api_key, key_variable=KEY_VARIABLE))
         self._info = EngineInfo(

@@ -62,6 +62,13 @@ class Job:
             self.record.ready_s = self.ready - origin
         return t0
 
+    def adopt(self, record: RequestRecord) -> None:
+        """Take the record another process filled for this job, and hand it on. The session's
+        callbacks hold this job's own record object, so it is updated in place."""
+        if record is not self.record:
+            self.record.__dict__.update(record.__dict__)
+        self.on_done(self.record)
+
     def finish(self, tokens: list[Token], t0: float, error: BaseException | None) -> None:
         """Fill the record from the streamed tokens and hand it on."""
         finish_record(self.record, tokens, time.perf_counter() - t0, error)

@@ -167,10 +167,10 @@ class RayDriver(Driver):
                     job, w = self._pending.pop(ref)
                 try:
                     record = self._ray.get(ref)
-                    job.record.__dict__.update(record.__dict__)
                 except Exception as e:  # the actor died: this request is lost, not the level
                     job.record.error = f"EngineError: Ray load actor {w} failed ({type(e).__name__})"
-                job.on_done(job.record)
+                    record = job.record
+                job.adopt(record)
 
     def close(self) -> None:
         if hasattr(self, "_collector"):

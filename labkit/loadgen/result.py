@@ -198,15 +198,14 @@ class BenchResult:
         eng = self.manifest.get("engine", {})
         cols = ["engine", "mode", "level", "completed", "errors", "req_per_s", "output_tok_per_s",
                 "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "itl_p50_ms", "e2e_p50_ms", "peak_pss_bytes"]
-        s = self.summary
-        s = s[[c for c in cols if c in s.columns]]
+        full = self.summary  # computed once: the table and the client-bound lines both read it
+        s = full[[c for c in cols if c in full.columns]]
         note = (f" <b>({self.ended}: requests not sent are marked, and counted apart)</b>"
                 if self.ended != "completed" else "")
         head = (f"<p><b>{eng.get('engine', '?')}</b> {eng.get('engine_version', '')} on "
                 f"{self.manifest.get('environment', {}).get('cpu', '?')}, model {eng.get('model', '?')}, "
                 f"threads {eng.get('threads')}, concurrency model: {eng.get('concurrency')}{note}</p>")
-        bound = self.summary
-        bound = bound[bound["client_bound"]] if "client_bound" in bound else bound.iloc[0:0]
+        bound = full[full["client_bound"]] if "client_bound" in full else full.iloc[0:0]
         for _, r in bound.iterrows():  # where the user looks first: above the table
             head += (f"<p style='color:#b00'><b>{r['mode']} {r['level']}: {r['client_note']}</b></p>")
         html = head + s.to_html(index=False, float_format=lambda x: f"{x:,.1f}")

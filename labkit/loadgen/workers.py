@@ -32,7 +32,6 @@ import psutil
 from ..engines.base import Engine
 from ..errors import EngineError, InvalidInput
 from .drivers import AsyncDriver, Driver, Job
-from .result import RequestRecord
 
 _START_TIMEOUT_S = 120.0  # a worker imports labkit and asks the server /v1/models
 
@@ -44,21 +43,27 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def check_workers(workers: Any, engine: Engine) -> int | str:
-    """The number of load processes (or "ray", "ray:N"), refused where it cannot work and
-    warned where it cannot help."""
+def check_workers(workers: int | str, engine: Engine) -> int | str:
+    """Load processes (or "ray", "ray:N": their form is BenchConfig's to check) refused where
+    they cannot work and warned where they cannot help."""
     from ..engines.openai import HttpEngine
 
-    if isinstance(workers, str):
-        from .ray_workers import import_ray, ray_actors
+    ray = isinstance(workers, str)
+    if ray:
+        from .ray_workers import import_ray
 
-        ray_actors(workers)
         import_ray()
-        if not isinstance(engine, HttpEngine):
-            raise InvalidInput(f"workers={workers!r} sends requests from Ray actors, each with its own "
-                               f"connections to a server; the {engine.name} engine runs inside this "
-                               "process. Use a server engine (llama-server, vllm-server, openai).")
-        return workers
+    if (ray or workers > 1) and not isinstance(engine, HttpEngine):
+        senders = "Ray actors" if ray else f"{workers} processes"
+        raise InvalidInput(f"workers={workers!r} sends requests from {senders}, each with its own "
+                           f"connections to a server; the {engine.name} engine runs inside this "
+                           "process. Use a server engine (llama-server, vllm-server, openai).")
+    cores = usable_cores()
+    if not ray and workers > cores:
+        warnings.warn(f"workers={workers} load processes on {cores} usable cores: they compete "
+                      "with each other (and with a server on this machine) for CPU; more than "
+                      f"{cores} cannot raise what the client sustains.", RuntimeWarning, stacklevel=3)
+    return workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InvalidInput(f"workers must be a whole number of load processes >= 1, 'ray' or 'ray:N', "
                            f"got {workers!r}.")
@@ -157,8 +162,7 @@ class ProcessDriver(Driver):
             with self._lock:
                 job, _ = self._pending.pop(jid, (None, None))
             if job is not None:
-                _copy(record, job.record)
-                job.on_done(job.record)
+                job.adopt(record)
 
     def _fail_lost(self) -> None:
         """A worker that died (killed, out of memory) takes its requests in flight with it:
@@ -189,11 +193,6 @@ class ProcessDriver(Driver):
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
-
-
-def _copy(src: RequestRecord, dst: RequestRecord) -> None:
-    """The worker's record into the one the session holds (its callbacks keep that object)."""
-    dst.__dict__.update(src.__dict__)
 
 
 def _work(spec: dict[str, Any], origin: float, inbox: Any, outbox: Any, owner: int, index: int) -> None:
