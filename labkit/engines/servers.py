@@ -138,8 +138,13 @@ class _ManagedServer(HttpEngine):
         return self._proc
 
     def health(self) -> str | None:
-        if self._proc.poll() is None and self._server_alive():
-            return super().health()
+        if self._server_alive():
+            reason = super().health()
+            # A server killed a moment ago has closed its sockets before it can be seen to
+            # exit (on a busy core, for a while): when it does not answer, give it that while,
+            # so the error says it died, and how, not that it hangs.
+            if reason is None or self._server_alive(grace_s=2.0):
+                return reason
         # The reaper leaves within moments of its server: wait for it, to say how it ended.
         code = self._proc.wait(timeout_s=5)
         sig = signal_name(code)
@@ -147,11 +152,16 @@ class _ManagedServer(HttpEngine):
                else "is gone")
         return f"{self.server_name} {how}"
 
-    def _server_alive(self) -> bool:
+    def _server_alive(self, grace_s: float = 0.0) -> bool:
+        """Whether the server process runs; with ``grace_s``, still after that long."""
         root = self._proc.process()
+        if self._proc.poll() is not None or root is None:
+            return False
         try:
-            return root is not None and any(c.status() != psutil.STATUS_ZOMBIE
-                                            for c in root.children())
+            running = [c for c in root.children() if c.status() != psutil.STATUS_ZOMBIE]
+            if grace_s and running:
+                _, running = psutil.wait_procs(running, timeout=grace_s)
+            return bool(running)
         except psutil.Error:
             return False
 
