@@ -55,8 +55,13 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	exit $$build
 	touch $(STAMP)
 
+# One pytest worker per core, up to 4: engine starts are mostly one-threaded imports, so two
+# workers on 2 cores finish in about half the time. Each worker is pinned to its own cores
+# (tests/conftest.py), so no two engines spin on one core. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The browser test drives Debian's chromium (Playwright downloads no browser here). Where it
 # cannot be installed the test is skipped, and says so.

@@ -3,6 +3,10 @@
 The expensive engines (vLLM in process, both servers) live in session fixtures so the whole
 suite loads each at most once. Every fixture closes its engine, and ``no_leftover_processes``
 checks at the end that nothing labkit started is still running.
+
+``make test`` runs the suite in pytest-xdist workers, one per core (up to 4): each worker is
+pinned to its own cores, and every test that uses the vLLM fixtures runs in one worker (see
+:func:`pytest_collection_modifyitems`), so each vLLM starts once.
 """
 
 from __future__ import annotations
@@ -31,6 +35,62 @@ CHAT = [[{"role": "user", "content": "What is the tallest mountain in the world?
         [{"role": "user", "content": "Give me three colours."}]]
 
 
+def pytest_configure(config):
+    _refuse_a_pytest_that_loses_the_groups(config)
+    _pin_to_this_workers_cores()
+
+
+def _refuse_a_pytest_that_loses_the_groups(config) -> None:
+    """xdist 3.8 marks a grouped test through its id, which pytest 9.2 no longer reads
+    (pytest-xdist#1386): the groups would split silently and vLLM start in every worker."""
+    opts = config.option
+    if getattr(opts, "dist", None) != "loadgroup" or not getattr(opts, "numprocesses", None) \
+            or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    if Version(version("pytest")) >= Version("9.2") and Version(version("pytest-xdist")) <= Version("3.8.0"):
+        raise pytest.UsageError(f"pytest {version('pytest')} with pytest-xdist {version('pytest-xdist')} "
+                                "ignores --dist loadgroup (pytest-xdist#1386): install the pytest that "
+                                "environments/cpu.txt pins (make test does).")
+
+
+def _pin_to_this_workers_cores() -> None:
+    """Under pytest-xdist, give each worker its own share of the cores; what it starts
+    (engines, servers, kernels) inherits it, and labkit sizes engine threads by the cores a
+    process may use. Unpinned, two workers' llama.cpp threads would spin-wait on the same
+    cores (measured here: 2.5 s a token instead of 10 ms)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores, i = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw"))
+    share = cores[i * len(cores) // count:(i + 1) * len(cores) // count] or [cores[i % len(cores)]]
+    os.sched_setaffinity(0, share)  # this (main) thread: the tests and everything they start
+
+
+VLLM_FIXTURES = {"vllm_engine", "vllm_server", "vllm_owner"}
+VLLM_NAMES = {"vllm", "vllm-server", "vllm_server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's ``--dist loadgroup``: every test that uses a vLLM fixture
+    (directly, or by name through ``engine_by_name``/``request``) in one worker, so vLLM
+    starts once per kind; the tests of a module with module-scoped fixtures together, so
+    those are made once; everything else goes wherever a worker is free."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        params = set(map(str, getattr(getattr(item, "callspec", None), "params", {}).values()))
+        by_name = names & {"engine_by_name", "request"} and params & VLLM_NAMES
+        if names & VLLM_FIXTURES or by_name:
+            item.add_marker(pytest.mark.xdist_group("vllm"))
+        elif any(d.scope in ("module", "class") for defs in item._fixtureinfo.name2fixturedefs.values()
+                 for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 def _descendants() -> set[int]:
     # multiprocessing's resource tracker is started once per Python process by the first
     # multiprocessing user (vLLM here) and exits with it; it is not an engine process.
@@ -57,7 +117,7 @@ def no_leftover_processes():
 
 @pytest.fixture(scope="session")
 def llama():
-    with labkit.load("llama.cpp", model=MODEL, threads=2) as engine:
+    with labkit.load("llama.cpp", model=MODEL) as engine:
         yield engine
 
 
@@ -69,7 +129,7 @@ def vllm_engine():
 
 @pytest.fixture(scope="session")
 def llama_server():
-    with labkit.load("llama-server", model=MODEL, parallel=4, threads=2) as engine:
+    with labkit.load("llama-server", model=MODEL, parallel=4) as engine:
         yield engine
 
 

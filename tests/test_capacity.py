@@ -31,7 +31,7 @@ def test_a_generous_slo_serves_more_users_than_a_tight_one(llama_server):
 
 
 def test_capacity_cli_json_and_bad_slo(tmp_path):
-    cmd = [sys.executable, "-m", "labkit.cli", "capacity", "--engine", "llama-server", "--threads", "2",
+    cmd = [sys.executable, "-m", "labkit.cli", "capacity", "--engine", "llama-server",
            "--input-tokens", "48", "--output-tokens", "8", "--max-level", "2", "--json",
            "--out", str(tmp_path / "cap")]
     done = subprocess.run([*cmd, "--slo", "e2e_p99_ms=600000"], capture_output=True, text=True, timeout=300)

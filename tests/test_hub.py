@@ -51,7 +51,7 @@ def test_repo_ids_resolve_offline_from_the_cache(hub):
 
 
 def test_llama_cpp_loads_a_gguf_by_repo_id_and_names_it_so(hub):
-    with labkit.load("llama.cpp", model="acme/smol-gguf:Q8_0", context=256, threads=2) as e:
+    with labkit.load("llama.cpp", model="acme/smol-gguf:Q8_0", context=256) as e:
         assert e.info.model == "acme/smol-gguf:Q8_0"
         assert e.generate(["The capital of France is"], max_tokens=4)[0].token_ids
 
@@ -62,7 +62,7 @@ def test_an_explicit_pair_is_checked_and_each_engine_takes_its_side(hub):
     c = conversion.ensure_pair_checked(models.resolve("acme/smol-gguf:Q8_0"), models.resolve("acme/smol"))
     assert c.passed and c.direction == "pair" and not c.differences
     assert 0.5 < c.top1_agreement <= 1 and c.mean_kl >= 0  # reported: Q8_0 against bf16, on purpose
-    with labkit.load("llama.cpp", model=pair, context=256, threads=2) as e:
+    with labkit.load("llama.cpp", model=pair, context=256) as e:
         assert e.info.model == "acme/smol-gguf:Q8_0"
     with pytest.raises(InvalidInput, match="one GGUF .* and one Hugging Face model"):
         models.paired({"llama.cpp": "acme/smol-gguf:Q8_0"}, "gguf")

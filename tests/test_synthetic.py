@@ -38,7 +38,7 @@ def test_the_quantization_mix_is_llama_quantizes():
 
 def test_a_synthetic_model_generates_in_llama_cpp_and_is_marked_synthetic():
     m = labkit.models.synthetic("smollm2-135m", quant="Q4_K_M", progress=False)
-    with labkit.load("llama.cpp", model=m, threads=2) as e:
+    with labkit.load("llama.cpp", model=m) as e:
         out = e.generate(["Hello"], max_tokens=12, temperature=0, ignore_eos=True)[0]
         assert len(out.token_ids) == 12
         assert e.info.model == "synthetic:smollm2-135m:Q4_K_M"
