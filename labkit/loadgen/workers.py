@@ -64,19 +64,6 @@ def check_workers(workers: int | str, engine: Engine) -> int | str:
                       "with each other (and with a server on this machine) for CPU; more than "
                       f"{cores} cannot raise what the client sustains.", RuntimeWarning, stacklevel=3)
     return workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidInput(f"workers must be a whole number of load processes >= 1, 'ray' or 'ray:N', "
-                           f"got {workers!r}.")
-    if workers > 1 and not isinstance(engine, HttpEngine):
-        raise InvalidInput(f"workers={workers} sends requests from {workers} processes, each with its "
-                           f"own connections to a server; the {engine.name} engine runs inside this "
-                           "process. Use a server engine (llama-server, vllm-server, openai).")
-    cores = usable_cores()
-    if workers > cores:
-        warnings.warn(f"workers={workers} load processes on {cores} usable cores: they compete "
-                      "with each other (and with a server on this machine) for CPU; more than "
-                      f"{cores} cannot raise what the client sustains.", RuntimeWarning, stacklevel=3)
-    return workers
 
 
 class ProcessDriver(Driver):

@@ -30,3 +30,16 @@ def test_no_function_takes_more_than_6_positional_parameters():
         if len(args) > 6:
             many.append(f"{name} ({len(args)})")
     assert not many, many
+
+
+def test_nothing_follows_a_return_raise_break_or_continue_in_its_block():
+    """Dead code reads as if it ran (a tidy once left a second copy of a check after `return`)."""
+    dead = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            for field in ("body", "orelse", "finalbody"):
+                block = getattr(node, field, None)
+                if isinstance(block, list) and any(isinstance(s, ast.Return | ast.Raise | ast.Break | ast.Continue)
+                                                   for s in block[:-1]):
+                    dead.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not dead, dead
