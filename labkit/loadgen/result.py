@@ -226,12 +226,11 @@ class BenchResult:
                     f.write(json.dumps(row, default=_json_default) + "\n")
         self.memory.to_csv(folder / "memory.csv", index=False)
         self.summary.to_csv(folder / "summary.csv", index=False)
-        if not self.kv.empty:
-            self.kv.to_csv(folder / "kv.csv", index=False)
-        if not self.telemetry.empty:
-            self.telemetry.to_csv(folder / "telemetry.csv", index=False)
-        if not self.client.empty:
-            self.client.to_csv(folder / "client.csv", index=False)
+        for name, frame in (("kv", self.kv), ("telemetry", self.telemetry), ("client", self.client)):
+            if frame.empty:  # none this run: an earlier run's file there would load as this one's
+                (folder / f"{name}.csv").unlink(missing_ok=True)
+            else:
+                frame.to_csv(folder / f"{name}.csv", index=False)
         (folder / "run.json").write_text(json.dumps({"slo_ms": self.slo_ms, "interrupted": self.interrupted,
                                                      "ended": self.ended, "engine_log": self.engine_log,
                                                      "telemetry_absent": self.telemetry_absent}))

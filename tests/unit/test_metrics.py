@@ -49,3 +49,13 @@ def test_a_result_survives_save_and_load(tmp_path):
     assert back.requests[["index", "output_tokens"]].values.tolist() == [[0, 8], [1, 8], [2, 8]]
     assert back.requests["itl_s"].iloc[0] == [0.01]
     assert math.isclose(back.summary["e2e_p50_ms"].iloc[0], 500.0)
+
+
+def test_a_result_saved_over_another_keeps_none_of_its_optional_files(tmp_path):
+    rows = [_rec(i, 0.1 * i, 0.05, 0.5, 8) for i in range(2)]
+    old = BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), pd.DataFrame(), {"engine": {"engine": "a"}},
+                      kv=pd.DataFrame({"t_s": [0.0], "kv_used_fraction": [0.5]}))
+    old.save(tmp_path / "r")
+    new = BenchResult(pd.DataFrame(rows[:1], columns=REQUEST_COLUMNS), pd.DataFrame(), {"engine": {"engine": "b"}})
+    back = BenchResult.load(new.save(tmp_path / "r"))
+    assert back.kv.empty and not (tmp_path / "r" / "kv.csv").exists() and len(back.requests) == 1
