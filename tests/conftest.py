@@ -80,6 +80,9 @@ def pytest_collection_modifyitems(config, items):
     (directly, or by name through ``engine_by_name``/``request``) in one worker, so vLLM
     starts once per kind; the tests of a module with module-scoped fixtures together, so
     those are made once; everything else goes wherever a worker is free."""
+    opts = config.option  # a worker's says dist "no" and loadgroup True; without xdist, neither
+    if not (getattr(opts, "loadgroup", False) or getattr(opts, "dist", None) == "loadgroup"):
+        return
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         params = set(map(str, getattr(getattr(item, "callspec", None), "params", {}).values()))

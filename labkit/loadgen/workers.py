@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import queue
 import signal
@@ -68,48 +69,57 @@ def check_workers(workers: int | str, engine: Engine) -> int | str:
 
 class ProcessDriver(Driver):
     """Carries requests to N load processes: a session's requests (every request, without
-    sessions) go to worker ``session % N`` of those alive."""
+    sessions) go to worker ``session % N`` of those alive.
+
+    Each worker sends its records back on a pipe of its own, of which it holds the only
+    write end: a worker killed mid-message ends its own pipe (EOF) and wedges nobody else's
+    (one queue shared by all would leave its lock held, and every other worker blocked)."""
 
     def __init__(self, engine: Engine, origin: float, workers: int):
         super().__init__(engine, origin)
         ctx = mp.get_context("spawn")
-        self._out: Any = ctx.Queue()
         self._ins: list[Any] = [ctx.Queue() for _ in range(workers)]
+        pipes = [ctx.Pipe(duplex=False) for _ in range(workers)]
+        self._outs: dict[Any, int] = {r: i for i, (r, _) in enumerate(pipes)}  # reader: worker
         spec = engine.client_spec()  # type: ignore[attr-defined]  (an HttpEngine: check_workers)
-        self._procs = [ctx.Process(target=_work, args=(spec, origin, q, self._out, os.getpid(), i),
-                                   name=f"labkit-load-{i}", daemon=True) for i, q in enumerate(self._ins)]
+        self._procs = [ctx.Process(target=_work, args=(spec, origin, q, w, os.getpid(), i),
+                                   name=f"labkit-load-{i}", daemon=True)
+                       for i, (q, (_, w)) in enumerate(zip(self._ins, pipes, strict=True))]
         self._pending: dict[int, tuple[Job, int]] = {}  # id: (job, worker)
         self._dead: set[int] = set()
         self._closing = False
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        for p in self._procs:
+        for p, (_, w) in zip(self._procs, pipes, strict=True):
             p.start()
+            w.close()  # the worker's end: here, it would keep a dead worker's pipe from ending
         try:
             self._await_ready()
         except BaseException:
             self._stop_workers()
+            for reader in self._outs:
+                reader.close()
             raise
         self._collector = threading.Thread(target=self._collect, name="labkit-load-collector", daemon=True)
         self._collector.start()
 
     def _await_ready(self) -> None:
-        ready, deadline = 0, time.monotonic() + _START_TIMEOUT_S
-        while ready < len(self._procs):
-            try:
-                kind, index, detail = self._out.get(timeout=1.0)
-            except queue.Empty:
-                dead = [i for i, p in enumerate(self._procs) if p.exitcode is not None]
-                if dead:  # it crashed while starting: say so now, not after the timeout
-                    raise EngineError(f"Load process {dead[0]} exited while starting (exit code "
-                                      f"{self._procs[dead[0]].exitcode}). A script that calls bench("
+        waiting, deadline = set(self._outs), time.monotonic() + _START_TIMEOUT_S
+        while waiting:
+            for reader in mp_connection.wait(list(waiting), timeout=1.0):
+                index = self._outs[reader]
+                try:
+                    kind, _, detail = reader.recv()
+                except EOFError:  # it crashed while starting: say so now, not after the timeout
+                    self._procs[index].join(timeout=5)
+                    raise EngineError(f"Load process {index} exited while starting (exit code "
+                                      f"{self._procs[index].exitcode}). A script that calls bench("
                                       "workers=N) needs `if __name__ == '__main__':` around it.") from None
-                if time.monotonic() > deadline:
-                    raise EngineError(f"A load process did not start within {_START_TIMEOUT_S:.0f} s.") from None
-                continue
-            if kind == "failed":
-                raise EngineError(f"Load process {index} could not reach the server: {detail}")
-            ready += 1
+                if kind == "failed":
+                    raise EngineError(f"Load process {index} could not reach the server: {detail}")
+                waiting.discard(reader)
+            if waiting and time.monotonic() > deadline:
+                raise EngineError(f"A load process did not start within {_START_TIMEOUT_S:.0f} s.")
 
     def describe(self) -> dict[str, Any]:
         return {"driver": "ProcessDriver", "processes": len(self._procs), "clock": "perf_counter (one host)"}
@@ -137,19 +147,20 @@ class ProcessDriver(Driver):
             self._ins[w].put(batch)
 
     def _collect(self) -> None:
-        while True:
+        """Until every worker's pipe has ended (they end when the workers leave)."""
+        open_ = list(self._outs)
+        while open_:
+            for reader in mp_connection.wait(open_, timeout=1.0):
+                try:
+                    _, jid, record = reader.recv()
+                except EOFError:  # that worker left (closed, or died, perhaps mid-message)
+                    open_.remove(reader)
+                    continue
+                with self._lock:
+                    job, _ = self._pending.pop(jid, (None, None))
+                if job is not None:
+                    job.adopt(record)
             self._fail_lost()  # cheap (exit codes): a death is seen within a message or a second
-            try:
-                msg = self._out.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            if msg is None:
-                return
-            _, jid, record = msg
-            with self._lock:
-                job, _ = self._pending.pop(jid, (None, None))
-            if job is not None:
-                job.adopt(record)
 
     def _fail_lost(self) -> None:
         """A worker that died (killed, out of memory) takes its requests in flight with it:
@@ -168,9 +179,10 @@ class ProcessDriver(Driver):
 
     def close(self) -> None:
         self._closing = True
-        self._stop_workers()
-        self._out.put(None)
+        self._stop_workers()  # their pipes end with them, and the collector with the last
         self._collector.join(timeout=30)
+        for reader in self._outs:
+            reader.close()
 
     def _stop_workers(self) -> None:
         for q in self._ins:
@@ -187,26 +199,59 @@ def _work(spec: dict[str, Any], origin: float, inbox: Any, outbox: Any, owner: i
     from ..engines.openai import HttpEngine
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to act on
+    out = _Outbox(outbox)
     try:
-        engine = HttpEngine.from_spec(spec)
-    except Exception as e:
-        outbox.put(("failed", index, f"{type(e).__name__}: {e}"))
-        return
-    outbox.put(("ready", index, os.getpid()))
-    driver = AsyncDriver(engine, origin)
-    try:
-        while True:
-            try:
-                batch = inbox.get(timeout=1.0)
-            except queue.Empty:
-                if os.getppid() != owner:  # the owner is gone: nobody waits for these rows,
-                    outbox.cancel_join_thread()  # and a full pipe must not keep this process
-                    return
-                continue
-            if batch is None:
-                return
-            driver.send([Job(req, rec, lambda r, j=jid: outbox.put(("done", j, r)), due=due, ready=ready)
-                         for jid, req, rec, due, ready in batch])
+        try:
+            engine = HttpEngine.from_spec(spec)
+        except Exception as e:
+            out.put(("failed", index, f"{type(e).__name__}: {e}"))
+            return
+        out.put(("ready", index, os.getpid()))
+        driver = AsyncDriver(engine, origin)
+        try:
+            _serve(inbox, driver, out, owner)
+        finally:
+            driver.close()
+            engine.close()
     finally:
-        driver.close()
-        engine.close()
+        out.close()
+
+
+def _serve(inbox: Any, driver: AsyncDriver, out: _Outbox, owner: int) -> None:
+    while True:
+        try:
+            batch = inbox.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != owner:  # the owner is gone: nobody waits for these rows
+                return
+            continue
+        if batch is None:
+            return
+        driver.send([Job(req, rec, lambda r, j=jid: out.put(("done", j, r)), due=due, ready=ready)
+                     for jid, req, rec, due, ready in batch])
+
+
+class _Outbox:
+    """A worker's end of its pipe, written by a thread of its own: a record is handed over
+    without blocking the event loop that times the other requests (a pipe write can wait
+    for the reader)."""
+
+    def __init__(self, conn: Any):
+        self._conn, self._q = conn, queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._feed, name="labkit-load-outbox", daemon=True)
+        self._thread.start()
+
+    def put(self, msg: tuple) -> None:
+        self._q.put(msg)
+
+    def _feed(self) -> None:
+        while (msg := self._q.get()) is not None:
+            try:
+                self._conn.send(msg)
+            except OSError:  # the owner is gone: nobody reads
+                return
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=10)  # what is queued reaches the owner before this process ends
+        self._conn.close()
