@@ -159,3 +159,15 @@ def test_vllm_gguf_loader_is_offered_or_refused_clearly(name):
     with labkit.load(name, model=MODEL, gguf_loader=True, context=256) as e:  # a build with one
         assert e.info.args["gguf_loader"] == "used" and e.info.model_path.endswith(".gguf")
         assert e.generate(["The capital of France is"], max_tokens=4)[0].token_ids
+
+
+def test_asking_whether_vllm_has_a_gguf_loader_does_not_import_vllm():
+    """A server engine's owner asks it; importing vLLM there would cost seconds and start
+    vLLM's logger on the owner's stdout (a `--json` stream)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from labkit.engines.defaults import vllm_gguf_loader; vllm_gguf_loader(); "
+            "print('vllm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "False\n", out.stderr

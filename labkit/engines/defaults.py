@@ -28,14 +28,17 @@ def vllm_version() -> str:
 
 
 def vllm_gguf_loader() -> str | None:
-    """None when the installed vLLM can load a GGUF itself; otherwise why it cannot."""
+    """None when the installed vLLM can load a GGUF itself; otherwise why it cannot.
+
+    Looked up on disk, not imported: finding a submodule imports its packages, and vLLM's
+    package import takes seconds and starts its logger on this process's stdout (a server
+    engine's owner, e.g. `labkit ... --json`, never imports vLLM)."""
     import importlib.util
 
-    try:
-        spec = importlib.util.find_spec("vllm.model_executor.model_loader.gguf_loader")
-    except ModuleNotFoundError:
-        spec = None
-    if spec is None:
+    spec = importlib.util.find_spec("vllm")
+    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    loaders = [r / "model_executor" / "model_loader" for r in roots]
+    if not any((d / "gguf_loader.py").exists() or (d / "gguf_loader" / "__init__.py").exists() for d in loaders):
         return (f"vLLM {vllm_version()} here has no GGUF loader "
                 "(vllm.model_executor.model_loader.gguf_loader is not in this build)")
     return None
