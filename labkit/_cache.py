@@ -30,15 +30,23 @@ def file_sha256(path: str | Path) -> str:
     st = p.stat()
     key = hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
     memo = cache_dir("sha256") / key
-    if memo.exists():
-        return memo.read_text().strip()
+    if memo.exists() and len(known := memo.read_text().strip()) == 64:
+        return known
     h = hashlib.sha256()
     with open(p, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     digest = h.hexdigest()
-    memo.write_text(digest)
+    write_atomically(memo, digest)
     return digest
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Another process reading ``path`` meanwhile sees the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def build_atomically(target: Path, build: Callable[[Path], None]) -> Path:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import arch
-from ._cache import build_atomically, cache_dir
+from ._cache import build_atomically, cache_dir, write_atomically
 from .errors import InvalidInput, ModelError
 
 __all__ = ["SHAPES", "SyntheticModel", "synthetic", "MARKER"]
@@ -231,7 +231,7 @@ def _tokenizer(source: str | Path | None) -> dict[str, Any]:
     if cached.exists():
         return json.loads(cached.read_text())
     meta = tokenizer_metadata()
-    cached.write_text(json.dumps(meta))
+    write_atomically(cached, json.dumps(meta))  # a second process may be reading it
     return meta
 
 

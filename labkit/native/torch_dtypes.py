@@ -16,7 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
-from .._cache import cache_dir
+from .._cache import cache_dir, write_atomically
 from .._exits import signal_name
 from . import cpu
 
@@ -111,5 +111,5 @@ def check(recheck: bool = False) -> DtypeCheck:
             result = decide(json.loads(proc.stdout.strip().splitlines()[-1]), reported)
     except subprocess.TimeoutExpired:
         result = decide(None, reported, "the matmul check did not finish in 300 s")
-    path.write_text(json.dumps(result.to_dict()))
+    write_atomically(path, json.dumps(result.to_dict()))  # tests run in parallel processes
     return result
