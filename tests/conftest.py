@@ -62,11 +62,14 @@ def _pin_to_this_workers_cores() -> None:
     (engines, servers, kernels) inherits it, and labkit sizes engine threads by the cores a
     process may use. Unpinned, two workers' llama.cpp threads would spin-wait on the same
     cores (measured here: 2.5 s a token instead of 10 ms)."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if not worker or count < 2 or not hasattr(os, "sched_setaffinity"):
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.removeprefix("gw").isdigit() or count < 2 or not hasattr(os, "sched_setaffinity"):
         return
-    cores, i = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw"))
-    share = cores[i * len(cores) // count:(i + 1) * len(cores) // count] or [cores[i % len(cores)]]
+    # A worker that replaces a crashed one gets the next number (gw2 of 2): it takes the
+    # place of the one it replaces, since i % count is free now.
+    cores, i = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")) % count
+    n = len(cores)
+    share = cores[i * n // count:(i + 1) * n // count] if count <= n else [cores[i % n]]
     os.sched_setaffinity(0, share)  # this (main) thread: the tests and everything they start
 
 
@@ -86,12 +89,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         params = set(map(str, getattr(getattr(item, "callspec", None), "params", {}).values()))
-        by_name = names & {"engine_by_name", "request"} and params & VLLM_NAMES
+        by_name = names & {"engine_by_name", "request"} and (params & VLLM_NAMES or _names_a_vllm_fixture(item))
+        fixturedefs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
         if names & VLLM_FIXTURES or by_name:
             item.add_marker(pytest.mark.xdist_group("vllm"))
-        elif any(d.scope in ("module", "class") for defs in item._fixtureinfo.name2fixturedefs.values()
-                 for d in defs):
+        elif any(d.scope in ("module", "class") for defs in fixturedefs.values() for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def _names_a_vllm_fixture(item) -> bool:
+    """A test that looks a vLLM fixture up by name (request.getfixturevalue("vllm_owner"))."""
+    import inspect
+
+    try:
+        source = inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return False
+    return any(f'"{name}"' in source for name in VLLM_FIXTURES)
 
 
 def _descendants() -> set[int]:
