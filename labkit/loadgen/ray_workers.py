@@ -61,13 +61,19 @@ def _probe(address: str | None) -> None:
 
 
 class _LoadActor:
-    """A client of the server on one host, serving one request per call on its event loop."""
+    """A client of the server on one host, serving one request per call on its event loop.
+
+    The server's headers (an API key among them) arrive by :meth:`connect`, not as
+    constructor arguments: Ray keeps an actor's constructor arguments in its control store,
+    to restart it with them."""
 
     def __init__(self, spec: dict[str, Any]):
+        self.spec, self.engine, self.origin = spec, None, 0.0
+
+    def connect(self, headers: dict[str, str]) -> None:
         from ..engines.openai import HttpEngine
 
-        self.engine = HttpEngine.from_spec(spec)
-        self.origin = 0.0
+        self.engine = HttpEngine.from_spec({**self.spec, "headers": headers})
 
     def now(self) -> float:
         return time.perf_counter()
@@ -102,11 +108,14 @@ class RayDriver(Driver):
         remote = ray.remote(num_cpus=0)(_LoadActor)  # a client mostly waits: do not hold a core
         tag = uuid.uuid4().hex[:8]
         self.names = [f"labkit-load-{tag}-{i}" for i in range(count)]
+        spec = engine.client_spec()  # type: ignore[attr-defined]
+        headers = spec.pop("headers")
         self._actors = [remote.options(name=n, namespace=NAMESPACE, scheduling_strategy="SPREAD",
-                                       max_concurrency=4096).remote(engine.client_spec())  # type: ignore[attr-defined]
+                                       max_concurrency=4096).remote(spec)
                         for n in self.names]
         self._offsets: list[float] = []  # each actor's clock minus ours
         try:
+            ray.get([a.connect.remote(headers) for a in self._actors], timeout=120)  # all started
             self.clock_error_s = self._sync_clocks(origin)
         except Exception as e:
             self.close()
@@ -118,9 +127,8 @@ class RayDriver(Driver):
         self._collector.start()
 
     def _sync_clocks(self, origin: float) -> float:
-        """Map each actor's clock onto ours: the quickest of a few round trips (the first waits
-        for the actor to start), its midpoint. Returns the largest half round trip."""
-        self._ray.get([a.now.remote() for a in self._actors], timeout=120)  # all started
+        """Map each actor's clock onto ours: the quickest of a few round trips, its midpoint.
+        Returns the largest half round trip."""
         worst = 0.0
         for actor in self._actors:
             trips = []
