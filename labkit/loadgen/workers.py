@@ -33,6 +33,7 @@ import psutil
 from ..engines.base import Engine
 from ..errors import EngineError, InvalidInput
 from .drivers import AsyncDriver, Driver, Job
+from .result import RequestRecord
 
 _START_TIMEOUT_S = 120.0  # a worker imports labkit and asks the server /v1/models
 
@@ -86,14 +87,14 @@ class ProcessDriver(Driver):
                                    name=f"labkit-load-{i}", daemon=True)
                        for i, (q, (_, w)) in enumerate(zip(self._ins, pipes, strict=True))]
         self._pending: dict[int, tuple[Job, int]] = {}  # id: (job, worker)
-        self._dead: set[int] = set()
-        self._closing = False
+        self._dead: set[int] = set()  # workers whose pipe has ended: all they sent was read
+        self._closing = threading.Event()
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        for p, (_, w) in zip(self._procs, pipes, strict=True):
-            p.start()
-            w.close()  # the worker's end: here, it would keep a dead worker's pipe from ending
         try:
+            for p, (_, w) in zip(self._procs, pipes, strict=True):
+                p.start()
+                w.close()  # the worker's end: here, it would keep a dead worker's pipe from ending
             self._await_ready()
         except BaseException:
             self._stop_workers()
@@ -110,7 +111,7 @@ class ProcessDriver(Driver):
                 index = self._outs[reader]
                 try:
                     kind, _, detail = reader.recv()
-                except EOFError:  # it crashed while starting: say so now, not after the timeout
+                except (EOFError, OSError):  # it crashed while starting: say so now, not after the timeout
                     self._procs[index].join(timeout=5)
                     raise EngineError(f"Load process {index} exited while starting (exit code "
                                       f"{self._procs[index].exitcode}). A script that calls bench("
@@ -144,42 +145,58 @@ class ProcessDriver(Driver):
                 self._pending[jid] = (job, w)
                 batches[w].append((jid, job.request, job.record, job.due, job.ready))
         for w, batch in batches.items():  # a wave leaves as one message per worker
-            self._ins[w].put(batch)
+            if w not in self._dead:  # (all gone: the jobs wait for _fail_lost, not a dead inbox)
+                self._ins[w].put(batch)
 
     def _collect(self) -> None:
-        """Until every worker's pipe has ended (they end when the workers leave)."""
+        """Records as they come, until close(). A pipe that ends is a worker gone, and
+        everything it sent before has been read: its requests still in hand end as errors."""
         open_ = list(self._outs)
-        while open_:
+        while open_ or not self._closing.is_set():
+            if not open_:  # every worker is gone: fail what is sent meanwhile, until close()
+                self._closing.wait(1.0)
+                self._fail_lost()
+                continue
             for reader in mp_connection.wait(open_, timeout=1.0):
                 try:
                     _, jid, record = reader.recv()
-                except EOFError:  # that worker left (closed, or died, perhaps mid-message)
+                except Exception:  # EOF, or cut off mid-message (OSError): that worker left
                     open_.remove(reader)
+                    with self._lock:
+                        self._dead.add(self._outs[reader])
                     continue
-                with self._lock:
-                    job, _ = self._pending.pop(jid, (None, None))
-                if job is not None:
-                    job.adopt(record)
-            self._fail_lost()  # cheap (exit codes): a death is seen within a message or a second
+                self._adopt(jid, record)
+            self._fail_lost()
+
+    def _adopt(self, jid: int, record: RequestRecord | None) -> None:
+        with self._lock:
+            job, _ = self._pending.pop(jid, (None, None))
+        if job is None:
+            return
+        if record is None:
+            job.record.error = "EngineError: the load process could not send this request's record back"
+            job.on_done(job.record)
+        else:
+            job.adopt(record)
 
     def _fail_lost(self) -> None:
-        """A worker that died (killed, out of memory) takes its requests in flight with it:
-        they end as errors, so the level ends instead of waiting for them forever."""
-        dead = {i: p.exitcode for i, p in enumerate(self._procs) if p.exitcode is not None}
-        if not dead or self._closing:
+        """A worker that died (killed, out of memory) took its requests in flight with it:
+        they end as errors, so the level ends instead of waiting for them for ever. (Jobs
+        sent when every worker is gone land here too, from this thread.)"""
+        if self._closing.is_set():
             return
-        self._dead |= set(dead)
         with self._lock:
-            lost = [(jid, job, w) for jid, (job, w) in self._pending.items() if w in dead]
+            lost = [(jid, job, w) for jid, (job, w) in self._pending.items() if w in self._dead]
             for jid, _, _ in lost:
                 del self._pending[jid]
         for _, job, w in lost:
-            job.record.error = f"EngineError: load process {w} ended (exit code {dead[w]}) with this request in hand"
+            code = self._procs[w].exitcode
+            job.record.error = f"EngineError: load process {w} ended (exit code {code}) with this request in hand"
             job.on_done(job.record)
 
     def close(self) -> None:
-        self._closing = True
-        self._stop_workers()  # their pipes end with them, and the collector with the last
+        self._closing.set()
+        self._stop_workers()  # their pipes end with them
         self._collector.join(timeout=30)
         for reader in self._outs:
             reader.close()
@@ -188,10 +205,15 @@ class ProcessDriver(Driver):
         for q in self._ins:
             q.put(None)
         for p in self._procs:
+            if p.pid is None:  # never started
+                continue
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
+        for q in self._ins:  # what a dead worker left unread must not hold this process at exit
+            q.cancel_join_thread()
+            q.close()
 
 
 def _work(spec: dict[str, Any], origin: float, inbox: Any, outbox: Any, owner: int, index: int) -> None:
@@ -250,6 +272,8 @@ class _Outbox:
                 self._conn.send(msg)
             except OSError:  # the owner is gone: nobody reads
                 return
+            except Exception:  # this record would not pickle: say so for it, and go on
+                self._conn.send((msg[0], msg[1], None))
 
     def close(self) -> None:
         self._q.put(None)
