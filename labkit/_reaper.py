@@ -39,7 +39,19 @@ def main() -> int:
         os.killpg(os.getpgrp(), signal.SIGKILL)  # ourselves and anything the child left
 
     threading.Thread(target=watch_owner, daemon=True).start()
+    # Told to stop (kill, pkill, a session's hangup), pass it on and end as the command does:
+    # ending alone would orphan the command, with nothing left to end it with its owner.
+    told: list[int] = []
+
+    def pass_on(signum: int, _frame: object) -> None:
+        told.append(signum)
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, pass_on)
     code = child.wait()
+    if told and code >= 0:  # it stopped cleanly because it was told to: say by what
+        code = -told[0]
     if code < 0:  # end the same way, so the owner sees "killed by SIGKILL", not exit 247
         if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two keep their default
             signal.signal(-code, signal.SIG_DFL)

@@ -150,3 +150,16 @@ def test_a_url_that_is_not_an_openai_server_says_so_in_one_line():
         assert "<html" not in msg and len(msg) < 400
     finally:
         httpd.shutdown()
+
+
+def test_a_reaper_told_to_stop_takes_its_server_with_it():
+    """`kill` or `pkill -f labkit` reaching the reaper (the server's parent, which ends it
+    with its owner) must not leave the server orphaned and running."""
+    with labkit.load("mock-server") as mock:
+        reaper = psutil.Process(mock.process.pid)
+        (server,) = reaper.children()
+        reaper.terminate()
+        gone, alive = psutil.wait_procs([server], timeout=30)  # not the reaper: its status is labkit's to read
+        assert not alive, server.cmdline()
+        assert mock.health() == "mock-server was killed by SIGTERM"  # what happened, not "exited with code 0"
+        assert not reaper.is_running() or reaper.status() == psutil.STATUS_ZOMBIE
