@@ -58,8 +58,9 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 # One pytest worker per core, up to 4: engine starts are mostly one-threaded imports, so two
 # workers on 2 cores finish in about half the time. Each worker is pinned to its own cores
 # (tests/conftest.py), so no two engines spin on one core. TEST_WORKERS=0: one process.
-# (The cores this process may use; not nproc, which also reads OMP_NUM_THREADS.)
-TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(4, len(os.sched_getaffinity(0))))' 2>/dev/null || echo 1)
+# (The cores this process may use; not nproc, which also reads OMP_NUM_THREADS. Where a
+# process may not set its affinity, one process: unpinned workers would share the cores.)
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; c = os.sched_getaffinity(0); os.sched_setaffinity(0, c); print(min(4, len(c)))' 2>/dev/null || echo 0)
 
 test: setup browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
