@@ -69,6 +69,11 @@ class Job:
             self.record.__dict__.update(record.__dict__)
         self.on_done(self.record)
 
+    def fail(self, error: str) -> None:
+        """End this job with ``error`` as its record: it was lost before a record came back."""
+        self.record.error = error
+        self.on_done(self.record)
+
     def finish(self, tokens: list[Token], t0: float, error: BaseException | None) -> None:
         """Fill the record from the streamed tokens and hand it on."""
         finish_record(self.record, tokens, time.perf_counter() - t0, error)

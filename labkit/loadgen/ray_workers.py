@@ -176,8 +176,8 @@ class RayDriver(Driver):
                 try:
                     record = self._ray.get(ref)
                 except Exception as e:  # the actor died: this request is lost, not the level
-                    job.record.error = f"EngineError: Ray load actor {w} failed ({type(e).__name__})"
-                    record = job.record
+                    job.fail(f"EngineError: Ray load actor {w} failed ({type(e).__name__})")
+                    continue
                 job.adopt(record)
 
     def close(self) -> None:

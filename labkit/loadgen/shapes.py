@@ -228,8 +228,7 @@ class _Level:
             if job is None:
                 self.flight.done()
                 return
-            job.record.error = f"{type(e).__name__}: {e}"
-            self.finished(job.record)
+            job.fail(f"{type(e).__name__}: {e}")
 
     def finished(self, record: RequestRecord) -> None:
         self.on_record(record)  # first: it may stop the sweep (a failed request, a dead engine)

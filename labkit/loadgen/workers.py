@@ -174,8 +174,7 @@ class ProcessDriver(Driver):
         if job is None:
             return
         if record is None:
-            job.record.error = "EngineError: the load process could not send this request's record back"
-            job.on_done(job.record)
+            job.fail("EngineError: the load process could not send this request's record back")
         else:
             job.adopt(record)
 
@@ -190,9 +189,8 @@ class ProcessDriver(Driver):
             for jid, _, _ in lost:
                 del self._pending[jid]
         for _, job, w in lost:
-            code = self._procs[w].exitcode
-            job.record.error = f"EngineError: load process {w} ended (exit code {code}) with this request in hand"
-            job.on_done(job.record)
+            job.fail(f"EngineError: load process {w} ended (exit code {self._procs[w].exitcode}) "
+                     "with this request in hand")
 
     def close(self) -> None:
         self._closing.set()
