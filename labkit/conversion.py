@@ -20,13 +20,13 @@ Run as ``python -m labkit.conversion convert SRC.gguf OUT_DIR`` or ``... check G
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._cache import write_atomically
 from .errors import ModelError
 
 __all__ = ["ConversionCheck", "check", "ensure_checked", "ensure_pair_checked", "read_check", "diagnose", "PROBES",
@@ -137,9 +137,7 @@ def ensure_checked(gguf: Path, hf_dir: Path, direction: str, entry: Path,
     result = read_check(entry)
     if result is None:
         result = check(gguf, hf_dir, direction)
-        tmp = entry / f".{CHECK_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(result.to_dict(), indent=1))
-        tmp.replace(entry / CHECK_FILE)
+        write_atomically(entry / CHECK_FILE, json.dumps(result.to_dict(), indent=1))
     if raise_on_failure:
         result.raise_if_failed()
     return result
