@@ -10,7 +10,10 @@ Three layers, cheapest first:
 3. **logprob parity** (teacher forcing, as ``llama-perplexity --kl-divergence`` does): one
    fixed continuation (the reference engine's greedy tokens) is scored by every engine, and
    per position we compare the next-token distributions: KL(ref || other), top-1 agreement,
-   and |delta p| of the forced token.
+   and |delta p| of the forced token. Where two outputs part, the reference's margin there
+   (its top-1 minus top-2 log-probability) says whether that was a near-tie, which any
+   change in the order of floating-point sums can flip (a server batching requests, another
+   thread count), or a real difference between the engines.
 
 Top-k approximation: engines return only the top-k log-probabilities (k=20 by default), so
 KL is computed over the reference's top-k tokens plus one bucket holding the rest of the
@@ -36,7 +39,12 @@ from .engines.base import Conversation, Engine, Generation
 from .engines.capabilities import Scores
 from .errors import InvalidInput
 
-__all__ = ["Comparison", "compare", "kl_topk", "QuantLadder", "quant_ladder", "first_divergence"]
+__all__ = ["Comparison", "compare", "kl_topk", "QuantLadder", "quant_ladder", "first_divergence",
+           "NEAR_TIE_NATS"]
+
+# A divergence where the reference's top two tokens were closer than this (in log-probability)
+# is called a near-tie: reduction order alone moves logits by about this much over 30 layers.
+NEAR_TIE_NATS = 0.1
 
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -111,6 +119,15 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     chat: bool = False  # every prompt sent as chat (conversations always are)
 
+    def _margin(self, i: int, position: int | None) -> float:
+        """The reference's top-1 minus top-2 log-probability at ``position`` of prompt ``i``
+        (NaN where it was not scored)."""
+        pos = self.positions
+        if position is None or pos.empty or "ref_margin" not in pos:
+            return float("nan")
+        hit = pos[(pos["engine"] == self.reference) & (pos["prompt"] == i) & (pos["position"] == position)]
+        return float(hit["ref_margin"].iloc[0]) if not hit.empty else float("nan")
+
     def _same_prompt(self, i: int, name: str) -> bool | None:
         """Whether ``name`` was fed the reference's token ids for prompt ``i`` (as sent)."""
         pid = self.prompt_ids
@@ -123,8 +140,10 @@ class Comparison:
     @property
     def table(self) -> pd.DataFrame:
         """prompt, engine, same_prompt_tokens, text, n_tokens, identical_to_ref,
-        first_divergence, token_agreement. ``same_prompt_tokens`` False means the engines
-        were not fed the same tokens: their outputs are not comparable as they stand."""
+        first_divergence, margin_at_divergence, token_agreement. ``same_prompt_tokens``
+        False means the engines were not fed the same tokens: their outputs are not
+        comparable as they stand. ``margin_at_divergence``: the reference's top-1 minus
+        top-2 log-probability where the tokens part (below ``NEAR_TIE_NATS``: a near-tie)."""
         rows = []
         for i, prompt in enumerate(self.prompts):
             ref = self.generations[self.reference][i]
@@ -134,14 +153,15 @@ class Comparison:
                 if ids_known:
                     fd = first_divergence(ref.token_ids, g.token_ids)
                     agree = token_agreement(ref.token_ids, g.token_ids)
+                    margin = self._margin(i, fd)
                 else:  # a server that gives no token ids: compare characters
                     fd = first_divergence(list(ref.text), list(g.text))
-                    agree = float("nan")
+                    agree, margin = float("nan"), float("nan")
                 rows.append({"prompt": _label(prompt), "engine": name,
                              "same_prompt_tokens": self._same_prompt(i, name), "text": g.text,
                              "n_tokens": g.n_tokens, "identical_to_ref": g.text == ref.text,
                              "first_divergence": fd, "divergence_unit": "token" if ids_known else "char",
-                             "token_agreement": agree})
+                             "margin_at_divergence": margin, "token_agreement": agree})
         frame = pd.DataFrame(rows)
         if not frame.empty:  # positions are whole numbers, "none" where the texts agree
             frame["first_divergence"] = frame["first_divergence"].astype("Int64")
@@ -165,7 +185,7 @@ class Comparison:
                 fd = row["first_divergence"]
                 status = ("identical" if row["identical_to_ref"] else
                           "same tokens, different text" if pd.isna(fd) else
-                          f"diverges at {row['divergence_unit']} {int(fd)}")
+                          f"diverges at {row['divergence_unit']} {int(fd)}{_tie(row['margin_at_divergence'])}")
                 if row["same_prompt_tokens"] is not None and not row["same_prompt_tokens"]:
                     status = ("<b style='color:#b00'>fed different prompt tokens: not comparable"
                               f"</b> ({status})")
@@ -186,6 +206,15 @@ class Comparison:
         notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in self.notes)
         style = "<style>.lk-del{background:#fdd;text-decoration:line-through}.lk-ins{background:#cfc}</style>"
         return (f"{style}{tok}<table><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>{parity}{notes}")
+
+
+def _tie(margin: float) -> str:
+    """How close the reference's choice was where two outputs part."""
+    if pd.isna(margin):
+        return ""
+    if margin < NEAR_TIE_NATS:
+        return f", at a near-tie ({margin:.3f} nats between the reference's top two)"
+    return f", where the reference's top token led by {margin:.2f} nats"
 
 
 def _diff_html(ref: str, other: str) -> str:
@@ -239,6 +268,12 @@ def _same_vocabulary(engines: dict[str, Engine], reference: str) -> list[str]:
     return differing
 
 
+def _top_margin(logprobs: dict[int, float]) -> float:
+    """Top-1 minus top-2 log-probability (inf with a single listed token)."""
+    top = sorted(logprobs.values(), reverse=True)[:2]
+    return float(top[0] - top[1]) if len(top) == 2 else float("inf")
+
+
 def _score_parity(engines: dict[str, Engine], reference: str, prompts: list[Any],
                   refs: list[Generation], k: int, chat: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     positions = []
@@ -251,12 +286,13 @@ def _score_parity(engines: dict[str, Engine], reference: str, prompts: list[Any]
         scores = {name: eng.score(prompt_ids, gen.token_ids, k) for name, eng in engines.items()
                   if isinstance(eng, Scores)}
         base = scores[reference]
+        margins = [_top_margin(r) for r in base]
         for name, sc in scores.items():
             for pos, (r, o, tok) in enumerate(zip(base, sc, gen.token_ids, strict=True)):
                 pr, po = np.exp(r.get(tok, -30.0)), np.exp(o.get(tok, min(o.values())))
                 positions.append({"prompt": i, "position": pos, "engine": name, "kl": kl_topk(r, o),
                                   "top1_same": max(r, key=r.get) == max(o, key=o.get),
-                                  "abs_delta_p": abs(pr - po)})
+                                  "abs_delta_p": abs(pr - po), "ref_margin": margins[pos]})
     pos = pd.DataFrame(positions)
     if pos.empty:
         return pd.DataFrame(), pos

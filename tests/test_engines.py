@@ -70,10 +70,17 @@ def test_bad_requests_are_clear_errors(engine_by_name, name):
 
 @pytest.mark.parametrize(("local", "server"), [("llama.cpp", "llama-server"), ("vllm", "vllm-server")])
 def test_same_engine_same_weights_same_greedy_text(engine_by_name, local, server):
-    a = engine_by_name(local).generate(PROMPTS, max_tokens=32)
-    b = engine_by_name(server).generate(PROMPTS, max_tokens=32)
-    assert [g.text for g in a] == [g.text for g in b]
-    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    # Bit-equal logits are not promised: the server batches its slots and places each one's
+    # KV cells where they are free, which changes the order of floating-point sums. Seen on an
+    # AVX2 EPYC: llama-server parted from llama.cpp at a token whose top two were 0.016 nats
+    # apart. So: same prompt tokens, and any parting only at a near-tie of the reference.
+    cmp = labkit.compare({local: engine_by_name(local), server: engine_by_name(server)}, PROMPTS,
+                         max_tokens=32)
+    t = cmp.table[cmp.table["engine"] == server]
+    assert t["same_prompt_tokens"].all()
+    parted = t[~t["identical_to_ref"]]
+    assert (parted["margin_at_divergence"] < labkit.comparison.NEAR_TIE_NATS).all(), parted
+    assert len(parted) <= 1, parted  # a near-tie is rare: most prompts must match exactly
 
 
 def test_concurrent_requests_are_batched_by_vllm(vllm_engine):
