@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -63,8 +65,18 @@ def record(name: str, value: Any) -> None:
 
 
 def results(path: str | Path) -> dict[str, Any]:
-    """Every value a notebook recorded, by name (the last one wins), from an executed .ipynb."""
-    nb = json.loads(Path(path).read_text())
+    """Every value a notebook recorded, by name (the last one wins), from an executed .ipynb
+    or the run folder that :func:`run` returned."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.ipynb"))
+        if len(found) != 1:
+            raise InvalidInput(f"{path} holds {len(found)} notebooks, not one executed notebook: "
+                               "pass the .ipynb itself.")
+        path = found[0]
+    if not path.exists():
+        raise InvalidInput(f"{path} does not exist: pass an executed notebook or its run folder.")
+    nb = json.loads(path.read_text())
     out: dict[str, Any] = {}
     for cell in nb.get("cells", []):
         for output in cell.get("outputs", []):
@@ -171,10 +183,22 @@ def _write_report(executed: Path, folder: Path, stem: str) -> None:
 def _kernel_manager(deaths: list[int]) -> type:
     """A kernel manager that records how its kernel process ended, so a dead kernel can be
     reported with its signal (SIGILL says "a native build uses an instruction this CPU
-    traps"; SIGKILL often says "out of memory")."""
+    traps"; SIGKILL often says "out of memory").
+
+    It talks to its kernel over Unix sockets in a private folder, not over TCP on localhost:
+    no port another local user could connect to, and no ipykernel warning about TCP without
+    encryption on every run. The path is absolute because the kernel runs in the notebook's
+    folder, not ours."""
     from jupyter_client.manager import AsyncKernelManager
 
     class _Recording(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            self._ipc_dir: str | None = None
+            if os.name == "posix" and "transport" not in kwargs:
+                self._ipc_dir = tempfile.mkdtemp(prefix="labkit-kernel-")  # mode 0700
+                kwargs.update(transport="ipc", ip=os.path.join(self._ipc_dir, "kernel"))
+            super().__init__(**kwargs)
+
         def _note_exit(self) -> None:
             proc = getattr(self.provisioner, "process", None)
             if proc is not None and proc.poll() is not None and not deaths:
@@ -189,6 +213,8 @@ def _kernel_manager(deaths: list[int]) -> type:
         async def cleanup_resources(self, restart: bool = False) -> None:
             self._note_exit()
             await super().cleanup_resources(restart=restart)
+            if self._ipc_dir and not restart:
+                shutil.rmtree(self._ipc_dir, ignore_errors=True)
 
     return _Recording
 

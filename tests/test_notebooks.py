@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -114,6 +115,27 @@ def test_a_failing_cell_names_the_cell(tmp_path):
     assert Path(err.value.output_path).exists() and err.value.cell_index == 1
     report = (tmp_path / "out" / "broken.html").read_text()
     assert "ZeroDivisionError" in report  # the report is written, with the error in it
+
+
+def test_the_kernel_talks_over_private_unix_sockets_not_tcp(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os, stat, labkit\nfrom ipykernel.kernelapp import IPKernelApp\n"
+        "app = IPKernelApp.instance()\n"
+        "labkit.record('kernel', {'transport': app.transport, 'ip': app.ip,\n"
+        "    'mode': stat.S_IMODE(os.stat(os.path.dirname(app.ip)).st_mode)})")]
+    path = tmp_path / "kernel.ipynb"
+    nbformat.write(nb, path)
+    out = run(path, out=tmp_path / "out")
+    k = results(out)["kernel"]
+    assert k["transport"] == "ipc" and os.path.isabs(k["ip"]) and k["mode"] == 0o700
+    assert not Path(k["ip"]).parent.exists()  # the sockets' folder goes with the kernel
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInput, match="holds 0 notebooks"):
+        results(tmp_path / "empty")
+    with pytest.raises(InvalidInput, match="does not exist"):
+        results(tmp_path / "missing.ipynb")
 
 
 def test_an_unknown_parameter_is_an_error_listing_the_known_ones(tmp_path):
