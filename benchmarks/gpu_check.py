@@ -35,18 +35,26 @@ import platform
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import gpu_check_cuda  # noqa: E402
 
 # Parts of the llama.cpp tree the build needs; everything else (models, docs, tests, other
 # backends) stays behind to fit the 64 MiB that travel.
 KEEP_TOP = ("CMakeLists.txt", "LICENSE", "cmake", "licenses", "src", "include", "common", "vendor",
             "app")
 KEEP_TOOLS = ("llama-bench", "server", "mtmd", "ui", "quantize", "perplexity")
+# What no build step reads: the web UI's own sources (labkit builds it without npm, which
+# embeds no assets; llama-server runs --no-webui) and mtmd's test media.
+DROP_FILES = {"tools/ui": ("src", "tests", "static", "package-lock.json"),
+              "tools/mtmd": ("test-1.jpeg", "test-2.mp3", "test-3.mp4", "tests")}
 DROP_BACKENDS = ("ggml-cann", "ggml-et", "ggml-hexagon", "ggml-hip", "ggml-metal", "ggml-musa",
                  "ggml-opencl", "ggml-openvino", "ggml-sycl", "ggml-virtgpu", "ggml-vulkan",
                  "ggml-webgpu", "ggml-zdnn", "ggml-zendnn")
@@ -64,8 +72,9 @@ def log(msg: str) -> None:
 
 
 # --- prepare --------------------------------------------------------------------------------
-def prepare(target: Path) -> dict[str, Any]:
-    """Write the trimmed llama.cpp tree, the gguf wheel and the tokenizer JSON into ``target``."""
+def prepare(target: Path, cuda_archs: list[str] | None = None) -> dict[str, Any]:
+    """Write the trimmed llama.cpp tree, the gguf wheel and the tokenizer JSON into ``target``,
+    and with ``cuda_archs`` llama.cpp's CUDA backend compiled here for each (gpu_check_cuda)."""
     from labkit.native.llamacpp import source_tree
     from labkit.synthetic import tokenizer_metadata
 
@@ -86,7 +95,9 @@ def prepare(target: Path) -> dict[str, Any]:
     shutil.copy2(src / "scripts" / "ui-assets.cmake", tree / "scripts")  # the server's UI step
     (tree / "tools").mkdir()
     for name in KEEP_TOOLS:
-        shutil.copytree(src / "tools" / name, tree / "tools" / name)
+        drop = DROP_FILES.get(f"tools/{name}", ())
+        shutil.copytree(src / "tools" / name, tree / "tools" / name,
+                        ignore=lambda d, names, drop=drop: [n for n in names if n in drop])
     # The upstream tools/CMakeLists.txt adds every tool; this one adds only those kept.
     (tree / "tools" / "CMakeLists.txt").write_text(
         "find_package(Threads REQUIRED)\nllama_add_compile_flags()\n" +
@@ -103,8 +114,13 @@ def prepare(target: Path) -> dict[str, Any]:
     if proc.returncode != 0 or not list(wheels.glob("gguf-*.whl")):
         raise SystemExit(f"could not download the gguf {version} wheel:\n{proc.stderr[-1500:]}")
     (target / "tokenizer.json").write_text(json.dumps(tokenizer_metadata()))
+    # Source packs ~6x smaller: with a CUDA module beside it, the tree alone would not fit.
+    with tarfile.open(target / "llama.cpp.tar.xz", "w:xz") as tar:
+        tar.add(tree, arcname="llama.cpp")
+    shutil.rmtree(tree)
+    cuda = gpu_check_cuda.prepare(target, cuda_archs) if cuda_archs else []
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-    info = {"llama_cpp_src": str(src), "gguf": version, "bytes": size}
+    info = {"llama_cpp_src": str(src), "gguf": version, "bytes": size, "cuda_modules": cuda}
     (target / "prepared.json").write_text(json.dumps(info, indent=1))
     log(f"prepared {target}: {size / 2**20:.1f} MiB")
     if size > 56 * 2**20:
@@ -279,11 +295,14 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
     if not dry and gpu is None:
         report.error("environment", RuntimeError("no GPU found by nvidia-smi"))
         return 1
-    if not dry:  # a fresh cache: nothing built on the CPU machine is trusted here
+    module = None
+    if not dry:  # a fresh cache: nothing built on the CPU machine is trusted here but the module
         os.environ.setdefault("LABKIT_CACHE", str(work / "cache"))
-        arch = gpu["compute_cap"].replace(".", "")
-        os.environ["CMAKE_ARGS"] = (f"-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES={arch} "
-                                    "-DGGML_CUDA_FA_ALL_QUANTS=OFF")
+        module = gpu_check_cuda.prebuilt(prep, gpu["compute_cap"])
+        from labkit.native import cpu
+
+        os.environ["CMAKE_ARGS"] = " ".join(gpu_check_cuda.cpu_side_args(cpu.features()["flags"])
+                                            if module else _cuda_args(gpu))
     from labkit import synthetic
     from labkit.native import llamacpp
 
@@ -294,7 +313,7 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
         if dry:
             cfg = work / "configure"
             shutil.rmtree(cfg, ignore_errors=True)
-            proc = subprocess.run(["cmake", "-S", str(prep / "llama.cpp"), "-B", str(cfg),
+            proc = subprocess.run(["cmake", "-S", str(_source(prep, work)), "-B", str(cfg),
                                    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
                                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
                                    "-DLLAMA_USE_PREBUILT_UI=OFF"],
@@ -308,11 +327,18 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
             shutil.rmtree(cfg, ignore_errors=True)
             build = llamacpp.current_build(progress=False)
         else:
-            os.environ["LABKIT_LLAMACPP_SRC"] = str(prep / "llama.cpp")
+            os.environ["LABKIT_LLAMACPP_SRC"] = str(_source(prep, work))
             log(f"building llama.cpp with {os.environ['CMAKE_ARGS']} on {os.cpu_count()} cores")
             build = llamacpp.current_build(progress=False, probe_model=tiny.gguf)
+            cuda = _attach(build, module, gpu, tiny) if module else "compiled here"
+            if cuda != "compiled here" and not cuda.startswith("prebuilt"):
+                report.step("prebuilt CUDA module", refused=cuda)
+                os.environ["CMAKE_ARGS"] = _cuda_args(gpu)  # as before: CUDA compiled here
+                build = llamacpp.current_build(progress=False, probe_model=tiny.gguf)
+                cuda = f"compiled here ({cuda})"
         report.step("build", seconds=time.perf_counter() - t0, variant=build.variant,
-                    cmake_args=build.cmake_args, probe=build.probe.to_dict(), tried=build.tried)
+                    cmake_args=build.cmake_args, probe=build.probe.to_dict(), tried=build.tried,
+                    cuda=None if dry else cuda)
         log(f"build ok in {time.perf_counter() - t0:.0f} s: {build.probe.reason}")
     except Exception as e:
         report.error("build", e)
@@ -376,6 +402,38 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
     print(markdown(report.data), flush=True)
     log(f"done in {report.data['seconds']:.0f} s; errors: {len(report.data['errors'])}")
     return 1 if report.data["errors"] else 0
+
+
+def _source(prep: Path, work: Path) -> Path:
+    """The trimmed llama.cpp tree, unpacked into ``work`` (afresh: it is what gets built)."""
+    dest = work / "src"
+    shutil.rmtree(dest, ignore_errors=True)
+    with tarfile.open(prep / "llama.cpp.tar.xz") as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "llama.cpp"
+
+
+def _cuda_args(gpu: dict[str, Any]) -> str:
+    arch = gpu["compute_cap"].replace(".", "")
+    return f"-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES={arch} -DGGML_CUDA_FA_ALL_QUANTS=OFF"
+
+
+def _attach(build: Any, module: tuple[Path, dict[str, Any]], gpu: dict[str, Any], tiny: Any) -> str:
+    """Put the travelled CUDA module beside the CPU build; "prebuilt ..." if llama-server then
+    lists a CUDA device and the probe passes with every layer on it, else why not."""
+    from labkit.native import llamacpp
+
+    path, info = module
+    gpu_check_cuda.unpack(path, build.bin_dir / gpu_check_cuda.MODULE)
+    devices = gpu_check_cuda.cuda_devices(build.bin_dir)
+    if "CUDA0" not in devices:
+        return f"llama-server lists no CUDA device with it: {devices[-800:]}"
+    probe = llamacpp.probe(build.bin_dir, tiny.gguf, extra_args=("-ngl", "99"))
+    if not probe.ok:
+        return f"the probe failed on the GPU: {probe.reason}"
+    log(f"CUDA module from prepare (nvcc {info['nvcc']}, cuBLAS {info['cublas']}) loads: {probe.reason}")
+    return (f"prebuilt for sm_{info['arch']} by prepare (nvcc {info['nvcc']}, cuBLAS {info['cublas']}); "
+            f"CPU side built here")
 
 
 def _card_row(report: Report, card: float | None, build: Any, work: Path) -> None:
@@ -460,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     pp = sub.add_parser("prepare")
     pp.add_argument("dir", type=Path)
+    pp.add_argument("--cuda-arch", action="append", default=[],
+                    help="also compile llama.cpp's CUDA backend here for this compute capability "
+                         "(90: H100, H200), so the lease builds only the CPU side; needs nvcc")
     rp = sub.add_parser("run")
     rp.add_argument("dir", type=Path)
     rp.add_argument("--out", type=Path, required=True)
@@ -467,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--budget-s", type=float, default=480.0)
     args = p.parse_args(argv)
     if args.cmd == "prepare":
-        prepare(args.dir)
+        prepare(args.dir, args.cuda_arch)
         return 0
     return run(args.dir, args.out, args.dry_run, args.budget_s)
 
