@@ -295,14 +295,8 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
     if not dry and gpu is None:
         report.error("environment", RuntimeError("no GPU found by nvidia-smi"))
         return 1
-    module = None
     if not dry:  # a fresh cache: nothing built on the CPU machine is trusted here but the module
         os.environ.setdefault("LABKIT_CACHE", str(work / "cache"))
-        module = gpu_check_cuda.prebuilt(prep, gpu["compute_cap"])
-        from labkit.native import cpu
-
-        os.environ["CMAKE_ARGS"] = " ".join(gpu_check_cuda.cpu_side_args(cpu.features()["flags"])
-                                            if module else _cuda_args(gpu))
     from labkit import synthetic
     from labkit.native import llamacpp
 
@@ -327,15 +321,7 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
             shutil.rmtree(cfg, ignore_errors=True)
             build = llamacpp.current_build(progress=False)
         else:
-            os.environ["LABKIT_LLAMACPP_SRC"] = str(_source(prep, work))
-            log(f"building llama.cpp with {os.environ['CMAKE_ARGS']} on {os.cpu_count()} cores")
-            build = llamacpp.current_build(progress=False, probe_model=tiny.gguf)
-            cuda = _attach(build, module, gpu, tiny) if module else "compiled here"
-            if cuda != "compiled here" and not cuda.startswith("prebuilt"):
-                report.step("prebuilt CUDA module", refused=cuda)
-                os.environ["CMAKE_ARGS"] = _cuda_args(gpu)  # as before: CUDA compiled here
-                build = llamacpp.current_build(progress=False, probe_model=tiny.gguf)
-                cuda = f"compiled here ({cuda})"
+            build, cuda = _lease_build(prep, work, gpu, tiny)
         report.step("build", seconds=time.perf_counter() - t0, variant=build.variant,
                     cmake_args=build.cmake_args, probe=build.probe.to_dict(), tried=build.tried,
                     cuda=None if dry else cuda)
@@ -406,9 +392,12 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
 
 def _source(prep: Path, work: Path) -> Path:
     """The trimmed llama.cpp tree, unpacked into ``work`` (afresh: it is what gets built)."""
+    packed = prep / "llama.cpp.tar.xz"
+    if not packed.exists():
+        raise FileNotFoundError(f"{packed} is missing: run `benchmarks/gpu_check.sh --prepare` again")
     dest = work / "src"
     shutil.rmtree(dest, ignore_errors=True)
-    with tarfile.open(prep / "llama.cpp.tar.xz") as tar:
+    with tarfile.open(packed) as tar:
         tar.extractall(dest, filter="data")
     return dest / "llama.cpp"
 
@@ -418,9 +407,43 @@ def _cuda_args(gpu: dict[str, Any]) -> str:
     return f"-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES={arch} -DGGML_CUDA_FA_ALL_QUANTS=OFF"
 
 
-def _attach(build: Any, module: tuple[Path, dict[str, Any]], gpu: dict[str, Any], tiny: Any) -> str:
-    """Put the travelled CUDA module beside the CPU build; "prebuilt ..." if llama-server then
-    lists a CUDA device and the probe passes with every layer on it, else why not."""
+def _lease_build(prep: Path, work: Path, gpu: dict[str, Any], tiny: Any) -> tuple[Any, str]:
+    """llama.cpp on the lease: its CPU side beside the CUDA module that travelled, if one fits
+    this GPU and loads; else, or if anything in that fails, CUDA compiled here as before.
+    Returns the build and how its CUDA backend came to be."""
+    from labkit.native import cpu, llamacpp
+
+    os.environ["LABKIT_LLAMACPP_SRC"] = str(_source(prep, work))
+    module = gpu_check_cuda.prebuilt(prep, gpu["compute_cap"])
+    args = gpu_check_cuda.cpu_side_args(cpu.features()["flags"])
+    here, why_not = gpu_check_cuda.nvcc_version(), None
+    if module is None:
+        why_not = f"no module prepared for compute capability {gpu['compute_cap']}"
+    elif args is None:
+        why_not = "no explicit instruction set for this CPU (GGML_NATIVE cannot load backends)"
+    elif here and here.split(".")[0] != module[1]["nvcc"].split(".")[0]:
+        why_not = f"prepared with CUDA {module[1]['nvcc']}, this machine has {here}"
+    else:
+        try:
+            os.environ["CMAKE_ARGS"] = " ".join(args)
+            log(f"building llama.cpp's CPU side with {os.environ['CMAKE_ARGS']} on {os.cpu_count()} cores")
+            build = llamacpp.current_build(progress=False, probe_model=tiny.gguf)
+            why_not = _attach(build, module, tiny)
+        except Exception as e:  # any failure of the quick path costs only its time
+            why_not = f"{type(e).__name__}: {e}"[:1500]
+        if why_not is None:
+            info = module[1]
+            return build, (f"prebuilt for sm_{info['arch']} by prepare (nvcc {info['nvcc']}, cuBLAS "
+                           f"{info['cublas']}); CPU side built here")
+        log(f"the prepared CUDA module is not used: {why_not}")
+    os.environ["CMAKE_ARGS"] = _cuda_args(gpu)
+    log(f"building llama.cpp with {os.environ['CMAKE_ARGS']} on {os.cpu_count()} cores")
+    return llamacpp.current_build(progress=False, probe_model=tiny.gguf), f"compiled here ({why_not})"
+
+
+def _attach(build: Any, module: tuple[Path, dict[str, Any]], tiny: Any) -> str | None:
+    """Put the travelled CUDA module beside the CPU build; None if llama-server then lists a
+    CUDA device and the probe passes with every layer on it, else why not."""
     from labkit.native import llamacpp
 
     path, info = module
@@ -432,8 +455,7 @@ def _attach(build: Any, module: tuple[Path, dict[str, Any]], gpu: dict[str, Any]
     if not probe.ok:
         return f"the probe failed on the GPU: {probe.reason}"
     log(f"CUDA module from prepare (nvcc {info['nvcc']}, cuBLAS {info['cublas']}) loads: {probe.reason}")
-    return (f"prebuilt for sm_{info['arch']} by prepare (nvcc {info['nvcc']}, cuBLAS {info['cublas']}); "
-            f"CPU side built here")
+    return None
 
 
 def _card_row(report: Report, card: float | None, build: Any, work: Path) -> None:

@@ -136,7 +136,7 @@ def build_module(arch: str, progress: Any = print) -> tuple[Path, dict[str, Any]
 def prepare(target: Path, archs: list[str]) -> list[dict[str, Any]]:
     """Put a module per arch under ``target/cuda/sm_<arch>/`` with what it was built from."""
     out = []
-    for arch in archs:
+    for arch in (a.replace(".", "") for a in archs):  # "9.0" as nvidia-smi says it, or "90"
         module, info = build_module(arch)
         dest = target / "cuda" / f"sm_{arch}"
         dest.mkdir(parents=True, exist_ok=True)
@@ -166,14 +166,15 @@ def unpack(packed: Path, dest: Path) -> None:
     dest.chmod(0o755)
 
 
-def cpu_side_args(flags: list[str]) -> list[str]:
+def cpu_side_args(flags: list[str]) -> list[str] | None:
     """CMAKE_ARGS for the lease's own build when the CUDA module travelled: ggml's backends as
     loadable modules and no CUDA. ``GGML_NATIVE`` cannot be used with loadable backends, so
-    the instruction set is the best of labkit's explicit variants for this CPU."""
+    the instruction set is the best of labkit's explicit variants for this CPU (None where it
+    has none: not x86)."""
     from labkit.native.llamacpp import variants
 
-    explicit = next(v for v in variants(flags) if v.name != "native")
-    return ["-DGGML_BACKEND_DL=ON", *explicit.cmake]
+    explicit = next((v for v in variants(flags) if v.name != "native"), None)
+    return ["-DGGML_BACKEND_DL=ON", *explicit.cmake] if explicit else None
 
 
 def cuda_devices(bin_dir: Path) -> str:

@@ -11,7 +11,8 @@ Three layers, cheapest first:
    fixed continuation (the reference engine's greedy tokens) is scored by every engine, and
    per position we compare the next-token distributions: KL(ref || other), top-1 agreement,
    and |delta p| of the forced token. Where two outputs part, the reference's margin there
-   (its top-1 minus top-2 log-probability) says whether that was a near-tie, which any
+   (its log-probability of its own token minus that of the other's) says whether that was a
+   near-tie, which any
    change in the order of floating-point sums can flip (a server batching requests, another
    thread count), or a real difference between the engines.
 
@@ -118,15 +119,23 @@ class Comparison:
     positions: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-position logprob parity
     notes: list[str] = field(default_factory=list)
     chat: bool = False  # every prompt sent as chat (conversations always are)
+    # The reference's top-k log-probabilities per prompt and position (where it can score).
+    ref_scores: dict[int, list[dict[int, float]]] = field(default_factory=dict, repr=False)
 
-    def _margin(self, i: int, position: int | None) -> float:
-        """The reference's top-1 minus top-2 log-probability at ``position`` of prompt ``i``
-        (NaN where it was not scored)."""
-        pos = self.positions
-        if position is None or pos.empty or "ref_margin" not in pos:
+    def _margin(self, i: int, position: int | None, other: list[int]) -> float:
+        """How much the reference preferred its own token, where ``other`` parts from it at
+        ``position`` of prompt ``i``, over the token ``other`` chose (over its runner-up where
+        ``other`` ended there). A chosen token outside the reference's top-k counts as its
+        last listed one, so the margin is then a lower bound. NaN where not scored."""
+        rows = self.ref_scores.get(i)
+        ref_ids = self.generations[self.reference][i].token_ids or []
+        if position is None or not rows or position >= min(len(rows), len(ref_ids)):
             return float("nan")
-        hit = pos[(pos["engine"] == self.reference) & (pos["prompt"] == i) & (pos["position"] == position)]
-        return float(hit["ref_margin"].iloc[0]) if not hit.empty else float("nan")
+        r = rows[position]
+        mine = r.get(ref_ids[position], max(r.values()))
+        if position >= len(other):
+            return _top_margin(r)
+        return float(mine - r.get(other[position], min(r.values())))
 
     def _same_prompt(self, i: int, name: str) -> bool | None:
         """Whether ``name`` was fed the reference's token ids for prompt ``i`` (as sent)."""
@@ -142,8 +151,9 @@ class Comparison:
         """prompt, engine, same_prompt_tokens, text, n_tokens, identical_to_ref,
         first_divergence, margin_at_divergence, token_agreement. ``same_prompt_tokens``
         False means the engines were not fed the same tokens: their outputs are not
-        comparable as they stand. ``margin_at_divergence``: the reference's top-1 minus
-        top-2 log-probability where the tokens part (below ``NEAR_TIE_NATS``: a near-tie)."""
+        comparable as they stand. ``margin_at_divergence``: the reference's log-probability
+        of its own token minus that of the other's where they part (below ``NEAR_TIE_NATS``:
+        a near-tie)."""
         rows = []
         for i, prompt in enumerate(self.prompts):
             ref = self.generations[self.reference][i]
@@ -153,7 +163,7 @@ class Comparison:
                 if ids_known:
                     fd = first_divergence(ref.token_ids, g.token_ids)
                     agree = token_agreement(ref.token_ids, g.token_ids)
-                    margin = self._margin(i, fd)
+                    margin = self._margin(i, fd, g.token_ids)
                 else:  # a server that gives no token ids: compare characters
                     fd = first_divergence(list(ref.text), list(g.text))
                     agree, margin = float("nan"), float("nan")
@@ -213,8 +223,8 @@ def _tie(margin: float) -> str:
     if pd.isna(margin):
         return ""
     if margin < NEAR_TIE_NATS:
-        return f", at a near-tie ({margin:.3f} nats between the reference's top two)"
-    return f", where the reference's top token led by {margin:.2f} nats"
+        return f", at a near-tie (the reference preferred its token by {margin:.3f} nats)"
+    return f", where the reference preferred its token by {margin:.2f} nats"
 
 
 def _diff_html(ref: str, other: str) -> str:
@@ -274,9 +284,10 @@ def _top_margin(logprobs: dict[int, float]) -> float:
     return float(top[0] - top[1]) if len(top) == 2 else float("inf")
 
 
-def _score_parity(engines: dict[str, Engine], reference: str, prompts: list[Any],
-                  refs: list[Generation], k: int, chat: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _score_parity(engines: dict[str, Engine], reference: str, prompts: list[Any], refs: list[Generation],
+                  k: int, chat: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, list[dict[int, float]]]]:
     positions = []
+    ref_scores: dict[int, list[dict[int, float]]] = {}
     ref_engine = engines[reference]
     for i, (prompt, gen) in enumerate(zip(prompts, refs, strict=True)):
         if not gen.token_ids:
@@ -286,21 +297,21 @@ def _score_parity(engines: dict[str, Engine], reference: str, prompts: list[Any]
         scores = {name: eng.score(prompt_ids, gen.token_ids, k) for name, eng in engines.items()
                   if isinstance(eng, Scores)}
         base = scores[reference]
-        margins = [_top_margin(r) for r in base]
+        ref_scores[i] = base
         for name, sc in scores.items():
             for pos, (r, o, tok) in enumerate(zip(base, sc, gen.token_ids, strict=True)):
                 pr, po = np.exp(r.get(tok, -30.0)), np.exp(o.get(tok, min(o.values())))
                 positions.append({"prompt": i, "position": pos, "engine": name, "kl": kl_topk(r, o),
                                   "top1_same": max(r, key=r.get) == max(o, key=o.get),
-                                  "abs_delta_p": abs(pr - po), "ref_margin": margins[pos]})
+                                  "abs_delta_p": abs(pr - po)})
     pos = pd.DataFrame(positions)
     if pos.empty:
-        return pd.DataFrame(), pos
+        return pd.DataFrame(), pos, ref_scores
     parity = pos.groupby("engine", sort=False).agg(
         mean_kl=("kl", "mean"), p99_kl=("kl", lambda x: float(np.percentile(x, 99))),
         top1_agreement=("top1_same", "mean"), mean_abs_delta_p=("abs_delta_p", "mean"),
         positions=("kl", "size")).reset_index()
-    return parity, pos
+    return parity, pos, ref_scores
 
 
 def compare(engines: dict[str, Engine], prompts: Sequence[str | Conversation], *, max_tokens: int = 64,
@@ -322,7 +333,7 @@ def compare(engines: dict[str, Engine], prompts: Sequence[str | Conversation], *
     gens = {name: _generate_mixed(eng, prompts, chat, max_tokens) for name, eng in engines.items()}
     notes: list[str] = []
     pid = _prompt_parity(engines, reference, prompts)
-    parity, positions = pd.DataFrame(), pd.DataFrame()
+    parity, positions, ref_scores = pd.DataFrame(), pd.DataFrame(), {}
     if logprobs:
         differing = _same_vocabulary(engines, reference)
         scorable = {n: e for n, e in engines.items() if isinstance(e, Scores) and n not in differing}
@@ -334,8 +345,8 @@ def compare(engines: dict[str, Engine], prompts: Sequence[str | Conversation], *
             notes.append(f"{', '.join(skipped)} cannot score a fixed continuation (teacher forcing); "
                          "logprob parity uses the in-process engines.")
         if reference in scorable and len(scorable) >= 1:
-            parity, positions = _score_parity(scorable, reference, prompts, gens[reference], k, chat)
-    return Comparison(names, reference, prompts, gens, pid, parity, positions, notes, chat)
+            parity, positions, ref_scores = _score_parity(scorable, reference, prompts, gens[reference], k, chat)
+    return Comparison(names, reference, prompts, gens, pid, parity, positions, notes, chat, ref_scores)
 
 
 # --- quantization ladder ---------------------------------------------------------------------

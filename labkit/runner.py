@@ -196,6 +196,9 @@ def _kernel_manager(deaths: list[int]) -> type:
             self._ipc_dir: str | None = None
             if os.name == "posix" and "transport" not in kwargs:
                 self._ipc_dir = tempfile.mkdtemp(prefix="labkit-kernel-")  # mode 0700
+                if len(self._ipc_dir) > 80:  # a socket path has ~107 bytes: a long TMPDIR won't do
+                    os.rmdir(self._ipc_dir)
+                    self._ipc_dir = tempfile.mkdtemp(prefix="labkit-kernel-", dir="/tmp")
                 kwargs.update(transport="ipc", ip=os.path.join(self._ipc_dir, "kernel"))
             super().__init__(**kwargs)
 

@@ -78,6 +78,7 @@ def test_same_engine_same_weights_same_greedy_text(engine_by_name, local, server
                          max_tokens=32)
     t = cmp.table[cmp.table["engine"] == server]
     assert t["same_prompt_tokens"].all()
+    assert t.loc[t["identical_to_ref"], "first_divergence"].isna().all()  # same text, same tokens
     parted = t[~t["identical_to_ref"]]
     assert (parted["margin_at_divergence"] < labkit.comparison.NEAR_TIE_NATS).all(), parted
     assert len(parted) <= 1, parted  # a near-tie is rare: most prompts must match exactly

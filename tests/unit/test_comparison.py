@@ -66,10 +66,10 @@ def test_positions_are_whole_numbers_and_the_reference_is_not_scored_against_its
     assert t.loc["b", "first_divergence"] == 3 and str(t["first_divergence"].dtype) == "Int64"
     page = cmp._repr_html_()
     assert "diverges at token 3," in page and "token 3.0" not in page
-    # the reference's own top-1 minus top-2 at position 3, from its scores
+    # b ended at position 3: the margin is the reference's top-1 over its runner-up there
     top = sorted(FakeScoringEngine().score([], cmp.generations["a"][0].token_ids, 2)[3].values())
     assert t.loc["b", "margin_at_divergence"] == top[-1] - top[-2]
-    assert f"led by {top[-1] - top[-2]:.2f} nats" in page
+    assert f"preferred its token by {top[-1] - top[-2]:.2f} nats" in page
     assert "Logprob parity" not in page  # only the reference can score here: nothing to show
 
 
