@@ -108,11 +108,7 @@ def prepare(target: Path, cuda_archs: list[str] | None = None) -> dict[str, Any]
     from importlib import metadata
 
     version = metadata.version("gguf")
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary",
-                           ":all:", f"gguf=={version}", "-d", str(wheels), "-q"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0 or not list(wheels.glob("gguf-*.whl")):
-        raise SystemExit(f"could not download the gguf {version} wheel:\n{proc.stderr[-1500:]}")
+    gpu_check_cuda.download_wheel(f"gguf=={version}", wheels, "gguf-*.whl")
     (target / "tokenizer.json").write_text(json.dumps(tokenizer_metadata()))
     # Source packs ~6x smaller: with a CUDA module beside it, the tree alone would not fit.
     with tarfile.open(target / "llama.cpp.tar.xz", "w:xz") as tar:

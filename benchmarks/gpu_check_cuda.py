@@ -57,6 +57,16 @@ def toolkit_root(nvcc: str) -> Path | None:
     return None
 
 
+def download_wheel(spec: str, dest: Path, glob: str) -> Path:
+    """One binary wheel from the package index into ``dest`` (no dependencies)."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary",
+                           ":all:", "-d", str(dest), spec], capture_output=True, text=True)
+    found = list(dest.glob(glob))
+    if proc.returncode != 0 or not found:
+        raise SystemExit(f"could not download {spec}:\n{proc.stderr[-1500:]}")
+    return found[0]
+
+
 def _toolkit(source: Path, version: str) -> tuple[Path, str]:
     """A copy of the toolkit at ``source`` with cuBLAS and a driver stub added; (root, cuBLAS
     version)."""
@@ -66,14 +76,9 @@ def _toolkit(source: Path, version: str) -> tuple[Path, str]:
     def make(tmp: Path) -> None:
         shutil.copytree(source, tmp / "cuda", symlinks=True)
         wheels = tmp / "wheels"
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary",
-                               ":all:", "-d", str(wheels), f"nvidia-cublas>={major},<{int(major) + 1}"],
-                              capture_output=True, text=True)
-        whl = list(wheels.glob("nvidia_cublas-*.whl"))
-        if proc.returncode != 0 or not whl:
-            raise SystemExit(f"could not download cuBLAS for CUDA {major}:\n{proc.stderr[-1500:]}")
+        whl = download_wheel(f"nvidia-cublas>={major},<{int(major) + 1}", wheels, "nvidia_cublas-*.whl")
         root = tmp / "cuda"
-        with zipfile.ZipFile(whl[0]) as z:
+        with zipfile.ZipFile(whl) as z:
             for name in z.namelist():
                 if f"/cu{major}/include/" in name or f"/cu{major}/lib/" in name:
                     dest = root / ("include" if "/include/" in name else "lib64") / Path(name).name
@@ -87,7 +92,7 @@ def _toolkit(source: Path, version: str) -> tuple[Path, str]:
         empty.write_text("")
         subprocess.run(["cc", "-shared", "-fPIC", "-o", str(stubs / "libcuda.so"),
                         "-Wl,-soname,libcuda.so.1", str(empty)], check=True)
-        (tmp / "cublas.txt").write_text(whl[0].name.split("-")[1])
+        (tmp / "cublas.txt").write_text(whl.name.split("-")[1])
         shutil.rmtree(wheels)
 
     build_atomically(entry, make)

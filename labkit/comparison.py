@@ -12,9 +12,8 @@ Three layers, cheapest first:
    per position we compare the next-token distributions: KL(ref || other), top-1 agreement,
    and |delta p| of the forced token. Where two outputs part, the reference's margin there
    (its log-probability of its own token minus that of the other's) says whether that was a
-   near-tie, which any
-   change in the order of floating-point sums can flip (a server batching requests, another
-   thread count), or a real difference between the engines.
+   near-tie, which any change in the order of floating-point sums can flip (a server batching
+   requests, another thread count), or a real difference between the engines.
 
 Top-k approximation: engines return only the top-k log-probabilities (k=20 by default), so
 KL is computed over the reference's top-k tokens plus one bucket holding the rest of the
@@ -43,8 +42,9 @@ from .errors import InvalidInput
 __all__ = ["Comparison", "compare", "kl_topk", "QuantLadder", "quant_ladder", "first_divergence",
            "NEAR_TIE_NATS"]
 
-# A divergence where the reference's top two tokens were closer than this (in log-probability)
-# is called a near-tie: reduction order alone moves logits by about this much over 30 layers.
+# A divergence where the reference preferred its own token over the other engine's by less
+# than this (in log-probability) is called a near-tie: reduction order alone moves logits by
+# about this much over 30 layers.
 NEAR_TIE_NATS = 0.1
 
 
