@@ -1,6 +1,6 @@
 """Load from several processes, against labkit's real loopback mock server: every request
-comes back once, percentiles come from the raw rows, a dead worker costs only its own
-requests, and calibrate() measures the client."""
+comes back once, percentiles come from the raw rows, a dead or frozen worker costs only its
+own requests, and calibrate() measures the client."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import signal
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 import labkit
 from labkit.errors import InvalidInput
+from labkit.loadgen import drivers as drivers_mod
 from labkit.loadgen import workers as workers_mod
 from labkit.loadgen import workloads
 
@@ -147,3 +149,28 @@ def test_the_cli_calibrates_and_benches_with_workers_as_json(capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rows[0]["completed"] == 4 and rows[0]["client_processes"] == 3
     assert main(["bench", "--engine", "openai", "--url", "http://127.0.0.1:1/v1", "--workers", "ray:x"]) == 2
+
+
+def test_a_worker_that_hangs_is_killed_and_costs_only_its_own_requests(monkeypatch):
+    monkeypatch.setattr(drivers_mod, "SILENT_S", 2.0)  # stuck after 2 s of silence, not 60
+    send = workers_mod.ProcessDriver.send
+    stopped = []
+
+    def send_then_stop(self, jobs):
+        send(self, jobs)
+        if not stopped:  # worker 1 freezes, alive, with its first requests in hand
+            stopped.append(self._procs[1].pid)
+            os.kill(self._procs[1].pid, signal.SIGSTOP)
+
+    monkeypatch.setattr(workers_mod.ProcessDriver, "send", send_then_stop)
+    with labkit.load("mock-server", token_delay_ms=50) as slow:
+        res = labkit.bench(slow, concurrency=[4, 2], requests_per_level=8, workload=SMALL, warmup=0,
+                           progress=False, workers=2)
+    r = res.requests
+    lost = r[r["worker"] == 1]
+    assert stopped and len(lost) >= 2
+    assert lost["error"].str.contains("load process 1 stopped responding").all()
+    assert r[r["worker"] == 0]["error"].isna().all()  # the other worker's requests are all kept
+    later = r[r["level"] == 2]
+    assert len(later) == 8 and set(later["worker"]) == {0} and later["error"].isna().all()
+    assert not psutil.pid_exists(stopped[0]) or psutil.Process(stopped[0]).status() == psutil.STATUS_ZOMBIE

@@ -35,6 +35,14 @@ from .workloads import Request
 
 __all__ = ["Job", "Driver", "SubmitDriver", "AsyncDriver", "ThreadDriver", "driver_for", "run_request"]
 
+# Load senders in other processes (load processes, Ray actors) show every BEAT_S that their
+# event loop still turns. One silent for SILENT_S while it holds requests is stuck (its loop
+# blocked, its process stopped) and is killed, so its requests end as errors and the level
+# ends. Generous: a slow server does not silence a sender (its loop turns while it waits),
+# and a false alarm costs the requests that sender holds.
+BEAT_S = 1.0
+SILENT_S = 60.0
+
 
 @dataclass
 class Job:
@@ -155,6 +163,10 @@ class AsyncDriver(Driver):
 
     def send(self, jobs: list[Job]) -> None:
         self._loop.call_soon_threadsafe(self._spawn, jobs)  # the whole wave in one loop turn
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the driver's event loop: it runs only if the loop is turning."""
+        self._loop.call_soon_threadsafe(fn)
 
     def _spawn(self, jobs: list[Job]) -> None:
         for job in jobs:

@@ -9,6 +9,10 @@ is one actor call that returns its whole record.
 One clock across hosts: each actor's ``perf_counter`` is mapped onto this process's at start
 (a round trip, its midpoint; the half round trip is the uncertainty, kept in
 :attr:`RayDriver.clock_error_s`), so every record's times count from the sweep's origin.
+
+An actor that holds requests and stops answering pings for ``drivers.SILENT_S`` (its event
+loop blocked, its process stopped) is killed: its requests end as errors that say so, and
+the level ends instead of waiting for them for ever.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from ..engines.base import Engine
 from ..errors import EngineError, InvalidInput
+from . import drivers
 from .drivers import Driver, Job
 from .result import RequestRecord
 
@@ -75,7 +80,9 @@ class _LoadActor:
 
         self.engine = HttpEngine.from_spec({**self.spec, "headers": headers})
 
-    def now(self) -> float:
+    async def now(self) -> float:
+        # async: it runs on the event loop that runs the requests, so it answers only while
+        # that loop turns (RayDriver's pings rely on that)
         return time.perf_counter()
 
     def set_origin(self, origin: float) -> None:
@@ -121,6 +128,10 @@ class RayDriver(Driver):
             self.close()
             raise EngineError(f"A Ray load actor could not start: {e}") from None
         self._pending: dict[Any, tuple[Job, int]] = {}
+        self._pings: dict[int, tuple[Any, float]] = {}  # actor: (unanswered ping, sent at)
+        self._answered: dict[int, float] = {}  # actor: when its last ping came back
+        self._stuck: dict[int, float] = {}  # actor killed for its silence: how long it was
+        self._dead: set[int] = set()  # actors gone (died, or killed as stuck): sent no more
         self._lock = threading.Condition()
         self._closing = threading.Event()
         self._collector = threading.Thread(target=self._collect, name="labkit-ray-collector", daemon=True)
@@ -151,8 +162,9 @@ class RayDriver(Driver):
 
     def send(self, jobs: list[Job]) -> None:
         with self._lock:
+            live = [i for i in range(len(self._actors)) if i not in self._dead] or list(range(len(self._actors)))
             for job in jobs:
-                w = job.route % len(self._actors)
+                w = live[job.route % len(live)]  # a session's turns go to one actor, a gone one gets no more
                 job.record.worker = w
                 # Our times on the actor's clock (its origin is ours mapped there, too).
                 due, ready = (None if t is None else t + self._offsets[w] for t in (job.due, job.ready))
@@ -176,9 +188,37 @@ class RayDriver(Driver):
                 try:
                     record = self._ray.get(ref)
                 except Exception as e:  # the actor died: this request is lost, not the level
-                    job.fail(f"EngineError: Ray load actor {w} failed ({type(e).__name__})")
+                    if isinstance(e, self._ray.exceptions.RayActorError):
+                        with self._lock:
+                            self._dead.add(w)
+                    if w in self._stuck:
+                        job.fail(f"EngineError: Ray load actor {w} stopped responding ({self._stuck[w]:.0f} s "
+                                 "without answering a ping) with this request in hand, and was killed")
+                    else:
+                        job.fail(f"EngineError: Ray load actor {w} failed ({type(e).__name__})")
                     continue
                 job.adopt(record)
+            self._watch()
+
+    def _watch(self) -> None:
+        """Ping each actor that holds requests (an async actor answers on the event loop that
+        runs them); one silent for ``SILENT_S`` is killed, which ends its requests as errors."""
+        now = time.monotonic()
+        for w, (ref, sent) in list(self._pings.items()):
+            if self._ray.wait([ref], timeout=0)[0]:
+                del self._pings[w]
+                self._answered[w] = now
+            elif now - sent > drivers.SILENT_S:
+                del self._pings[w]
+                self._stuck[w] = now - sent
+                with self._lock:
+                    self._dead.add(w)
+                self._ray.kill(self._actors[w], no_restart=True)
+        with self._lock:
+            holding = {w for _, w in self._pending.values()}
+        for w in holding - set(self._pings) - set(self._stuck):
+            if now - self._answered.get(w, 0.0) >= drivers.BEAT_S:
+                self._pings[w] = (self._actors[w].now.remote(), now)
 
     def close(self) -> None:
         if hasattr(self, "_collector"):

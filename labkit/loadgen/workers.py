@@ -12,6 +12,10 @@ the sweep's own origin.
 
 Workers are started with ``spawn`` (a fork of a process running threads can deadlock),
 ignore Ctrl-C (the sweep's owner decides what stops), and leave when their owner is gone.
+A worker that dies ends its pipe; one that is alive but stuck (its event loop blocked, the
+process stopped) is found by its silence: each worker's loop sends a beat every second, and
+one silent for ``drivers.SILENT_S`` with requests in hand is killed, so the level ends with those
+requests as errors instead of waiting for them for ever.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import psutil
 
 from ..engines.base import Engine
 from ..errors import EngineError, InvalidInput
+from . import drivers
 from .drivers import AsyncDriver, Driver, Job
 from .result import RequestRecord
 
@@ -88,6 +93,8 @@ class ProcessDriver(Driver):
                        for i, (q, (_, w)) in enumerate(zip(self._ins, pipes, strict=True))]
         self._pending: dict[int, tuple[Job, int]] = {}  # id: (job, worker)
         self._dead: set[int] = set()  # workers whose pipe has ended: all they sent was read
+        self._heard: dict[int, float] = {}  # worker: monotonic time its last message came
+        self._stuck: dict[int, float] = {}  # worker killed for its silence: how long it was
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -118,6 +125,7 @@ class ProcessDriver(Driver):
                                       "workers=N) needs `if __name__ == '__main__':` around it.") from None
                 if kind == "failed":
                     raise EngineError(f"Load process {index} could not reach the server: {detail}")
+                self._heard[index] = time.monotonic()
                 waiting.discard(reader)
             if waiting and time.monotonic() > deadline:
                 raise EngineError(f"A load process did not start within {_START_TIMEOUT_S:.0f} s.")
@@ -159,14 +167,29 @@ class ProcessDriver(Driver):
                 continue
             for reader in mp_connection.wait(open_, timeout=1.0):
                 try:
-                    _, jid, record = reader.recv()
+                    kind, jid, record = reader.recv()
                 except Exception:  # EOF, or cut off mid-message (OSError): that worker left
                     open_.remove(reader)
                     with self._lock:
                         self._dead.add(self._outs[reader])
                     continue
-                self._adopt(jid, record)
+                self._heard[self._outs[reader]] = time.monotonic()
+                if kind == "done":
+                    self._adopt(jid, record)
+            self._kill_silent()
             self._fail_lost()
+
+    def _kill_silent(self) -> None:
+        """Kill a worker that holds requests and has not been heard from for ``SILENT_S``:
+        its pipe then ends, and its requests end as errors that say why."""
+        now = time.monotonic()
+        with self._lock:
+            holding = {w for _, w in self._pending.values()}
+        for w in holding - self._dead - set(self._stuck):
+            silent = now - self._heard.get(w, now)
+            if silent > drivers.SILENT_S:
+                self._stuck[w] = silent
+                self._procs[w].kill()
 
     def _adopt(self, jid: int, record: RequestRecord | None) -> None:
         with self._lock:
@@ -189,8 +212,12 @@ class ProcessDriver(Driver):
             for jid, _, _ in lost:
                 del self._pending[jid]
         for _, job, w in lost:
-            job.fail(f"EngineError: load process {w} ended (exit code {self._procs[w].exitcode}) "
-                     "with this request in hand")
+            if w in self._stuck:
+                job.fail(f"EngineError: load process {w} stopped responding ({self._stuck[w]:.0f} s "
+                         "without a sign of life) with this request in hand, and was killed")
+            else:
+                job.fail(f"EngineError: load process {w} ended (exit code {self._procs[w].exitcode}) "
+                         "with this request in hand")
 
     def close(self) -> None:
         self._closing.set()
@@ -238,9 +265,13 @@ def _work(spec: dict[str, Any], origin: float, inbox: Any, outbox: Any, owner: i
 
 
 def _serve(inbox: Any, driver: AsyncDriver, out: _Outbox, owner: int) -> None:
+    beat_at = 0.0
     while True:
+        if time.monotonic() >= beat_at:  # sent from the loop: a blocked loop sends none
+            driver.call_soon(lambda: out.put(("beat", None, None)))
+            beat_at = time.monotonic() + drivers.BEAT_S
         try:
-            batch = inbox.get(timeout=1.0)
+            batch = inbox.get(timeout=drivers.BEAT_S)
         except queue.Empty:
             if os.getppid() != owner:  # the owner is gone: nobody waits for these rows
                 return
