@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..engines.base import Engine, load
 from ..errors import InvalidInput
+from .config import NoArrivals
 from .result import BenchResult
 from .run import bench
 from .slo import SLO
@@ -78,11 +79,13 @@ class Capacity:
     def closest(self) -> pd.Series | None:
         """The measured level that came nearest to the SLO (the smallest worst ratio of value
         to bound): what to look at when no level met it."""
+        if "slo_ratio" not in self.levels:  # no level measured
+            return None
         judged = self.levels.dropna(subset=["slo_ratio"])
         return None if judged.empty else judged.loc[judged["slo_ratio"].idxmin()]
 
     def _answer_rows(self) -> pd.DataFrame:
-        if self.levels.empty or self.answer <= 0:
+        if self.levels.empty or self.answer <= 0 or "met" not in self.levels:
             return self.levels.iloc[0:0]
         return self.levels[(self.levels["level"] == self.answer) & self.levels["met"].eq(True)]
 
@@ -95,7 +98,7 @@ class Capacity:
             near = self.closest
             head = f"{self.engine}: no level met {self.slo.describe()}"
             if near is not None:
-                head += f"; closest: {_amount(near['level'], self.by)}, {_worst(self.slo, near)}"
+                head += f"; closest: {_amount(near['level'], self.by)}, {_worst(self.slo, near, self.by)}"
         return f"{head}. Search ended: {self.stopped}."
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,8 +108,9 @@ class Capacity:
                 "levels": json.loads(self.levels.to_json(orient="records"))}
 
     def _repr_html_(self) -> str:
+        judged = [SLO.scheduled(b) for b in self.slo.bounds] if self.by == "rate" else []
         cols = ["step", "level", "met", "completed", "errors", "output_tok_per_s",
-                *self.slo.bounds, "goodput_req_per_s"]
+                *self.slo.bounds, *judged, "goodput_req_per_s"]
         table = self.levels[[c for c in cols if c in self.levels.columns]]
         return (f"<p><b>{self.summary_line()}</b></p>"
                 + table.to_html(index=False, float_format=lambda x: f"{x:,.1f}"))
@@ -118,11 +122,13 @@ def _amount(level: float, by: str) -> str:
     return f"{level:g} user" + ("" if level == 1 else "s")
 
 
-def _worst(slo: SLO, row: pd.Series) -> str:
-    judged = slo.judge(row)
+def _worst(slo: SLO, row: pd.Series, by: str) -> str:
+    """The bound a level missed by most, with the value it was judged on."""
+    judged = slo.judge(row, from_schedule=by == "rate")
     name = max(judged, key=lambda k: (judged[k]["value"] or math.inf) / judged[k]["bound"])
     value = judged[name]["value"]
-    return f"{name} {value:,.0f} ms (bound {judged[name]['bound']:g})" if value is not None \
+    shown = SLO.scheduled(name) if by == "rate" and SLO.scheduled(name) in row else name
+    return f"{shown} {value:,.0f} ms (bound {judged[name]['bound']:g})" if value is not None \
         else f"{name}: no completed request"
 
 
@@ -151,13 +157,19 @@ class _Search:
                 return "grow", self.start
             if self.last >= self.max_level:
                 return None
-            return "grow", min(self._round(self.last * self.growth, up=True), self.max_level)
-        if self._narrow():
+            grown = self._round(self.last * self.growth, up=True)
+            if grown <= self.last:  # rounding ate a small growth: take it unrounded
+                grown = self.last * self.growth
+            return "grow", min(grown, self.max_level)
+        mid = self._round((self.good + self.bad) / 2)
+        if not self.good < mid < self.bad:  # rounding lands on a level already judged
+            mid = (self.good + self.bad) / 2
+        if self._narrow() or not self.good < mid < self.bad:
             if self.good <= 0 or self.confirmed or not self.confirm:
                 return None
             self.confirming = True
             return "confirm", self.good
-        return "bisect", self._round((self.good + self.bad) / 2)
+        return "bisect", mid
 
     def tell(self, step: str, level: float, met: bool) -> None:
         self.history.append((level, met))
@@ -293,21 +305,29 @@ class _Walk:
         probe = self._probe()
         if probe.ended != "completed":
             return self._finish(probe.ended)
+        try:
+            stopped = self._walk()
+        except KeyboardInterrupt:  # a second Ctrl-C, past the one bench() kept for itself
+            self.stop.set()
+            stopped = "interrupted"
+        return self._finish(stopped)
+
+    def _walk(self) -> str:
+        """Measure level after level; returns why the search ended."""
         while (step := self.search.next()) is not None:
             kind, level = step
             if self.stop.is_set():
-                stopped = "interrupted"
-                break
+                return "interrupted"
             if self._over_budget(level):
-                stopped = f"the budget of {self.plan.budget_s:g} s would have run out during the next level"
-                break
-            res = self._measure(kind, level)
+                return f"the budget of {self.plan.budget_s:g} s would have run out during the next level"
+            try:
+                res = self._measure(kind, level)
+            except NoArrivals:
+                return (f"{level:g} req/s sends no request in duration_s={self.duration_s:g} s: a longer "
+                        "duration_s measures lower rates")
             if res.ended != "completed":
-                stopped = res.ended
-                break
-        else:
-            stopped = self._why_done()
-        return self._finish(stopped)
+                return res.ended
+        return self._why_done()
 
     def _finish(self, stopped: str) -> Capacity:
         cap = self._capacity(stopped)
@@ -399,6 +419,8 @@ class _Walk:
                 row[name] = s.get(name)
         for name in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", *self.plan.slo.bounds):
             row[name] = float(s[name]) if name in s and not pd.isna(s[name]) else None
+        if rate:  # the figures the level was judged on, beside the plain ones
+            row.update({SLO.scheduled(n): j["value"] for n, j in judged.items() if SLO.scheduled(n) in s})
         return row
 
     def _note_saturation(self) -> None:

@@ -19,6 +19,10 @@ def _levels(value: Any) -> list:
     return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
 
 
+class NoArrivals(InvalidInput):
+    """A rate level whose Poisson draw over ``duration_s`` holds no request."""
+
+
 @dataclass
 class BenchConfig:
     """The levels of a sweep and how they are measured (see :func:`labkit.bench`).
@@ -96,6 +100,15 @@ class BenchConfig:
         bad = [k for k in (self.slo_ms or {}) if k not in ("ttft", "tpot", "e2e")]
         if bad:
             raise InvalidInput(f"slo_ms keys are ttft, tpot and e2e (milliseconds), not {bad}.")
+        if self.rates and not replay:
+            # Arrivals are drawn from the seed, so a level that would send nothing is known now,
+            # before anything is measured; it would measure nothing and say nothing.
+            empty = sorted({s.level for s in self.shapes() if isinstance(s, Rate) and s.count() == 0})
+            if empty:
+                raise NoArrivals(
+                    f"rate {', '.join(f'{r:g}' for r in empty)} req/s over duration_s={self.duration_s:g} s "
+                    f"draws no request at all (seed {self.seed}; {empty[0] * self.duration_s:.2g} expected). "
+                    "Raise duration_s (or the rate) so that every rate level sends requests.")
 
     @staticmethod
     def _users(c: Any) -> int:

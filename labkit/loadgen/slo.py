@@ -78,14 +78,20 @@ class SLO:
                                    f"ttft_p99_ms=2000,tpot_p99_ms=100; got {part!r}.") from None
         return cls(**bounds)
 
+    @staticmethod
+    def scheduled(name: str) -> str:
+        """The summary column that bound ``name`` reads on an open-loop level (from each
+        request's scheduled time; see :meth:`judge`)."""
+        metric, pct = _parts(name)
+        return f"{metric}_sched_p{pct}_ms"
+
     def judge(self, row: pd.Series | dict[str, Any], from_schedule: bool = False) -> dict[str, dict[str, Any]]:
         """Per bound: the level's value, the bound and whether it holds. ``from_schedule``
         (open-loop levels): TTFT and E2E count from when each request was due to leave, so a
         client that fell behind cannot make the server look faster."""
         out = {}
         for name, bound in self.bounds.items():
-            metric, pct = _parts(name)
-            sched = f"{metric}_sched_p{pct}_ms"
+            sched = self.scheduled(name)
             value = row.get(sched) if from_schedule and sched in row else row.get(name)
             value = None if value is None or pd.isna(value) else float(value)
             out[name] = {"value": value, "bound": bound, "ok": value is not None and value <= bound}

@@ -49,6 +49,17 @@ def test_bench_rate_that_is_not_a_number_names_the_flag():
     assert "Traceback" not in r.stderr
 
 
+def test_a_rate_level_that_would_send_nothing_is_refused_before_anything_runs():
+    from labkit.loadgen.config import BenchConfig
+
+    with pytest.raises(InvalidInput, match=r"rate 0.05 req/s over duration_s=10 s draws no request at all "
+                                           r"\(seed 0; 0.5 expected\)\. Raise duration_s"):
+        BenchConfig(rate=[1, 0.05], duration_s=10, seed=0)
+    r = subprocess.run([sys.executable, "-m", "labkit.cli", "bench", "--engine", "mock-server", "--rate", "0.05",
+                        "--duration", "10", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "draws no request at all" in r.stderr and r.stdout == ""
+
+
 def test_planner_places_input_on_cpu_and_output_only_above_the_layer_count():
     from labkit.synthetic import SHAPES
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import threading
 
+import pandas as pd
 import pytest
 
 import labkit
 from labkit.errors import InvalidInput
 from labkit.loadgen import SLO, workloads
-from labkit.loadgen.capacity import _Search
+from labkit.loadgen.capacity import Capacity, _Search
 
 from .fake_engine import FakeEngine
 
@@ -148,3 +149,29 @@ def test_bad_search_settings(kwargs, message):
     with pytest.raises(InvalidInput, match=message):
         labkit.capacity(OneSlotEngine(token_s=0.01), slo=SLO(ttft_p99_ms=100), workload=SMALL,
                         progress=False, **kwargs)
+
+
+def test_a_search_always_moves_on_where_rounding_would_repeat_a_level():
+    slow = _Search("rate", 0.5, 1.001, 0.52, 0.1)  # 3 significant figures would keep 0.5 for ever
+    levels = [lv for _, lv in walk(slow, lambda level, _: True)]
+    assert levels == sorted(set(levels)) and levels[-1] == 0.52
+    fine = _Search("rate", 0.5, 2, 1000, 0.001)  # rounding the midpoint would land on 100 again
+    walk(fine, lambda level, _: level <= 100.3)
+    assert fine.good <= 100.3 < fine.bad and fine.bad - fine.good <= 0.001 * fine.good and fine.confirmed
+
+
+def test_a_rate_level_with_no_arrival_ends_the_search_saying_so():
+    cap = labkit.capacity(OneSlotEngine(token_s=0.001), slo=SLO(ttft_p99_ms=10_000), by="rate", start=0.05,
+                          max_level=0.1, duration_s=1.0, workload=SMALL, progress=False)
+    assert cap.rate == 0 and cap.levels.empty and cap.closest is None
+    assert "0.05 req/s sends no request in duration_s=1 s: a longer duration_s" in cap.summary_line()
+
+
+def test_a_rate_level_shows_the_figures_it_was_judged_on():
+    slo = SLO(ttft_p99_ms=2000)
+    levels = pd.DataFrame([{"step": "grow", "level": 4.0, "met": False, "completed": 8, "errors": 0,
+                            "slo_ratio": 1.25, "ttft_p99_ms": 1500.0, "ttft_sched_p99_ms": 2500.0,
+                            "goodput_req_per_s": 1.0}])
+    cap = Capacity("fake", slo, "rate", 0.0, levels, "no level met the SLO", False, 1.0)
+    assert "closest: 4 req/s, ttft_sched_p99_ms 2,500 ms (bound 2000)" in cap.summary_line()
+    assert "ttft_sched_p99_ms" in cap._repr_html_()
