@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -124,6 +125,18 @@ def test_server_killed_midway_keeps_finished_rows_and_marks_failures(tmp_path):
     s = res.summary.set_index("level")
     assert s.loc[1, "completed"] == 3 and s.loc[2, "errors"] == len(failed)
     assert s.loc[2, "unmeasured"] == len(unsent)
+
+
+def test_a_refused_engine_leaves_no_sampler_and_a_remote_one_no_memory_timeline():
+    with pytest.raises(InvalidInput, match="workers=2 sends requests from 2 processes"):
+        labkit.bench("llama.cpp", model=MODEL, context=256, workers=2, progress=False)
+    assert "labkit-memory" not in {t.name for t in threading.enumerate()}  # the load's sampler stopped
+    with labkit.load("mock-server") as mock:
+        res = labkit.bench("openai", url=mock.url, concurrency=[2], requests_per_level=4, workload=SMALL,
+                           progress=False, workers=2)
+    # A server elsewhere: neither this process nor its load workers are the engine's memory.
+    assert res.ended == "completed" and res.summary["completed"].iloc[0] == 4 and res.memory.empty
+    assert "labkit-memory" not in {t.name for t in threading.enumerate()}
 
 
 def test_bad_input_fails_before_any_load(llama):

@@ -35,6 +35,10 @@ from .base import (
 from .capabilities import AsyncStreams, ReportsKv
 from .prometheus import llamacpp_kv, parse_prometheus, server_metrics, vllm_kv
 
+# How long a health check waits for /v1/models: a request may take minutes, listing the
+# model does not, even under load.
+_HEALTH_TIMEOUT_S = 30.0
+
 
 def _root(url: str) -> str:
     url = url.rstrip("/")
@@ -127,13 +131,14 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
         return engine
 
     # --- HTTP helpers ------------------------------------------------------------------------
-    def _get(self, path: str) -> dict[str, Any]:
-        return self._request("GET", path)
+    def _get(self, path: str, timeout_s: float | None = None) -> dict[str, Any]:
+        return self._request("GET", path, timeout_s=timeout_s)
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> Any:
+    def _request(self, method: str, path: str, body: dict | None = None, timeout_s: float | None = None) -> Any:
         url = _root(self.url) + path
         try:
-            r = self._client.request(method, url, json=body)
+            r = self._client.request(method, url, json=body,
+                                     **({"timeout": timeout_s} if timeout_s is not None else {}))
         except httpx.HTTPError as e:
             raise EngineError(f"Cannot reach {url} ({type(e).__name__}: {e}). Is the server "
                               "running and the URL right (it usually ends in /v1)?") from e
@@ -339,8 +344,8 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
     def health(self) -> str | None:
         reason = super().health()
         if reason is None:
-            try:
-                self._get("/v1/models")
+            try:  # bounded well below a request's timeout: a server that cannot list its
+                self._get("/v1/models", timeout_s=_HEALTH_TIMEOUT_S)  # model in that long is not serving
             except EngineError as e:
                 return f"the server does not answer ({e})"
         return reason

@@ -61,11 +61,17 @@ class Session:
         self.counts: dict[tuple[str, float, int], int] = {}  # (mode, level, round): requests
         self.origin = time.perf_counter()
         self._lock = threading.Lock()
+        self._checker: threading.Thread | None = None  # a health check after a failed request
+        self._pacer: Pacer | None = None
 
     # --- the sweep ---------------------------------------------------------------------------
     def run(self) -> BenchResult:
-        self._check_engine()
-        check_workers(self.config.workers, self.engine)
+        try:
+            self._check_engine()
+            check_workers(self.config.workers, self.engine)
+        except BaseException:
+            self._stop_sampler()  # the one bench() started to measure the load, if any
+            raise
         self._start_sampler()
         try:  # before any folder is written: a refused workload (or load processes that could
             # not start, an unreachable Ray cluster) leaves nothing behind, and no thread running
@@ -96,7 +102,7 @@ class Session:
 
     def _sweep(self, requests: list[Request], driver: Driver) -> str:
         """Run every level; returns how the sweep ended."""
-        pacer = Pacer(driver, self.stop)
+        pacer = self._pacer = Pacer(driver, self.stop)
         shapes = self.config.shapes()
         interrupted = False
         try:
@@ -113,6 +119,7 @@ class Session:
             interrupted = True
             self._halt(pacer)
         finally:
+            self._await_health()
             self._stop_sampler()
             driver.close()
             stopped = interrupted or self.stop.is_set()
@@ -126,6 +133,7 @@ class Session:
     def _levels(self, pacer: Pacer, shapes: list[LoadShape], requests: list[Request]) -> None:
         first = start = self.config.first_request
         for shape in shapes:
+            self._await_health()
             if self.stop.is_set():
                 break
             n = shape.requests(self.config.workload.turns)
@@ -179,16 +187,38 @@ class Session:
 
     def _check_alive(self) -> None:
         """A failed request may be the first sign that the engine died: ask, and stop at once
-        instead of firing the rest at a dead port."""
-        if self.died is not None:
-            return
+        instead of firing the rest at a dead port. Asked from a thread of its own, one at a
+        time: this runs on the thread that carries the other requests' streams (one event
+        loop for every HTTP request), and a health check can take seconds."""
+        with self._lock:
+            if self.died is not None or (self._checker is not None and self._checker.is_alive()):
+                return
+            pacer = self._pacer
+            if pacer is not None:  # no new request leaves until the engine has answered
+                pacer.hold()
+            self._checker = threading.Thread(target=self._ask_health, args=(pacer,), name="labkit-health",
+                                             daemon=True)
+            self._checker.start()
+
+    def _ask_health(self, pacer: Pacer | None) -> None:
         try:
-            reason = self.engine.health()
-        except Exception as e:
-            reason = f"its health check failed ({type(e).__name__}: {e})"
-        if reason:
-            self.died = reason
-            self.stop.set()
+            try:
+                reason = self.engine.health()
+            except Exception as e:
+                reason = f"its health check failed ({type(e).__name__}: {e})"
+            if reason:
+                self.died = reason
+                self.stop.set()
+        finally:
+            if pacer is not None:
+                pacer.release()  # what waited leaves now, or (stopped) is left unsent
+
+    def _await_health(self) -> None:
+        """Let a health check in progress answer (bounded) before the next level starts or the
+        sweep says how it ended."""
+        checker = self._checker
+        if checker is not None:
+            checker.join(timeout=60)
 
     def _halt(self, pacer: Pacer, settle_s: float = 60.0) -> None:
         """Stop sending, cancel what the engine can cancel, and let the requests in flight
@@ -196,9 +226,11 @@ class Session:
         self.stop.set()
         try:
             self.engine.cancel()
+            pacer.settle(settle_s)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting; what ended is kept
+            pass
         except Exception:
             pass
-        pacer.settle(settle_s)
 
     def _mark_unsent(self, shapes: list[LoadShape]) -> None:
         why = "not sent: engine died" if self.died else "not sent: interrupted"
@@ -229,6 +261,9 @@ class Session:
                 self.sampler.start()
         elif scope is not None:
             self.sampler.scope = scope  # from "the process that loaded it" to the engine's own
+        else:  # a remote server: this process's memory (and its load workers') is not the engine's
+            self.sampler.stop()
+            self.sampler = None
 
     def _stop_sampler(self) -> None:
         if self.sampler is not None:

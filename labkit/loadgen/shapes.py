@@ -164,6 +164,33 @@ class Pacer:
     def __init__(self, driver: Driver, stop: threading.Event):
         self.driver, self.stop = driver, stop
         self._flight: InFlight | None = None
+        # While held (a health check after a failed request), new sessions wait here, in
+        # flight, instead of leaving for an engine that may be dead; release() sends them,
+        # or, once stop is set, lets them go unsent.
+        self._holding = threading.Lock()
+        self._held = False
+        self._deferred: list[tuple[_Level, int, float | None]] = []
+
+    def hold(self) -> None:
+        with self._holding:
+            self._held = True
+
+    def release(self) -> None:
+        with self._holding:
+            self._held = False
+            deferred, self._deferred = self._deferred, []
+        for level, n, due in deferred:
+            level.send(n, due)  # (an empty batch once stop is set)
+            level.flight.done(n)
+
+    def defer(self, level: _Level, n: int, due: float | None) -> bool:
+        """Keep ``n`` sessions of ``level`` (in flight) until release(), if held."""
+        with self._holding:
+            if not self._held:
+                return False
+            level.flight.add(n)
+            self._deferred.append((level, n, due))
+            return True
 
     def run(self, shape: LoadShape, job: Callable[[int, Callable[[RequestRecord], None]], Job],
             on_record: Callable[[RequestRecord], None], turns: int = 1, think_s: float = 0.0) -> None:
@@ -204,6 +231,8 @@ class _Level:
 
     def send(self, n: int, due: float | None = None) -> None:
         """Start the next ``n`` sessions (their first turns)."""
+        if self.pacer.defer(self, n, due):
+            return
         with self.taking:
             batch = [] if self.pacer.stop.is_set() else list(itertools.islice(self.sessions, n))
         self.flight.add(len(batch))
