@@ -370,6 +370,11 @@ def phase_peaks(timeline: pd.DataFrame) -> pd.DataFrame:
     g = timeline.groupby("phase", sort=False)
     out = g[cols].max()
     if "gpu_energy_j" in timeline.columns:
-        out["gpu_energy_j"] = g["gpu_energy_j"].max() - g["gpu_energy_j"].min()
+        # The counter's rise over each stretch of the phase, summed: with repeats a level's
+        # phase comes back each round, and the other levels run in between are not its energy.
+        stretch = (timeline["phase"] != timeline["phase"].shift()).cumsum()
+        rise = timeline.groupby(stretch)["gpu_energy_j"].agg(lambda e: e.max() - e.min())
+        phase = timeline.groupby(stretch)["phase"].first()
+        out["gpu_energy_j"] = rise.groupby(phase, sort=False).sum(min_count=1)
         out["gpu_power_w_mean"] = g["gpu_power_w"].mean() if "gpu_power_w" in timeline else float("nan")
     return out.reset_index()

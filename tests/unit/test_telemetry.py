@@ -208,3 +208,14 @@ def test_with_telemetry_one_reader_scrapes_and_its_readings_are_the_kv_account()
     level = res.kv[res.kv["phase"] == "concurrency 2"]
     assert list(level["kv_used_tokens"]) == [0.0, 4.0]  # the level's two edges
     assert (res.kv["kv_capacity_tokens"] == 1024).all()
+
+
+def test_a_levels_energy_is_its_own_rounds_not_the_levels_run_between_them():
+    rows, joules = [], 0.0
+    for _round in range(2):
+        for phase, used in (("concurrency 1", 10.0), ("concurrency 8", 100.0)):
+            rows.append({"phase": phase, "rss_bytes": 1, "gpu_energy_j": joules, "gpu_power_w": 50.0})
+            joules += used
+            rows.append({"phase": phase, "rss_bytes": 1, "gpu_energy_j": joules, "gpu_power_w": 50.0})
+    peaks = memory.phase_peaks(pd.DataFrame(rows)).set_index("phase")
+    assert peaks.loc["concurrency 1", "gpu_energy_j"] == 20.0 and peaks.loc["concurrency 8", "gpu_energy_j"] == 200.0
