@@ -12,6 +12,7 @@ import pandas as pd
 
 from .apicheck import Conformance
 from .card import CardRun
+from .errors import InvalidInput
 from .loadgen.capacity import Capacity
 from .loadgen.intervals import Estimate, compare
 from .loadgen.result import MULTI_TURN_NOTE, BenchResult, fed_alike
@@ -67,12 +68,20 @@ def _estimate(run: BenchResult, level: int, column: str) -> Estimate:
 def _beats(a: Estimate, b: Estimate) -> tuple[bool | None, str]:
     """Whether ``a`` is higher than ``b``, as the intervals allow: None with "no clear
     difference" when they overlap; the point comparison, marked, when a run had one round."""
+    if math.isnan(a.value) or math.isnan(b.value):
+        return None, "not measured: a run is missing this figure"
     verdict = compare(a, b)
     if verdict == 0:
         return None, "no clear difference: the 95% intervals over rounds overlap"
     if verdict is not None:
         return verdict > 0, f"95% intervals over {min(a.rounds, b.rounds)} rounds do not overlap"
     return a.value > b.value, "one round, no interval: run with repeats=3 to tell a real difference from noise"
+
+
+def _measured(e: Estimate) -> float:
+    """Sort key that ranks a figure not measured (NaN) below every measured one (max() with
+    a NaN first would return the NaN)."""
+    return -math.inf if math.isnan(e.value) else e.value
 
 
 def _joined(*parts: str) -> str:
@@ -182,8 +191,8 @@ def _load_findings(r: _Runs) -> dict[str, Finding]:
     u = r.users
     vs, ls, vi, li = r.est("vllm-server", u), r.est("llama-server", u), r.est("vllm", u), r.est("llama.cpp", 1)
     l1 = r.est("llama.cpp", 1)
-    best_v = max((r.est(n, lv) for n in ("vllm", "vllm-server") for lv in (1, u)), key=lambda e: e.value)
-    best_l = max([l1] + [r.est("llama-server", lv) for lv in (1, u)], key=lambda e: e.value)
+    best_v = max((r.est(n, lv) for n in ("vllm", "vllm-server") for lv in (1, u)), key=_measured)
+    best_l = max([l1] + [r.est("llama-server", lv) for lv in (1, u)], key=_measured)
     multi, multi_note = _beats(vs, ls)
     most, most_note = _beats(best_v, best_l)
     return {
@@ -372,8 +381,7 @@ def _served(r: _Runs, slo: SLO | None, capacities: dict[str, Capacity] | None) -
     capacity searches when given, else the largest level each bench run measured that met it
     (a lower bound); None with neither."""
     if capacities:
-        served = {n: float(c.answer) for n, c in capacities.items()}
-        return served, next(iter(capacities.values())).slo.describe(), "labkit.capacity (search, confirmed)", ""
+        return _searched(capacities)
     if slo is None:
         return None
     served = {}
@@ -383,6 +391,31 @@ def _served(r: _Runs, slo: SLO | None, capacities: dict[str, Capacity] | None) -
         served[name] = max((float(row["level"]) for _, row in s.iterrows() if slo.met(row)), default=0.0)
     return (served, slo.describe(), "labkit.bench levels judged against the SLO",
             "a lower bound: only the levels run were tried (labkit.capacity searches; notebook 06)")
+
+
+def _searched(capacities: dict[str, Capacity]) -> tuple[dict[str, float], str, str, str]:
+    """Users served from capacity searches, checked to be comparable (one SLO, by users), and
+    labelled with what each search proved: confirmed by a repeat, or cut short."""
+    slos = {n: c.slo.describe() for n, c in capacities.items()}
+    if len(set(slos.values())) > 1:
+        raise InvalidInput("capacities= were searched against different SLOs ("
+                           + "; ".join(f"{n}: {t}" for n, t in slos.items())
+                           + "): users served are comparable only under one SLO. Search again with the same slo=.")
+    by_rate = [n for n, c in capacities.items() if c.by != "users"]
+    if by_rate:
+        raise InvalidInput(f"capacities= for {', '.join(by_rate)} searched by request rate; the verdict "
+                           "compares users served: search with capacity(..., by='users').")
+    served = {n: float(c.answer) for n, c in capacities.items()}
+    short = [f"{n} ({c.stopped})" for n, c in capacities.items() if c.stopped.startswith(_CUT_SHORT)]
+    unconfirmed = [n for n, c in capacities.items() if c.answer > 0 and not c.confirmed]
+    source = "labkit.capacity (search" + (", confirmed by a repeat" if not unconfirmed else "") + ")"
+    note = _joined(f"not confirmed by a repeat: {', '.join(unconfirmed)}" if unconfirmed else "",
+                   f"search cut short, a lower bound: {', '.join(short)}" if short else "")
+    return served, next(iter(slos.values())), source, note
+
+
+# How a capacity search ends before it found its answer (see labkit.loadgen.capacity).
+_CUT_SHORT = ("interrupted", "engine died", "the budget", "not sent")
 
 
 def _slo_finding(served: tuple[dict[str, float], str, str, str] | None) -> Finding:

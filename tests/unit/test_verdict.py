@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 import labkit
+from labkit.loadgen.capacity import Capacity
 from labkit.loadgen.result import REQUEST_COLUMNS, BenchResult, RequestRecord
 from labkit.verdict import CLAIMS, verdict
 
@@ -216,3 +218,35 @@ def test_the_memory_row_takes_kv_use_from_telemetry_read_during_the_levels():
     plan = labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096)
     t = verdict(runs, plan, users=8).table.set_index(pd.Index(list(CLAIMS)))
     assert "llama-server used at most 25.0% of the 16,384 tokens it reserved" in t.loc["memory", "comment"]
+
+
+def test_a_figure_not_measured_is_n_a_and_never_hides_the_ones_that_were():
+    runs = {"llama.cpp": _run("llama.cpp", {1: 50.0}), "llama-server": _run("llama-server", {1: 45.0}),
+            "vllm": _run("vllm", {8: 300.0}), "vllm-server": _run("vllm-server", {1: 28.0, 8: 180.0})}
+    plan = labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096)
+    t = verdict(runs, plan, users=8).table.set_index("claim")
+    multi = t.loc[CLAIMS["multi-user"].text]  # llama-server ran no level of 8 users
+    assert multi["claim holds here"] == "n/a" and "not measured" in multi["comment"]
+    best = t.loc[CLAIMS["throughput"].text]  # vllm at 1 user is missing: its 8 users still count
+    assert "vLLM 300" in best["measured here"] and best["claim holds here"] == "yes"
+
+
+def test_capacities_must_share_one_slo_and_say_what_each_search_proved():
+    plan = labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096)
+    runs = _four(0.6, 0.010, 0.1, 0.040)
+    slo = labkit.SLO(ttft_p99_ms=2000)
+
+    def cap(engine, users, confirmed=True, stopped="the answer was found and confirmed", slo=slo, by="users"):
+        return Capacity(engine, slo, by, users, pd.DataFrame(), stopped, confirmed, 1.0)
+
+    caps = {"llama-server": cap("llama-server", 4, confirmed=False, stopped="the answer was found"),
+            "vllm-server": cap("vllm-server", 8, stopped="interrupted")}
+    row = verdict(runs, plan, users=8, capacities=caps).table.set_index("claim").loc[CLAIMS["users-at-slo"].text]
+    assert "confirmed" not in row["source"]
+    assert "not confirmed by a repeat: llama-server" in row["comment"]
+    assert "search cut short, a lower bound: vllm-server (interrupted)" in row["comment"]
+    other = {**caps, "vllm-server": cap("vllm-server", 8, slo=labkit.SLO(ttft_p99_ms=500))}
+    with pytest.raises(labkit.InvalidInput, match="different SLOs"):
+        verdict(runs, plan, users=8, capacities=other)
+    with pytest.raises(labkit.InvalidInput, match="searched by request rate"):
+        verdict(runs, plan, users=8, capacities={**caps, "vllm-server": cap("vllm-server", 8.0, by="rate")})
