@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import numbers
 import signal
 import sys
 import threading
@@ -74,7 +76,7 @@ def _models(args: argparse.Namespace) -> int:
     entries = list_models()
     if args.json:
         for e in entries:
-            print(json.dumps(e.to_dict()))
+            print(_json(e.to_dict()))
     else:
         width = max(len(e.name) for e in entries)
         for e in entries:
@@ -103,7 +105,7 @@ def _generate(args: argparse.Namespace) -> int:
             outs = engine.generate(args.prompts, **params)
         for out in outs:
             if args.json:
-                print(json.dumps({**out.to_dict(), "info": engine.info.to_dict()}))
+                print(_json({**out.to_dict(), "info": engine.info.to_dict()}))
             else:
                 print(out.text)
     return 0
@@ -142,9 +144,9 @@ def _compare(args: argparse.Namespace) -> int:
             engine.close()
     if args.json:
         # through pandas' JSON: a missing value is null, not NaN (which is not JSON) or "<NA>"
-        print(json.dumps({"reference": cmp.reference, "table": json.loads(cmp.table.to_json(orient="records")),
-                          "parity": json.loads(cmp.parity.to_json(orient="records")), "notes": cmp.notes,
-                          "engines": {n: e.info.to_dict() for n, e in engines.items()}}, default=str))
+        print(_json({"reference": cmp.reference, "table": json.loads(cmp.table.to_json(orient="records")),
+                     "parity": json.loads(cmp.parity.to_json(orient="records")), "notes": cmp.notes,
+                     "engines": {n: e.info.to_dict() for n, e in engines.items()}}))
         return 0
     for note in cmp.notes:
         print(f"note: {note}")
@@ -216,7 +218,7 @@ def _bench(args: argparse.Namespace) -> int:
     eng = res.manifest.get("engine", {})
     if args.json:
         for row in summary.to_dict("records"):
-            print(json.dumps({**row, "threads": eng.get("threads")}, default=str))
+            print(_json({**row, "threads": eng.get("threads")}))
     elif not summary.empty:
         cols = ["level", "completed", "errors", "unmeasured", "req_per_s", "output_tok_per_s",
                 "ttft_p50_ms", "tpot_p50_ms"]
@@ -305,7 +307,7 @@ def _capacity(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     if args.json:
-        print(json.dumps(cap.to_dict(), default=str))
+        print(_json(cap.to_dict()))
     else:
         cols = ["step", "level", "met", "completed", "errors", "output_tok_per_s", *slo.bounds,
                 "goodput_req_per_s"]
@@ -348,7 +350,7 @@ def _fit(args: argparse.Namespace) -> int:
                users=args.users, gpu_memory=args.gpu_memory, system_memory=args.system_memory)
     if args.json:
         for row in plan.table.to_dict("records"):
-            print(json.dumps(row, default=str))
+            print(_json(row))
     else:
         print(plan.table.to_string(index=False))
     return 0
@@ -367,6 +369,25 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 
 
 register("fit", "plan memory: will a model fit, in which engine", _fit, _fit_args)
+
+
+def _json(value: Any) -> str:
+    """One line of strict JSON for --json: NaN and infinities (a level where nothing
+    completed, a figure not measured) become null, which every JSON parser reads; numpy
+    numbers become plain ones and anything else its text."""
+    return json.dumps(_finite(value), default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
 
 
 def _json_or_text(value: str) -> Any:
@@ -501,7 +522,7 @@ def _doctor(args: argparse.Namespace) -> int:
     report["gpu"] = environment()["gpu"]
     report["ok"] = bool(ok)
     if args.json:
-        print(json.dumps(report, default=str))
+        print(_json(report))
         return 0 if ok else 1
     print(f"CPU: {report['cpu']['model']} ({report['cpu']['machine']}), fingerprint "
           f"{report['cpu']['fingerprint']}\n     flags: {' '.join(report['cpu']['flags'])}")
@@ -538,7 +559,7 @@ def _conformance(args: argparse.Namespace) -> int:
     with load(args.engine, **kw) as srv:
         m = conformance(srv, timeout_s=args.timeout, progress=not args.json)
     if args.json:
-        print(json.dumps(m.to_dict(), default=str))
+        print(_json(m.to_dict()))
         return 0
     for engine, flags in m.flags.items():
         print(f"{engine}, started with {flags}")

@@ -244,7 +244,11 @@ class BenchResult:
         requests = pd.DataFrame(rows, columns=REQUEST_COLUMNS) if rows else pd.DataFrame(columns=REQUEST_COLUMNS)
         requests["round"] = requests["round"].fillna(0).astype(int)  # saved before rounds existed
         mem, kv = _read_csv(folder / "memory.csv"), _read_csv(folder / "kv.csv")
-        extra = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+        # run.json is written when a run ends: without it the process ended mid-run (killed,
+        # crashed), and the rows streamed so far are all there is.
+        extra = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else \
+            {"interrupted": True, "ended": "did not finish: its process ended mid-run (no run.json); "
+                                           "the requests recorded so far are kept"}
         return cls(requests, mem, manifest, kv, extra.get("slo_ms"), folder, extra.get("interrupted", False),
                    extra.get("ended", "completed"), extra.get("engine_log", ""),
                    _read_csv(folder / "telemetry.csv"), extra.get("telemetry_absent", {}),

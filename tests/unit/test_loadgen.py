@@ -199,3 +199,18 @@ def test_a_next_turn_that_cannot_be_sent_fails_its_session_instead_of_hanging():
 def test_after_is_for_engines_bench_loads_itself():
     with pytest.raises(labkit.InvalidInput, match="after= runs on the engine bench"):
         labkit.bench(FakeEngine(), concurrency=[1], requests_per_level=1, workload=SMALL, after=print)
+
+
+def test_a_level_where_nothing_completed_is_strict_json_and_a_run_cut_off_says_so(tmp_path):
+    from labkit.cli import _json
+
+    res = labkit.bench(FakeEngine(die_after=3), concurrency=[1, 2], requests_per_level=10, workload=SMALL,
+                       warmup=0, progress=False, out=tmp_path / "run")
+    rows = res.summary.to_dict("records")
+    assert any(v != v for row in rows for v in row.values() if isinstance(v, float))  # NaN figures
+    for row in rows:  # --json's lines: a strict parser reads them, a figure not measured is null
+        parsed = json.loads(_json(row), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+        assert all(parsed[k] is None for k, v in row.items() if isinstance(v, float) and v != v)
+    (tmp_path / "run" / "run.json").unlink()  # as if the process had been killed mid-run
+    cut = labkit.BenchResult.load(tmp_path / "run")
+    assert cut.interrupted and cut.ended.startswith("did not finish") and len(cut.requests) == len(res.requests)
