@@ -3,7 +3,11 @@ columns, KLD for quantized points, and what an interrupted sweep keeps."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import signal
+import threading
 
 import pandas as pd
 
@@ -47,8 +51,6 @@ def test_an_interrupted_sweep_keeps_the_points_it_finished_on_disk(tmp_path):
         stop.append(len(front.results))
         event.set()
 
-    import threading
-
     event = threading.Event()
     front = labkit.sweep({"llama-server": {"parallel": [1, 2, 4]}}, out=tmp_path, stop_event=event,
                          on_point_done=after_first, **FAST)
@@ -59,3 +61,26 @@ def test_an_interrupted_sweep_keeps_the_points_it_finished_on_disk(tmp_path):
     assert json.loads((tmp_path / "sweep.json").read_text())["stopped"] == "interrupted"
     assert (tmp_path / "00-llama-server" / "requests.jsonl").exists()
     assert not (tmp_path / "01-llama-server").exists()
+
+
+def test_a_point_whose_engine_dies_is_failed_and_the_sweep_goes_on(monkeypatch):
+    sweep_mod = importlib.import_module("labkit.loadgen.sweep")  # (the package exports the function)
+    real, killed = sweep_mod.bench, []
+
+    def bench_killing_the_first_server(engine, **kwargs):
+        def kill(partial):
+            if not killed:  # the first point's server dies after its first level
+                killed.append(engine.info.pid)
+                os.killpg(engine.process.pgid, signal.SIGKILL)
+        return real(engine, on_level_done=kill, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "bench", bench_killing_the_first_server)
+    stop = threading.Event()
+    front = labkit.sweep({"mock-server": {"token_delay_ms": [1, 2]}}, concurrency=[1, 2], requests_per_level=3,
+                         workload=TINY, warmup=0, progress=False, stop_event=stop)
+    first, second = "mock-server (token_delay_ms=1)", "mock-server (token_delay_ms=2)"
+    assert killed and front.stopped == "completed" and not stop.is_set()  # the caller's event untouched
+    assert list(front.failed) == [first] and front.failed[first].startswith("engine died: mock-server was killed")
+    t = front.table.set_index(["point", "level"])
+    assert t.loc[(first, 1), "completed"] == 3 and not t.loc[(first, 1), "partial"]  # what it finished is kept
+    assert (t.loc[second, "completed"] == 3).all()  # and the next point ran whole

@@ -24,7 +24,8 @@ import itertools
 import json
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,9 @@ class Point:
 class Front:
     """What a sweep measured: ``table`` has one row per (point, level) with the settings as
     columns, the level's figures, ``slo_met`` (with an SLO), ``kld`` (quantized GGUF points),
-    ``partial`` (a level cut short by Stop: kept, never on the front) and ``on_front``. ``failed``: points whose engine did not load, with the reason.
+    ``partial`` (a level cut short by Stop: kept, never on the front) and ``on_front``. ``failed``:
+    points whose engine did not load, refused the load or died, with the reason (a point whose
+    engine died keeps the levels it finished).
     ``stopped``: "completed" or why the sweep ended early (the finished points are kept)."""
 
     table: pd.DataFrame
@@ -77,6 +80,8 @@ class Front:
     @property
     def pareto(self) -> pd.DataFrame:
         """The rows on the front, best per-user speed first."""
+        if "on_front" not in self.table:  # nothing measured (every point failed)
+            return self.table
         return self.table[self.table["on_front"]].sort_values("user_tok_per_s", ascending=False)
 
     def to_frame(self) -> pd.DataFrame:
@@ -85,7 +90,7 @@ class Front:
     def _repr_html_(self) -> str:
         notes = [f"<b>{html.escape(self.stopped)}</b>: the points finished before are kept"] \
             if self.stopped != "completed" else []
-        notes += [f"<b>{html.escape(p)}</b> did not load: {html.escape(why)}" for p, why in self.failed.items()]
+        notes += [f"<b>{html.escape(p)}</b> failed: {html.escape(why)}" for p, why in self.failed.items()]
         if self.slo is not None:
             notes.append(f"SLO: {html.escape(self.slo.describe())}")
         cols = ["point", *self.settings, *[c for c in _FIGURES if c in self.table], "slo_met", "kld", "partial", "on_front"]
@@ -132,7 +137,7 @@ def sweep(grid: dict[str, dict[str, Sequence[Any] | Any]], *, concurrency: Seque
                  common=engine_kwargs, on_point_done=on_point_done)
     front = walk.run()
     quants = _names_quants(points) or ":" in str(engine_kwargs.get("model", ""))
-    if (kld if kld is not None else quants) and not front.table.empty:
+    if (kld if kld is not None else quants) and not front.table.empty and front.stopped == "completed":
         _add_kld(front, points, engine_kwargs, progress)
         walk.save(front)
     return front
@@ -214,9 +219,12 @@ class _Walk:
                 self.stop.set()
                 stopped = "interrupted"
                 break
-            if res is not None and res.ended != "completed":
+            if res is not None and res.ended == "interrupted":
+                self.stop.set()
                 stopped = res.ended
                 break
+            if res is not None and res.ended != "completed":  # its engine died: its levels are
+                self.failed[point.label] = res.ended  # kept, marked, and the next point runs
             so_far = self._front(stopped)
             self.save(so_far)
             if self.on_point_done is not None:
@@ -232,8 +240,15 @@ class _Walk:
         except LabkitError as e:  # one setting the engine refuses does not end the sweep
             self.failed[point.label] = f"{type(e).__name__}: {e}"
             return None
-        with engine:
-            res = bench(engine, out=folder, stop_event=self.stop, **self.bench_args)
+        # A point's own stop: its engine dying stops that point, not the sweep (nor the
+        # caller's event, which the next sweep would find set); the caller's Stop reaches it.
+        point_stop = threading.Event()
+        with engine, _forwarded(self.stop, point_stop):
+            try:
+                res = bench(engine, out=folder, stop_event=point_stop, **self.bench_args)
+            except LabkitError as e:  # refused for this point (a workload past its context)
+                self.failed[point.label] = f"{type(e).__name__}: {e}"
+                return None
         self.results[point.label] = res
         if not res.summary.empty:
             self.rows.append(self._rows(point, res))
@@ -268,6 +283,27 @@ class _Walk:
                        for i, p in enumerate(self.points)],
             "failed": front.failed, "stopped": front.stopped,
             "slo": front.slo.to_dict() if front.slo else None}, indent=2, default=str))
+
+
+@contextmanager
+def _forwarded(outer: threading.Event, inner: threading.Event) -> Iterator[None]:
+    """Set ``inner`` when ``outer`` is set, while the block runs (a poll every 0.2 s: a
+    Stop button is pressed by a person)."""
+    done = threading.Event()
+
+    def forward() -> None:
+        while not done.is_set():
+            if outer.wait(0.2):
+                inner.set()
+                return
+
+    thread = threading.Thread(target=forward, name="labkit-sweep-stop", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
 
 
 def on_front(table: pd.DataFrame, x: str = "user_tok_per_s", y: str = "output_tok_per_s") -> pd.Series:

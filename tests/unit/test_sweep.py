@@ -71,3 +71,12 @@ def test_a_level_cut_short_is_kept_marked_and_left_off_the_front():
     assert list(t["partial"]) == [False, True] and list(t["on_front"]) == [True, False]
     fig = labkit.plots.pareto(Front(t))
     assert [len(d.x) for d in fig.data] == [1, 1]  # the whole level, and the front through it
+
+
+def test_a_front_with_nothing_measured_has_an_empty_pareto():
+    from labkit.loadgen.sweep import _Walk
+
+    walk = _Walk([], {}, None, None, None)
+    walk.failed = {"llama-server (parallel=99)": "ServerError: it did not start"}
+    front = walk._front("completed")
+    assert front.pareto.empty and "failed: ServerError" in front._repr_html_()
