@@ -54,6 +54,12 @@ class Job:
     due: float | None = None  # perf_counter time it was scheduled to leave (open loop)
     ready: float | None = None  # perf_counter time it could leave (see RequestRecord.ready_s)
     session: int | None = None  # which session (user conversation) it belongs to
+    ended: bool = False  # on_done was called: a job ends once, whoever ends it first
+
+    def _end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.on_done(self.record)
 
     @property
     def route(self) -> int:
@@ -73,19 +79,25 @@ class Job:
     def adopt(self, record: RequestRecord) -> None:
         """Take the record another process filled for this job, and hand it on. The session's
         callbacks hold this job's own record object, so it is updated in place."""
+        if self.ended:
+            return
         if record is not self.record:
             self.record.__dict__.update(record.__dict__)
-        self.on_done(self.record)
+        self._end()
 
     def fail(self, error: str) -> None:
         """End this job with ``error`` as its record: it was lost before a record came back."""
+        if self.ended:
+            return
         self.record.error = error
-        self.on_done(self.record)
+        self._end()
 
     def finish(self, tokens: list[Token], t0: float, error: BaseException | None) -> None:
         """Fill the record from the streamed tokens and hand it on."""
+        if self.ended:
+            return
         finish_record(self.record, tokens, time.perf_counter() - t0, error)
-        self.on_done(self.record)
+        self._end()
 
     @property
     def params(self) -> dict:

@@ -62,6 +62,7 @@ class Session:
         self.origin = time.perf_counter()
         self._lock = threading.Lock()
         self._checker: threading.Thread | None = None  # a health check after a failed request
+        self._checking = self._recheck = False  # one runs; a request failed while it ran
         self._pacer: Pacer | None = None
 
     # --- the sweep ---------------------------------------------------------------------------
@@ -119,7 +120,10 @@ class Session:
             interrupted = True
             self._halt(pacer)
         finally:
-            self._await_health()
+            try:
+                self._await_health()
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting, clean up all the same
+                interrupted = True
             self._stop_sampler()
             driver.close()
             stopped = interrupted or self.stop.is_set()
@@ -191,24 +195,38 @@ class Session:
         time: this runs on the thread that carries the other requests' streams (one event
         loop for every HTTP request), and a health check can take seconds."""
         with self._lock:
-            if self.died is not None or (self._checker is not None and self._checker.is_alive()):
+            if self.died is not None:
                 return
-            pacer = self._pacer
-            if pacer is not None:  # no new request leaves until the engine has answered
-                pacer.hold()
-            self._checker = threading.Thread(target=self._ask_health, args=(pacer,), name="labkit-health",
-                                             daemon=True)
-            self._checker.start()
+            if self._checking:  # a failure during a check: the engine may have died since
+                self._recheck = True
+                return
+            self._checking, self._recheck = True, False
+        pacer = self._pacer
+        if pacer is not None:  # no new session starts until the engine has answered
+            pacer.hold()
+        checker = threading.Thread(target=self._ask_health, args=(pacer,), name="labkit-health", daemon=True)
+        try:
+            checker.start()
+        except RuntimeError:  # no thread to spare: ask here, on the streams' thread, as before
+            self._ask_health(pacer)
+            return
+        self._checker = checker
 
     def _ask_health(self, pacer: Pacer | None) -> None:
         try:
-            try:
-                reason = self.engine.health()
-            except Exception as e:
-                reason = f"its health check failed ({type(e).__name__}: {e})"
-            if reason:
-                self.died = reason
-                self.stop.set()
+            while True:
+                try:
+                    reason = self.engine.health()
+                except Exception as e:
+                    reason = f"its health check failed ({type(e).__name__}: {e})"
+                with self._lock:
+                    if reason:
+                        self.died = reason
+                        self.stop.set()
+                    if reason or not self._recheck:
+                        self._checking = False
+                        return
+                    self._recheck = False
         finally:
             if pacer is not None:
                 pacer.release()  # what waited leaves now, or (stopped) is left unsent

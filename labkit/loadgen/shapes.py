@@ -165,28 +165,35 @@ class Pacer:
         self.driver, self.stop = driver, stop
         self._flight: InFlight | None = None
         # While held (a health check after a failed request), new sessions wait here, in
-        # flight, instead of leaving for an engine that may be dead; release() sends them,
-        # or, once stop is set, lets them go unsent.
+        # flight, instead of leaving for an engine that may be dead; the last release() sends
+        # them, or, once stop is set, lets them go unsent. (A session's later turns are not
+        # held: they follow a reply, not a failure.)
         self._holding = threading.Lock()
-        self._held = False
+        self._holds = 0
         self._deferred: list[tuple[_Level, int, float | None]] = []
 
     def hold(self) -> None:
         with self._holding:
-            self._held = True
+            self._holds += 1
 
     def release(self) -> None:
         with self._holding:
-            self._held = False
+            self._holds -= 1
+            if self._holds > 0:
+                return
             deferred, self._deferred = self._deferred, []
+        now = time.perf_counter()
         for level, n, due in deferred:
-            level.send(n, due)  # (an empty batch once stop is set)
-            level.flight.done(n)
+            try:
+                # Ready from now: the hold was labkit's, not a client too slow to send them.
+                level.send(n, due, ready=now)  # (an empty batch once stop is set)
+            finally:
+                level.flight.done(n)
 
     def defer(self, level: _Level, n: int, due: float | None) -> bool:
-        """Keep ``n`` sessions of ``level`` (in flight) until release(), if held."""
+        """Keep ``n`` sessions of ``level`` (in flight) until the last release(), if held."""
         with self._holding:
-            if not self._held:
+            if self._holds <= 0:
                 return False
             level.flight.add(n)
             self._deferred.append((level, n, due))
@@ -229,7 +236,7 @@ class _Level:
         self.taking = threading.Lock()
         self.flight = InFlight()
 
-    def send(self, n: int, due: float | None = None) -> None:
+    def send(self, n: int, due: float | None = None, ready: float | None = None) -> None:
         """Start the next ``n`` sessions (their first turns)."""
         if self.pacer.defer(self, n, due):
             return
@@ -237,11 +244,15 @@ class _Level:
             batch = [] if self.pacer.stop.is_set() else list(itertools.islice(self.sessions, n))
         self.flight.add(len(batch))
         if batch:
-            ready = due if due is not None else time.perf_counter()
+            ready = ready if ready is not None else due if due is not None else time.perf_counter()
             jobs = [self.job(s * self.turns, self.finished) for s in batch]
             for j in jobs:
                 j.due, j.ready = due, ready
-            self.pacer.driver.send(jobs)
+            try:
+                self.pacer.driver.send(jobs)
+            except Exception as e:  # not sent (a thread that could not start): failed, not a hang
+                for j in jobs:
+                    j.fail(f"{type(e).__name__}: {e}")  # (a job that did leave ends once: Job)
 
     def next_turn(self, index: int) -> None:
         # think_s of the user reading and typing (a wait on stop, so Ctrl-C cuts it short)

@@ -214,3 +214,48 @@ def test_a_level_where_nothing_completed_is_strict_json_and_a_run_cut_off_says_s
     (tmp_path / "run" / "run.json").unlink()  # as if the process had been killed mid-run
     cut = labkit.BenchResult.load(tmp_path / "run")
     assert cut.interrupted and cut.ended.startswith("did not finish") and len(cut.requests) == len(res.requests)
+
+
+def test_a_request_failing_while_the_engine_is_being_checked_gets_it_checked_again():
+    from labkit.loadgen.config import BenchConfig
+    from labkit.loadgen.session import Session
+
+    asked, answered = threading.Event(), []
+    go = threading.Event()
+
+    class DiesDuringTheCheck(FakeEngine):
+        def health(self):
+            answered.append(None)
+            if len(answered) == 1:  # alive when first asked; dead by the time it is asked again
+                asked.set()
+                go.wait()
+                return None
+            return "fake was killed by SIGKILL"
+
+    session = Session(DiesDuringTheCheck(), BenchConfig(concurrency=[1], workload=SMALL))
+    session._check_alive()  # a first request failed: the check starts
+    assert asked.wait(10)
+    session._check_alive()  # a second one fails while the engine is being checked
+    go.set()
+    session._await_health()
+    assert len(answered) == 2 and session.died == "fake was killed by SIGKILL" and session.stop.is_set()
+
+
+def test_requests_a_driver_cannot_send_end_as_errors_and_the_level_ends():
+    from labkit.loadgen.drivers import Driver, Job
+    from labkit.loadgen.result import RequestRecord
+    from labkit.loadgen.shapes import Concurrency, Pacer
+
+    class Refusing(Driver):
+        def send(self, jobs):
+            raise RuntimeError("can't start new thread")
+
+    records = []
+    pacer = Pacer(Refusing(FakeEngine(), 0.0), threading.Event())
+    level = threading.Thread(target=pacer.run, args=(Concurrency(2, 4), lambda i, done: Job(
+        None, RequestRecord("concurrency", 2, i), done), records.append), daemon=True)
+    level.start()
+    level.join(timeout=60)  # a guard against a hang, not a measure of speed
+    assert not level.is_alive()
+    assert sorted(r.index for r in records) == [0, 1, 2, 3]
+    assert all(r.error == "RuntimeError: can't start new thread" for r in records)
