@@ -174,3 +174,18 @@ def test_a_worker_that_hangs_is_killed_and_costs_only_its_own_requests(monkeypat
     later = r[r["level"] == 2]
     assert len(later) == 8 and set(later["worker"]) == {0} and later["error"].isna().all()
     assert not psutil.pid_exists(stopped[0]) or psutil.Process(stopped[0]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_server_too_busy_to_answer_a_health_check_is_not_taken_for_dead(monkeypatch):
+    import labkit.engines.openai as openai_mod
+
+    monkeypatch.setattr(openai_mod, "_HEALTH_TIMEOUT_S", 0.5)
+    with labkit.load("mock-server") as srv:
+        os.killpg(srv.process.pgid, signal.SIGSTOP)  # alive, answering nothing (as if every thread streamed)
+        try:
+            busy = srv.health()
+        finally:
+            os.killpg(srv.process.pgid, signal.SIGCONT)
+        assert busy is None and srv.health() is None
+        os.killpg(srv.process.pgid, signal.SIGKILL)
+        assert "killed by SIGKILL" in srv.health()  # gone is still gone

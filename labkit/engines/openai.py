@@ -35,8 +35,10 @@ from .base import (
 from .capabilities import AsyncStreams, ReportsKv
 from .prometheus import llamacpp_kv, parse_prometheus, server_metrics, vllm_kv
 
-# How long a health check waits for /v1/models: a request may take minutes, listing the
-# model does not, even under load.
+# How long a health check waits for /v1/models. A server whose HTTP threads are all busy
+# streaming answers it only when one frees up, so a timeout is not taken for death (a
+# refused or reset connection is); it keeps a check from holding the sweep for a request's
+# full timeout.
 _HEALTH_TIMEOUT_S = 30.0
 
 
@@ -344,9 +346,11 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
     def health(self) -> str | None:
         reason = super().health()
         if reason is None:
-            try:  # bounded well below a request's timeout: a server that cannot list its
-                self._get("/v1/models", timeout_s=_HEALTH_TIMEOUT_S)  # model in that long is not serving
+            try:  # bounded well below a request's timeout
+                self._get("/v1/models", timeout_s=_HEALTH_TIMEOUT_S)
             except EngineError as e:
+                if isinstance(e.__cause__, httpx.TimeoutException):
+                    return None  # busy (its HTTP threads all streaming), not gone: no verdict
                 return f"the server does not answer ({e})"
         return reason
 
