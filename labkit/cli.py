@@ -379,6 +379,10 @@ def _json(value: Any) -> str:
 
 
 def _finite(value: Any) -> Any:
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # np.bool_, np.float32, arrays
+        value = value.tolist()
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values
+        return None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -372,9 +372,11 @@ def phase_peaks(timeline: pd.DataFrame) -> pd.DataFrame:
     if "gpu_energy_j" in timeline.columns:
         # The counter's rise over each stretch of the phase, summed: with repeats a level's
         # phase comes back each round, and the other levels run in between are not its energy.
-        stretch = (timeline["phase"] != timeline["phase"].shift()).cumsum()
-        rise = timeline.groupby(stretch)["gpu_energy_j"].agg(lambda e: e.max() - e.min())
-        phase = timeline.groupby(stretch)["phase"].first()
+        # (In time order: a background sample can be appended after the next phase's edge.)
+        timed = timeline.sort_values("t_s", kind="stable") if "t_s" in timeline else timeline
+        stretch = (timed["phase"] != timed["phase"].shift()).cumsum()
+        rise = timed.groupby(stretch)["gpu_energy_j"].agg(lambda e: e.max() - e.min())
+        phase = timed.groupby(stretch)["phase"].first()
         out["gpu_energy_j"] = rise.groupby(phase, sort=False).sum(min_count=1)
         out["gpu_power_w_mean"] = g["gpu_power_w"].mean() if "gpu_power_w" in timeline else float("nan")
     return out.reset_index()

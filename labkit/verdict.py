@@ -414,8 +414,9 @@ def _searched(capacities: dict[str, Capacity]) -> tuple[dict[str, float], str, s
     return served, next(iter(slos.values())), source, note
 
 
-# How a capacity search ends before it found its answer (see labkit.loadgen.capacity).
-_CUT_SHORT = ("interrupted", "engine died", "the budget", "not sent")
+# How a capacity search ends before it found its answer (see labkit.loadgen.capacity); an
+# answer at max_level is as far as it looked.
+_CUT_SHORT = ("interrupted", "engine died", "the budget", "not sent", "every level up to")
 
 
 def _slo_finding(served: tuple[dict[str, float], str, str, str] | None) -> Finding:

@@ -216,11 +216,9 @@ class _Walk:
             try:
                 res = self._measure(i, point)
             except KeyboardInterrupt:  # while an engine loaded: nothing of this point to keep
-                self.stop.set()
                 stopped = "interrupted"
                 break
-            if res is not None and res.ended == "interrupted":
-                self.stop.set()
+            if res is not None and res.ended == "interrupted":  # (the caller's event is theirs)
                 stopped = res.ended
                 break
             if res is not None and res.ended != "completed":  # its engine died: its levels are

@@ -214,8 +214,9 @@ def test_a_levels_energy_is_its_own_rounds_not_the_levels_run_between_them():
     rows, joules = [], 0.0
     for _round in range(2):
         for phase, used in (("concurrency 1", 10.0), ("concurrency 8", 100.0)):
-            rows.append({"phase": phase, "rss_bytes": 1, "gpu_energy_j": joules, "gpu_power_w": 50.0})
+            rows.append({"t_s": len(rows), "phase": phase, "rss_bytes": 1, "gpu_energy_j": joules, "gpu_power_w": 50.0})
             joules += used
-            rows.append({"phase": phase, "rss_bytes": 1, "gpu_energy_j": joules, "gpu_power_w": 50.0})
+            rows.append({"t_s": len(rows), "phase": phase, "rss_bytes": 1, "gpu_energy_j": joules, "gpu_power_w": 50.0})
+    rows[3], rows[4] = rows[4], rows[3]  # a background sample appended after the next phase's edge
     peaks = memory.phase_peaks(pd.DataFrame(rows)).set_index("phase")
     assert peaks.loc["concurrency 1", "gpu_energy_j"] == 20.0 and peaks.loc["concurrency 8", "gpu_energy_j"] == 200.0

@@ -245,6 +245,9 @@ def test_capacities_must_share_one_slo_and_say_what_each_search_proved():
     assert "confirmed" not in row["source"]
     assert "not confirmed by a repeat: llama-server" in row["comment"]
     assert "search cut short, a lower bound: vllm-server (interrupted)" in row["comment"]
+    capped = {**caps, "vllm-server": cap("vllm-server", 8, stopped="every level up to max_level=8 met the SLO")}
+    row = verdict(runs, plan, users=8, capacities=capped).table.set_index("claim").loc[CLAIMS["users-at-slo"].text]
+    assert "a lower bound: vllm-server (every level up to max_level=8" in row["comment"]
     other = {**caps, "vllm-server": cap("vllm-server", 8, slo=labkit.SLO(ttft_p99_ms=500))}
     with pytest.raises(labkit.InvalidInput, match="different SLOs"):
         verdict(runs, plan, users=8, capacities=other)
