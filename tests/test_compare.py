@@ -32,6 +32,17 @@ def test_llama_cpp_and_vllm_feed_the_same_prompt_ids(llama, vllm_engine):
     print(cmp.table[["prompt", "engine", "identical_to_ref", "first_divergence", "token_agreement"]])
 
 
+def test_an_output_that_ends_on_its_end_token_carries_it_in_every_engine(llama, llama_server):
+    # A one-word answer ends on SmolLM2's <|im_end|> (id 2) well before max_tokens.
+    prompt = "<|im_start|>user\nReply with one word: yes or no. Is the sky blue?<|im_end|>\n<|im_start|>assistant\n"
+    cmp = compare({"llama.cpp": llama, "llama-server": llama_server}, [prompt], max_tokens=40)
+    ref, srv = cmp.generations["llama.cpp"][0], cmp.generations["llama-server"][0]
+    assert ref.finish_reason == srv.finish_reason == "stop" and ref.token_ids[-1] == 2
+    assert ref.token_ids == srv.token_ids  # the end token counted alike, not a divergence at the end
+    row = cmp.table.set_index("engine").loc["llama-server"]
+    assert row["identical_to_ref"] and row["token_agreement"] == 1.0
+
+
 def test_html_highlights_the_divergence(llama):
     # Two real runs that differ: greedy vs a different prompt suffix would not be the same
     # prompt, so compare greedy with a sampled run of the same engine.

@@ -183,10 +183,13 @@ class LlamaCppEngine(Engine, Scores):
                 if t0 <= self._cancelled_at:
                     finish = "cancelled"
                     break
+                lp, top = self._logprobs(tok, params.logprobs) if params.logprobs else (None, None)
                 if self._llama_cpp.llama_vocab_is_eog(self._vocab, tok) and not params.ignore_eos:
+                    # The end-of-generation token is output, with no text, as vLLM and
+                    # llama-server give it: token ids and counts then agree across engines.
+                    yield Token("", tok, now, lp, top)
                     finish = "stop"
                     break
-                lp, top = self._logprobs(tok, params.logprobs) if params.logprobs else (None, None)
                 out.append(tok)
                 text_so_far = llm.detokenize(out)
                 # Emit only whole UTF-8 characters; a token may end in the middle of one.
