@@ -163,3 +163,9 @@ def test_a_reaper_told_to_stop_takes_its_server_with_it():
         assert not alive, server.cmdline()
         assert mock.health() == "mock-server was killed by SIGTERM"  # what happened, not "exited with code 0"
         assert not reaper.is_running() or reaper.status() == psutil.STATUS_ZOMBIE
+
+
+def test_servers_sample_with_labkits_parameters_not_defaults_of_their_own(vllm_server):
+    # vLLM's server would fill what a request leaves out from the model's generation_config.json
+    args = [a for p in _tree(vllm_server.info.pid) for a in p.cmdline()]
+    assert "--generation-config" in args and args[args.index("--generation-config") + 1] == "vllm"

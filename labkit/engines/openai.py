@@ -187,6 +187,8 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
             body["verbose"] = True  # puts the token ids of each chunk under "__verbose"
             if params.temperature == 0:
                 body["top_k"] = 1
+            else:  # sample as the in-process engine does: llama-server's defaults add top_k=40, min_p=0.05
+                body.update(top_k=0, min_p=0.0, repeat_penalty=1.0)
         return ("/v1/chat/completions" if chat else "/v1/completions"), body
 
     def _stream(self, prompt, params: SamplingParams, chat: bool, t0: float) -> Iterator[Token]:

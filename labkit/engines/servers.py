@@ -274,6 +274,11 @@ class VllmServerEngine(_ManagedServer):
                # Automatic prefix caching on or off, and each response's cached prompt tokens.
                "--enable-prefix-caching" if prefix_cache else "--no-enable-prefix-caching",
                "--enable-prompt-tokens-details",
+               # vLLM's own sampling defaults, not the model's generation_config.json: with
+               # "auto", whatever a request leaves out (a repetition_penalty, top_k) comes from
+               # the model, so the server would sample differently from in-process vLLM and
+               # llama.cpp, which get every parameter from labkit.
+               *([] if "--generation-config" in (extra_args or []) else ["--generation-config", "vllm"]),
                # Eager mode as in the in-process engine: same kernels, same greedy text, and
                # a start in seconds instead of minutes of torch.compile on a small CPU.
                *(["--enforce-eager"] if enforce_eager else []),

@@ -111,3 +111,15 @@ def test_guidellm_and_aiperf_reports_become_summary_rows():
         from_aiperf({"benchmarks": []})
     with pytest.raises(InvalidInput, match="GuideLLM"):
         from_guidellm({"request_throughput": {}})
+
+
+def test_llama_server_gets_the_in_process_samplers_not_its_own_defaults():
+    from labkit.engines.base import SamplingParams
+    from labkit.engines.openai import HttpEngine
+
+    eng = object.__new__(HttpEngine)  # the request body only: no server needed
+    eng.model, eng.flavor, eng.cache_prompt = "m", "llama-server", None
+    _, sampled = eng._body("hi", SamplingParams(max_tokens=4, temperature=0.8), chat=False)
+    assert (sampled["top_k"], sampled["min_p"], sampled["repeat_penalty"]) == (0, 0.0, 1.0)
+    _, greedy = eng._body("hi", SamplingParams(max_tokens=4, temperature=0.0), chat=False)
+    assert greedy["top_k"] == 1
