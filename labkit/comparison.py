@@ -144,7 +144,9 @@ class Comparison:
             return None
         kind = "chat" if _form(self.prompts[i], self.chat)[1] else "raw"
         row = pid[(pid["prompt"] == i) & (pid["kind"] == kind) & (pid["engine"] == name)]
-        return bool(row["same_as_ref"].iloc[0]) if not row.empty else None
+        if row.empty or pd.isna(row["same_as_ref"].iloc[0]):
+            return None
+        return bool(row["same_as_ref"].iloc[0])
 
     @property
     def table(self) -> pd.DataFrame:
@@ -207,12 +209,18 @@ class Comparison:
         parity = "" if shown.empty else f"<h4>Logprob parity vs the reference ({html.escape(self.reference)})</h4>" \
             + shown.to_html(index=False, float_format=lambda x: f"{x:.4f}")
         pid = self.prompt_ids
-        mism = pid[~pid["same_as_ref"]] if not pid.empty else pid
-        tok = ("<p>Prompt token ids: identical in every engine (raw and chat).</p>" if mism.empty else
+        mism = pid[pid["same_as_ref"].eq(False)] if not pid.empty else pid
+        unknown = sorted(set(pid[pid["same_as_ref"].isna()]["engine"])) if not pid.empty else []
+        tok = ("<p>Prompt token ids: identical in every engine (raw and chat).</p>" if mism.empty and not unknown else
+               "" if mism.empty else
                "<div style='border:2px solid #b00;padding:6px;margin:6px 0'><b style='color:#b00'>"
                "These engines were not fed the same prompt tokens, so their outputs are not "
                "comparable as they stand</b> (a tokenizer or chat template differs: see which "
                "below).</div>" + mism.to_html(index=False))
+        if unknown:
+            tok += ("<div style='border:2px solid #b80;padding:6px;margin:6px 0'><b>Prompt token ids not "
+                    f"checked for {html.escape(', '.join(unknown))}</b>: it (or the reference) cannot tell token "
+                    "ids here, so whether the same tokens were fed is unknown; outputs are compared as text.</div>")
         notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in self.notes)
         style = "<style>.lk-del{background:#fdd;text-decoration:line-through}.lk-ins{background:#cfc}</style>"
         return (f"{style}{tok}<table><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>{parity}{notes}")
@@ -250,32 +258,37 @@ def _prompt_parity(engines: dict[str, Engine], reference: str, prompts: list[Any
             for name, eng in engines.items():
                 try:
                     ids[name] = eng.tokenize(form, chat=chat)
-                except Exception as e:  # an engine that cannot tell its token ids
+                except Exception as e:  # an engine that cannot tell its token ids: unknown, not "different"
                     ids[name] = None
                     rows.append({"prompt": i, "kind": kind, "engine": name, "n_ids": None,
-                                 "same_as_ref": False, "first_difference": None, "error": str(e)[:200]})
+                                 "same_as_ref": None, "first_difference": None, "error": str(e)[:200]})
             ref_ids = ids.get(reference)
             for name, got in ids.items():
                 if got is None:
                     continue
-                same = ref_ids is not None and got == ref_ids
+                same = None if ref_ids is None else got == ref_ids
                 rows.append({"prompt": i, "kind": kind, "engine": name, "n_ids": len(got), "same_as_ref": same,
                              "first_difference": None if same or ref_ids is None else first_divergence(ref_ids, got),
                              "error": None})
     return pd.DataFrame(rows)
 
 
-def _same_vocabulary(engines: dict[str, Engine], reference: str) -> list[str]:
+def _same_vocabulary(engines: dict[str, Engine], reference: str) -> tuple[list[str], list[str]]:
+    """(engines that tokenize differently from the reference, engines whose tokens are unknown:
+    they cannot tokenize, or the reference cannot)."""
     probe = "Hello, world! Ünïcödé 12345 def f(x): return x ** 2"
-    ref = engines[reference].tokenize(probe)
-    differing = []
+    try:
+        ref = engines[reference].tokenize(probe)
+    except Exception:
+        return [], list(engines)
+    differing, unknown = [], []
     for name, eng in engines.items():
         try:
             if eng.tokenize(probe) != ref:
                 differing.append(name)
         except Exception:
-            differing.append(name)
-    return differing
+            unknown.append(name)
+    return differing, unknown
 
 
 def _top_margin(logprobs: dict[int, float]) -> float:
@@ -335,12 +348,17 @@ def compare(engines: dict[str, Engine], prompts: Sequence[str | Conversation], *
     pid = _prompt_parity(engines, reference, prompts)
     parity, positions, ref_scores = pd.DataFrame(), pd.DataFrame(), {}
     if logprobs:
-        differing = _same_vocabulary(engines, reference)
-        scorable = {n: e for n, e in engines.items() if isinstance(e, Scores) and n not in differing}
+        differing, unknown = _same_vocabulary(engines, reference)
+        scorable = {n: e for n, e in engines.items()
+                    if isinstance(e, Scores) and n not in differing and n not in unknown}
         if differing:
             notes.append(f"{', '.join(differing)} tokenize differently from {reference}: logprob parity is not "
                          "defined across different vocabularies, so only text is compared for them.")
-        skipped = [n for n in engines if not isinstance(engines[n], Scores) and n not in differing]
+        if unknown:
+            notes.append(f"{', '.join(unknown)} cannot give token ids here, so whether "
+                         f"{'they share' if len(unknown) > 1 else 'it shares'} {reference}'s vocabulary is unknown: "
+                         "only text is compared for them.")
+        skipped = [n for n in engines if not isinstance(engines[n], Scores) and n not in differing + unknown]
         if skipped:
             notes.append(f"{', '.join(skipped)} cannot score a fixed continuation (teacher forcing); "
                          "logprob parity uses the in-process engines.")

@@ -43,6 +43,22 @@ def test_an_output_that_ends_on_its_end_token_carries_it_in_every_engine(llama, 
     assert row["identical_to_ref"] and row["token_agreement"] == 1.0
 
 
+def test_an_engine_that_cannot_tokenize_is_unknown_not_different_even_as_the_reference(llama, llama_server):
+    import labkit
+
+    generic = labkit.load("openai", url=llama_server.url)
+    generic.flavor = "generic"  # a server labkit does not know: it cannot tell token ids
+    try:
+        cmp = compare({"generic": generic, "llama.cpp": llama}, PROMPTS[:1], max_tokens=8)
+    finally:
+        generic.close()
+    assert cmp.prompt_ids["same_as_ref"].isna().all()  # unknown, where it used to say "different"
+    assert cmp.table["same_prompt_tokens"].isna().all() and cmp.parity.empty
+    assert any("cannot give token ids here" in n for n in cmp.notes)
+    page = cmp._repr_html_()
+    assert "Prompt token ids not checked for generic, llama.cpp" in page and "not fed the same prompt tokens" not in page
+
+
 def test_html_highlights_the_divergence(llama):
     # Two real runs that differ: greedy vs a different prompt suffix would not be the same
     # prompt, so compare greedy with a sampled run of the same engine.
