@@ -407,7 +407,7 @@ def _run(args: argparse.Namespace) -> int:
     params = {name: _json_or_text(value) for name, value in args.param or []}
     if args.grid:
         return _run_grid(args, params)
-    folder = run(args.notebook, params, out=args.out)
+    folder = run(args.notebook, params, out=args.out, timeout_s=args.timeout)
     stem = args.notebook.rsplit("/", 1)[-1].removesuffix(".ipynb")
     print(f"report: {folder / (stem + '.html')}")
     print(f"executed notebook, results.json and manifest.json: {folder}")
@@ -423,6 +423,18 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="run once per value of a parameter (VALUES: a JSON list); several --grid "
                         "flags run every combination, each into OUT/NNN-NAME=VALUE")
     p.add_argument("--json", action="store_true", help="with --grid: the points as JSON on stdout")
+    p.add_argument("--timeout", type=_positive_seconds, default=1800,
+                   help="seconds one cell may run before it is interrupted (default 1800)")
+
+
+def _positive_seconds(value: str) -> int:
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"--timeout takes a whole number of seconds above 0, got {value!r}")
+    return seconds
 
 
 def _run_grid(args: argparse.Namespace, params: dict[str, Any]) -> int:
@@ -434,7 +446,7 @@ def _run_grid(args: argparse.Namespace, params: dict[str, Any]) -> int:
         if not isinstance(parsed, list) or not parsed:
             raise InvalidInput(f"--grid {name} takes a JSON list of values, e.g. '[1, 4, 16]'; got {values!r}.")
         grid[name] = parsed
-    points = run_grid(args.notebook, grid, params, out=args.out, progress=not args.json)
+    points = run_grid(args.notebook, grid, params, out=args.out, progress=not args.json, timeout_s=args.timeout)
     failed = points[points["error"].notna()]
     if args.json:
         print(points.to_json(orient="records"))

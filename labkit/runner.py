@@ -101,7 +101,7 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     manifest = {"notebook": str(nb_path), "parameters": parameters or {}, "labkit_version": __version__,
                 "environment": environment(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    from nbclient.exceptions import DeadKernelError
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     deaths: list[int] = []
     previous = os.environ.get(RUN_DIR_VARIABLE)
@@ -115,6 +115,14 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
         _write_report(executed, folder, nb_path.stem)  # the report shows the error too
         raise NotebookError(nb_path.name, index, e.ename, e.evalue, str(executed),
                             first_line=first) from None
+    except CellTimeoutError:  # papermill passes it on as nbclient raised it
+        index, first = _source_cell(executed, _last_started(executed))
+        _write_report(executed, folder, nb_path.stem)
+        raise NotebookError(nb_path.name, index, "CellTimeoutError",
+                            f"it ran past the cell timeout of {timeout_s} s and was interrupted", str(executed),
+                            first_line=first,
+                            hint="Give cells more time (`labkit run --timeout SECONDS`, run(..., timeout_s=)) "
+                                 "or a smaller workload through the parameters.") from None
     except DeadKernelError:
         index, first = _source_cell(executed, None)
         code = deaths[-1] if deaths else None
@@ -233,6 +241,17 @@ def _death(code: int | None) -> str:
     return f"the kernel died (exit code {code})" if code is not None else "the kernel died"
 
 
+def _last_started(executed: Path) -> int | None:
+    """Index of the last cell papermill started (a timed-out cell is left marked completed)."""
+    try:
+        cells = json.loads(executed.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return None
+    cells = [c for c in cells if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+    started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    return started[-1] if started else None
+
+
 def _source_cell(executed: Path, cell_index: int | None) -> tuple[int, str]:
     """The failing cell as the source notebook numbers it (papermill's injected parameters
     cell not counted) and its first line. ``None`` means "the cell papermill was running"."""
@@ -255,7 +274,7 @@ def _source_cell(executed: Path, cell_index: int | None) -> tuple[int, str]:
 
 
 def run_grid(notebook: str | Path, grid: dict[str, list[Any]], parameters: dict[str, Any] | None = None,
-             out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+             out: str | Path | None = None, progress: bool = True, timeout_s: int = 1800) -> pd.DataFrame:
     """Run ``notebook`` once per combination of the ``grid``'s values (``parameters`` fixed
     for all), each into its own run folder under ``out``; returns one row per point (its
     parameters, folder, and ``error`` where it failed). A failing point does not stop the
@@ -281,7 +300,7 @@ def run_grid(notebook: str | Path, grid: dict[str, list[Any]], parameters: dict[
             row = {**point, "folder": str(folder), "error": "running"}
             rows.append(row)
             try:
-                run(nb_path, {**(parameters or {}), **point}, out=folder)
+                run(nb_path, {**(parameters or {}), **point}, out=folder, timeout_s=timeout_s)
                 row["error"] = None
             except Exception as e:  # a failed cell, a cell timeout, a dead kernel: this point only
                 row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__

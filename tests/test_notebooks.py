@@ -117,6 +117,20 @@ def test_a_failing_cell_names_the_cell(tmp_path):
     assert "ZeroDivisionError" in report  # the report is written, with the error in it
 
 
+def test_a_cell_past_its_timeout_names_the_cell_and_writes_the_report(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("wait_s = 600", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("import time\ntime.sleep(wait_s)"),
+                nbformat.v4.new_code_cell("y = 2")]
+    path = tmp_path / "slow.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(NotebookError, match=r"cell 2 \(`import time`\): raised CellTimeoutError: it ran past "
+                                            r"the cell timeout of 2 s") as err:
+        run(path, out=tmp_path / "out", timeout_s=2)  # (was nbclient's own exception, no report)
+    assert err.value.cell_index == 2 and (tmp_path / "out" / "slow.html").exists()
+
+
 def test_the_kernel_talks_over_private_unix_sockets_not_tcp(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
