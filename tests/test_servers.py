@@ -169,3 +169,11 @@ def test_servers_sample_with_labkits_parameters_not_defaults_of_their_own(vllm_s
     # vLLM's server would fill what a request leaves out from the model's generation_config.json
     args = [a for p in _tree(vllm_server.info.pid) for a in p.cmdline()]
     assert "--generation-config" in args and args[args.index("--generation-config") + 1] == "vllm"
+
+
+def test_a_model_the_url_does_not_serve_is_refused_naming_the_ones_it_does():
+    with labkit.load("mock-server") as mock:
+        with pytest.raises(InvalidInput, match=r"does not serve model 'smollm'; it serves 'labkit-mock'"):
+            labkit.load("openai", url=mock.url, model="smollm")
+        with labkit.load("openai", url=mock.url, model="labkit-mock") as named:
+            assert named.model == "labkit-mock"

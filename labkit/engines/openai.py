@@ -88,6 +88,11 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
                 self._client.close()
                 raise EngineError(f"{self.url} serves no models; pass model=.")
             model = ids[0]
+        elif ids and model not in ids:  # it would be read as an unknown server: no ids, no KV account
+            self._client.close()
+            shown = ", ".join(map(repr, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            raise InvalidInput(f"{self.url} does not serve model {model!r}; it serves {shown}. "
+                               "Pass one of those as model= (or none, for the first).")
         owner = next((m.get("owned_by", "") for m in served if m.get("id") == model), "")
         self.flavor = {"llamacpp": "llama-server", "vllm": "vllm"}.get(owner, "generic")
         self.model = model
