@@ -21,8 +21,10 @@ _REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.+-]+)?")
 
 
 def is_repo_id(model: object) -> bool:
-    """Whether ``model`` reads as ``org/name[:PICK]`` and is not an existing path."""
-    return isinstance(model, str) and bool(_REPO.fullmatch(model)) and not Path(model).expanduser().exists()
+    """Whether ``model`` reads as ``org/name[:PICK]`` and is not an existing path (nor a file
+    name: ``models/qwen.gguf`` that does not exist is a missing file, not a repo)."""
+    return isinstance(model, str) and bool(_REPO.fullmatch(model)) and not Path(model).expanduser().exists() \
+        and not model.partition(":")[0].lower().endswith((".gguf", ".safetensors", ".bin", ".json"))
 
 
 def resolve_repo(model: str) -> Path:
@@ -79,5 +81,6 @@ def _snapshot(repo: str, pick: str) -> Path:
         return Path(snapshot_download(repo, allow_patterns=patterns, etag_timeout=10, cache_dir=cache))
     except Exception as e:  # no network, no such repo, gated: all say the same to the user
         raise ModelNotFound(f"{repo} is not in the Hugging Face cache ({cache}) and could "
-                            f"not be downloaded ({type(e).__name__}). Fetch it with `{fetch}`, "
-                            "or pass a local path.") from None
+                            f"not be downloaded ({type(e).__name__}), and there is no local {repo} "
+                            f"either. Fetch it with `{fetch}`, or pass the path of a folder or "
+                            "file that exists.") from None

@@ -188,9 +188,13 @@ def gguf_path(model: str | Path) -> Path:
             raise ModelError(f"The synthetic model in {path} was made without a GGUF (quant=None, "
                              "for vLLM only); make it with quant='Q4_K_M' (or another type) for "
                              "llama.cpp.")
-        if ggufs:
-            check_gguf(ggufs[0])
-            return ggufs[0]
+        models = [g for g in ggufs if not g.name.startswith("mmproj")]  # (a vision projector is no model)
+        if len(models) > 1:  # the first by name would be a guess: Q2_K before Q8_0
+            raise ModelError(f"{path} holds {len(models)} GGUF files ({', '.join(g.name for g in models)}); "
+                             f"name the one to load, e.g. model='{models[0]}'.")
+        if models:
+            check_gguf(models[0])
+            return models[0]
         return _hf_to_gguf(path)
     return path
 

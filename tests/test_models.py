@@ -26,6 +26,23 @@ def test_missing_file(tmp_path):
         models.resolve(str(tmp_path / "nope.gguf"))
 
 
+def test_a_missing_relative_file_is_a_missing_file_not_a_repo_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFound, match="No model named 'models/qwen.gguf'"):
+        models.resolve("models/qwen.gguf")  # (read as org/name, it sent the user to `hf download`)
+
+
+def test_a_folder_of_several_ggufs_names_them_instead_of_loading_the_first(tmp_path):
+    src = models.resolve("smollm2-135m")
+    (tmp_path / "config.json").write_text("{}")  # a model repo that also ships GGUFs
+    for name in ("m-Q2_K.gguf", "m-Q8_0.gguf", "mmproj-m-f16.gguf"):
+        (tmp_path / name).symlink_to(src)
+    with pytest.raises(ModelError, match=r"holds 2 GGUF files \(m-Q2_K.gguf, m-Q8_0.gguf\); name the one"):
+        models.gguf_path(tmp_path)
+    (tmp_path / "m-Q8_0.gguf").unlink()
+    assert models.gguf_path(tmp_path).name == "m-Q2_K.gguf"  # one model (and a projector): that one
+
+
 def test_file_that_is_not_gguf(tmp_path):
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"PK\x03\x04 this is a zip file")
