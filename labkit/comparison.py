@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import html
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -529,12 +530,20 @@ def quant_ladder(model: str, quants: Sequence[str], *, text: str | None = None, 
     return QuantLadder(rows, "F16", notes)
 
 
+#: Why a sweep's base GGUF has no KLD (shown under the front).
+KLD_SOURCE_NOTE = ("kld is blank for {names}: the F16 reference is converted from that very file, so its "
+                   "divergence from it would be rounding, not quality; the other points' KLD is measured "
+                   "against that F16 and carries the base's own quantization error on top.")
+
+
 def kld_to_f16(gguf_models: Sequence[str], *, chunks: int = 4, chunk_tokens: int = 256,
                progress: bool = True) -> dict[str, float]:
     """Mean KLD of each GGUF model (``"smollm2-135m"``, ``"smollm2-135m:Q8_0"``, a path)
     against the F16 of its base, on the reference text (the quant ladder's quick protocol:
     ``chunks`` chunks, every position, KL over the reference's top 20 tokens). A sweep over
-    quantizations uses it so quality sits beside speed on its front."""
+    quantizations uses it so quality sits beside speed on its front. A base that is itself a
+    quantized GGUF gets NaN: the F16 is converted from it, so its KLD would read ~0 whatever
+    its quality (see :data:`KLD_SOURCE_NOTE`)."""
     from . import models
 
     bases: dict[str, list[str]] = {}
@@ -543,6 +552,16 @@ def kld_to_f16(gguf_models: Sequence[str], *, chunks: int = 4, chunk_tokens: int
     out: dict[str, float] = {}
     text, args = _license_text(), {"threads": None, "flash_attn": False}
     for base, names in bases.items():
+        # A base that is itself a quantized GGUF (the bundled Q4_1) is the F16's source: its
+        # divergence from its own dequantized copy is rounding, not quality. No figure for it.
+        source = models.resolve(base)
+        f16 = models.variant(base, "F16")
+        own = [n for n in names if source.is_file() and models.gguf_path(n).resolve() == source.resolve()
+               and source.resolve() != f16.resolve()]
+        out.update(dict.fromkeys(own, math.nan))
+        names = [n for n in names if n not in own]
+        if not names:
+            continue
         ref, windows = None, None
         for name in _progress(["F16", *names], f"KLD against F16 of {base}", progress):
             path = models.variant(base, "F16") if name == "F16" else models.gguf_path(name)

@@ -76,6 +76,7 @@ class Front:
     slo: SLO | None = None
     stopped: str = "completed"
     settings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a reader of the table must know
 
     @property
     def pareto(self) -> pd.DataFrame:
@@ -93,6 +94,7 @@ class Front:
         notes += [f"<b>{html.escape(p)}</b> failed: {html.escape(why)}" for p, why in self.failed.items()]
         if self.slo is not None:
             notes.append(f"SLO: {html.escape(self.slo.describe())}")
+        notes += [html.escape(n) for n in self.notes]
         cols = ["point", *self.settings, *[c for c in _FIGURES if c in self.table], "slo_met", "kld", "partial", "on_front"]
         t = self.table[[c for c in dict.fromkeys(cols) if c in self.table]]
         t = t.astype({c: object for c in self.settings if c in t}).where(t.notna(), np.nan)  # None: blank
@@ -280,7 +282,7 @@ class _Walk:
             "points": [{"engine": p.engine, "settings": p.settings, "folder": f"{i:02d}-{p.engine}"}
                        for i, p in enumerate(self.points)],
             "failed": front.failed, "stopped": front.stopped,
-            "slo": front.slo.to_dict() if front.slo else None}, indent=2, default=str))
+            "slo": front.slo.to_dict() if front.slo else None, "notes": front.notes}, indent=2, default=str))
 
 
 @contextmanager
@@ -320,7 +322,7 @@ def on_front(table: pd.DataFrame, x: str = "user_tok_per_s", y: str = "output_to
 
 def _add_kld(front: Front, points: list[Point], common: dict[str, Any], progress: bool) -> None:
     """KLD against F16 for the GGUF models of the sweep's llama.cpp points."""
-    from ..comparison import kld_to_f16
+    from ..comparison import KLD_SOURCE_NOTE, kld_to_f16
     from ..models import DEFAULT_MODEL
 
     gguf = {p.label: str(p.settings.get("model", common.get("model", DEFAULT_MODEL))) for p in points
@@ -329,3 +331,6 @@ def _add_kld(front: Front, points: list[Point], common: dict[str, Any], progress
         return
     kld = kld_to_f16(list(gguf.values()), progress=progress)
     front.table["kld"] = [kld.get(gguf.get(label, ""), math.nan) for label in front.table["point"]]
+    sources = sorted({m for m in gguf.values() if math.isnan(kld.get(m, 0.0))})
+    if sources:
+        front.notes.append(KLD_SOURCE_NOTE.format(names=", ".join(sources)))
