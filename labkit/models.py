@@ -8,6 +8,7 @@ once and cached under ``~/.cache/labkit``, keyed by the source file's sha256.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import struct
@@ -268,10 +269,25 @@ def paired(pair: dict[str, Any], model_format: str, allow_token_mismatch: bool =
     return g if model_format == "gguf" else h  # as given: results name the model as the user did
 
 
+def _hf_key(directory: Path) -> str:
+    """What a conversion depends on: the config's bytes and, for the weights and tokenizer
+    files, where each really lives (a Hugging Face cache links to blobs named by their
+    content hash), its size and mtime. Not the config alone: a fine-tune of the same shape in
+    a folder of the same name, or weights retrained in place, would reuse the old GGUF."""
+    parts = [file_sha256(directory / "config.json")]
+    for f in sorted(directory.iterdir()):
+        if f.is_file() and (f.suffix in (".safetensors", ".bin", ".model", ".tiktoken")
+                            or f.name.startswith(("tokenizer", "special_tokens_map"))):
+            real = f.resolve()
+            stat = real.stat()
+            parts.append(f"{f.name}:{real}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def _hf_to_gguf(directory: Path) -> Path:
     from .native.llamacpp import convert_script
 
-    key = file_sha256(directory / "config.json")[:16]
+    key = _hf_key(directory)
     target = cache_dir("gguf") / f"{directory.name}-{key}-{_CONVERTER}"
 
     def convert(tmp: Path) -> None:

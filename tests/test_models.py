@@ -73,6 +73,17 @@ def test_hf_conversion_is_cached_and_complete():
     assert models.hf_dir("smollm2-135m") == d  # second call reuses the cache
 
 
+def test_the_hf_to_gguf_cache_key_follows_the_weights_not_only_the_config(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"w" * 10)
+    first = models._hf_key(tmp_path)
+    (tmp_path / "README.md").write_text("notes")
+    assert models._hf_key(tmp_path) == first  # what the conversion does not read does not count
+    weights.write_bytes(b"v" * 11)  # retrained in place, the same config
+    assert models._hf_key(tmp_path) != first
+
+
 def test_unknown_quant_type_lists_valid_ones():
     with pytest.raises(InvalidInput, match="Q4_K_M"):
         models.variant("smollm2-135m", "Q9_Z")
