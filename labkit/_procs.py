@@ -24,6 +24,12 @@ import psutil
 _LIVE: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
 _LOCK = threading.Lock()
 
+#: One engine start at a time in this process (two loader panels in one kernel): an
+#: in-process start points the process's stdout and stderr at its log, and vLLM's takes the
+#: children that appear while it loads for its own, so a server spawned meanwhile would be
+#: counted in its memory and stopped with it.
+STARTING = threading.RLock()
+
 
 def _group_alive(pgid: int) -> bool:
     for p in psutil.process_iter(["status"]):
@@ -63,7 +69,7 @@ class ManagedProcess:
         self.grace_s = grace_s
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         read_end, self._lifeline = os.pipe()
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "wb") as log, STARTING:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "labkit._reaper", str(read_end), "--", *cmd],
                 pass_fds=(read_end,), start_new_session=True, stdin=subprocess.DEVNULL,

@@ -177,3 +177,25 @@ def test_a_model_the_url_does_not_serve_is_refused_naming_the_ones_it_does():
             labkit.load("openai", url=mock.url, model="smollm")
         with labkit.load("openai", url=mock.url, model="labkit-mock") as named:
             assert named.model == "labkit-mock"
+
+
+def test_engine_starts_in_one_process_take_turns(tmp_path):
+    import threading
+
+    from labkit._procs import STARTING
+    from labkit.engines._output import output_to
+
+    def try_to_start(got):
+        got.append(STARTING.acquire(blocking=False))
+        if got[-1]:
+            STARTING.release()
+
+    during, after = [], []
+    with output_to(tmp_path / "engine.log"):  # an in-process engine loading, its output redirected
+        t = threading.Thread(target=try_to_start, args=(during,))
+        t.start()
+        t.join()
+    t = threading.Thread(target=try_to_start, args=(after,))
+    t.start()
+    t.join()
+    assert during == [False] and after == [True]  # a second start (another panel's) waits its turn

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .._cache import cache_dir
+from .._procs import STARTING
 
 _OPEN: dict[str, TextIO] = {}
 
@@ -29,7 +30,13 @@ def log_path(engine: str) -> Path:
 
 @contextlib.contextmanager
 def output_to(path: Path) -> Iterator[TextIO]:
-    """Send this process's and its new children's stdout and stderr to ``path`` meanwhile."""
+    """Send this process's and its new children's stdout and stderr to ``path`` meanwhile
+    (one redirection at a time: see :data:`labkit._procs.STARTING`)."""
+    with STARTING:
+        yield from _redirected(path)
+
+
+def _redirected(path: Path) -> Iterator[TextIO]:
     f = _OPEN.get(str(path))
     if f is None or f.closed:
         f = _OPEN[str(path)] = open(path, "a", buffering=1)  # noqa: SIM115 (kept open)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import models
-from .._procs import OrphanGuard
+from .._procs import STARTING, OrphanGuard
 from ..errors import EngineError, InvalidInput, LabkitError
 from ..memory import EngineMemory, child_pids, new_children, self_memory
 from ..synthetic import is_synthetic
@@ -137,13 +137,14 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if is_synthetic(directory):
             kwargs.setdefault("load_format", "dummy")  # random weights, nothing read from disk
-        before_children = child_pids()
-        self._baseline = self_memory()
-        self._log = log_path("vllm")
-        self._llm = _start_llm(kwargs, env, self._log, directory)
-        # The engine core (and its workers) are the children that appeared while loading.
-        # vLLM spawned them, not labkit: a guard ends them if this process dies without close().
-        self._children = new_children(before_children)
+        with STARTING:  # no other engine starts meanwhile: the new children are vLLM's
+            before_children = child_pids()
+            self._baseline = self_memory()
+            self._log = log_path("vllm")
+            self._llm = _start_llm(kwargs, env, self._log, directory)
+            # The engine core (and its workers) are the children that appeared while loading.
+            # vLLM spawned them, not labkit: a guard ends them if this process dies without close().
+            self._children = new_children(before_children)
         self._guard = OrphanGuard(self._children)
         self._engine = self._llm.llm_engine
         self._tokenizer = self._llm.get_tokenizer()
