@@ -109,6 +109,25 @@ def test_closed_engine_refuses_requests():
         engine.generate(["hi"])
 
 
+def test_a_half_read_stream_makes_a_second_request_an_error_not_a_hang():
+    llm = labkit.load("llama.cpp", model=MODEL, context=256)
+    try:
+        s = llm.stream("Once upon a time", max_tokens=8)
+        next(s)  # the model is held until this stream ends
+        with pytest.raises(EngineError, match="still streaming an earlier request in this thread"):
+            llm.generate(["Hi"], max_tokens=2)
+        s.close()
+        assert llm.generate(["Hi"], max_tokens=2)[0].n_tokens == 2
+        s = llm.stream("Once upon a time", max_tokens=8)
+        next(s)
+        llm.close()  # returns (it waited for itself before); the model goes when the stream does
+        assert llm.closed and llm._llm is not None
+        s.close()
+        assert llm._llm is None
+    finally:
+        llm.close()
+
+
 def test_unknown_engine_lists_the_known_ones():
     with pytest.raises(InvalidInput, match="llama-server.*vllm-server"):
         labkit.load("tensorrt")

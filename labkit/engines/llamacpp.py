@@ -84,7 +84,7 @@ class LlamaCppEngine(Engine, Scores):
         self._threads = threads or default_threads()
         self._args = {"context": context, "gpu_layers": gpu_layers, "batch": batch, "seed": seed,
                       "flash_attn": flash_attn, **llama_kwargs}
-        self._lock = threading.Lock()
+        self._lock = _OneAtATime()
         self._cancelled_at = float("-inf")  # requests started before this stop at their next token
         self._baseline = self_memory()
         self._log = log_path("llama.cpp")
@@ -248,10 +248,16 @@ class LlamaCppEngine(Engine, Scores):
         self._cancelled_at = time.perf_counter()
 
     def _close(self) -> None:
+        if self._lock.mine():  # a stream this thread left half-read holds the model: it is
+            self._lock.on_release(self._free)  # freed when that stream ends or is collected
+            return
         with self._lock:
-            llm, self._llm = self._llm, None
-            if llm is not None:
-                llm.close()
+            self._free()
+
+    def _free(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()
             del llm
         gc.collect()
 
@@ -281,3 +287,37 @@ def _top_logprobs(logits: np.ndarray, chosen: int, k: int) -> tuple[float, dict[
     out = {int(i): float(lp[i]) for i in top[np.argsort(-lp[top])]}
     out.setdefault(int(chosen), float(lp[chosen]))
     return float(lp[chosen]), out
+
+
+class _OneAtATime:
+    """The model serves one request at a time. A stream holds it between tokens, so a request
+    started in the thread whose stream is still open would wait for itself for ever: that is
+    an error instead."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._after: list = []
+
+    def mine(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    def on_release(self, fn) -> None:
+        self._after.append(fn)
+
+    def __enter__(self) -> _OneAtATime:
+        if self.mine():
+            raise EngineError("This llama.cpp engine is still streaming an earlier request in this "
+                              "thread: read that stream to its end (or close() it) before starting another.")
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after, self._after = self._after, []
+        try:
+            for fn in after:
+                fn()
+        finally:
+            self._owner = None
+            self._lock.release()
