@@ -101,8 +101,6 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     manifest = {"notebook": str(nb_path), "parameters": parameters or {}, "labkit_version": __version__,
                 "environment": environment(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
     deaths: list[int] = []
     previous = os.environ.get(RUN_DIR_VARIABLE)
     os.environ[RUN_DIR_VARIABLE] = str(folder)  # the kernel inherits it: labkit.runs.folder()
@@ -110,28 +108,12 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
         pm.execute_notebook(str(nb_path), str(executed), parameters=parameters or {}, kernel_name=kernel,
                             cwd=str(nb_path.parent), progress_bar=False, execution_timeout=timeout_s,
                             log_output=False, kernel_manager_class=_kernel_manager(deaths))
-    except pm.PapermillExecutionError as e:
-        index, first = _source_cell(executed, e.cell_index)
+    except Exception as e:
+        failure = _failure(e, nb_path, executed, deaths, timeout_s)
+        if failure is None:
+            raise
         _write_report(executed, folder, nb_path.stem)  # the report shows the error too
-        raise NotebookError(nb_path.name, index, e.ename, e.evalue, str(executed),
-                            first_line=first) from None
-    except CellTimeoutError:  # papermill passes it on as nbclient raised it
-        index, first = _source_cell(executed, _last_started(executed))
-        _write_report(executed, folder, nb_path.stem)
-        raise NotebookError(nb_path.name, index, "CellTimeoutError",
-                            f"it ran past the cell timeout of {timeout_s} s and was interrupted", str(executed),
-                            first_line=first,
-                            hint="Give cells more time (`labkit run --timeout SECONDS`, run(..., timeout_s=)) "
-                                 "or a smaller workload through the parameters.") from None
-    except DeadKernelError:
-        index, first = _source_cell(executed, None)
-        code = deaths[-1] if deaths else None
-        _write_report(executed, folder, nb_path.stem)
-        raise NotebookError(nb_path.name, index, "DeadKernelError", _death(code), str(executed),
-                            first_line=first, signal=signal_name(code),
-                            hint="Run `labkit doctor`: it checks this machine's native builds "
-                                 "(llama.cpp, torch) in child processes and names the one "
-                                 "that crashes.") from None
+        raise failure from None
     finally:
         if previous is None:
             os.environ.pop(RUN_DIR_VARIABLE, None)
@@ -140,6 +122,32 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     _slim_widget_state(executed)
     _write_report(executed, folder, nb_path.stem)
     return folder
+
+
+def _failure(e: Exception, nb_path: Path, executed: Path, deaths: list[int], timeout_s: int) -> NotebookError | None:
+    """The NotebookError that says which cell failed and how, or None for anything else."""
+    import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    if isinstance(e, pm.PapermillExecutionError):
+        index, first = _source_cell(executed, e.cell_index)
+        return NotebookError(nb_path.name, index, e.ename, e.evalue, str(executed), first_line=first)
+    if isinstance(e, CellTimeoutError):  # papermill passes it on as nbclient raised it
+        index, first = _source_cell(executed, _last_started(executed))
+        return NotebookError(nb_path.name, index, "CellTimeoutError",
+                             f"it ran past the cell timeout of {timeout_s} s and was interrupted", str(executed),
+                             first_line=first,
+                             hint="Give cells more time (`labkit run --timeout SECONDS`, run(..., timeout_s=)) "
+                                  "or a smaller workload through the parameters.")
+    if isinstance(e, DeadKernelError):
+        index, first = _source_cell(executed, None)
+        code = deaths[-1] if deaths else None
+        return NotebookError(nb_path.name, index, "DeadKernelError", _death(code), str(executed),
+                             first_line=first, signal=signal_name(code),
+                             hint="Run `labkit doctor`: it checks this machine's native builds "
+                                  "(llama.cpp, torch) in child processes and names the one "
+                                  "that crashes.")
+    return None
 
 
 def _checked_notebook(notebook: str | Path, parameters: dict[str, Any] | None) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from labkit.comparison import compare, first_divergence, kl_topk, quant_ladder
@@ -57,6 +58,17 @@ def test_an_engine_that_cannot_tokenize_is_unknown_not_different_even_as_the_ref
     assert any("cannot give token ids here" in n for n in cmp.notes)
     page = cmp._repr_html_()
     assert "Prompt token ids not checked for generic, llama.cpp" in page and "not fed the same prompt tokens" not in page
+
+
+def test_a_server_that_holds_back_ids_of_split_characters_is_compared_as_text_and_counted_right(llama, llama_server):
+    # SmolLM2 spells each emoji in several byte tokens; llama-server sends one id per character
+    prompt = "Emoji list: \U0001F600\U0001F603\U0001F604"
+    cmp = compare({"llama.cpp": llama, "llama-server": llama_server}, [prompt], max_tokens=12)
+    ref, srv = cmp.generations["llama.cpp"][0], cmp.generations["llama-server"][0]
+    assert len(ref.token_ids) == 12 and srv.token_ids is None  # unknown, not 4 ids shifted against 12
+    assert srv.n_tokens == 12 and srv.text == ref.text
+    row = cmp.table.set_index("engine").loc["llama-server"]
+    assert row["identical_to_ref"] and row["divergence_unit"] == "char" and pd.isna(row["first_divergence"])
 
 
 def test_html_highlights_the_divergence(llama):

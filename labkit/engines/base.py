@@ -65,6 +65,9 @@ class Token:
     cached_tokens: int | None = None
     #: on the same token: how many tokens the prompt was, as the engine counted them
     prompt_tokens: int | None = None
+    #: and how many it generated, as it counted them (a server may stream fewer chunks, or
+    #: ids, than tokens: llama-server holds a token back until its UTF-8 character is whole)
+    completion_tokens: int | None = None
 
 
 @dataclass
@@ -100,9 +103,13 @@ class Generation:
     token_logprobs: list[float] | None = None  # per generated token: logprob of the chosen one
     engine: str = ""
     started_at: float = 0.0  # time.time() when the request was sent
+    #: tokens generated as the engine counted them, where it said (see Token.completion_tokens)
+    reported_tokens: int | None = None
 
     @property
     def n_tokens(self) -> int:
+        if self.reported_tokens is not None:
+            return self.reported_tokens
         return len(self.token_ids) if self.token_ids is not None else len(self.token_times_s)
 
     def to_dict(self) -> dict[str, Any]:
@@ -311,11 +318,15 @@ def assemble(engine: str, prompt: Any, tokens: list[Token], e2e_s: float, starte
     real = [t for t in tokens if t.token_id is not None or t.text]
     finish = next((t.finish_reason for t in reversed(tokens) if t.finish_reason), None)
     ids = [t.token_id for t in real]
-    has_lp = bool(real) and all(t.top_logprobs is not None for t in real)
+    reported = next((t.completion_tokens for t in tokens if t.completion_tokens is not None), None)
+    # Ids are kept only when there is one per token generated: a server that held some back
+    # (a multi-byte character split over tokens) would shift every comparison after them.
+    whole = all(i is not None for i in ids) and (reported is None or reported == len(ids))
+    has_lp = whole and bool(real) and all(t.top_logprobs is not None for t in real)
     return Generation(
         prompt=prompt,
         text="".join(t.text for t in real),
-        token_ids=ids if all(i is not None for i in ids) else None,
+        token_ids=ids if whole else None,
         prompt_token_ids=prompt_ids,
         ttft_s=real[0].t_s if real else None,
         token_times_s=[t.t_s for t in real],
@@ -325,6 +336,7 @@ def assemble(engine: str, prompt: Any, tokens: list[Token], e2e_s: float, starte
         token_logprobs=[t.logprob for t in real] if has_lp else None,
         engine=engine,
         started_at=started,
+        reported_tokens=reported,
     )
 
 

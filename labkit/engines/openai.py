@@ -365,9 +365,9 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
         if self.flavor != "generic":
             return []
         return ["This server may ignore ignore_eos: output lengths can vary.",
-                "Token ids are unknown for this server: output tokens are counted as streamed "
-                "chunks, input lengths as whitespace words (approximate), and its KV cache "
-                "account is absent."]
+                "Token ids are unknown for this server: output tokens are its own usage count "
+                "where it streams one, else streamed chunks; input lengths are whitespace words "
+                "(approximate), and its KV cache account is absent."]
 
     def _close(self) -> None:
         self._client.close()
@@ -459,10 +459,11 @@ def _chunk_tokens(chunk: dict, chat: bool, now: float) -> list[Token]:
     # long the prompt was and how many of its tokens the server served from its prefix cache.
     counts = chunk.get("usage") or {}
     cached = (counts.get("prompt_tokens_details") or {}).get("cached_tokens")
-    prompt = counts.get("prompt_tokens")
+    prompt, completion = counts.get("prompt_tokens"), counts.get("completion_tokens")
     usage = [Token("", None, now, cached_tokens=None if cached is None else int(cached),
-                   prompt_tokens=None if prompt is None else int(prompt))] \
-        if cached is not None or prompt is not None else []
+                   prompt_tokens=None if prompt is None else int(prompt),
+                   completion_tokens=None if completion is None else int(completion))] \
+        if cached is not None or prompt is not None or completion is not None else []
     choices = chunk.get("choices") or []
     if not choices:
         return usage

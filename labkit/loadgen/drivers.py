@@ -108,10 +108,13 @@ class Job:
 def finish_record(record: RequestRecord, tokens: list[Token], e2e_s: float,
                   error: BaseException | None) -> RequestRecord:
     real = [t for t in tokens if t.token_id is not None or t.text]
-    metrics = request_metrics([t.t_s for t in real], e2e_s)
+    # What the engine counted, where it said: llama-server streams one chunk for the several
+    # tokens of a multi-byte character, so chunks alone under-count emoji or CJK output.
+    reported = next((t.completion_tokens for t in tokens if t.completion_tokens is not None), None)
+    metrics = request_metrics([t.t_s for t in real], e2e_s, reported)
     record.ttft_s, record.tpot_s = metrics["ttft_s"], metrics["tpot_s"]
     record.itl_s, record.e2e_s = metrics["itl_s"], metrics["e2e_s"]
-    record.output_tokens = len(real)
+    record.output_tokens = reported if reported is not None else len(real)
     record.finish_reason = next((t.finish_reason for t in reversed(tokens) if t.finish_reason), None)
     record.cached_tokens = next((t.cached_tokens for t in tokens if t.cached_tokens is not None), None)
     if record.input_tokens is None:  # a prompt labkit did not count (a session's later turn)

@@ -43,12 +43,15 @@ from .intervals import FIGURES, over_rounds
 PERCENTILES = (50, 90, 99)
 
 
-def request_metrics(token_times_s: list[float], e2e_s: float) -> dict[str, Any]:
-    """TTFT, TPOT and ITL of one request from its token arrival times."""
+def request_metrics(token_times_s: list[float], e2e_s: float, n_tokens: int | None = None) -> dict[str, Any]:
+    """TTFT, TPOT and ITL of one request from its token arrival times. ``n_tokens``: how many
+    tokens the engine said it generated, where it said (a chunk may carry several: TPOT is per
+    token, as ``vllm bench serve`` counts it; ITL stays the gaps between arrivals)."""
     times = list(token_times_s)
     ttft = times[0] if times else None
     itl = [b - a for a, b in zip(times, times[1:], strict=False) if b > a]
-    tpot = (e2e_s - ttft) / (len(times) - 1) if ttft is not None and len(times) > 1 else None
+    n = n_tokens if n_tokens is not None else len(times)
+    tpot = (e2e_s - ttft) / (n - 1) if ttft is not None and n > 1 else None
     return {"ttft_s": ttft, "tpot_s": tpot, "itl_s": itl, "e2e_s": e2e_s}
 
 

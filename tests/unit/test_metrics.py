@@ -59,3 +59,14 @@ def test_a_result_saved_over_another_keeps_none_of_its_optional_files(tmp_path):
     new = BenchResult(pd.DataFrame(rows[:1], columns=REQUEST_COLUMNS), pd.DataFrame(), {"engine": {"engine": "b"}})
     back = BenchResult.load(new.save(tmp_path / "r"))
     assert back.kv.empty and not (tmp_path / "r" / "kv.csv").exists() and len(back.requests) == 1
+
+
+def test_a_requests_tokens_are_what_the_engine_counted_when_chunks_carry_several():
+    from labkit.engines.base import Token
+    from labkit.loadgen.drivers import finish_record
+    from labkit.loadgen.result import RequestRecord
+
+    chunks = [Token("😀", 233, 0.1), Token("😃", 234, 0.4), Token("", None, 0.4, completion_tokens=7)]
+    rec = finish_record(RequestRecord("concurrency", 1, 0), chunks, 0.7, None)
+    assert rec.output_tokens == 7  # not the 2 chunks that carried them
+    assert rec.tpot_s == pytest.approx((0.7 - 0.1) / 6) and rec.itl_s == pytest.approx([0.3])

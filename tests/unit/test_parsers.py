@@ -69,10 +69,21 @@ def test_a_llama_server_chat_chunk_reads_ids_from_verbose_and_marks_the_finish()
     assert toks[0].top_logprobs == {5: -0.2, 6: -1.9} and toks[1].finish_reason == "stop"
 
 
-def test_a_generic_server_chunk_without_ids_is_one_text_token_and_usage_chunks_are_empty():
+def test_a_generic_server_chunk_without_ids_is_one_text_token_and_usage_chunks_carry_only_counts():
     toks = _chunk_tokens({"choices": [{"text": "abc"}]}, chat=False, now=0.1)
     assert [(t.text, t.token_id) for t in toks] == [("abc", None)]
-    assert _chunk_tokens({"choices": [], "usage": {"completion_tokens": 3}}, chat=False, now=0.2) == []
+    (usage,) = _chunk_tokens({"choices": [], "usage": {"completion_tokens": 3}}, chat=False, now=0.2)
+    assert (usage.text, usage.token_id, usage.completion_tokens) == ("", None, 3)
+
+
+def test_ids_are_kept_only_when_there_is_one_per_token_the_server_counted():
+    from labkit.engines.base import Token, assemble
+
+    streamed = [Token("😀", 233, 0.1), Token("😃", 234, 0.2)]  # 3 tokens each: the server sent one id
+    held_back = assemble("s", "p", [*streamed, Token("", None, 0.2, completion_tokens=6)], 0.2, 0.0, None)
+    assert held_back.token_ids is None and held_back.n_tokens == 6 and held_back.text == "😀😃"
+    whole = assemble("s", "p", [*streamed, Token("", None, 0.2, completion_tokens=2)], 0.2, 0.0, None)
+    assert whole.token_ids == [233, 234] and whole.n_tokens == 2
 
 
 def test_sse_lines_end_at_done_skip_comments_and_raise_a_mid_stream_error():
