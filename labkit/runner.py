@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -98,7 +99,7 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     executed = folder / nb_path.name
     from . import __version__
 
-    manifest = {"notebook": str(nb_path), "parameters": parameters or {}, "labkit_version": __version__,
+    manifest = {"notebook": str(nb_path), "parameters": _masked(parameters or {}), "labkit_version": __version__,
                 "environment": environment(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     deaths: list[int] = []
@@ -112,6 +113,7 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
         failure = _failure(e, nb_path, executed, deaths, timeout_s)
         if failure is None:
             raise
+        _mask_injected(executed, parameters or {})
         _write_report(executed, folder, nb_path.stem)  # the report shows the error too
         raise failure from None
     finally:
@@ -119,6 +121,7 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
             os.environ.pop(RUN_DIR_VARIABLE, None)
         else:
             os.environ[RUN_DIR_VARIABLE] = previous
+        _mask_injected(executed, parameters or {})
     _slim_widget_state(executed)
     _write_report(executed, folder, nb_path.stem)
     return folder
@@ -164,6 +167,36 @@ def _checked_notebook(notebook: str | Path, parameters: dict[str, Any] | None) -
         raise InvalidInput(f"{nb_path.name} has no parameter {', '.join(unknown)}. Its parameters "
                            f"(the cell tagged 'parameters'): {listing}.")
     return nb_path
+
+
+# Parameter names whose values are secrets: never written to a run folder (API_KEY, HF_TOKEN,
+# auth_token; not MAX_TOKENS).
+_SECRET = re.compile(r"(^|_)(api_?key|secret|password|passwd|auth_?token|access_?token|bearer|hf_?token)($|_)",
+                     re.IGNORECASE)
+
+
+def _masked(parameters: dict[str, Any]) -> dict[str, Any]:
+    return {k: "***" if _SECRET.search(k) and v not in (None, "") else v for k, v in parameters.items()}
+
+
+def _mask_injected(executed: Path, parameters: dict[str, Any]) -> None:
+    """Replace secret parameters' values in the cell papermill injected into the executed
+    notebook (the kernel had them; the saved copy and its report do not)."""
+    secret = [k for k, v in _masked(parameters).items() if v == "***"]
+    if not secret or not executed.exists():
+        return
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    recorded = nb.metadata.get("papermill", {}).get("parameters")  # papermill keeps a copy there too
+    if isinstance(recorded, dict):
+        recorded.update({k: "***" for k in secret if k in recorded})
+    for cell in nb.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            cell.source = "\n".join(f'{line.split("=", 1)[0].rstrip()} = "***"  # masked by labkit'
+                                    if line.split("=", 1)[0].strip() in secret else line
+                                    for line in cell.source.splitlines())
+    nbformat.write(nb, str(executed))
 
 
 def _slim_widget_state(executed: Path) -> None:
