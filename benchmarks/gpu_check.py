@@ -46,6 +46,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import gpu_check_cuda  # noqa: E402
 
+# When the budget runs out (monotonic): a step's own timeouts stop there, not minutes later.
+_DEADLINE = float("inf")
+
+
+def _timeout(cap_s: float) -> float:
+    """A subprocess's timeout: ``cap_s``, cut to what is left of the budget (at least 20 s)."""
+    return max(20.0, min(cap_s, _DEADLINE - time.monotonic()))
+
 # Parts of the llama.cpp tree the build needs; everything else (models, docs, tests, other
 # backends) stays behind to fit the 64 MiB that travel.
 KEEP_TOP = ("CMakeLists.txt", "LICENSE", "cmake", "licenses", "src", "include", "common", "vendor",
@@ -150,9 +158,11 @@ class Report:
         self.save()
 
     def save(self) -> None:
-        self.data["updated_utc"] = _utc()
-        (self.out / "gpu_check.json").write_text(json.dumps(self.data, indent=1, default=str))
-        (self.out / "gpu_check.md").write_text(markdown(self.data))
+        from labkit._cache import write_atomically
+
+        self.data["updated_utc"] = _utc()  # (a kill mid-write leaves the previous files whole)
+        write_atomically(self.out / "gpu_check.json", json.dumps(self.data, indent=1, default=str))
+        write_atomically(self.out / "gpu_check.md", markdown(self.data))
 
 
 def _utc() -> str:
@@ -210,7 +220,7 @@ def llama_bench(bin_dir: Path, gguf: Path, ngl: int, dry: bool) -> dict[str, flo
     args = ["-p", "32", "-n", "8", "-r", "1"] if dry else ["-p", "512", "-n", "128", "-r", "2"]
     cmd = [str(bin_dir / "llama-bench"), "-m", str(gguf), "-ngl", str(ngl), "-fa", "1",
            "-t", str(os.cpu_count() or 2), "-o", "json", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_timeout(300))
     if proc.returncode != 0:
         raise RuntimeError(f"llama-bench failed ({proc.returncode}): {proc.stderr[-1500:]}")
     rows = json.loads(proc.stdout)
@@ -239,11 +249,15 @@ def measure(model: Any, ngl: int, levels: list[int], n_requests: dict[int, int],
     with smi, labkit.load("llama-server", model=model, gpu_layers=ngl, parallel=parallel,
                           context=context, threads=os.cpu_count(), flash_attn=not dry) as srv:
         for lv in levels:  # one level per bench, so a level that fails keeps the others
-            r = labkit.bench(srv, concurrency=[lv], requests_per_level=n_requests[lv],
-                             workload=workloads.synthetic(input_tokens=128, output_tokens=out_tokens,
-                                                          ignore_eos=True),
-                             progress=False, kv_interval_s=None, warmup=1)
-            row = r.summary.iloc[0].to_dict()
+            try:
+                r = labkit.bench(srv, concurrency=[lv], requests_per_level=n_requests[lv],
+                                 workload=workloads.synthetic(input_tokens=128, output_tokens=out_tokens,
+                                                              ignore_eos=True),
+                                 progress=False, kv_interval_s=None, warmup=1)
+                row = r.summary.iloc[0].to_dict()
+            except Exception as e:
+                rec.setdefault("levels_measured", []).append({"level": lv, "error": f"{type(e).__name__}: {e}"[:500]})
+                continue
             rec.setdefault("levels_measured", []).append({k: row.get(k) for k in (
                 "level", "completed", "errors", "output_tok_per_s", "ttft_p50_ms", "tpot_p50_ms",
                 "gpu_energy_j", "j_per_output_token", "peak_vram_process_bytes",
@@ -259,7 +273,7 @@ def measure(model: Any, ngl: int, levels: list[int], n_requests: dict[int, int],
         rec["nvml_used_over_idle_mib"] = rec["nvml_peak_used_mib"] - idle / 2**20
     if rec["smi_peak_used_mib"] and rec.get("nvml_peak_used_mib"):
         rec["nvml_over_smi"] = rec["nvml_peak_used_mib"] / rec["smi_peak_used_mib"]
-    one = next(x for x in rec["levels_measured"] if x["level"] == min(levels))
+    one = next((x for x in rec.get("levels_measured", []) if x["level"] == min(levels)), {})
     if one.get("tpot_p50_ms"):
         rec["labkit_decode_tok_s"] = 1000.0 / one["tpot_p50_ms"]
         rec["decode_vs_llama_bench"] = rec["labkit_decode_tok_s"] / rec["llama_bench"]["tg_tok_s"]
@@ -268,7 +282,7 @@ def measure(model: Any, ngl: int, levels: list[int], n_requests: dict[int, int],
     row = plan.row("llama-server")
     rec["plan"] = {k: row.get(k) for k in ("weights_gib", "kv_total_gib", "overhead_gib",
                                            "gpu_gib", "cpu_gib", "total_gib", "gpu_layers", "where")}
-    measured = {"cpu_bytes": rec["peak_rss_mib"] * 2**20}
+    measured = {"cpu_bytes": rec["peak_rss_mib"] * 2**20} if rec.get("peak_rss_mib") else {}
     # The server's own VRAM (NVML per process); where a VM hides that, the device's rise.
     gpu_mib = rec.get("nvml_peak_process_mib") or rec.get("nvml_used_over_idle_mib")
     if card_bytes and gpu_mib:
@@ -279,7 +293,9 @@ def measure(model: Any, ngl: int, levels: list[int], n_requests: dict[int, int],
 
 
 def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
+    global _DEADLINE
     t_start = time.monotonic()
+    _DEADLINE = t_start + budget_s
     left = lambda: budget_s - (time.monotonic() - t_start)  # noqa: E731
     report = Report(out, dry)
     work = Path(os.environ.get("GPU_CHECK_WORK", "/tmp/labkit-gpu-check"))
@@ -315,12 +331,13 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
                 raise RuntimeError(f"the trimmed tree does not configure and build:\n"
                                    f"{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
             shutil.rmtree(cfg, ignore_errors=True)
+            _configure_cpu_side(prep, work)
             build = llamacpp.current_build(progress=False)
         else:
-            build, cuda = _lease_build(prep, work, gpu, tiny)
+            build, cuda, gpu_probe = _lease_build(prep, work, gpu, tiny, report, left)
         report.step("build", seconds=time.perf_counter() - t0, variant=build.variant,
                     cmake_args=build.cmake_args, probe=build.probe.to_dict(), tried=build.tried,
-                    cuda=None if dry else cuda)
+                    cuda=None if dry else cuda, gpu_probe=None if dry else gpu_probe)
         log(f"build ok in {time.perf_counter() - t0:.0f} s: {build.probe.reason}")
     except Exception as e:
         report.error("build", e)
@@ -335,7 +352,7 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
     made: dict[str, Any] = {}
     for shape, *_ in plans:
         if left() < 45:
-            report.error(f"synthesize {shape}", TimeoutError("budget spent"))
+            report.skip(f"synthesizing {shape}", left())
             break
         try:
             t0 = time.perf_counter()
@@ -360,7 +377,7 @@ def run(prep: Path, out: Path, dry: bool, budget_s: float) -> int:
         full = 0 if dry else m.arch.n_layers + 1
         partial.append((shape, levels, reqs, out_tok))
         if left() < 40:
-            report.error(f"measure {shape}", TimeoutError("budget spent"))
+            report.skip(f"measuring {shape}", left())
             continue
         _measure_into(report, m, full, levels, reqs, out_tok, card, build, work, dry)
     # 4. the seed's card row (26B at IQ3_S with the planner's split for 12 GiB), before the
@@ -399,14 +416,41 @@ def _source(prep: Path, work: Path) -> Path:
 
 
 def _cuda_args(gpu: dict[str, Any]) -> str:
+    # GGML_NATIVE: one CPU variant, so a failure on the CUDA side is not rebuilt three more
+    # times for CPU variants that cannot fix it.
     arch = gpu["compute_cap"].replace(".", "")
-    return f"-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES={arch} -DGGML_CUDA_FA_ALL_QUANTS=OFF"
+    return f"-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES={arch} -DGGML_CUDA_FA_ALL_QUANTS=OFF -DGGML_NATIVE=ON"
 
 
-def _lease_build(prep: Path, work: Path, gpu: dict[str, Any], tiny: Any) -> tuple[Any, str]:
+# A CUDA compile on the lease took 222 s and 367 s on 16 cores (two H100 runs).
+_COMPILE_S = 300.0
+
+
+def _configure_cpu_side(prep: Path, work: Path) -> None:
+    """Dry run: configure the trimmed tree as the lease's quick path does (loadable backends,
+    the explicit instruction set), so those flags are checked before a GPU depends on them."""
+    from labkit.native import cpu
+    from labkit.native.llamacpp import _BASE_CMAKE
+
+    args = gpu_check_cuda.cpu_side_args(cpu.features()["flags"])
+    if args is None:  # not x86: the lease would compile CUDA instead
+        return
+    cfg = work / "configure-cpu-side"
+    shutil.rmtree(cfg, ignore_errors=True)
+    proc = subprocess.run(["cmake", "-S", str(_source(prep, work)), "-B", str(cfg), *_BASE_CMAKE, *args],
+                          capture_output=True, text=True)
+    shutil.rmtree(cfg, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the CPU side of the prebuilt-module path does not configure ({' '.join(args)}):\n"
+                           f"{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+
+
+def _lease_build(prep: Path, work: Path, gpu: dict[str, Any], tiny: Any, report: Report,
+                 left: Any) -> tuple[Any, str, dict[str, Any] | None]:
     """llama.cpp on the lease: its CPU side beside the CUDA module that travelled, if one fits
-    this GPU and loads; else, or if anything in that fails, CUDA compiled here as before.
-    Returns the build and how its CUDA backend came to be."""
+    this GPU and loads; else, or if anything in that fails, CUDA compiled here as before (if
+    the budget has room for it). Returns the build, how its CUDA backend came to be, and the
+    probe with every layer on the GPU (None where the compiled build's own probe stands)."""
     from labkit.native import cpu, llamacpp
 
     os.environ["LABKIT_LLAMACPP_SRC"] = str(_source(prep, work))
@@ -424,34 +468,40 @@ def _lease_build(prep: Path, work: Path, gpu: dict[str, Any], tiny: Any) -> tupl
             os.environ["CMAKE_ARGS"] = " ".join(args)
             log(f"building llama.cpp's CPU side with {os.environ['CMAKE_ARGS']} on {os.cpu_count()} cores")
             build = llamacpp.current_build(progress=False, probe_model=tiny.gguf)
-            why_not = _attach(build, module, tiny)
+            why_not, gpu_probe = _attach(build, module, tiny)
         except Exception as e:  # any failure of the quick path costs only its time
-            why_not = f"{type(e).__name__}: {e}"[:1500]
+            why_not, gpu_probe = f"{type(e).__name__}: {e}"[:1500], None
         if why_not is None:
             info = module[1]
             return build, (f"prebuilt for sm_{info['arch']} by prepare (nvcc {info['nvcc']}, cuBLAS "
-                           f"{info['cublas']}); CPU side built here")
+                           f"{info['cublas']}); CPU side built here"), gpu_probe
         log(f"the prepared CUDA module is not used: {why_not}")
+    # Said now: a run killed during the compile below still tells why the module was not used.
+    report.step("cuda_module", used=False, why_not=why_not)
+    if left() < _COMPILE_S:
+        raise TimeoutError(f"{left():.0f} s of the budget left, and compiling CUDA here takes about "
+                           f"{_COMPILE_S:.0f} s: not started ({why_not})")
     os.environ["CMAKE_ARGS"] = _cuda_args(gpu)
     log(f"building llama.cpp with {os.environ['CMAKE_ARGS']} on {os.cpu_count()} cores")
-    return llamacpp.current_build(progress=False, probe_model=tiny.gguf), f"compiled here ({why_not})"
+    return llamacpp.current_build(progress=False, probe_model=tiny.gguf), f"compiled here ({why_not})", None
 
 
-def _attach(build: Any, module: tuple[Path, dict[str, Any]], tiny: Any) -> str | None:
-    """Put the travelled CUDA module beside the CPU build; None if llama-server then lists a
-    CUDA device and the probe passes with every layer on it, else why not."""
+def _attach(build: Any, module: tuple[Path, dict[str, Any]], tiny: Any) -> tuple[str | None, dict[str, Any] | None]:
+    """Put the travelled CUDA module beside the CPU build: (None, the probe) if llama-server
+    then lists a CUDA device and the probe passes with every layer on it, else (why not, the
+    probe if it ran)."""
     from labkit.native import llamacpp
 
     path, info = module
     gpu_check_cuda.unpack(path, build.bin_dir / gpu_check_cuda.MODULE)
     devices = gpu_check_cuda.cuda_devices(build.bin_dir)
     if "CUDA0" not in devices:
-        return f"llama-server lists no CUDA device with it: {devices[-800:]}"
+        return f"llama-server lists no CUDA device with it: {devices[-800:]}", None
     probe = llamacpp.probe(build.bin_dir, tiny.gguf, extra_args=("-ngl", "99"))
     if not probe.ok:
-        return f"the probe failed on the GPU: {probe.reason}"
+        return f"the probe failed on the GPU: {probe.reason}", probe.to_dict()
     log(f"CUDA module from prepare (nvcc {info['nvcc']}, cuBLAS {info['cublas']}) loads: {probe.reason}")
-    return None
+    return None, probe.to_dict()
 
 
 def _card_row(report: Report, card: float | None, build: Any, work: Path) -> None:
@@ -479,8 +529,8 @@ def _measure_into(report: Report, m: Any, ngl: int, levels: list[int], reqs: dic
         rec = measure(m, ngl, levels, reqs, out_tok, card, build.bin_dir, work, dry)
         report.data["runs"].append(rec)
         report.save()
-        log(f"{m} -ngl {ngl}: " + ", ".join(f"{x['level']} users {x['output_tok_per_s']:.0f} tok/s"
-                                             for x in rec["levels_measured"]))
+        log(f"{m} -ngl {ngl}: " + ", ".join(f"{x['level']} users {_f(x.get('output_tok_per_s'), '.0f')} tok/s"
+                                             for x in rec.get("levels_measured", [])))
     except Exception as e:
         report.error(f"measure {m} -ngl {ngl}", e)
 
@@ -498,7 +548,9 @@ def markdown(d: dict[str, Any]) -> str:
              f"{gpu.get('name', 'no GPU')}, {_f(gpu.get('memory_mib'), '.0f')} MiB, driver "
              f"{gpu.get('driver', '-')}; {env.get('cpu_count')} CPUs; started {d['started_utc']}", "",
              f"Build: {b.get('variant', '-')} in {_f(b.get('seconds'), '.0f')} s; probe: "
-             f"{(b.get('probe') or {}).get('reason', '-')}", ""]
+             f"{(b.get('probe') or {}).get('reason', '-')}"
+             + (f"; on the GPU (-ngl 99): {b['gpu_probe'].get('reason', '-')}" if b.get("gpu_probe") else "")
+             + (f"; CUDA: {b['cuda']}" if b.get("cuda") else ""), ""]
     if d["models"]:
         lines += ["| synthetic model | planned weight bytes | in the file | written in |", "|---|---|---|---|"]
         lines += [f"| {m['model']} | {m['weight_bytes_planned']:,} | {m['weight_bytes_in_file']:,} | "
@@ -510,9 +562,9 @@ def markdown(d: dict[str, Any]) -> str:
                   "NVML / nvidia-smi peak |", "|---|---|---|---|---|---|---|---|"]
         for r in d["runs"]:
             lb = r["llama_bench"]
-            tps = " / ".join(_f(x["output_tok_per_s"], ".0f") for x in r["levels_measured"])
-            jpt = " / ".join(_f(x.get("j_per_output_token"), ".2f") for x in r["levels_measured"])
-            gpu_row = next((p for p in r["plan_vs_measured"] if p["where"] == "gpu"), None)
+            tps = " / ".join(_f(x.get("output_tok_per_s"), ".0f") for x in r.get("levels_measured", []))
+            jpt = " / ".join(_f(x.get("j_per_output_token"), ".2f") for x in r.get("levels_measured", []))
+            gpu_row = next((p for p in r.get("plan_vs_measured", []) if p["where"] == "gpu"), None)
             vram = (f"{gpu_row['planned_gib']:.2f} / {gpu_row['measured_gib']:.2f} "
                     f"({gpu_row['error_pct']:+.0f}%)") if gpu_row else "-"
             lines.append(f"| {r['model']} | {r['gpu_layers']} | {lb['pp_tok_s']:.0f} / {lb['tg_tok_s']:.0f} | "
@@ -543,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("dir", type=Path)
     rp.add_argument("--out", type=Path, required=True)
     rp.add_argument("--dry-run", action="store_true")
-    rp.add_argument("--budget-s", type=float, default=480.0)
+    rp.add_argument("--budget-s", type=float, default=420.0)
     args = p.parse_args(argv)
     if args.cmd == "prepare":
         prepare(args.dir, args.cuda_arch)

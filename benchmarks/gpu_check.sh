@@ -19,6 +19,10 @@ case "${1:-run}" in
     # The GPU machine has no network: the gguf wheel travels in $PREP/wheels.
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/labkit-site "$PREP"/wheels/*.whl
     export PYTHONPATH="/tmp/labkit-site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-    exec python3 benchmarks/gpu_check.py run "$PREP" --out "${OUT:-gpu-check-out}" --budget-s "${BUDGET_S:-480}" ;;
+    # The budget decides which steps start; the timeout ends a step that overruns it, so the
+    # device call's own limit (give it BUDGET_S + 90) is never what stops the run.
+    BUDGET_S="${BUDGET_S:-420}"
+    exec timeout -k 10 "$((BUDGET_S + 40))" \
+      python3 benchmarks/gpu_check.py run "$PREP" --out "${OUT:-gpu-check-out}" --budget-s "$BUDGET_S" ;;
   *) echo "usage: $0 [--prepare [--cuda-arch N]|--dry-run]" >&2; exit 2 ;;
 esac

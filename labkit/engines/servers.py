@@ -216,7 +216,10 @@ class LlamaServerEngine(_ManagedServer):
                                      api_key=api_key, key_variable="LLAMA_API_KEY"))
         self._info = EngineInfo(
             engine=self.name, engine_version=f"llama.cpp from llama-cpp-python {llama_cpp_python_version()}",
-            model=models.label(model), model_path=str(path), model_sha256=file_sha256(path),
+            # (a synthetic model is named by its shape's key, in its path: hashing 12 GiB of
+            # random weights would cost seconds of a short GPU lease and say nothing more)
+            model=models.label(model), model_path=str(path),
+            model_sha256=None if is_synthetic(path) else file_sha256(path),
             args={"parallel": parallel, "context": context, "gpu_layers": gpu_layers,
                   "flash_attn": flash_attn, "host": host, "port": self.port,
                   "extra_args": extra_args or [], "prefix_cache": prefix_cache},

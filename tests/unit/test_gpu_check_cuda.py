@@ -46,3 +46,31 @@ def test_nvcc_version_is_read_from_its_banner():
     banner = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
     version = gpu_check_cuda.nvcc_version()
     assert re.fullmatch(r"\d+\.\d+\.\d+", version) and f"V{version}" in banner
+
+
+def test_without_a_usable_module_the_lease_says_why_first_and_compiles_only_with_time_left(tmp_path, monkeypatch):
+    import gpu_check
+
+    saved = []
+
+    class Report:
+        def step(self, name, **fields):
+            saved.append((name, fields))
+
+    monkeypatch.setattr(gpu_check, "_source", lambda prep, work: tmp_path)
+    with pytest.raises(TimeoutError, match=r"120 s of the budget left, and compiling CUDA here takes about 300 s"):
+        gpu_check._lease_build(tmp_path, tmp_path, {"compute_cap": "8.0"}, None, Report(), lambda: 120.0)
+    # written before the compile would start: a run killed during it still says why
+    assert saved == [("cuda_module", {"used": False, "why_not": "no module prepared for compute capability 8.0"})]
+    assert "-DGGML_NATIVE=ON" in gpu_check._cuda_args({"compute_cap": "9.0"})  # one CPU variant, not four
+
+
+def test_a_steps_timeout_is_cut_to_what_is_left_of_the_budget(monkeypatch):
+    import time
+
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "_DEADLINE", time.monotonic() + 100)
+    assert 90 < gpu_check._timeout(300) <= 100 and gpu_check._timeout(30) == 30
+    monkeypatch.setattr(gpu_check, "_DEADLINE", time.monotonic() - 5)
+    assert gpu_check._timeout(300) == 20  # past the budget: a short last chance, never zero
