@@ -22,7 +22,7 @@ case "${1:-run}" in
     # The budget decides which steps start; the timeout ends a step that overruns it, so the
     # device call's own limit (give it BUDGET_S + 90) is never what stops the run.
     BUDGET_S="${BUDGET_S:-420}"
-    exec timeout -k 10 "$((BUDGET_S + 40))" \
+    exec timeout -k 10 "$(( ${BUDGET_S%.*} + 40 ))" \
       python3 benchmarks/gpu_check.py run "$PREP" --out "${OUT:-gpu-check-out}" --budget-s "$BUDGET_S" ;;
   *) echo "usage: $0 [--prepare [--cuda-arch N]|--dry-run]" >&2; exit 2 ;;
 esac

@@ -24,10 +24,10 @@ import psutil
 _LIVE: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
 _LOCK = threading.Lock()
 
-#: One engine start at a time in this process (two loader panels in one kernel): an
-#: in-process start points the process's stdout and stderr at its log, and vLLM's takes the
-#: children that appear while it loads for its own, so a server spawned meanwhile would be
-#: counted in its memory and stopped with it.
+#: One engine load at a time in this process (two loader panels in one kernel), with the
+#: builds, conversions and servers it starts: an in-process start points the process's stdout
+#: and stderr at its log, and vLLM's takes the children that appear while it loads for its
+#: own, so anything spawned meanwhile would be counted in its memory and stopped with it.
 STARTING = threading.RLock()
 
 

@@ -555,9 +555,8 @@ def kld_to_f16(gguf_models: Sequence[str], *, chunks: int = 4, chunk_tokens: int
         # A base that is itself a quantized GGUF (the bundled Q4_1) is the F16's source: its
         # divergence from its own dequantized copy is rounding, not quality. No figure for it.
         source = models.resolve(base)
-        f16 = models.variant(base, "F16")
-        own = [n for n in names if source.is_file() and models.gguf_path(n).resolve() == source.resolve()
-               and source.resolve() != f16.resolve()]
+        quantized = source.is_file() and (models.check_gguf(source).file_type or "F16") not in ("F16", "BF16", "F32")
+        own = [n for n in names if quantized and models.gguf_path(n).resolve() == source.resolve()]
         out.update(dict.fromkeys(own, math.nan))
         names = [n for n in names if n not in own]
         if not names:

@@ -105,15 +105,18 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     deaths: list[int] = []
     previous = os.environ.get(RUN_DIR_VARIABLE)
     os.environ[RUN_DIR_VARIABLE] = str(folder)  # the kernel inherits it: labkit.runs.folder()
+    # papermill saves the notebook as it runs, injected parameters and all: it runs in a
+    # private folder and reaches the run folder only with its secrets masked.
+    running = Path(tempfile.mkdtemp(prefix="labkit-run-")) / nb_path.name
     try:
-        pm.execute_notebook(str(nb_path), str(executed), parameters=parameters or {}, kernel_name=kernel,
+        pm.execute_notebook(str(nb_path), str(running), parameters=parameters or {}, kernel_name=kernel,
                             cwd=str(nb_path.parent), progress_bar=False, execution_timeout=timeout_s,
                             log_output=False, kernel_manager_class=_kernel_manager(deaths))
     except Exception as e:
+        _settle(running, executed, parameters or {})
         failure = _failure(e, nb_path, executed, deaths, timeout_s)
         if failure is None:
             raise
-        _mask_injected(executed, parameters or {})
         _write_report(executed, folder, nb_path.stem)  # the report shows the error too
         raise failure from None
     finally:
@@ -121,7 +124,7 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
             os.environ.pop(RUN_DIR_VARIABLE, None)
         else:
             os.environ[RUN_DIR_VARIABLE] = previous
-        _mask_injected(executed, parameters or {})
+        _settle(running, executed, parameters or {})
     _slim_widget_state(executed)
     _write_report(executed, folder, nb_path.stem)
     return folder
@@ -169,14 +172,22 @@ def _checked_notebook(notebook: str | Path, parameters: dict[str, Any] | None) -
     return nb_path
 
 
-# Parameter names whose values are secrets: never written to a run folder (API_KEY, HF_TOKEN,
-# auth_token; not MAX_TOKENS).
-_SECRET = re.compile(r"(^|_)(api_?key|secret|password|passwd|auth_?token|access_?token|bearer|hf_?token)($|_)",
-                     re.IGNORECASE)
+# Parameter names whose values are secrets, never written to a run folder: API_KEY,
+# ANTHROPIC_KEY, HF_TOKEN, HUGGING_FACE_HUB_TOKEN, PASSWORD; not MAX_TOKENS (a count) nor
+# API_KEY_ENV (the name of a variable).
+_SECRET = re.compile(r"(^|_)(api_?key|key|secret|password|passwd|token|bearer|credentials?)$", re.IGNORECASE)
 
 
 def _masked(parameters: dict[str, Any]) -> dict[str, Any]:
     return {k: "***" if _SECRET.search(k) and v not in (None, "") else v for k, v in parameters.items()}
+
+
+def _settle(running: Path, executed: Path, parameters: dict[str, Any]) -> None:
+    """Move the executed notebook from its private folder into the run folder, masked."""
+    if running.exists():
+        _mask_injected(running, parameters)
+        shutil.move(str(running), str(executed))
+    shutil.rmtree(running.parent, ignore_errors=True)
 
 
 def _mask_injected(executed: Path, parameters: dict[str, Any]) -> None:

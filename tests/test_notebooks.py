@@ -277,11 +277,13 @@ def test_a_grid_with_a_bad_parameter_is_refused_before_any_run(tmp_path):
 def test_a_secret_parameter_never_reaches_the_run_folder(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("API_KEY = ''\nMAX_TOKENS = 8", metadata={"tags": ["parameters"]}),
+    nb.cells = [nbformat.v4.new_code_cell("API_KEY = ''\nHF_TOKEN = ''\nMAX_TOKENS = 8", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("import labkit\nlabkit.record('key_length', len(API_KEY))")]
     path = tmp_path / "keyed.ipynb"
     nbformat.write(nb, path)
-    out = run(path, out=tmp_path / "out", parameters={"API_KEY": "sk-do-not-keep-123", "MAX_TOKENS": 16})
+    out = run(path, out=tmp_path / "out", parameters={"API_KEY": "sk-do-not-keep-123", "HF_TOKEN": "hf_secret_456",
+                                                       "MAX_TOKENS": 16})
     assert results(out)["key_length"] == 18  # the kernel had it
     written = "".join(p.read_text(errors="replace") for p in (tmp_path / "out").rglob("*") if p.is_file())
-    assert "sk-do-not-keep-123" not in written and '"MAX_TOKENS": 16' in written
+    assert "sk-do-not-keep-123" not in written and "hf_secret_456" not in written
+    assert '"MAX_TOKENS": 16' in written  # a count is no secret

@@ -171,12 +171,16 @@ def test_servers_sample_with_labkits_parameters_not_defaults_of_their_own(vllm_s
     assert "--generation-config" in args and args[args.index("--generation-config") + 1] == "vllm"
 
 
-def test_a_model_the_url_does_not_serve_is_refused_naming_the_ones_it_does():
-    with labkit.load("mock-server") as mock:
-        with pytest.raises(InvalidInput, match=r"does not serve model 'smollm'; it serves 'labkit-mock'"):
-            labkit.load("openai", url=mock.url, model="smollm")
-        with labkit.load("openai", url=mock.url, model="labkit-mock") as named:
-            assert named.model == "labkit-mock"
+def test_a_model_name_is_matched_to_the_server_that_answers_it(llama_server):
+    from labkit.engines.openai import served_as
+
+    # llama-server answers to any name: one it does not list is still llama-server's
+    with labkit.load("openai", url=llama_server.url, model="any-name") as named:
+        assert (named.model, named.flavor) == ("any-name", "llama-server")
+    mixed = [{"id": "a", "owned_by": "vllm"}, {"id": "b", "owned_by": "llamacpp", "aliases": ["b2"]}]
+    assert served_as(mixed, "b2", "u") == ("b2", "llama-server") and served_as(mixed, None, "u") == ("a", "vllm")
+    with pytest.raises(InvalidInput, match=r"u does not list model 'c'; it serves 'a', 'b'"):
+        served_as(mixed, "c", "u")  # which kind of server would answer it is unknown
 
 
 def test_engine_starts_in_one_process_take_turns(tmp_path):

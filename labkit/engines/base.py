@@ -318,7 +318,9 @@ def assemble(engine: str, prompt: Any, tokens: list[Token], e2e_s: float, starte
     real = [t for t in tokens if t.token_id is not None or t.text]
     finish = next((t.finish_reason for t in reversed(tokens) if t.finish_reason), None)
     ids = [t.token_id for t in real]
-    reported = next((t.completion_tokens for t in tokens if t.completion_tokens is not None), None)
+    # The last count: a server may send a running one on every chunk (vLLM with
+    # --enable-force-include-usage starts at 0).
+    reported = next((t.completion_tokens for t in reversed(tokens) if t.completion_tokens is not None), None)
     # Ids are kept only when there is one per token generated: a server that held some back
     # (a multi-byte character split over tokens) would shift every comparison after them.
     whole = all(i is not None for i in ids) and (reported is None or reported == len(ids))
@@ -385,4 +387,7 @@ def load(engine: str, **kwargs: Any) -> Engine:
 
         kwargs["model"] = models.paired(kwargs["model"], cls.model_format,
                                         allow_token_mismatch=kwargs.pop("allow_token_mismatch", False))
-    return cls(**kwargs)
+    from .._procs import STARTING
+
+    with STARTING:  # builds, conversions and servers it starts included (see STARTING)
+        return cls(**kwargs)

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import EngineError, InvalidInput
+from ..errors import EngineError, InvalidInput, LabkitError
 from .base import (
     Conversation,
     Engine,
@@ -40,6 +40,26 @@ from .prometheus import llamacpp_kv, parse_prometheus, server_metrics, vllm_kv
 # refused or reset connection is); it keeps a check from holding the sweep for a request's
 # full timeout.
 _HEALTH_TIMEOUT_S = 30.0
+
+
+def served_as(served: list[dict[str, Any]], model: str | None, url: str) -> tuple[str, str]:
+    """(model, flavor) for a request to ``model`` at a server listing ``served`` (its
+    /v1/models entries): the first model when none is named; the flavor from who serves it."""
+    ids = [m.get("id") for m in served]
+    if model is None:
+        if not ids:
+            raise EngineError(f"{url} serves no models; pass model=.")
+        model = ids[0]
+    named = next((m for m in served if model == m.get("id") or model in (m.get("aliases") or [])), None)
+    owners = {m.get("owned_by", "") for m in served}
+    if named is None and len(owners) > 1:  # which kind of server answers it is unknown: say so
+        shown = ", ".join(map(repr, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        raise InvalidInput(f"{url} does not list model {model!r}; it serves {shown}. "
+                           "Pass one of those as model= (or none, for the first).")
+    # A name it does not list, where every model it lists is one kind of server's (llama-server
+    # answers to any name; Ollama lists "name:latest" for "name"): that kind.
+    owner = named.get("owned_by", "") if named is not None else next(iter(owners), "")
+    return model, {"llamacpp": "llama-server", "vllm": "vllm"}.get(owner, "generic")
 
 
 def _root(url: str) -> str:
@@ -82,20 +102,11 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
         except BaseException:
             self._client.close()
             raise
-        ids = [m.get("id") for m in served]
-        if model is None:
-            if not ids:
-                self._client.close()
-                raise EngineError(f"{self.url} serves no models; pass model=.")
-            model = ids[0]
-        elif ids and model not in ids:  # it would be read as an unknown server: no ids, no KV account
+        try:
+            self.model, self.flavor = served_as(served, model, self.url)
+        except LabkitError:
             self._client.close()
-            shown = ", ".join(map(repr, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
-            raise InvalidInput(f"{self.url} does not serve model {model!r}; it serves {shown}. "
-                               "Pass one of those as model= (or none, for the first).")
-        owner = next((m.get("owned_by", "") for m in served if m.get("id") == model), "")
-        self.flavor = {"llamacpp": "llama-server", "vllm": "vllm"}.get(owner, "generic")
-        self.model = model
+            raise
 
     def _served(self, url: str) -> list[dict[str, Any]]:
         try:

@@ -66,7 +66,8 @@ def test_a_requests_tokens_are_what_the_engine_counted_when_chunks_carry_several
     from labkit.loadgen.drivers import finish_record
     from labkit.loadgen.result import RequestRecord
 
-    chunks = [Token("😀", 233, 0.1), Token("😃", 234, 0.4), Token("", None, 0.4, completion_tokens=7)]
+    chunks = [Token("😀", 233, 0.1, completion_tokens=3), Token("😃", 234, 0.4),
+              Token("", None, 0.4, completion_tokens=7)]  # a running count: the last one holds
     rec = finish_record(RequestRecord("concurrency", 1, 0), chunks, 0.7, None)
     assert rec.output_tokens == 7  # not the 2 chunks that carried them
     assert rec.tpot_s == pytest.approx((0.7 - 0.1) / 6) and rec.itl_s == pytest.approx([0.3])

@@ -84,6 +84,9 @@ def test_ids_are_kept_only_when_there_is_one_per_token_the_server_counted():
     assert held_back.token_ids is None and held_back.n_tokens == 6 and held_back.text == "😀😃"
     whole = assemble("s", "p", [*streamed, Token("", None, 0.2, completion_tokens=2)], 0.2, 0.0, None)
     assert whole.token_ids == [233, 234] and whole.n_tokens == 2
+    running = [Token("", None, 0.05, completion_tokens=0), Token("😀", 233, 0.1, completion_tokens=3),
+               Token("😃", 234, 0.2, completion_tokens=6)]  # a count on every chunk: the last one holds
+    assert assemble("s", "p", running, 0.2, 0.0, None).n_tokens == 6
 
 
 def test_sse_lines_end_at_done_skip_comments_and_raise_a_mid_stream_error():
