@@ -75,12 +75,14 @@ _CACHE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18
 
 
 def parse_bytes(value: str | float | int | None) -> float | None:
-    """'12GiB', '12 GB', '512MiB' or a number of bytes -> bytes."""
+    """'12GiB', '12 GB', '512MiB' or a number of bytes -> bytes. A memory size: "GB" is read
+    as memory is sold, 2**30 bytes (a "12 GB" card has 12 GiB; decimal would plan an 80 GB
+    H100 5 GiB short)."""
     if value is None or isinstance(value, int | float):
         return None if value is None else float(value)
     s = str(value).strip().replace(" ", "")
-    units = {"TIB": 1024**4, "GIB": GiB, "MIB": 1024**2, "KIB": 1024, "TB": 1e12, "GB": 1e9,
-             "MB": 1e6, "KB": 1e3, "T": 1024**4, "G": GiB, "M": 1024**2, "K": 1024, "B": 1}
+    units = {"TIB": 1024**4, "GIB": GiB, "MIB": 1024**2, "KIB": 1024, "TB": 1024**4, "GB": GiB,
+             "MB": 1024**2, "KB": 1024, "T": 1024**4, "G": GiB, "M": 1024**2, "K": 1024, "B": 1}
     for unit, mult in units.items():
         if s.upper().endswith(unit):
             try:
@@ -429,7 +431,10 @@ def _plan_vllm(engine: str, req: PlanRequest) -> dict[str, Any]:
     # KV heads than GPUs each GPU holds a whole one (replicated).
     weights = spec.n_params * _VLLM_DTYPE_BYTES[key] / tp
     kv_share = -(-spec.n_kv_heads // tp) / spec.n_kv_heads
-    kv_tok = kv_bytes(spec, req.context, 1, engine) / req.context * kv_share  # per token of one sequence
+    # vLLM's KV cache takes the model's dtype ("auto"): 4 bytes a value at float32 (labkit's
+    # default on a CPU without native bf16), 2 at bf16/fp16 and under quantized weights.
+    cache = "f32" if key in ("float32", "fp32") else "f16"
+    kv_tok = kv_bytes(spec, req.context, 1, engine, cache) / req.context * kv_share  # per token of one sequence
     if tp > 1:
         note += f"; per GPU of {tp} (tensor parallel)"
     overhead = RUNTIME_OVERHEAD.get((engine, "cuda" if gpu else "cpu"),

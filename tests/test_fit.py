@@ -53,6 +53,19 @@ def test_kv_cache_grows_with_users_and_context():
     assert b["kv_total_gib"] == pytest.approx(a["kv_total_gib"] * 32)
 
 
+def test_a_gb_of_memory_is_a_gib_as_cards_are_sold():
+    from labkit.planner import parse_bytes
+
+    assert parse_bytes("80GB") == parse_bytes("80GiB") == 80 * 2**30 and parse_bytes("512 MB") == 512 * 2**20
+
+
+def test_vllms_kv_cache_takes_the_model_dtype():
+    # float32 is labkit's vLLM dtype on a CPU without native bf16: 4 bytes a value, half the users
+    half = fit("smollm2-135m", engines=["vllm"], dtype="bfloat16", context=2048).row("vllm")
+    full = fit("smollm2-135m", engines=["vllm"], dtype="float32", context=2048).row("vllm")
+    assert full["max_users"] == half["max_users"] // 2 and full["kv_total_gib"] == half["kv_total_gib"]
+
+
 @pytest.mark.parametrize("bad", [
     {"hidden_size": 4096},  # missing fields
     {**CFG_26B, "num_hidden_layers": 0},
