@@ -51,9 +51,11 @@ def test_batch_invariance_at_one_user_is_identical(llama_server, vllm_engine):
         assert inv.summary()["changed_frac"].tolist() == [0.0]
 
 
-def test_batch_invariance_says_when_the_slots_made_a_level_meaningless(llama_server):
+def test_batch_invariance_says_when_the_slots_made_a_level_meaningless(llama_server, llama):
     inv = labkit.batch_invariance(llama_server, PROMPTS[:2], users=[8], max_tokens=4)
     assert inv.notes and "4 slot(s)" in inv.notes[0]  # the fixture runs 4 slots
+    alone = labkit.batch_invariance(llama, PROMPTS[:2], users=[2], max_tokens=4)  # (it passed as "no change")
+    assert alone.notes and "never share a batch" in alone.notes[0]
 
 
 def test_cli_conformance_json_is_one_object_on_stdout():

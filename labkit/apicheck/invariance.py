@@ -72,6 +72,10 @@ def batch_invariance(engine: Engine, prompts: Sequence[str] = PROMPTS, *, users:
 
 def _notes(engine: Engine, users: Sequence[int]) -> list[str]:
     """Where the engine could not have run the users together, the level measures nothing."""
+    if engine.info.concurrency == "sequential" and max(users) > 1:  # llama.cpp in process
+        return [f"{engine.info.engine} serves one sequence at a time: its requests never share a batch, "
+                "so every level repeats the single-user case and says nothing about batching. Check "
+                "llama-server (parallel slots) instead."]
     slots = engine.info.args.get("parallel") or engine.info.args.get("max_num_seqs")
     if isinstance(slots, int) and max(users) > slots:
         return [f"{engine.info.engine} ran with {slots} slot(s): at {max(users)} users the requests "
