@@ -46,7 +46,8 @@ def _summary(results) -> pd.DataFrame:
         s = r.summary
         if not s.empty:
             frames.append(s.assign(label=label))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    # (nothing measured yet, a sweep stopped before its first level: an empty figure, not a KeyError)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["mode", "level", "label"])
 
 
 def _error_bars(g: pd.DataFrame, metric: str) -> dict[str, Any] | None:
@@ -182,6 +183,8 @@ def capacity(caps: Any) -> go.Figure:
     palette = qualitative.Plotly
     by = next(iter(caps.values())).by if caps else "users"
     for k, (label, cap) in enumerate(caps.items()):
+        if "met" not in cap.levels:  # the search measured no level
+            continue
         lv = cap.levels.dropna(subset=["met"]).drop_duplicates("level", keep="last").sort_values("level")
         color = palette[k % len(palette)]
         for col, bound in enumerate(bounds, start=1):

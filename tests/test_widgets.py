@@ -64,11 +64,41 @@ def test_bench_panel_grows_its_figure(llama):
 
 
 def test_memory_monitor_samples_loaded_engines(llama):
-    mon = MemoryMonitor({"llama.cpp": llama})
+    engines = {"llama.cpp": llama}
+    mon = MemoryMonitor(engines)
     reading = mon.sample()
     assert reading["llama.cpp"] > 0 and len(mon.figure.data) == 1
     # an in-process engine is the kernel's growth, and the line says so
     assert mon.figure.data[0].name == "llama.cpp (in this kernel: its growth since load)"
+    first = mon._samplers["llama.cpp"][1]
+    engines.pop("llama.cpp")  # unloaded: its sampler goes (it was kept, and reused on a reload
+    mon.sample()              # under the same label, with the old engine's processes)
+    assert "llama.cpp" not in mon._samplers
+    engines["llama.cpp"] = llama
+    mon.sample()
+    assert mon._samplers["llama.cpp"][1] is not first
+    mon.start()
+    old = mon._stop
+    mon.start()  # off and on again quickly: the first loop has its own stop, now set
+    assert old.is_set() and not mon._stop.is_set()
+    mon.stop()
+
+
+def test_two_loaders_of_one_engine_and_model_are_both_listed():
+    from labkit.widgets import LOADED
+
+    loaders = [ModelLoader(), ModelLoader()]
+    try:
+        for ml, parallel in zip(loaders, (1, 2), strict=True):
+            ml.engine_name.value, ml.model.value, ml.context.value = "llama-server", MODEL, 512
+            ml.parallel.value = parallel
+            ml.load_button.click()
+            ml.wait(120)
+        labels = [k for k, e in LOADED.items() if e in (loaders[0].engine, loaders[1].engine)]
+        assert len(labels) == 2 and labels[1] == labels[0] + " (2)"
+    finally:
+        for ml in loaders:
+            ml.unload()
 
 
 def test_bench_panel_overlays_engines_with_latency_beside_throughput(llama, llama_server):

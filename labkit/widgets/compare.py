@@ -44,8 +44,13 @@ class ComparePanel(w.VBox):
     def run(self) -> None:
         from ..comparison import compare
 
-        engines = {k: self._available()[k] for k in self.pick.value}
+        available = self._available()
+        engines = {k: available[k] for k in self.pick.value if k in available}
+        gone = [k for k in self.pick.value if k not in available]
         prompts = [p for p in self.prompts.value.splitlines() if p.strip()]
+        if gone:  # unloaded since the list was made (the click handler would swallow a KeyError)
+            self._worker.show(f"{', '.join(gone)} is no longer loaded: press Refresh engines and pick again.", "#c00")
+            return
         if len(engines) < 2:
             self._worker.show("Select at least two engines in the list (Ctrl- or Shift-click to "
                               "select several), or load more with a ModelLoader and press "

@@ -47,7 +47,12 @@ class ModelLoader(w.VBox):
 
     def _loaded(self, engine: Engine) -> None:
         self.engine = engine
-        LOADED[f"{engine.name}: {engine.info.model}"] = engine
+        # A second loader of the same engine and model (other slots, another context) must not
+        # take the first one's place: the other panels would quietly see only one of them.
+        label, n = f"{engine.name}: {engine.info.model}", 2
+        while label in LOADED and LOADED[label] is not engine:
+            label, n = f"{engine.name}: {engine.info.model} ({n})", n + 1
+        LOADED[label] = engine
         self.progress.value, self.progress.bar_style = 1, "success"
         info = engine.info
         self._worker.show(f"loaded: {info.engine} ({info.engine_version}), {info.model}, "

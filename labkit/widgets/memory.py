@@ -19,7 +19,7 @@ class MemoryMonitor(w.VBox):
 
         self._engines = engines if engines is not None else LOADED
         self.interval_s = interval_s
-        self._samplers: dict[str, Any] = {}
+        self._samplers: dict[str, tuple[Engine, Any]] = {}  # label: (the engine it samples, sampler)
         self.figure = go.FigureWidget(layout={"title": "memory (PSS)", "xaxis_title": "seconds",
                                               "yaxis_title": "GiB", "height": 300})
         # the state in words, not only in the button's shade of grey
@@ -43,7 +43,10 @@ class MemoryMonitor(w.VBox):
         from ..memory import MemorySampler
 
         readings = {}
-        for label, engine in list(self._engines.items()):
+        engines = dict(self._engines)
+        for label in [k for k, (eng, _) in self._samplers.items() if engines.get(k) is not eng]:
+            del self._samplers[label]  # unloaded, or reloaded under the same label: a new scope
+        for label, engine in engines.items():
             if engine.closed:
                 self._samplers.pop(label, None)
                 continue
@@ -53,13 +56,14 @@ class MemoryMonitor(w.VBox):
                     continue
                 # A chart someone is watching may spend more than a benchmark's sampler on
                 # the page-table walks that PSS needs, but not a core: 5% of one.
-                self._samplers[label] = MemorySampler(scope, self.interval_s, device=False, cpu_budget=0.05)
-            pss = self._samplers[label].sample()["pss_bytes"]
+                self._samplers[label] = (engine, MemorySampler(scope, self.interval_s, device=False,
+                                                               cpu_budget=0.05))
+            pss = self._samplers[label][1].sample()["pss_bytes"]
             if pss == pss:  # NaN between the readings the budget allows
                 readings[label] = pss / 1024**3
         names = [t.name for t in self.figure.data]
         for label, gib in readings.items():
-            name = label + _whose(self._samplers[label].scope)
+            name = label + _whose(self._samplers[label][1].scope)
             if name not in names:
                 self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=name)
                 names.append(name)
@@ -69,16 +73,17 @@ class MemoryMonitor(w.VBox):
         return readings
 
     def start(self) -> None:
-        self._stop.clear()
+        self._stop.set()  # a loop still in a slow sample() from before sees its own stop
+        stop = self._stop = threading.Event()  # and this run has one of its own: never two loops
 
         def loop() -> None:
-            while not self._stop.wait(self.interval_s):
+            while not stop.wait(self.interval_s):
                 try:
                     self.sample()
                 except Exception:
                     continue
 
-        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread = threading.Thread(target=loop, name="labkit-memory-monitor", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -80,7 +80,7 @@ class SweepPanel(RunStopPanel):
                                   on_point_done=self._point_done), self._done)
 
     def _point_done(self, front: Any) -> None:
-        self.progress.value = len(front.results) + len(front.failed)
+        self.progress.value = len(set(front.results) | set(front.failed))  # (a point that died is in both)
         self._show(front)
         self._worker.show(f"{self.progress.value} of {self.progress.max} point(s) measured…")
 
@@ -94,11 +94,11 @@ class SweepPanel(RunStopPanel):
     def _done(self, front: Any) -> None:
         self.front = front
         self._show(front)
-        done = len(front.results)
+        done = len(set(front.results) - set(front.failed))
         if front.stopped != "completed":
             self._worker.show(f"{front.stopped}: {done} of {self.progress.max} point(s) kept", "#a60")
         else:
-            failed = f"; {len(front.failed)} did not load (see the table)" if front.failed else ""
-            self._worker.show(f"done: {done} point(s), {int(front.table['on_front'].sum())} on the front{failed}",
-                              "#080")
+            failed = f"; {len(front.failed)} failed (see the table)" if front.failed else ""
+            on = int(front.table["on_front"].sum()) if "on_front" in front.table else 0
+            self._worker.show(f"done: {done} point(s), {on} on the front{failed}", "#a60" if not done else "#080")
 

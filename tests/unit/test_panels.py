@@ -63,3 +63,24 @@ def test_levels_that_never_started_are_not_listed_as_partial():
     panel.wait(60)
     assert "stopped: 0 complete level(s) kept" in panel.status.value
     assert "of 6" not in panel.status.value and all(len(t.x) == 0 for t in panel.figure.data)
+
+
+def test_an_engine_unloaded_after_it_was_picked_is_named_not_swallowed():
+    from labkit.widgets import ComparePanel
+
+    engines = {"a": FakeEngine(), "b": FakeEngine()}
+    panel = ComparePanel(engines)
+    del engines["b"]  # unloaded by another panel since the list was made
+    panel.run_button.click()  # (a KeyError in a click handler vanishes: the status stayed empty)
+    assert "b is no longer loaded: press Refresh engines" in panel.status.value
+
+
+def test_plots_of_nothing_measured_are_empty_figures_not_errors():
+    import pandas as pd
+
+    import labkit
+    from labkit.loadgen.capacity import Capacity
+
+    assert not labkit.plots.throughput({}).data and not labkit.plots.latency({}).data
+    nothing = Capacity("x", labkit.SLO(ttft_p99_ms=1), "rate", 0.0, pd.DataFrame(), "no level", False, 1.0)
+    assert not labkit.plots.capacity({"x": nothing}).data
