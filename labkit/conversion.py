@@ -248,17 +248,25 @@ def _measure(gguf: Path, hf_dir: Path, other: str) -> dict[str, Any]:
     eng = LlamaCppEngine(str(gguf), context=FORCED_TOKENS + 64, logits_all=True)
     try:
         bos, eos = eng.llama.token_bos(), eng.llama.token_eos()
-        differences = []
+        differences, run = [], 0
+        gguf_template = bool(eng.llama.metadata.get("tokenizer.chat_template"))
         for name, prompt, chat in PROBES:
-            if chat and not tok.chat_template:
+            if chat and not (tok.chat_template or gguf_template):
+                continue  # neither has a chat template: nothing to compare
+            if chat and bool(tok.chat_template) != gguf_template:  # one side lost it
+                differences.append({"probe": name, "llama.cpp": "chat template" if gguf_template else "none",
+                                    "converted": "chat template" if tok.chat_template else "none",
+                                    "diagnosis": "only one side has a chat template: chats would be "
+                                                 "formatted differently"})
                 continue
+            run += 1
             a, b = eng.tokenize(prompt, chat=chat), prompt_ids(tok, prompt, chat)
             if a != b:
                 differences.append({"probe": name, "llama.cpp": a[:16], "converted": b[:16],
                                     "diagnosis": diagnose(name, a, b, None if bos < 0 else bos,
                                                           None if eos < 0 else eos, other)})
         if differences:  # fed different tokens, the two cannot be compared position by position
-            return {"probes": len(PROBES), "differences": differences}
+            return {"probes": run, "differences": differences}
         ids = eng.tokenize(_license_text()[:4000])[:FORCED_TOKENS]
         eng.llama.reset()
         eng.llama.eval(ids)
@@ -269,7 +277,7 @@ def _measure(gguf: Path, hf_dir: Path, other: str) -> dict[str, Any]:
     with torch.no_grad():
         got = model(torch.tensor([ids])).logits[0].double().numpy()[:, :ref.shape[1]]  # no padding rows
     kl = kl_rows(log_softmax(ref), log_softmax(got))
-    return {"probes": len(PROBES), "differences": differences, "forced_tokens": len(ids),
+    return {"probes": run, "differences": differences, "forced_tokens": len(ids),
             "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
             "mean_kl": float(kl.mean())}
 
