@@ -363,16 +363,19 @@ def _plan_llamacpp(engine: str, req: PlanRequest) -> dict[str, Any]:
            "kv_per_token_kib": kv_tok / 1024, "kv_total_gib": kv_total / GiB,
            "overhead_gib": (compute + overhead) / GiB, "total_gib": total / GiB,
            "note": note + (" (synthetic model)" if spec.synthetic else "")}
+    # One more user costs its KV cache and its row of logits; max_users is the most that keep
+    # the plan where it is (its own total, not a looser sum), so planning at max_users fits.
+    per_user = kv_tok * req.context + spec.vocab_size * 4
     if not req.gpu:
         row.update(fits=total <= req.ram, gpu_layers=0, where="cpu",
-                   max_users=int((req.ram - weights - compute - overhead) // (kv_tok * req.context)))
+                   max_users=int(max(0.0, req.ram - (total - req.users * per_user)) // per_user))
         return row
-    row.update(_llamacpp_gpu_split(req, per, compute + overhead, kv_tok))
+    row.update(_llamacpp_gpu_split(req, per, compute + overhead, kv_tok, per_user))
     return row
 
 
 def _llamacpp_gpu_split(req: PlanRequest, per: dict[str, float], fixed: float,
-                        kv_tok: float) -> dict[str, Any]:
+                        kv_tok: float, per_user: float) -> dict[str, Any]:
     """llama.cpp's split for -ngl N (llama-model.cpp): the input embedding always stays on
     the CPU; the last min(N, layers) repeating layers and their KV cache go to the GPU; the
     output layer (output.weight, or a duplicate of tied embeddings) only when N > layers.
@@ -408,10 +411,10 @@ def _llamacpp_gpu_split(req: PlanRequest, per: dict[str, float], fixed: float,
     on_cpu = embd + (n - k) * layer + (0 if ngl > n else out) + compute_on_cpu \
         + RUNTIME_OVERHEAD[("llama.cpp", "cuda-host")]
     where = "gpu" if ngl > n else ("gpu+cpu" if ngl else "cpu")
-    room = gpu - (fixed + out)
+    room = gpu - (vram(n + 1) - req.users * per_user)  # the card, less all of it but the users
     return dict(fits=vram(ngl) <= gpu and on_cpu <= req.ram, gpu_layers=ngl, where=where,
                 gpu_gib=vram(ngl) / GiB, cpu_gib=on_cpu / GiB,
-                max_users=int(max(0.0, room - layers) // (kv_tok * req.context)) if where == "gpu" else None)
+                max_users=int(max(0.0, room) // per_user) if where == "gpu" else None)
 
 
 def _plan_vllm(engine: str, req: PlanRequest) -> dict[str, Any]:

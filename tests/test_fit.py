@@ -53,6 +53,20 @@ def test_kv_cache_grows_with_users_and_context():
     assert b["kv_total_gib"] == pytest.approx(a["kv_total_gib"] * 32)
 
 
+@pytest.mark.parametrize("memory", [{"gpu_memory": "12GiB"}, {"system_memory": "24GiB"}])
+def test_max_users_is_the_most_users_the_plan_still_fits(memory):
+    from labkit.synthetic import SHAPES
+
+    def plan(**kw):
+        return fit(SHAPES["llama-3-8b"], engines=["llama-server"], quant="Q4_K_M", **memory, **kw).row("llama-server")
+
+    first = plan()
+    at, over = plan(users=first["max_users"]), plan(users=first["max_users"] + 1)
+    # (it counted the KV cache only: 7 users "fit" on the card where 7 moved layers to the CPU)
+    assert at["fits"] and at["where"] == first["where"]
+    assert not over["fits"] or over["where"] != first["where"]
+
+
 def test_a_gb_of_memory_is_a_gib_as_cards_are_sold():
     from labkit.planner import parse_bytes
 
