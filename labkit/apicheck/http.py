@@ -27,6 +27,7 @@ class Reply:
     done: bool = False  # a stream ended with ``data: [DONE]``
     error: str | None = None
     seconds: float = 0.0
+    event_s: list[float] = field(default_factory=list)  # when each event arrived, since the request
 
     @property
     def ok(self) -> bool:
@@ -104,6 +105,7 @@ class ApiClient:
                         out.done = True
                         break
                     out.events.append(_json(data))
+                    out.event_s.append(time.perf_counter() - t0)
                     if stop_after is not None and len(out.events) >= stop_after:
                         break
         except httpx.TimeoutException:
