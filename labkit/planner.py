@@ -436,7 +436,7 @@ def _plan_vllm(engine: str, req: PlanRequest) -> dict[str, Any]:
     kv_share = -(-spec.n_kv_heads // tp) / spec.n_kv_heads
     # vLLM's KV cache takes the model's dtype ("auto"): 4 bytes a value at float32 (labkit's
     # default on a CPU without native bf16), 2 at bf16/fp16 and under quantized weights.
-    cache = "f32" if key in ("float32", "fp32") else "f16"
+    cache = "f32" if str(dtype).lower() in ("float32", "fp32") else "f16"  # (not the weights' quant)
     kv_tok = kv_bytes(spec, req.context, 1, engine, cache) / req.context * kv_share  # per token of one sequence
     if tp > 1:
         note += f"; per GPU of {tp} (tensor parallel)"

@@ -78,6 +78,8 @@ def test_vllms_kv_cache_takes_the_model_dtype():
     half = fit("smollm2-135m", engines=["vllm"], dtype="bfloat16", context=2048).row("vllm")
     full = fit("smollm2-135m", engines=["vllm"], dtype="float32", context=2048).row("vllm")
     assert full["max_users"] == half["max_users"] // 2 and full["kv_total_gib"] == half["kv_total_gib"]
+    awq = fit("smollm2-135m", engines=["vllm"], dtype="float32", quant="awq", context=2048).row("vllm")
+    assert awq["kv_per_token_kib"] == full["kv_per_token_kib"]  # the cache follows the dtype, not the weights
 
 
 @pytest.mark.parametrize("bad", [

@@ -447,18 +447,27 @@ def disconnect(api: ApiClient) -> Outcome:
         return Outcome(UNCHECKED, "the server offers neither /slots nor vLLM's /metrics to check")
     n = min(_context(api) or 2048, 4096)
     events = 6
+    # Usage on every chunk where the server gives it (vLLM): a chunk may carry several tokens.
     r = api.stream("/completions", {"model": api.model, "prompt": "Write a very long story.", "max_tokens": n - 16,
-                                    "ignore_eos": True}, stop_after=events)
+                                    "ignore_eos": True, "stream_options": {"include_usage": True,
+                                                                           "continuous_usage_stats": True}},
+                   stop_after=events)
     if (bad := refused(r)) is not None:
         return bad
     t0 = time.perf_counter()
+    if r.done or len(r.events) < events:
+        return Outcome(UNCHECKED, f"the stream ended after {len(r.events)} events, before the client closed it")
     # Idle soon after the close proves nothing if the whole generation would have ended by then
-    # (a small model writes a few hundred tokens in a second): the rest must have taken longer.
-    gaps = r.event_s[1:]
-    rest_s = (n - 16 - len(r.events)) * (gaps[-1] - gaps[0]) / max(1, len(gaps) - 1) if len(gaps) > 1 else 0.0
+    # (a small model writes a few hundred tokens in a second): the rest must take longer.
+    made = [((e or {}).get("usage") or {}).get("completion_tokens") or i + 1 for i, e in enumerate(r.events)]
+    took = r.event_s[-1] - r.event_s[1]
+    if took <= 0 or made[-1] <= made[1]:
+        return Outcome(UNCHECKED, "its events arrived together: the generation's speed, and so how long the "
+                                  "rest would take, is unknown")
+    rest_s = (n - 16 - made[-1]) * took / (made[-1] - made[1])
     if rest_s < 1.0:
-        return Outcome(UNCHECKED, f"the other {n - 16 - len(r.events)} tokens would take only {rest_s:.2f} s "
-                                  "here: too little to tell a freed slot from a finished generation")
+        return Outcome(UNCHECKED, f"the other {n - 16 - made[-1]} tokens would take only {rest_s:.2f} s here: too "
+                                  "little to tell a freed slot from a finished generation")
     limit = min(5.0, rest_s / 2)
     while time.perf_counter() - t0 < limit:  # polling a condition, with a deadline
         if _busy(api) == 0:

@@ -50,8 +50,8 @@ class ModelLoader(w.VBox):
         # A second loader of the same engine and model (other slots, another context) must not
         # take the first one's place: the other panels would quietly see only one of them.
         label, n = f"{engine.name}: {engine.info.model}", 2
-        while label in LOADED and LOADED[label] is not engine:
-            label, n = f"{engine.name}: {engine.info.model} ({n})", n + 1
+        while label in LOADED and LOADED[label] is not engine and not LOADED[label].closed:
+            label, n = f"{engine.name}: {engine.info.model} ({n})", n + 1  # (a closed one's label is free)
         LOADED[label] = engine
         self.progress.value, self.progress.bar_style = 1, "success"
         info = engine.info

@@ -28,6 +28,7 @@ class MemoryMonitor(w.VBox):
         self.toggle.observe(self._toggled, "value")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sampling = threading.Lock()  # a loop still finishing and a new one (or a manual call)
         self._t = 0.0
         super().__init__([self.toggle, self.figure], **kwargs)
 
@@ -40,6 +41,10 @@ class MemoryMonitor(w.VBox):
 
     def sample(self) -> dict[str, float]:
         """One reading per engine (GiB), appended to the chart."""
+        with self._sampling:
+            return self._sample()
+
+    def _sample(self) -> dict[str, float]:
         from ..memory import MemorySampler
 
         readings = {}

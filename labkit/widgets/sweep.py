@@ -94,7 +94,7 @@ class SweepPanel(RunStopPanel):
     def _done(self, front: Any) -> None:
         self.front = front
         self._show(front)
-        done = len(set(front.results) - set(front.failed))
+        done = len(front.results)  # (a point whose engine died keeps the levels it finished)
         if front.stopped != "completed":
             self._worker.show(f"{front.stopped}: {done} of {self.progress.max} point(s) kept", "#a60")
         else:

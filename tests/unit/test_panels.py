@@ -84,3 +84,21 @@ def test_plots_of_nothing_measured_are_empty_figures_not_errors():
     assert not labkit.plots.throughput({}).data and not labkit.plots.latency({}).data
     nothing = Capacity("x", labkit.SLO(ttft_p99_ms=1), "rate", 0.0, pd.DataFrame(), "no level", False, 1.0)
     assert not labkit.plots.capacity({"x": nothing}).data
+
+
+def test_a_loader_takes_the_label_of_an_engine_closed_outside_it():
+    from labkit.widgets import LOADED, ModelLoader
+
+    class Named(FakeEngine):
+        name = "llama.cpp"  # one the loader's list offers
+
+    old, new = Named(), Named()
+    try:
+        ModelLoader(old)
+        label = next(k for k, e in LOADED.items() if e is old)
+        old.close()  # closed by the notebook, not by the loader
+        ModelLoader(new)
+        assert LOADED[label] is new  # (it became "label (2)" beside a dead entry the panels still picked)
+    finally:
+        for k in [k for k, e in LOADED.items() if e in (old, new)]:
+            del LOADED[k]
