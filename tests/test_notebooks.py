@@ -103,13 +103,18 @@ def test_06_capacity(tmp_path):
     assert len(front) == 4 and front["slo_met"].all() and front["on_front"].any()
 
 
-def test_a_failing_cell_names_the_cell(tmp_path):
+def _notebook(path: Path, *cells: str, parameters: str | None = None) -> Path:
+    """A notebook on the labkit kernel: a cell tagged ``parameters`` (if given), then ``cells``."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("1 / 0")]
-    path = tmp_path / "broken.ipynb"
+    nb.cells = ([nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})] if parameters else []) \
+        + [nbformat.v4.new_code_cell(c) for c in cells]
     nbformat.write(nb, path)
+    return path
+
+
+def test_a_failing_cell_names_the_cell(tmp_path):
+    path = _notebook(tmp_path / "broken.ipynb", "1 / 0", parameters="x = 1")
     with pytest.raises(NotebookError, match=r"cell 1 \(`1 / 0`\): raised ZeroDivisionError") as err:
         run(path, out=tmp_path / "out", parameters={"x": 2})  # papermill injects a cell: not counted
     assert Path(err.value.output_path).exists() and err.value.cell_index == 1
@@ -118,13 +123,8 @@ def test_a_failing_cell_names_the_cell(tmp_path):
 
 
 def test_a_cell_past_its_timeout_names_the_cell_and_writes_the_report(tmp_path):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("wait_s = 600", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("import time\ntime.sleep(wait_s)"),
-                nbformat.v4.new_code_cell("y = 2")]
-    path = tmp_path / "slow.ipynb"
-    nbformat.write(nb, path)
+    path = _notebook(tmp_path / "slow.ipynb", "x = 1", "import time\ntime.sleep(wait_s)", "y = 2",
+                     parameters="wait_s = 600")
     with pytest.raises(NotebookError, match=r"cell 2 \(`import time`\): raised CellTimeoutError: it ran past "
                                             r"the cell timeout of 2 s") as err:
         run(path, out=tmp_path / "out", timeout_s=2)  # (was nbclient's own exception, no report)
@@ -132,15 +132,11 @@ def test_a_cell_past_its_timeout_names_the_cell_and_writes_the_report(tmp_path):
 
 
 def test_the_kernel_talks_over_private_unix_sockets_not_tcp(tmp_path):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(
-        "import os, stat, labkit\nfrom ipykernel.kernelapp import IPKernelApp\n"
-        "app = IPKernelApp.instance()\n"
-        "labkit.record('kernel', {'transport': app.transport, 'ip': app.ip,\n"
-        "    'mode': stat.S_IMODE(os.stat(os.path.dirname(app.ip)).st_mode)})")]
-    path = tmp_path / "kernel.ipynb"
-    nbformat.write(nb, path)
+    path = _notebook(tmp_path / "kernel.ipynb",
+                     "import os, stat, labkit\nfrom ipykernel.kernelapp import IPKernelApp\n"
+                     "app = IPKernelApp.instance()\n"
+                     "labkit.record('kernel', {'transport': app.transport, 'ip': app.ip,\n"
+                     "    'mode': stat.S_IMODE(os.stat(os.path.dirname(app.ip)).st_mode)})")
     out = run(path, out=tmp_path / "out")
     k = results(out)["kernel"]
     assert k["transport"] == "ipc" and os.path.isabs(k["ip"]) and k["mode"] == 0o700
@@ -160,12 +156,7 @@ def test_an_unknown_parameter_is_an_error_listing_the_known_ones(tmp_path):
 
 
 def test_a_kernel_killed_by_a_signal_names_the_cell_and_the_signal(tmp_path):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("x = 1"),
-                nbformat.v4.new_code_cell("import os, signal\nos.kill(os.getpid(), signal.SIGILL)")]
-    path = tmp_path / "dies.ipynb"
-    nbformat.write(nb, path)
+    path = _notebook(tmp_path / "dies.ipynb", "x = 1", "import os, signal\nos.kill(os.getpid(), signal.SIGILL)")
     with pytest.raises(NotebookError) as err:
         run(path, out=tmp_path / "out")
     e = err.value
@@ -275,12 +266,8 @@ def test_a_grid_with_a_bad_parameter_is_refused_before_any_run(tmp_path):
 
 
 def test_a_secret_parameter_never_reaches_the_run_folder(tmp_path):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "labkit", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("API_KEY = ''\nHF_TOKEN = ''\nMAX_TOKENS = 8", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("import labkit\nlabkit.record('key_length', len(API_KEY))")]
-    path = tmp_path / "keyed.ipynb"
-    nbformat.write(nb, path)
+    path = _notebook(tmp_path / "keyed.ipynb", "import labkit\nlabkit.record('key_length', len(API_KEY))",
+                     parameters="API_KEY = ''\nHF_TOKEN = ''\nMAX_TOKENS = 8")
     out = run(path, out=tmp_path / "out", parameters={"API_KEY": "sk-do-not-keep-123", "HF_TOKEN": "hf_secret_456",
                                                        "MAX_TOKENS": 16})
     assert results(out)["key_length"] == 18  # the kernel had it
