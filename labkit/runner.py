@@ -139,7 +139,7 @@ def _failure(e: Exception, nb_path: Path, executed: Path, deaths: list[int], tim
         index, first = _source_cell(executed, e.cell_index)
         return NotebookError(nb_path.name, index, e.ename, e.evalue, str(executed), first_line=first)
     if isinstance(e, CellTimeoutError):  # papermill passes it on as nbclient raised it
-        index, first = _source_cell(executed, _last_started(executed))
+        index, first = _source_cell(executed, None)
         return NotebookError(nb_path.name, index, "CellTimeoutError",
                              f"it ran past the cell timeout of {timeout_s} s and was interrupted", str(executed),
                              first_line=first,
@@ -293,20 +293,10 @@ def _death(code: int | None) -> str:
     return f"the kernel died (exit code {code})" if code is not None else "the kernel died"
 
 
-def _last_started(executed: Path) -> int | None:
-    """Index of the last cell papermill started (a timed-out cell is left marked completed)."""
-    try:
-        cells = json.loads(executed.read_text())["cells"]
-    except (OSError, ValueError, KeyError):
-        return None
-    cells = [c for c in cells if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
-    started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
-    return started[-1] if started else None
-
-
 def _source_cell(executed: Path, cell_index: int | None) -> tuple[int, str]:
     """The failing cell as the source notebook numbers it (papermill's injected parameters
-    cell not counted) and its first line. ``None`` means "the cell papermill was running"."""
+    cell not counted) and its first line. ``None`` means "the cell papermill was running", or
+    else the last one it started (a cell interrupted at its timeout is left marked completed)."""
     try:
         cells = json.loads(executed.read_text())["cells"]
     except (OSError, ValueError, KeyError):
@@ -315,8 +305,10 @@ def _source_cell(executed: Path, cell_index: int | None) -> tuple[int, str]:
     cells = [c for c in cells
              if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
     if cell_index is None:
-        status = [c.get("metadata", {}).get("papermill", {}).get("status") for c in cells]
-        cell_index = status.index("running") if "running" in status else len(cells) - 1
+        marks = [c.get("metadata", {}).get("papermill", {}) for c in cells]
+        started = [i for i, m in enumerate(marks) if m.get("start_time")]
+        cell_index = next((i for i, m in enumerate(marks) if m.get("status") == "running"),
+                          started[-1] if started else len(cells) - 1)
     injected = sum(1 for c in cells[:cell_index]
                    if "injected-parameters" in c.get("metadata", {}).get("tags", []))
     source = cells[cell_index].get("source", "") if 0 <= cell_index < len(cells) else ""
