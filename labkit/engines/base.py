@@ -312,15 +312,20 @@ class Engine(ABC):
             return None
 
 
+def reported_tokens(tokens: list[Token]) -> int | None:
+    """How many tokens the engine said it generated (its usage count), or None. The last
+    count: a server may send a running one on every chunk (vLLM with
+    --enable-force-include-usage starts at 0)."""
+    return next((t.completion_tokens for t in reversed(tokens) if t.completion_tokens is not None), None)
+
+
 def assemble(engine: str, prompt: Any, tokens: list[Token], e2e_s: float, started: float,
              prompt_ids: list[int] | None) -> Generation:
     """Build a Generation from streamed tokens (the last Token may be a finish marker only)."""
     real = [t for t in tokens if t.token_id is not None or t.text]
     finish = next((t.finish_reason for t in reversed(tokens) if t.finish_reason), None)
     ids = [t.token_id for t in real]
-    # The last count: a server may send a running one on every chunk (vLLM with
-    # --enable-force-include-usage starts at 0).
-    reported = next((t.completion_tokens for t in reversed(tokens) if t.completion_tokens is not None), None)
+    reported = reported_tokens(tokens)
     # Ids are kept only when there is one per token generated: a server that held some back
     # (a multi-byte character split over tokens) would shift every comparison after them.
     whole = all(i is not None for i in ids) and (reported is None or reported == len(ids))

@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from ..engines.base import Engine, Submission, Token
+from ..engines.base import Engine, Submission, Token, reported_tokens
 from ..engines.capabilities import AsyncStreams, Submits
 from .metrics import request_metrics
 from .result import RequestRecord
@@ -110,7 +110,7 @@ def finish_record(record: RequestRecord, tokens: list[Token], e2e_s: float,
     real = [t for t in tokens if t.token_id is not None or t.text]
     # What the engine counted, where it said: llama-server streams one chunk for the several
     # tokens of a multi-byte character, so chunks alone under-count emoji or CJK output.
-    reported = next((t.completion_tokens for t in reversed(tokens) if t.completion_tokens is not None), None)
+    reported = reported_tokens(tokens)
     metrics = request_metrics([t.t_s for t in real], e2e_s, reported)
     record.ttft_s, record.tpot_s = metrics["ttft_s"], metrics["tpot_s"]
     record.itl_s, record.e2e_s = metrics["itl_s"], metrics["e2e_s"]
