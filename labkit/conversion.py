@@ -8,9 +8,11 @@ for llama.cpp). A conversion can be silently wrong: transformers' GGUF loader dr
 * the conversion carries the tokenizer's behaviour over (BOS/EOS insertion from the GGUF's
   ``tokenizer.ggml.add_bos_token`` / ``add_eos_token``, end-of-generation tokens, the chat
   template);
-* before first use it is checked, in a child process, against llama.cpp on the GGUF:
-  prompt-token parity on a fixed probe set (raw text, unicode, code, chat conversations), and
-  teacher-forced top-1 agreement and mean KL over a few hundred tokens of fixed text;
+* before first use it is checked against llama.cpp on the GGUF: the fields that place tokens
+  (rope base and scaling, sliding window; see :mod:`labkit.positions`), then in a child
+  process prompt-token parity on a fixed probe set (raw text, unicode, code, chat
+  conversations), and teacher-forced top-1 agreement and mean KL over a few hundred tokens of
+  fixed text (past the sliding window, when there is one of at most 1920 tokens);
 * the result is stored in the cache entry (``labkit-check.json``), shown by ``labkit models``,
   and a failed check raises :class:`ModelError` saying what differs.
 
@@ -20,6 +22,7 @@ Run as ``python -m labkit.conversion convert SRC.gguf OUT_DIR`` or ``... check G
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -40,6 +43,12 @@ CHECK_FILE = "labkit-check.json"
 MIN_TOP1 = 0.9
 MAX_MEAN_KL = 0.05
 FORCED_TOKENS = 256
+# A sliding window is checked past its end when that costs at most this many forced tokens
+# (the logits of both sides are held: 2 x 2048 x a 262k vocabulary is 4 GiB in float32).
+MAX_FORCED_TOKENS = 2048
+PAST_WINDOW = 128
+# Checks stored by an older labkit are run again: 2 added rope/window parity and the window.
+CHECK_VERSION = 2
 PROBES: tuple[tuple[str, Any, bool], ...] = (
     ("plain text", "The capital of France is", False),
     ("unicode", "Naïve café in Zürich, 東京 and Kraków: ½ price! 🙂", False),
@@ -66,6 +75,9 @@ class ConversionCheck:
     top1_agreement: float = float("nan")
     mean_kl: float = float("nan")
     reason: str = ""  # what differs, in plain words; empty when the check passed
+    sliding_window: int | None = None
+    past_window_top1: float = float("nan")  # over the forced tokens past the window, if it fit
+    past_window_kl: float = float("nan")
 
     @property
     def passed(self) -> bool:
@@ -76,17 +88,23 @@ class ConversionCheck:
             return f"check failed: {self.reason}"
         if not self.forced_tokens:
             return f"checked: {self.probes} prompts tokenized alike"
-        return (f"checked: {self.probes} prompts tokenized alike; top-1 {self.top1_agreement:.3f}, "
-                f"mean KL {self.mean_kl:.4f} over {self.forced_tokens} tokens")
+        out = (f"checked: {self.probes} prompts tokenized alike; top-1 {self.top1_agreement:.3f}, "
+               f"mean KL {self.mean_kl:.4f} over {self.forced_tokens} tokens")
+        if self.sliding_window and self.past_window_top1 == self.past_window_top1:
+            out += (f" (past the {self.sliding_window}-token sliding window: top-1 "
+                    f"{self.past_window_top1:.3f}, mean KL {self.past_window_kl:.4f})")
+        elif self.sliding_window:
+            out += f"; not past its {self.sliding_window}-token sliding window"
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "passed": self.passed, "version": CHECK_VERSION}
 
     def raise_if_failed(self) -> None:
         if not self.passed and self.direction == "pair":
             raise ModelError(
-                f"The paired models {self.gguf} (llama.cpp) and {self.hf_dir} (vLLM) are not fed the "
-                f"same tokens: {self.reason}. compare() shows their text side by side but refuses "
+                f"The paired models {self.gguf} (llama.cpp) and {self.hf_dir} (vLLM) do not read "
+                f"prompts the same way: {self.reason}. compare() shows their text side by side but refuses "
                 "logprob parity on such a pair; pass allow_token_mismatch=True to load them anyway.")
         if not self.passed:
             converted = self.hf_dir if self.direction == "gguf->hf" else self.gguf
@@ -121,10 +139,12 @@ def diagnose(name: str, llama_ids: list[int], converted_ids: list[int], bos: int
 # --- the cache side ------------------------------------------------------------------------
 
 def read_check(entry: Path) -> ConversionCheck | None:
-    """The check stored in a cache entry, if it was checked."""
+    """The check stored in a cache entry, if it was checked (by this version of the check)."""
     try:
         data = json.loads((entry / CHECK_FILE).read_text())
         data.pop("passed", None)
+        if data.pop("version", 1) != CHECK_VERSION:
+            return None
         return ConversionCheck(**data)
     except (OSError, ValueError, TypeError):
         return None
@@ -160,16 +180,23 @@ def ensure_pair_checked(gguf: Path, hf_dir: Path, *, raise_on_mismatch: bool = T
 
 
 def check(gguf: Path, hf_dir: Path, direction: str) -> ConversionCheck:
-    """Compare ``hf_dir`` (what vLLM loads) with llama.cpp on ``gguf``, in a child process:
-    torch, transformers and a llama.cpp context cost memory the caller should not keep."""
+    """Compare ``hf_dir`` (what vLLM loads) with llama.cpp on ``gguf``: the fields that place
+    tokens here, the rest in a child process (torch, transformers and a llama.cpp context cost
+    memory the caller should not keep)."""
+    from . import positions
+
     other = "the Hugging Face tokenizer" if direction == "pair" else "the converted tokenizer"
+    placed = positions.differences(gguf, hf_dir, "the Hugging Face config" if direction == "pair"
+                                   else "the converted config")
     proc = subprocess.run([sys.executable, "-m", "labkit.conversion", "check", str(gguf), str(hf_dir), other],
                           capture_output=True, text=True)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise ModelError(f"Checking the conversion {hf_dir} against {gguf.name} failed to run:\n"
                          f"{proc.stderr[-3000:]}")
-    return _judge(ConversionCheck(str(gguf), str(hf_dir), direction, **json.loads(lines[-1])))
+    c = ConversionCheck(str(gguf), str(hf_dir), direction, **json.loads(lines[-1]))
+    c.differences = placed + c.differences
+    return _judge(c)
 
 
 def _judge(c: ConversionCheck) -> ConversionCheck:
@@ -182,7 +209,19 @@ def _judge(c: ConversionCheck) -> ConversionCheck:
                     f"agreement {c.top1_agreement:.3f} (at least {MIN_TOP1} expected), mean KL "
                     f"{c.mean_kl:.4f} (at most {MAX_MEAN_KL}); the weights were not converted "
                     "faithfully")
+    elif not math.isnan(c.past_window_top1) and (c.past_window_top1 < MIN_TOP1 or c.past_window_kl > MAX_MEAN_KL):
+        c.reason = (f"past the {c.sliding_window}-token sliding window the two predict differently: "
+                    f"top-1 agreement {c.past_window_top1:.3f} (at least {MIN_TOP1} expected), mean "
+                    f"KL {c.past_window_kl:.4f} (at most {MAX_MEAN_KL}); one side does not apply the "
+                    "window as the other does")
     return c
+
+
+def forced_length(window: int | None) -> int:
+    """How many tokens the teacher-forced check feeds: past a sliding window when that fits."""
+    if window and window + PAST_WINDOW <= MAX_FORCED_TOKENS:
+        return max(FORCED_TOKENS, window + PAST_WINDOW)
+    return FORCED_TOKENS
 
 
 # --- the child side ------------------------------------------------------------------------
@@ -235,6 +274,29 @@ def convert(src: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _probe(eng: Any, tok: Any, other: str, prompt_ids: Any) -> tuple[int, list[dict[str, Any]]]:
+    """(probes run, the ones whose prompt tokens differ) between llama.cpp and ``tok``."""
+    bos, eos = eng.llama.token_bos(), eng.llama.token_eos()
+    differences, run = [], 0
+    gguf_template = bool(eng.llama.metadata.get("tokenizer.chat_template"))
+    for name, prompt, chat in PROBES:
+        if chat and not (tok.chat_template or gguf_template):
+            continue  # neither has a chat template: nothing to compare
+        if chat and bool(tok.chat_template) != gguf_template:  # one side lost it
+            differences.append({"probe": name, "llama.cpp": "chat template" if gguf_template else "none",
+                                "converted": "chat template" if tok.chat_template else "none",
+                                "diagnosis": "only one side has a chat template: chats would be "
+                                             "formatted differently"})
+            continue
+        run += 1
+        a, b = eng.tokenize(prompt, chat=chat), prompt_ids(tok, prompt, chat)
+        if a != b:
+            differences.append({"probe": name, "llama.cpp": a[:16], "converted": b[:16],
+                                "diagnosis": diagnose(name, a, b, None if bos < 0 else bos,
+                                                      None if eos < 0 else eos, other)})
+    return run, differences
+
+
 def _measure(gguf: Path, hf_dir: Path, other: str) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -243,43 +305,40 @@ def _measure(gguf: Path, hf_dir: Path, other: str) -> dict[str, Any]:
     from .comparison import _license_text, kl_rows, log_softmax
     from .engines.llamacpp import LlamaCppEngine
     from .engines.vllm import prompt_ids
+    from .positions import hf_window
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    eng = LlamaCppEngine(str(gguf), context=FORCED_TOKENS + 64, logits_all=True)
+    window = hf_window(json.loads((hf_dir / "config.json").read_text()))
+    n = forced_length(window)
+    eng = LlamaCppEngine(str(gguf), context=n + 64, logits_all=True)
     try:
-        bos, eos = eng.llama.token_bos(), eng.llama.token_eos()
-        differences, run = [], 0
-        gguf_template = bool(eng.llama.metadata.get("tokenizer.chat_template"))
-        for name, prompt, chat in PROBES:
-            if chat and not (tok.chat_template or gguf_template):
-                continue  # neither has a chat template: nothing to compare
-            if chat and bool(tok.chat_template) != gguf_template:  # one side lost it
-                differences.append({"probe": name, "llama.cpp": "chat template" if gguf_template else "none",
-                                    "converted": "chat template" if tok.chat_template else "none",
-                                    "diagnosis": "only one side has a chat template: chats would be "
-                                                 "formatted differently"})
-                continue
-            run += 1
-            a, b = eng.tokenize(prompt, chat=chat), prompt_ids(tok, prompt, chat)
-            if a != b:
-                differences.append({"probe": name, "llama.cpp": a[:16], "converted": b[:16],
-                                    "diagnosis": diagnose(name, a, b, None if bos < 0 else bos,
-                                                          None if eos < 0 else eos, other)})
+        run, differences = _probe(eng, tok, other, prompt_ids)
         if differences:  # fed different tokens, the two cannot be compared position by position
-            return {"probes": run, "differences": differences}
-        ids = eng.tokenize(_license_text()[:4000])[:FORCED_TOKENS]
+            return {"probes": run, "differences": differences, "sliding_window": window}
+        text, ids = _license_text(), []
+        while len(ids) < n:  # the licence is ~2,500 tokens; repeated only for a longer window
+            ids = eng.tokenize(text)
+            text += "\n\n" + _license_text()
+        ids = ids[:n]
         eng.llama.reset()
         eng.llama.eval(ids)
-        ref = np.asarray(eng.llama.scores[:len(ids)], dtype=np.float64)
+        ref = np.array(eng.llama.scores[:len(ids)], dtype=np.float32)  # a copy: close() frees them
     finally:
         eng.close()
     model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
     with torch.no_grad():
-        got = model(torch.tensor([ids])).logits[0].double().numpy()[:, :ref.shape[1]]  # no padding rows
-    kl = kl_rows(log_softmax(ref), log_softmax(got))
-    return {"probes": run, "differences": differences, "forced_tokens": len(ids),
-            "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
-            "mean_kl": float(kl.mean())}
+        got = model(torch.tensor([ids])).logits[0].numpy()[:, :ref.shape[1]]  # no padding rows
+    del model
+    # row by row in float64 chunks: a 262k vocabulary x 2k rows is 4 GiB a side in float64
+    kl = np.concatenate([kl_rows(log_softmax(ref[i:i + 256]),
+                                 log_softmax(got[i:i + 256]))
+                         for i in range(0, len(ids), 256)])
+    same = ref.argmax(1) == got.argmax(1)
+    out = {"probes": run, "differences": differences, "forced_tokens": len(ids),
+           "top1_agreement": float(same.mean()), "mean_kl": float(kl.mean()), "sliding_window": window}
+    if window and len(ids) > window:
+        out.update(past_window_top1=float(same[window:].mean()), past_window_kl=float(kl[window:].mean()))
+    return out
 
 
 if __name__ == "__main__":

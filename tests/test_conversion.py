@@ -98,3 +98,22 @@ def test_an_architecture_transformers_cannot_convert_names_itself_and_the_way_ou
     w.close()
     with pytest.raises(ModelError, match=r"architecture 'rwkv7'.*Pair the GGUF .*'vllm': 'org/name'"):
         models.hf_dir(path)
+
+
+def test_a_conversion_that_lost_its_rope_base_is_refused(tmp_path):
+    from labkit import positions
+
+    gguf, hf = models.resolve("smollm2-135m"), models.hf_dir("smollm2-135m")
+    assert positions.differences(gguf, hf) == []  # the bundled pair places tokens alike
+    broken = shutil.copytree(hf, tmp_path / "rope", ignore=shutil.ignore_patterns(conversion.CHECK_FILE))
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["rope_parameters"]["rope_theta"] = 10000.0  # llama's default, where SmolLM2 uses 100000
+    cfg["sliding_window"] = 300  # vLLM would apply it; llama.cpp does not know of it
+    (broken / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match=r"rope base differs \(llama.cpp 100000, the converted config 10000\)"):
+        conversion.ensure_checked(gguf, broken, "gguf->hf", broken)
+    stored = conversion.read_check(broken)
+    assert [d["probe"] for d in stored.differences] == ["rope base", "sliding window"]
+    # the text is forced past the window, and what comes after it is measured apart
+    assert stored.sliding_window == 300 and stored.forced_tokens == 300 + conversion.PAST_WINDOW
+    assert 0 <= stored.past_window_top1 <= 1 and stored.past_window_kl >= 0

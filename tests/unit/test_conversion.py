@@ -39,3 +39,33 @@ def test_a_failed_check_raises_what_differs():
     with pytest.raises(ModelError, match="does not add BOS; llama.cpp does.*would be wrong"):
         c.raise_if_failed()
     assert c.summary().startswith("check failed")
+
+
+def test_the_forced_text_goes_past_a_window_that_fits_and_is_judged_there():
+    from labkit.conversion import FORCED_TOKENS, MAX_FORCED_TOKENS, PAST_WINDOW, forced_length
+
+    assert forced_length(None) == FORCED_TOKENS
+    assert forced_length(512) == 512 + PAST_WINDOW
+    assert forced_length(MAX_FORCED_TOKENS) == FORCED_TOKENS  # too long to check past: said so
+    ok = _check(top1_agreement=0.98, mean_kl=0.004, sliding_window=512, past_window_top1=0.97,
+                past_window_kl=0.01)
+    assert ok.passed and "past the 512-token sliding window: top-1 0.970" in ok.summary()
+    bad = _check(top1_agreement=0.95, mean_kl=0.01, sliding_window=512, past_window_top1=0.4,
+                 past_window_kl=1.2)
+    assert not bad.passed and "past the 512-token sliding window the two predict differently" in bad.reason
+    assert "not past its 4096-token sliding window" in _check(top1_agreement=0.98, mean_kl=0.004,
+                                                               sliding_window=4096).summary()
+
+
+def test_a_check_stored_by_an_older_version_is_run_again(tmp_path):
+    import json
+
+    from labkit.conversion import CHECK_FILE, read_check
+
+    c = _check(top1_agreement=0.98, mean_kl=0.004)
+    (tmp_path / CHECK_FILE).write_text(json.dumps(c.to_dict()))
+    assert read_check(tmp_path).summary() == c.summary()  # (NaN fields do not compare equal)
+    old = c.to_dict()
+    del old["version"]
+    (tmp_path / CHECK_FILE).write_text(json.dumps(old))
+    assert read_check(tmp_path) is None
