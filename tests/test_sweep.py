@@ -86,3 +86,28 @@ def test_a_point_whose_engine_dies_is_failed_and_the_sweep_goes_on(monkeypatch):
     t = front.table.set_index(["point", "level"])
     assert t.loc[(first, 1), "completed"] == 3 and not t.loc[(first, 1), "partial"]  # what it finished is kept
     assert (t.loc[second, "completed"] == 3).all()  # and the next point ran whole
+
+
+def test_a_ctrl_c_while_a_point_shuts_down_keeps_what_it_measured(monkeypatch):
+    sweep_mod = importlib.import_module("labkit.loadgen.sweep")
+    real_load = sweep_mod.load
+
+    def load_with_an_interrupted_close(name, **kwargs):
+        engine = real_load(name, **kwargs)
+        close = engine.close
+
+        def close_then_ctrl_c():
+            first = not engine.closed
+            close()
+            if first:
+                raise KeyboardInterrupt  # a second Ctrl-C, pressed while the engine shuts down
+
+        engine.close = close_then_ctrl_c
+        return engine
+
+    monkeypatch.setattr(sweep_mod, "load", load_with_an_interrupted_close)
+    front = labkit.sweep({"mock-server": {"token_delay_ms": [1, 2]}}, concurrency=[1, 2], requests_per_level=3,
+                         workload=TINY, warmup=0, progress=False)
+    assert front.stopped == "interrupted"
+    assert list(front.table["point"].unique()) == ["mock-server (token_delay_ms=1)"]
+    assert list(front.table["completed"]) == [3, 3] and list(front.results) == ["mock-server (token_delay_ms=1)"]

@@ -217,7 +217,7 @@ class _Walk:
                 break
             try:
                 res = self._measure(i, point)
-            except KeyboardInterrupt:  # while an engine loaded: nothing of this point to keep
+            except KeyboardInterrupt:  # while an engine loaded or closed: what it measured is kept
                 stopped = "interrupted"
                 break
             if res is not None and res.ended == "interrupted":  # (the caller's event is theirs)
@@ -249,9 +249,10 @@ class _Walk:
             except LabkitError as e:  # refused for this point (a workload past its context)
                 self.failed[point.label] = f"{type(e).__name__}: {e}"
                 return None
-        self.results[point.label] = res
-        if not res.summary.empty:
-            self.rows.append(self._rows(point, res))
+            # kept before the engine closes: a Ctrl-C while it shuts down must not lose it
+            self.results[point.label] = res
+            if not res.summary.empty:
+                self.rows.append(self._rows(point, res))
         return res
 
     def _rows(self, point: Point, res: BenchResult) -> pd.DataFrame:
