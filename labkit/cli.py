@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .environment import environment
 from .errors import InvalidInput, LabkitError
 
 _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -146,7 +147,8 @@ def _compare(args: argparse.Namespace) -> int:
         # through pandas' JSON: a missing value is null, not NaN (which is not JSON) or "<NA>"
         print(_json({"reference": cmp.reference, "table": json.loads(cmp.table.to_json(orient="records")),
                      "parity": json.loads(cmp.parity.to_json(orient="records")), "notes": cmp.notes,
-                     "engines": {n: e.info.to_dict() for n, e in engines.items()}}))
+                     "engines": {n: e.info.to_dict() for n, e in engines.items()},
+                     "environment": environment()}))
         return 0
     for note in cmp.notes:
         print(f"note: {note}")
@@ -217,8 +219,9 @@ def _bench(args: argparse.Namespace) -> int:
     # Threads differ by engine when not given (vLLM keeps a core for its front end): say so.
     eng = res.manifest.get("engine", {})
     if args.json:
-        for row in summary.to_dict("records"):
-            print(_json({**row, "threads": eng.get("threads")}))
+        for row in summary.to_dict("records"):  # each row says what measured it, and where
+            print(_json({**row, "threads": eng.get("threads"), "engine_version": eng.get("engine_version"),
+                         "model": eng.get("model"), "machine": res.manifest.get("environment", {}).get("hostname")}))
     elif not summary.empty:
         cols = ["level", "completed", "errors", "unmeasured", "req_per_s", "output_tok_per_s",
                 "ttft_p50_ms", "tpot_p50_ms"]
@@ -307,7 +310,7 @@ def _capacity(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     if args.json:
-        print(_json(cap.to_dict()))
+        print(_json({**cap.to_dict(), "environment": environment()}))
     else:
         cols = ["step", "level", "met", "completed", "errors", "output_tok_per_s", *slo.bounds,
                 "goodput_req_per_s"]
@@ -409,6 +412,11 @@ def _run(args: argparse.Namespace) -> int:
         return _run_grid(args, params)
     folder = run(args.notebook, params, out=args.out, timeout_s=args.timeout)
     stem = args.notebook.rsplit("/", 1)[-1].removesuffix(".ipynb")
+    if args.json:
+        print(_json({"folder": str(folder), "report": str(folder / (stem + ".html")),
+                     "notebook": str(folder / (stem + ".ipynb")),
+                     "results": str(folder / "results.json"), "manifest": str(folder / "manifest.json")}))
+        return 0
     print(f"report: {folder / (stem + '.html')}")
     print(f"executed notebook, results.json and manifest.json: {folder}")
     return 0
@@ -422,7 +430,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", nargs=2, action="append", metavar=("NAME", "VALUES"),
                    help="run once per value of a parameter (VALUES: a JSON list); several --grid "
                         "flags run every combination, each into OUT/NNN-NAME=VALUE")
-    p.add_argument("--json", action="store_true", help="with --grid: the points as JSON on stdout")
+    p.add_argument("--json", action="store_true", help="JSON on stdout: the run's files (with --grid: the points)")
     p.add_argument("--timeout", type=_positive_seconds, default=1800,
                    help="seconds one cell may run before it is interrupted (default 1800)")
 
@@ -487,26 +495,33 @@ def _setup(args: argparse.Namespace) -> int:
     gguf = _step(2, 4, "bundled model", lambda: models.gguf_path(models.DEFAULT_MODEL))
     hf = _step(3, 4, "convert the bundled model for vLLM and check it against llama.cpp (first time: ~30 s)",
                lambda: models.hf_dir(models.DEFAULT_MODEL, checked=not args.without_llama_cpp))
+    from .conversion import read_check
+
+    check = read_check(hf)
+    # the dtype check times matmuls: it waits for an idle CPU (make runs this beside a compile)
+    dtypes = None if args.without_llama_cpp else _step(
+        4, 4, "check torch's float32/bfloat16 kernels for vLLM (first time: ~5 s)", torch_dtypes.check)
+    dtype = None if dtypes is None else ("bfloat16" if dtypes.bfloat16_native else "float32")
+    if args.json:
+        print(_json({"llama_cpp": build.to_dict() if build else None, "bundled_gguf": str(gguf),
+                     "vllm_directory": str(hf), "conversion": check.to_dict() if check else None,
+                     "vllm_cpu_dtype": dtype, "vllm_cpu_dtype_reason": dtypes.reason if dtypes else None}))
+        return 0
     if args.without_llama_cpp:
-        return 0  # the dtype check times matmuls: it waits for an idle CPU (make runs this beside a compile)
-    dtypes = _step(4, 4, "check torch's float32/bfloat16 kernels for vLLM (first time: ~5 s)",
-                   torch_dtypes.check)
+        return 0
     if build is not None:
         print(build.explain())
     print(f"bundled GGUF:    {gguf}")
     print(f"vLLM directory:  {hf}")
-    from .conversion import read_check
-
-    check = read_check(hf)
     if check is not None:
         print(f"conversion:      {check.summary()}")
-    print(f"vLLM CPU dtype:  {'bfloat16' if dtypes.bfloat16_native else 'float32'} ({dtypes.reason})")
+    print(f"vLLM CPU dtype:  {dtype} ({dtypes.reason})")
     return 0
 
 
 def _setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="re-run the checks (as `labkit doctor`)")
-    p.add_argument("--json", action="store_true", help="with --check: one JSON object")
+    p.add_argument("--json", action="store_true", help="one JSON object: what was set up (with --check: the checks)")
     p.add_argument("--without-llama-cpp", action="store_true",
                    help="only convert the bundled model, which needs no llama.cpp build (make "
                         "runs this beside the compile)")
@@ -574,8 +589,9 @@ def _conformance(args: argparse.Namespace) -> int:
         kw["extra_args"] = TOOL_ARGS[args.engine]
     with load(args.engine, **kw) as srv:
         m = conformance(srv, timeout_s=args.timeout, progress=not args.json)
-    if args.json:
-        print(_json(m.to_dict()))
+        info = srv.info.to_dict()
+    if args.json:  # verdicts depend on the server's version: say which, and where
+        print(_json({**m.to_dict(), "engine": info, "environment": environment()}))
         return 0
     for engine, flags in m.flags.items():
         print(f"{engine}, started with {flags}")

@@ -130,8 +130,16 @@ def nvml() -> DeviceMemory | None:
 
 
 def gpu_name() -> str | None:
+    """The first GPU's name, with the count where there are several ("NVIDIA H100 x2"): a
+    machine with two cards is not the machine with one."""
     dev = nvml()
-    return dev.name() if dev else None
+    if dev is None:
+        return None
+    try:
+        count = int(dev._nvml.nvmlDeviceGetCount()) if isinstance(dev, Nvml) else 1
+    except Exception:
+        count = 1
+    return dev.name() + (f" x{count}" if count > 1 else "")
 
 
 @dataclass

@@ -340,8 +340,8 @@ def run_grid(notebook: str | Path, grid: dict[str, list[Any]], parameters: dict[
     row: dict[str, Any] = {}
     try:
         for i, point in enumerate(points):
-            folder = base / f"{i:03d}-{_slug(point)}"
-            row = {**point, "folder": str(folder), "error": "running"}
+            folder = base / f"{i:03d}-{_slug(_masked(point))}"  # a secret in a grid: not in a name
+            row = {**_masked(point), "folder": str(folder), "error": "running"}
             rows.append(row)
             try:
                 run(nb_path, {**(parameters or {}), **point}, out=folder, timeout_s=timeout_s)
@@ -358,8 +358,8 @@ def run_grid(notebook: str | Path, grid: dict[str, list[Any]], parameters: dict[
         if bar is not None:
             bar.close()
         base.mkdir(parents=True, exist_ok=True)
-        (base / "index.json").write_text(json.dumps({"notebook": str(nb_path), "grid": grid,
-                                                     "parameters": parameters or {}, "points": rows},
+        (base / "index.json").write_text(json.dumps({"notebook": str(nb_path), "grid": _masked(grid),
+                                                     "parameters": _masked(parameters or {}), "points": rows},
                                                     indent=2, default=str))
     return pd.DataFrame(rows)
 

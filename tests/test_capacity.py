@@ -39,6 +39,7 @@ def test_capacity_cli_json_and_bad_slo(tmp_path):
     (line,) = done.stdout.splitlines()  # only the JSON object on stdout
     out = json.loads(line)
     assert out["users"] == 2 and out["slo"] == {"e2e_p99_ms": 600000.0}
+    assert out["environment"]["cpu_count"] >= 1  # where it was measured
     assert [lv["level"] for lv in out["levels"]] == [1, 2] and all(lv["met"] for lv in out["levels"])
     assert json.loads((tmp_path / "cap" / "capacity.json").read_text())["users"] == 2
     bad = subprocess.run([*cmd, "--slo", "ttft_p95_ms=100"], capture_output=True, text=True, timeout=120)

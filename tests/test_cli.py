@@ -45,6 +45,7 @@ def test_compare_json_feeds_both_engines_the_same_tokens():
     assert out["reference"] == "llama.cpp" and len(out["table"]) == 4
     assert all(row["same_prompt_tokens"] for row in out["table"])
     assert {row["engine"] for row in out["parity"]} == {"llama.cpp"}  # only it can score
+    assert out["environment"]["hostname"] and out["engines"]["llama-server"]["engine_version"]
     bad = labkit_cli("compare", "--engines", "llama.cpp", "Hello")
     assert bad.returncode == 2 and "two or more" in bad.stderr
 
@@ -101,8 +102,9 @@ def test_a_server_killed_mid_sweep_stops_it_with_the_truth(tmp_path):
     assert proc.returncode == 1, stderr[-2000:]
     assert "engine died: llama-server was killed by SIGKILL" in stderr
     assert "last lines of the engine's log" in stderr
-    for line in stdout.splitlines():
-        assert json.loads(line)["threads"] == 1  # --json: stdout holds JSON only, threads said
+    for line in stdout.splitlines():  # --json: stdout holds JSON only, each row saying what measured it
+        row = json.loads(line)
+        assert row["threads"] == 1 and row["engine_version"] and row["model"] == "smollm2-135m" and row["machine"]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["ended"].startswith("engine died")
     rows = [json.loads(x) for x in (tmp_path / "run" / "requests.jsonl").read_text().splitlines()]
@@ -128,3 +130,11 @@ def test_ctrl_c_mid_sweep_exits_130_and_keeps_what_was_measured(tmp_path):
     header, row = summary.splitlines()[:2]
     values = dict(zip(header.split(","), row.split(","), strict=False))
     assert int(values["errors"]) == 0 and int(values["unmeasured"]) > 0
+
+
+def test_setup_json_says_what_was_set_up_as_json_only():
+    r = labkit_cli("setup", "--without-llama-cpp", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    done = json.loads(r.stdout)
+    assert done["bundled_gguf"].endswith(".gguf") and done["conversion"]["passed"] is True
+    assert done["llama_cpp"] is None and done["vllm_cpu_dtype"] is None  # both skipped, and said so

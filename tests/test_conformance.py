@@ -64,3 +64,4 @@ def test_cli_conformance_json_is_one_object_on_stdout():
     assert out.returncode == 0, out.stderr[-2000:]
     d = json.loads(out.stdout)
     assert len(d["checks"]) == len(checks.CHECKS) and "llama-server" in d["flags"]
+    assert d["engine"]["engine_version"] and d["environment"]["cpu"]  # verdicts of which server, where

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -274,3 +276,22 @@ def test_a_secret_parameter_never_reaches_the_run_folder(tmp_path):
     written = "".join(p.read_text(errors="replace") for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert "sk-do-not-keep-123" not in written and "hf_secret_456" not in written
     assert '"MAX_TOKENS": 16' in written  # a count is no secret
+    # a grid: its index and its points' folder names too, even for a secret in the grid
+    from labkit.runner import run_grid
+
+    rows = run_grid(path, {"HF_TOKEN": ["hf_secret_456"]}, {"API_KEY": "sk-do-not-keep-123"},
+                    out=tmp_path / "grid", progress=False)
+    assert list(rows["error"]) == [None]
+    written = "".join(str(p) + p.read_text(errors="replace") for p in (tmp_path / "grid").rglob("*") if p.is_file())
+    assert "sk-do-not-keep-123" not in written and "hf_secret_456" not in written
+    assert '"API_KEY": "***"' in (tmp_path / "grid" / "index.json").read_text()
+
+
+def test_run_json_prints_the_runs_files_as_json_only(tmp_path):
+    path = _notebook(tmp_path / "tiny.ipynb", "import labkit\nlabkit.record('n', N)", parameters="N = 1")
+    done = subprocess.run([sys.executable, "-m", "labkit.cli", "run", str(path), "-p", "N", "3",
+                           "--out", str(tmp_path / "out"), "--json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    files = json.loads(done.stdout)  # the whole of stdout
+    assert Path(files["report"]).is_file() and results(files["folder"])["n"] == 3
+    assert json.loads(Path(files["manifest"]).read_text())["parameters"] == {"N": 3}
