@@ -40,6 +40,11 @@ class Run:
     machine: str = ""
     result: BenchResult | None = None
     recorded: dict[str, Any] = field(default_factory=dict, repr=False)
+    name: str = ""  # the folder relative to what was loaded (grid points share leaf names)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.folder.name
 
     @property
     def environment(self) -> dict[str, Any]:
@@ -74,7 +79,7 @@ class Runs:
         for r in self.runs:
             s = r.result.summary if r.result is not None else pd.DataFrame()  # a computed property: once
             if not s.empty:
-                frames.append(s.drop(columns=["engine"]).assign(machine=r.machine, engine=r.engine, run=r.folder.name))
+                frames.append(s.drop(columns=["engine"]).assign(machine=r.machine, engine=r.engine, run=r.label))
         if not frames:
             return pd.DataFrame()
         s = pd.concat(frames, ignore_index=True)
@@ -92,7 +97,7 @@ class Runs:
         bench = [r for r in self.runs if r.result is not None]
         out: dict[str, BenchResult] = {}
         for r in bench:
-            label = {"machine": r.machine, "engine": r.engine, "run": r.folder.name}[key]
+            label = {"machine": r.machine, "engine": r.engine, "run": r.label}[key]
             if key != "run" and sum(1 for o in bench if _key(o, key) == _key(r, key)) > 1:
                 label += f" · {r.engine if key == 'machine' else r.machine}"
             if label in out:  # the same machine and engine twice: when each ran
@@ -124,14 +129,16 @@ class Runs:
 
     def recorded(self, name: str) -> pd.DataFrame:
         """A value every notebook run recorded under ``name`` (a table), stacked with the
-        machine and run it came from."""
+        machine and run it came from. A table with its own ``machine`` column (one that
+        compares machines) keeps it; the machine that recorded it is then ``recorded_on``."""
         frames = []
         for r in self.runs:
             value = r.recorded.get(name)
             if isinstance(value, pd.DataFrame):
-                frames.append(value.assign(machine=r.machine, run=r.folder.name))
+                mine = "recorded_on" if "machine" in value.columns else "machine"
+                frames.append(value.assign(**{mine: r.machine, "run": r.label}))
             elif value is not None:
-                frames.append(pd.DataFrame([{"value": value, "machine": r.machine, "run": r.folder.name}]))
+                frames.append(pd.DataFrame([{"value": value, "machine": r.machine, "run": r.label}]))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def _repr_html_(self) -> str:
@@ -171,6 +178,7 @@ def load(folders: str | Path | Sequence[str | Path], machine: str | Sequence[str
         found = _read_tree(Path(root))
         for r in found:
             r.machine = names[i] if names else ""
+            r.name = str(Path(Path(root).name) / r.folder.relative_to(root)).removesuffix("/.")
         runs += found
     _label_machines([r for r in runs if not r.machine])
     return Runs(runs)

@@ -70,6 +70,27 @@ def test_notebook_runs_bring_their_recorded_tables(tmp_path):
     assert "1 run(s)" in runs._repr_html_()
 
 
+def test_a_table_comparing_machines_keeps_its_own_machine_column(tmp_path):
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"notebook": "x.ipynb", "environment": {"hostname": "laptop"}}))
+    table = pd.DataFrame({"machine": ["laptop", "a100-box"], "output_tok_per_s": [12.5, 900.0]})
+    (folder / "results.json").write_text(json.dumps(_jsonable({"summary": table})))
+    got = labkit.runs.load(folder).recorded("summary")
+    assert list(got["machine"]) == ["laptop", "a100-box"] and list(got["recorded_on"]) == ["laptop", "laptop"]
+
+
+def test_runs_with_the_same_leaf_folder_name_are_told_apart(tmp_path):
+    # a grid's points each save into "this-machine": the run column says which point
+    _bench(tmp_path / "grid" / "000-USERS=1" / "this-machine")
+    _bench(tmp_path / "grid" / "001-USERS=2" / "this-machine")
+    runs = labkit.runs.load(tmp_path / "grid")
+    assert sorted(set(runs.summary["run"])) == ["grid/000-USERS=1/this-machine", "grid/001-USERS=2/this-machine"]
+    assert sorted(runs.by("run")) == ["grid/000-USERS=1/this-machine", "grid/001-USERS=2/this-machine"]
+    assert list(labkit.runs.load(tmp_path / "grid" / "000-USERS=1" / "this-machine").summary["run"].unique()) == [
+        "this-machine"]
+
+
 def test_folders_without_runs_are_refused(tmp_path):
     with pytest.raises(labkit.InvalidInput, match="No run folder"):
         labkit.runs.load(tmp_path / "missing")
