@@ -115,6 +115,7 @@ def memory_timeline(results, column: str = "rss_bytes") -> go.Figure:
     """
     fig = go.Figure()
     colors = ["rgba(99,110,250,0.08)", "rgba(239,85,59,0.08)"]
+    device_drawn = False
     for k, (label, r) in enumerate(_results(results).items()):
         m = r.memory
         if m.empty:
@@ -125,8 +126,14 @@ def memory_timeline(results, column: str = "rss_bytes") -> go.Figure:
         if column != "pss_bytes" and "pss_bytes" in m.columns:
             pss = m.dropna(subset=["pss_bytes"])
             fig.add_scatter(x=pss["t_s"], y=pss["pss_bytes"] / 1024**3, mode="markers", name=f"{label} PSS")
-        if "vram_used_bytes" in m.columns:
-            fig.add_scatter(x=m["t_s"], y=m["vram_used_bytes"] / 1024**3, mode="lines", name=f"{label} VRAM")
+        # An engine's own VRAM is its processes' (NVML per process); the device-wide figure
+        # holds every engine on the card (and the driver's reserve): drawn once, named so.
+        if "vram_process_bytes" in m.columns and m["vram_process_bytes"].notna().any():
+            fig.add_scatter(x=m["t_s"], y=m["vram_process_bytes"] / 1024**3, mode="lines", name=f"{label} VRAM")
+        elif "vram_used_bytes" in m.columns and m["vram_used_bytes"].notna().any() and not device_drawn:
+            device_drawn = True
+            fig.add_scatter(x=m["t_s"], y=m["vram_used_bytes"] / 1024**3, mode="lines",
+                            name="GPU memory used (whole device, every process)")
         for i, (_run, g) in enumerate(m.groupby((m["phase"] != m["phase"].shift()).cumsum())):
             name = g["phase"].iloc[0]
             if name == "idle" or k > 0:
@@ -335,16 +342,22 @@ def timeline(result: BenchResult) -> go.Figure:
     fig.update_yaxes(title_text="TTFT ms", row=1, col=1, secondary_y=True)
     fig.update_yaxes(title_text="requests", row=2, col=1)
     fig.update_yaxes(title_text="KV used", range=[0, 1], row=2, col=1, secondary_y=True)
-    fig.update_xaxes(title_text="seconds since the sweep began", row=4, col=1)
+    fig.update_xaxes(title_text="seconds since the run began", row=4, col=1)
     eng = result.manifest.get("engine", {}).get("engine", "")
     fig.update_layout(height=900, template="plotly_white", title=f"{eng}: client and server, one time axis")
     return fig
 
 
 def _phase_bands(fig: go.Figure, t: pd.DataFrame) -> None:
-    """A shaded band per measured level, labelled, across every row."""
-    spans = t[t["phase"] != "idle"].groupby("phase", sort=False)["t_s"].agg(["min", "max"])
-    for i, (phase, span) in enumerate(spans.iterrows()):
+    """A shaded band per measured level, labelled, across every row: one per stretch of a
+    phase (with repeats, a level's rounds are apart, and one band over all of them would
+    cover the levels between)."""
+    t = t.sort_values("t_s", kind="stable")
+    stretch = (t["phase"] != t["phase"].shift()).cumsum()
+    t = t.assign(_stretch=stretch)[t["phase"] != "idle"]
+    spans = t.groupby("_stretch", sort=True).agg(phase=("phase", "first"), min=("t_s", "min"), max=("t_s", "max"))
+    for i, (_, span) in enumerate(spans.iterrows()):
+        phase = span["phase"]
         label = {} if phase == "warm-up" else {"annotation_text": phase, "annotation_position": "top left"}
         fig.add_vrect(x0=span["min"], x1=span["max"], fillcolor="#888" if i % 2 else "#bbb", opacity=0.12,
                       line_width=0, **label)
