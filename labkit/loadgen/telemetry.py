@@ -152,8 +152,21 @@ class Telemetry:
 
 
 def _rapl_files() -> list[Path]:
-    """The CPU packages' energy counters, where this user may read them."""
-    files = sorted(RAPL.glob("intel-rapl:[0-9]*/energy_uj")) if RAPL.is_dir() else []
+    """The CPU packages' energy counters, where this user may read them: the top-level zones
+    named ``package-N`` only. powercap also lists each package's sub-zones (core, uncore,
+    dram: ``intel-rapl:0:0``) and, on laptops, ``psys`` (the whole platform) beside them, all
+    of which the package total already holds, or holds the package."""
+    import re
+
+    zones = [z for z in (sorted(RAPL.iterdir()) if RAPL.is_dir() else [])
+             if re.fullmatch(r"intel-rapl:\d+", z.name)]
+    files = []
+    for z in zones:
+        try:
+            if (z / "name").read_text().strip().startswith("package"):
+                files.append(z / "energy_uj")
+        except OSError:
+            continue
     readable = []
     for f in files:
         try:

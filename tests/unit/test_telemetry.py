@@ -220,3 +220,17 @@ def test_a_levels_energy_is_its_own_rounds_not_the_levels_run_between_them():
     rows[3], rows[4] = rows[4], rows[3]  # a background sample appended after the next phase's edge
     peaks = memory.phase_peaks(pd.DataFrame(rows)).set_index("phase")
     assert peaks.loc["concurrency 1", "gpu_energy_j"] == 20.0 and peaks.loc["concurrency 8", "gpu_energy_j"] == 200.0
+
+
+def test_cpu_energy_sums_the_packages_only(tmp_path, monkeypatch):
+    from labkit.loadgen import telemetry as tel
+
+    for zone, name, uj in [("intel-rapl:0", "package-0", 5_000_000), ("intel-rapl:0:0", "core", 3_000_000),
+                           ("intel-rapl:0:1", "uncore", 1_000_000), ("intel-rapl:1", "package-1", 2_000_000),
+                           ("intel-rapl:2", "psys", 9_000_000)]:
+        (tmp_path / zone).mkdir()
+        (tmp_path / zone / "name").write_text(name + "\n")
+        (tmp_path / zone / "energy_uj").write_text(f"{uj}\n")
+    (tmp_path / "intel-rapl").mkdir()  # the control type's own folder
+    monkeypatch.setattr(tel, "RAPL", tmp_path)
+    assert [f.parent.name for f in tel._rapl_files()] == ["intel-rapl:0", "intel-rapl:1"]
