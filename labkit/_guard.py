@@ -13,7 +13,7 @@ import sys
 
 import psutil
 
-from labkit._reaper import wait_for_owner_exit
+from labkit._reaper import still_running, wait_for_owner_exit
 
 
 def main() -> int:
@@ -36,8 +36,7 @@ def main() -> int:
             p.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(list(victims.values()), timeout=10)
-    for p in alive:
+    for p in still_running(list(victims.values()), timeout_s=10):
         try:
             p.kill()
         except psutil.Error:

@@ -31,6 +31,38 @@ _LOCK = threading.Lock()
 STARTING = threading.RLock()
 
 
+#: The write ends this process holds. A child forked without exec (vLLM's engine core on
+#: CUDA, multiprocessing's "fork") would copy them, and a reaper or guard would then see its
+#: owner alive for as long as that child lives: the child closes its copies at once.
+_LIFELINES: set[int] = set()
+
+
+def _lifeline() -> tuple[int, int]:
+    read_end, write_end = os.pipe()
+    _LIFELINES.add(write_end)
+    return read_end, write_end
+
+
+def _close_lifeline(fd: int) -> None:
+    _LIFELINES.discard(fd)
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _close_inherited_lifelines() -> None:
+    for fd in list(_LIFELINES):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LIFELINES.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_lifelines)
+
+
 def _group_alive(pgid: int) -> bool:
     for p in psutil.process_iter(["status"]):
         try:
@@ -68,7 +100,7 @@ class ManagedProcess:
         self.log_path = Path(log_path)
         self.grace_s = grace_s
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        read_end, self._lifeline = os.pipe()
+        read_end, self._lifeline = _lifeline()
         with open(self.log_path, "wb") as log, STARTING:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "labkit._reaper", str(read_end), "--", *cmd],
@@ -114,12 +146,17 @@ class ManagedProcess:
         """Stop the whole process group: SIGTERM, then SIGKILL after the grace period."""
         if self._stopped:
             return
-        self._stopped = True
-        _kill_group(self.pgid, self._proc, self.grace_s)
         try:
-            os.close(self._lifeline)
-        except OSError:
-            pass
+            _kill_group(self.pgid, self._proc, self.grace_s)
+        except BaseException:  # a Ctrl-C during the grace period: no more grace, and no leak
+            try:
+                os.killpg(self.pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            raise
+        finally:
+            self._stopped = True
+            _close_lifeline(self._lifeline)
 
     def __del__(self):
         try:
@@ -134,7 +171,7 @@ class OrphanGuard:
     engine core, which would otherwise survive a killed kernel or script."""
 
     def __init__(self, processes: list[psutil.Process]):
-        read_end, self._lifeline = os.pipe()
+        read_end, self._lifeline = _lifeline()
         args = [f"{p.pid}:{p.create_time():.3f}" for p in processes]
         # Its own session, so a Ctrl-C or kill aimed at the owner's group leaves it to act.
         self._proc = subprocess.Popen([sys.executable, "-m", "labkit._guard", str(read_end), *args],
@@ -152,10 +189,7 @@ class OrphanGuard:
         if self._released:
             return
         self._released = True
-        try:
-            os.close(self._lifeline)
-        except OSError:
-            pass
+        _close_lifeline(self._lifeline)
         try:
             self._proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

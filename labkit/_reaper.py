@@ -24,6 +24,54 @@ def wait_for_owner_exit(fd: int) -> None:
             return
 
 
+def _end_the_rest() -> None:
+    """End what the command left behind in this group (vLLM's engine core when its API server
+    died, a worker a server forked): with the command gone, this reaper is about to exit,
+    and nothing else would end them with their owner."""
+    import psutil
+
+    me, group = os.getpid(), os.getpgrp()
+    left = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != me and os.getpgid(p.pid) == group:
+                left.append(p)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    for p in left:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    for p in still_running(left, timeout_s=5):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def still_running(procs: list, timeout_s: float) -> list:
+    """Those of ``procs`` (psutil processes) still running after up to ``timeout_s``. A zombie
+    counts as gone: one that is not our child stays a zombie as long as its parent (or, in
+    a container, a PID 1 that reaps nothing) leaves it, and it holds nothing but its pid."""
+    import time
+
+    import psutil
+
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in procs if running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling a process we do not own: there is nothing to wait on
+        alive = [p for p in alive if running(p)]
+    return alive
+
+
 def main() -> int:
     fd = int(sys.argv[1])
     cmd = sys.argv[sys.argv.index("--") + 1 :]
@@ -50,6 +98,7 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, pass_on)
     code = child.wait()
+    _end_the_rest()
     if told and code >= 0:  # it stopped cleanly because it was told to: say by what
         code = -told[0]
     if code < 0:  # end the same way, so the owner sees "killed by SIGKILL", not exit 247

@@ -41,19 +41,38 @@ from .defaults import (
 from .openai import HttpEngine
 
 
+def _socket(host: str) -> socket.socket:
+    """A TCP socket of ``host``'s address family (``::1`` is IPv6), bound as the servers bind:
+    with SO_REUSEADDR, so a port whose last connections wait out TIME_WAIT (every stream a
+    stopped server closed) is free to them, and so to us."""
+    try:
+        family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as e:
+        raise InvalidInput(f"host={host!r} is not an address or a name this machine resolves "
+                           f"({e.strerror}); servers bind to 127.0.0.1 unless told otherwise.") from e
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return s
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    with _socket(host) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
 def check_port(host: str, port: int) -> None:
-    with socket.socket() as s:
+    with _socket(host) as s:
         try:
             s.bind((host, port))
         except OSError as e:
             raise InvalidInput(f"Port {port} on {host} is already in use ({e.strerror}). Pass "
                                "another port=, or leave port=None to pick a free one.") from e
+
+
+def base_url(host: str, port: int) -> str:
+    """``http://host:port``, with an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def wait_healthy(proc: ManagedProcess, url: str, timeout_s: float, what: str) -> None:
@@ -120,7 +139,7 @@ class _ManagedServer(HttpEngine):
             # file labkit writes; labkit's own client sends it too.
             env = {**(env if env is not None else os.environ), launch.key_variable: launch.api_key}
         self._proc = ManagedProcess(cmd, log_path, env=env)
-        base = f"http://{launch.host}:{self.port}"
+        base = base_url(launch.host, self.port)
         try:
             wait_healthy(self._proc, base + launch.health_path, launch.startup_timeout_s,
                          self.server_name)
@@ -212,14 +231,18 @@ class LlamaServerEngine(_ManagedServer):
                # the two give the same greedy text; the server's own default is "auto".
                "-fa", "on" if flash_attn else "off", "--jinja", "--metrics", "--slots",
                "--no-webui", *(extra_args or [])]
+        # Everything that can fail or take a while (hashing a 10 GiB GGUF) comes before the
+        # server starts: after it, an interrupt would leave a server no one holds.
+        # (a synthetic model is named by its shape's key, in its path: hashing 12 GiB of
+        # random weights would cost seconds of a short GPU lease and say nothing more)
+        sha = None if is_synthetic(path) else file_sha256(path)
+        version = f"llama.cpp from llama-cpp-python {llama_cpp_python_version()}"
         super().__init__(cmd, Launch(host, port, startup_timeout_s, label, log_dir=log_dir,
                                      api_key=api_key, key_variable="LLAMA_API_KEY"))
         self._info = EngineInfo(
-            engine=self.name, engine_version=f"llama.cpp from llama-cpp-python {llama_cpp_python_version()}",
-            # (a synthetic model is named by its shape's key, in its path: hashing 12 GiB of
-            # random weights would cost seconds of a short GPU lease and say nothing more)
+            engine=self.name, engine_version=version,
             model=models.label(model), model_path=str(path),
-            model_sha256=None if is_synthetic(path) else file_sha256(path),
+            model_sha256=sha,
             args={"parallel": parallel, "context": context, "gpu_layers": gpu_layers,
                   "flash_attn": flash_attn, "host": host, "port": self.port,
                   "extra_args": extra_args or [], "prefix_cache": prefix_cache},
@@ -290,15 +313,16 @@ class VllmServerEngine(_ManagedServer):
                *as_flags(parallel),
                *(x for key, value in source.items() for x in (f"--{key.replace('_', '-')}", value)),
                *(extra_args or [])]
+        version = vllm_version()  # (before the server starts: see LlamaServerEngine)
+        loader = "used" if gguf_loader else (vllm_gguf_loader() or "available, not used")
         super().__init__(cmd, Launch(host, port, startup_timeout_s, label, {**os.environ, **env},
                                      log_dir, api_key, "VLLM_API_KEY"))
         self._info = EngineInfo(
-            engine=self.name, engine_version=f"vllm {vllm_version()}", model=models.label(model),
+            engine=self.name, engine_version=f"vllm {version}", model=models.label(model),
             model_path=str(directory), model_sha256=None,
             args={"context": context, "kv_cache_gb": kv_cache_gb, "dtype": dtype,
                   "max_num_seqs": max_num_seqs, "enforce_eager": enforce_eager, "host": host,
                   "port": self.port, "extra_args": extra_args or [], "prefix_cache": prefix_cache,
-                  **parallel,
-                  "gguf_loader": "used" if gguf_loader else (vllm_gguf_loader() or "available, not used")},
+                  **parallel, "gguf_loader": loader},
             threads=threads_used, device=device, url=self.url, pid=self._proc.pid,
             log_path=str(self._proc.log_path))

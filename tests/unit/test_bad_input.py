@@ -150,3 +150,26 @@ def test_bad_headers_are_refused_without_showing_their_values():
     with pytest.raises(InvalidInput) as err:
         labkit.load("openai", url="http://127.0.0.1:1/v1", headers={"Authorization": "Bearer sk-do-not-print", "X": 1})
     assert "sk-do-not-print" not in str(err.value) and "Authorization" in str(err.value)
+
+
+def test_a_port_whose_last_connections_wait_out_time_wait_is_free():
+    import socket
+
+    from labkit.engines.servers import base_url, check_port, free_port
+
+    # as a server binds (SO_REUSEADDR), and as it ends a stream: it closes first, so its side
+    # of the connection waits in TIME_WAIT for a minute after the server has gone
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    cli = socket.create_connection(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    conn.close()
+    cli.close()
+    srv.close()
+    check_port("127.0.0.1", port)  # the restarted server could bind it: so may we
+    with pytest.raises(InvalidInput, match="not an address or a name"):
+        free_port("no-such-host.invalid")
+    assert base_url("::1", 8000) == "http://[::1]:8000" and base_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
