@@ -62,6 +62,8 @@ class Arch:
     moe_ffn: int = 0
     sliding_window: int | None = None
     swa_pattern: int = 0  # every Nth layer is global (Gemma 3: 6); 0 with a window: every layer slides
+    swa_dense_first: bool = False  # the global layer opens each period (llama.cpp's dense_first)
+    llamacpp_swa: bool = True  # llama.cpp applies the window (only for architectures it knows slide)
     max_context: int = 4096
     rope_theta: float = 10000.0
     rms_eps: float = 1e-5
@@ -74,7 +76,9 @@ class Arch:
         A window without a pattern (Mistral v0.1) applies to every layer."""
         if not self.sliding_window:
             return False
-        return not self.swa_pattern or bool((i + 1) % self.swa_pattern)
+        if not self.swa_pattern:
+            return True
+        return bool(i % self.swa_pattern) if self.swa_dense_first else bool((i + 1) % self.swa_pattern)
 
 
 def _int(cfg: dict, key: str, default: Any = None, *, positive: bool = True) -> int:
@@ -86,6 +90,13 @@ def _int(cfg: dict, key: str, default: Any = None, *, positive: bool = True) -> 
     if positive and value <= 0:
         raise InvalidInput(f"The model config's {key!r} must be positive, got {value}.")
     return int(value)
+
+
+def _float(cfg: dict, key: str, default: float) -> float:
+    value = cfg.get(key) or default
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise InvalidInput(f"The model config's {key!r} must be a positive number, got {value!r}.")
+    return float(value)
 
 
 def from_config(cfg: dict[str, Any]) -> Arch:
@@ -111,7 +122,9 @@ def from_config(cfg: dict[str, Any]) -> Arch:
         raise InvalidInput(f"num_key_value_heads ({kv}) must divide num_attention_heads ({heads}).")
     n_experts = _int(cfg, "num_experts", 0, positive=False) if model_type == "qwen3_moe" else 0
     gemma = model_type == "gemma3_text"
-    swa = cfg.get("sliding_window") if gemma or cfg.get("use_sliding_window") else None
+    # vLLM applies a config's window unless use_sliding_window says no (Qwen2's configs carry
+    # a window they do not use); Mistral v0.1's has no such flag, and slides every layer.
+    swa = None if "use_sliding_window" in cfg and not cfg["use_sliding_window"] else cfg.get("sliding_window")
     return Arch(
         model_type=model_type, gguf_arch=ARCHES[model_type][0],
         n_layers=_int(cfg, "num_hidden_layers"), hidden=hidden, n_heads=heads, n_kv_heads=kv,
@@ -125,9 +138,10 @@ def from_config(cfg: dict[str, Any]) -> Arch:
         moe_ffn=_int(cfg, "moe_intermediate_size") if n_experts else 0,
         sliding_window=int(swa) if swa else None,
         swa_pattern=int(cfg.get("sliding_window_pattern", 6)) if gemma and swa else 0,
-        max_context=int(cfg.get("max_position_embeddings") or 4096),
-        rope_theta=float(cfg.get("rope_theta") or 10000.0),
-        rms_eps=float(cfg.get("rms_norm_eps") or 1e-6),
+        llamacpp_swa=gemma,  # llama.cpp's "llama" and "qwen2" architectures never slide
+        max_context=_int(cfg, "max_position_embeddings", 4096) if cfg.get("max_position_embeddings") else 4096,
+        rope_theta=_float(cfg, "rope_theta", 10000.0),
+        rms_eps=_float(cfg, "rms_norm_eps", 1e-6),
     )
 
 

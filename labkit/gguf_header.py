@@ -156,7 +156,8 @@ class _Cursor:
         if vtype != _ARRAY:
             raise ValueError(f"unknown metadata value type {vtype}")
         etype, n = self.unpack("I"), self.unpack("Q")
-        if decode or n <= _SMALL_ARRAY:
+        # per-layer numbers (head counts, sliding-window flags) are read; a vocabulary is not
+        if decode or n <= _SMALL_ARRAY or (etype in _SCALARS and n <= 4096):
             return [self.value(etype, True) for _ in range(n)]
         if etype in _SCALARS:
             self.pos += n * struct.calcsize(_SCALARS[etype])
@@ -197,6 +198,8 @@ def _parse(path: Path, c: _Cursor, wanted: set[str]) -> GGUFHeader:
         shape = tuple(c.unpack("Q") for _ in range(c.unpack("I")))
         infos.append((name, shape, ggml_type(c.unpack("I"))[0], c.unpack("Q")))
     align = int(header.metadata.get("general.alignment", 32))
+    if align <= 0:
+        raise ValueError(f"its general.alignment is {align}")
     start = -(-c.pos // align) * align
     header.tensors = [GGUFTensor(n, s, t, start + off) for n, s, t, off in infos]
     return header

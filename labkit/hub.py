@@ -34,11 +34,18 @@ def resolve_repo(model: str) -> Path:
     ggufs = sorted(p for p in folder.rglob("*.gguf") if p.is_file())  # the hub links files to blobs
     if pick:
         chosen = _pick(ggufs, pick)
+        if chosen is None and not _offline():
+            # a repo cached in part (another quantization fetched before): this one may be online
+            try:
+                ggufs = sorted(p for p in _download(repo, pick, "").rglob("*.gguf") if p.is_file())
+                chosen = _pick(ggufs, pick)
+            except ModelNotFound:
+                pass  # said below, with the files there are
         if chosen is None:
             names = ", ".join(p.name for p in ggufs) or "none"
             raise ModelNotFound(f"{repo} in the Hugging Face cache has no GGUF matching {pick!r} "
-                                f"(GGUF files there: {names}). Name one as {repo}:FILE.gguf or "
-                                f"{repo}:QUANT, e.g. {repo}:Q4_K_M.")
+                                f"(GGUF files there: {names}), and none was downloaded. Name one as "
+                                f"{repo}:FILE.gguf or {repo}:QUANT, or fetch it: `{_fetch_command(repo, pick)}`.")
         return chosen
     if (folder / "config.json").exists():
         return folder
@@ -55,10 +62,20 @@ def _pick(ggufs: list[Path], pick: str) -> Path | None:
     exact = [p for p in ggufs if p.name == pick]
     if exact:
         return exact[0]
-    # Q4_K_M matches "name-Q4_K_M.gguf" and "name.Q4_K_M.gguf", not "name-Q4_K_M_L.gguf".
-    pattern = re.compile(rf"(^|[-._]){re.escape(pick)}\.gguf$", re.IGNORECASE)
-    found = [p for p in ggufs if pattern.search(p.name)]
+    # Q4_K_M matches "name-Q4_K_M.gguf" and "name.Q4_K_M.gguf", not "name-Q4_K_M_L.gguf"; a
+    # model split in parts ("name-Q4_K_M-00001-of-00003.gguf") is named by its first part.
+    pattern = re.compile(rf"(^|[-._]){re.escape(pick)}(-(\d{{5}})-of-\d{{5}})?\.gguf$", re.IGNORECASE)
+    found = [p for p in ggufs if (m := pattern.search(p.name)) and m.group(3) in (None, "00001")]
     return found[0] if len(found) == 1 else None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _fetch_command(repo: str, pick: str) -> str:
+    return f"hf download {repo}" + (f" --include '*{pick}*'" if pick and not pick.endswith(".gguf")
+                                    else f" {pick}" if pick else "")
 
 
 def _snapshot(repo: str, pick: str) -> Path:
@@ -71,11 +88,18 @@ def _snapshot(repo: str, pick: str) -> Path:
         return Path(snapshot_download(repo, local_files_only=True, cache_dir=cache))
     except LocalEntryNotFoundError:
         pass
-    fetch = f"hf download {repo}" + (f" --include '*{pick}*'" if pick and not pick.endswith(".gguf")
-                                     else f" {pick}" if pick else "")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    fetch = _fetch_command(repo, pick)
+    if _offline():
         raise ModelNotFound(f"{repo} is not in the Hugging Face cache ({cache}) and "
                             f"HF_HUB_OFFLINE is set. Fetch it while online: `{fetch}`.")
+    return _download(repo, pick, fetch)
+
+
+def _download(repo: str, pick: str, fetch: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    cache = os.environ.get("HF_HUB_CACHE") or HF_HUB_CACHE
     try:
         patterns = [f"*{pick}*", "*.json", "*.model", "*.txt"] if pick else None
         return Path(snapshot_download(repo, allow_patterns=patterns, etag_timeout=10, cache_dir=cache))

@@ -204,6 +204,22 @@ def gguf_path(model: str | Path) -> Path:
 _CONVERTER = "c2"
 
 
+def _tool_key(package: str) -> str:
+    """The version of what makes a cached file (transformers converts GGUF -> HF; llama.cpp,
+    from llama-cpp-python's source, converts HF -> GGUF and quantizes), for its cache key:
+    an upgrade makes them again instead of reusing another version's output."""
+    from importlib import metadata
+
+    if package == "llama-cpp-python":
+        from .native.llamacpp import llama_cpp_python_version
+
+        return "lcpp" + llama_cpp_python_version()
+    try:
+        return "tf" + metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "tf-none"
+
+
 def hf_dir(model: str | Path, checked: bool = True) -> Path:
     """The Hugging Face directory vLLM should load for ``model``, converting a GGUF once.
 
@@ -219,7 +235,7 @@ def hf_dir(model: str | Path, checked: bool = True) -> Path:
     if (path.parent / "labkit-synthetic.json").exists():
         return path.parent  # a synthetic GGUF's folder: vLLM loads its config with dummy weights
     sha = file_sha256(path)
-    target = cache_dir("hf") / f"{path.stem}-{sha[:16]}-{_CONVERTER}"
+    target = cache_dir("hf") / f"{path.stem}-{sha[:16]}-{_CONVERTER}-{_tool_key('transformers')}"
 
     def convert(tmp: Path) -> None:
         # A child process: transformers + torch cost ~1 GB that the caller (often a kernel
@@ -288,7 +304,7 @@ def _hf_to_gguf(directory: Path) -> Path:
     from .native.llamacpp import convert_script
 
     key = _hf_key(directory)
-    target = cache_dir("gguf") / f"{directory.name}-{key}-{_CONVERTER}"
+    target = cache_dir("gguf") / f"{directory.name}-{key}-{_CONVERTER}-{_tool_key('llama-cpp-python')}"
 
     def convert(tmp: Path) -> None:
         out = tmp / f"{directory.name}-F16.gguf"
@@ -329,7 +345,7 @@ def variant(model: str | Path, quant: str) -> Path:
     base = model.split(":")[0] if isinstance(model, str) else model
     src = gguf_path(base)
     name = base if isinstance(base, str) and base in BUNDLED else Path(src).stem
-    target = cache_dir("variants") / f"{name}-{file_sha256(src)[:12]}-{quant}"
+    target = cache_dir("variants") / f"{name}-{file_sha256(src)[:12]}-{quant}-{_tool_key('llama-cpp-python')}"
     from_file = src if quant == "F16" else variant(base, "F16")
 
     def quantize(tmp: Path) -> None:
@@ -412,6 +428,8 @@ class ModelSpec:
     synthetic: bool = False
     sliding_window: int | None = None  # from a GGUF (a config's is in ``arch``)
     swa_pattern: int = 0  # every Nth layer attends globally, the others within the window
+    swa_dense_first: bool = False  # the global layer opens each period instead of closing it
+    llamacpp_swa: bool = False  # llama.cpp applies the window (it does for some architectures only)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -429,6 +447,7 @@ class ModelSpec:
                     head_dim=self.head_dim, ffn=self.intermediate_size or 4 * self.hidden_size,
                     vocab=self.vocab_size, tied="output.weight" not in names and bool(names),
                     sliding_window=self.sliding_window, swa_pattern=self.swa_pattern,
+                    swa_dense_first=self.swa_dense_first, llamacpp_swa=self.llamacpp_swa,
                     n_experts=next((t.shape[2] for t in self.tensors if t.name.endswith("_exps.weight")
                                     and len(t.shape) > 2), 0))
 
@@ -462,43 +481,94 @@ def _spec_from_config(cfg: dict[str, Any], name: str, source: str) -> ModelSpec:
                      tensors=tensors, arch=a)
 
 
+def _gguf_int(h: Any, key: str, path: Path) -> int:
+    """A whole-number field of the GGUF's architecture; per-layer lists give their largest
+    (a plan from it is on the safe side); a missing or other one is named."""
+    value = h.arch_get(key)
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        value = max(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ModelError(f"{path.name} has no usable {h.architecture}.{key} ({value!r}): it is not a "
+                         f"language model labkit can plan (a vision projector, an embedding part, or "
+                         f"an architecture ({h.architecture!r}) whose GGUF lays it out otherwise).")
+    return value
+
+
 def _spec_from_gguf(path: Path) -> ModelSpec:
     h = check_gguf(path)
-    heads = int(h.arch_get("attention.head_count"))
-    hidden = int(h.arch_get("embedding_length"))
-    tensors = [TensorSpec(t.name, t.shape, t.type_name) for t in h.tensors]
+    split = int(h.get("split.count") or 1)
+    tensors = _split_tensors(path, h, split) if split > 1 else \
+        [TensorSpec(t.name, t.shape, t.type_name) for t in h.tensors]
+    heads = _gguf_int(h, "attention.head_count", path)
+    hidden = _gguf_int(h, "embedding_length", path)
+    n_layers = _gguf_int(h, "block_count", path)
     vocab = h.arch_get("vocab_size") or len(h.get("tokenizer.ggml.tokens", [])) or next(
         (t.shape[1] for t in tensors if t.name == "token_embd.weight"), 0)
-    kv = h.arch_get("attention.head_count_kv", heads)
-    window, pattern = _gguf_swa(h)
+    kv = _gguf_int(h, "attention.head_count_kv", path) if h.arch_get("attention.head_count_kv") else heads
+    window, pattern, dense_first, llamacpp = _gguf_swa(h)
     return ModelSpec(
-        name=path.stem, n_layers=int(h.arch_get("block_count")), hidden_size=hidden, n_heads=heads,
-        n_kv_heads=int(kv if not isinstance(kv, list) else max(kv)),
+        name=path.stem, n_layers=n_layers, hidden_size=hidden, n_heads=heads, n_kv_heads=kv,
         head_dim=int(h.arch_get("attention.key_length") or hidden // heads), vocab_size=int(vocab),
         n_params=sum(t.n_elements for t in tensors), intermediate_size=h.arch_get("feed_forward_length"),
         max_context=h.arch_get("context_length"), source="gguf", file_type=h.file_type, tensors=tensors,
-        sliding_window=window, swa_pattern=pattern,
+        sliding_window=window, swa_pattern=pattern, swa_dense_first=dense_first, llamacpp_swa=llamacpp,
     )
 
 
+def _split_tensors(first: Path, h: Any, count: int) -> list[TensorSpec]:
+    """Every shard's tensors for a split GGUF (``m-00001-of-00003.gguf``): the first shard
+    holds the metadata and only its own part of the weights."""
+    import re
+
+
+    m = re.fullmatch(r"(.*)-(\d{5})-of-(\d{5})\.gguf", first.name)
+    if not m or int(m.group(2)) != 1:
+        raise ModelError(f"{first.name} is one of {count} split GGUF parts: pass the first one "
+                         "(NAME-00001-of-0000N.gguf), with the others beside it.")
+    out = []
+    for i in range(1, count + 1):
+        part = first.with_name(f"{m.group(1)}-{i:05d}-of-{m.group(3)}.gguf")
+        if not part.exists():
+            raise ModelError(f"{first.name} is split in {count} parts and {part.name} is not beside it: "
+                             "download every part into one folder.")
+        shard = h if i == 1 else check_gguf(part)
+        out += [TensorSpec(t.name, t.shape, t.type_name) for t in shard.tensors]
+    return out
+
+
 # llama.cpp sets these architectures' sliding-window layout in code, not in the GGUF
-# (llama-model.cpp: set_swa_pattern): every Nth layer is global.
-_SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
+# (src/models/*.cpp: load_swa_pattern(ml, N, dense_first)): N - 1 sliding layers and one
+# global, or with dense_first the global one first. A window in any other architecture's
+# GGUF (a Mistral v0.1 converted as "llama") is not applied by llama.cpp at all.
+_SWA_PATTERN: dict[str, tuple[int, bool]] = {
+    "gemma2": (2, False), "gemma3": (6, False), "gemma3n": (5, False), "gemma-embedding": (6, False),
+    "cohere2": (4, False), "cohere2moe": (4, True), "gpt-oss": (2, False), "afmoe": (4, False),
+    "exaone4": (4, False), "exaone-moe": (4, False), "llama4": (4, False), "olmo2": (4, False),
+    "plamo3": (8, False), "smallthinker": (4, True), "laguna": (4, True), "mellum": (4, False),
+    "muse-glimmer": (4, False),
+}
 
 
-def _gguf_swa(h: Any) -> tuple[int | None, int]:
-    """(window, pattern) of a GGUF: pattern N means every Nth layer is global; a window
-    without a known pattern (Mistral v0.1) applies to every layer (pattern 0 with a window
-    is read as "all layers" by the planner)."""
+def _gguf_swa(h: Any) -> tuple[int | None, int, bool, bool]:
+    """(window, pattern, dense_first, whether llama.cpp slides at all) of a GGUF: pattern N
+    means every Nth layer is global; a window without a pattern applies to every layer (as
+    vLLM would; llama.cpp only for the architectures it knows to slide)."""
     window = h.arch_get("attention.sliding_window")
     if not window:
-        return None, 0
+        return None, 0, False, False
+    pattern, dense_first = _SWA_PATTERN.get(h.architecture, (0, False))
+    known = h.architecture in _SWA_PATTERN
     flags = h.arch_get("attention.sliding_window_pattern")
     if isinstance(flags, list) and flags:  # per layer, True = sliding (newer converters)
         globals_ = [i for i, f in enumerate(flags) if not f]
-        pattern = globals_[0] + 1 if globals_ else 0
-        return int(window), pattern
-    return int(window), _SWA_PATTERN.get(h.architecture, 0)
+        if not globals_:
+            return int(window), 0, False, True
+        dense_first = globals_[0] == 0
+        gap = globals_[1] - globals_[0] if len(globals_) > 1 else len(flags)
+        return int(window), (gap if dense_first else globals_[0] + 1), dense_first, True
+    if isinstance(flags, int) and not isinstance(flags, bool) and flags > 0:  # one period for all
+        return int(window), flags, dense_first, True
+    return int(window), pattern, dense_first, known
 
 
 def _safetensors_tensors(directory: Path) -> list[TensorSpec]:
@@ -507,9 +577,19 @@ def _safetensors_tensors(directory: Path) -> list[TensorSpec]:
              "I32": "I32", "I64": "I64", "F8_E4M3": "I8", "F8_E5M2": "I8"}
     out = []
     for f in sorted(directory.glob("*.safetensors")):
+        size = f.stat().st_size
         with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 0 < n <= size - 8:  # empty, cut short, or a Git LFS pointer (ASCII text)
+                lfs = head.startswith(b"version")
+                raise ModelError(f"{f} is not a safetensors file ({size} bytes"
+                                 + (": a Git LFS pointer; run `git lfs pull` in its repo" if lfs else
+                                    ", its header does not fit it") + "). Download the weights again.")
+            try:
+                header = json.loads(fh.read(n))
+            except ValueError as e:
+                raise ModelError(f"{f} has a damaged safetensors header ({e}). Download it again.") from None
         for name, meta in header.items():
             if name == "__metadata__":
                 continue
@@ -519,14 +599,28 @@ def _safetensors_tensors(directory: Path) -> list[TensorSpec]:
     return out
 
 
+def _synthetic_spec(config: dict[str, Any], name: str, quant: str | None) -> ModelSpec:
+    spec = _spec_from_config(config, name, "synthetic")
+    spec.synthetic = True
+    spec.file_type = quant  # what its GGUF holds: the plan's default type (None: vLLM's dummy)
+    return spec
+
+
 def model_spec(model: str | Path | dict[str, Any]) -> ModelSpec:
     """A ModelSpec from a bundled name, a .gguf, a HF directory or config.json, or a dict."""
+    if isinstance(model, ModelSpec):
+        return model
     if isinstance(model, dict):
         return _spec_from_config(model, str(model.get("name", "config")), "config")
     if getattr(model, "synthetic", False):
-        spec = _spec_from_config(model.config, str(model), "synthetic")
-        spec.synthetic = True
-        return spec
+        return _synthetic_spec(model.config, str(model), model.quant)
+    if isinstance(model, str) and model.startswith("synthetic:"):
+        # planned from the shape alone: writing a 40 GiB model to plan it would be absurd
+        from .synthetic import _shape
+
+        parts = model.split(":")
+        quant = parts[2] if len(parts) > 2 else "Q4_K_M"
+        return _synthetic_spec(_shape(parts[1])[1], model, None if quant.lower() == "dummy" else quant.upper())
     path = Path(model)
     if path.name == "config.json" and path.exists():
         path = path.parent

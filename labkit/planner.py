@@ -135,7 +135,8 @@ def kv_bytes(spec: ModelSpec, context: int, users: int, engine: str, cache_type:
         window_cells = users * min(context, -(-(window + ubatch) // 256) * 256)
     else:
         window_cells = users * min(context, window + 16)
-    return float(sum(per_layer * (window_cells if a.is_swa_layer(i) else full)
+    slides = engine != "llama-server" or a.llamacpp_swa  # (a Mistral v0.1 GGUF: llama.cpp does not)
+    return float(sum(per_layer * (window_cells if slides and a.is_swa_layer(i) else full)
                      for i in range(spec.n_layers)))
 
 
@@ -175,10 +176,16 @@ def _repacked_bytes(spec: ModelSpec, quant: str | None) -> float:
         if not t.name.startswith("blk.") or len(t.shape) < 2:
             continue
         kind = t.ggml_type if quant is None and spec.source == "gguf" else arches.quant_type(
-            t, (quant or "F16").upper(), a)
+            t, _default_quant(spec, quant), a)
         if kind in _REPACKED:
             total += tensor_bytes(t.shape, kind)
     return float(total)
+
+
+def _default_quant(spec: ModelSpec, quant: str | None) -> str:
+    """The type llama.cpp's weights are planned at: the one asked for, else a synthetic
+    model's own (its GGUF is written at it), else F16 (a config converted as is)."""
+    return (quant or (spec.file_type if spec.synthetic else None) or "F16").upper()
 
 
 def _llamacpp_tensor_bytes(spec: ModelSpec, quant: str | None) -> tuple[dict[str, int], str]:
@@ -194,7 +201,7 @@ def _llamacpp_tensor_bytes(spec: ModelSpec, quant: str | None) -> tuple[dict[str
     if quant is None and spec.source == "gguf":
         return {t.name: tensor_bytes(t.shape, t.ggml_type) for t in tensors}, \
             f"as stored ({spec.file_type})"
-    q = quant or "F16"
+    q = _default_quant(spec, quant)
     return {t.name: tensor_bytes(t.shape, arches.quant_type(t, q, a)) for t in tensors}, \
         f"planned as {q}"
 

@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,9 @@ SHAPES: dict[str, dict[str, Any]] = {
                     "num_attention_heads": 64, "num_key_value_heads": 8, "intermediate_size": 28672},
     "mistral-7b": {"model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 32,
                    "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
-                   "vocab_size": 32768, "rope_theta": 1000000.0, "max_position_embeddings": 32768},
+                   "vocab_size": 32768, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
+                   # v0.3 has none; left out, transformers' MistralConfig would give vLLM 4096
+                   "sliding_window": None},
     "qwen2.5-7b": {**_QWEN25, "hidden_size": 3584, "num_hidden_layers": 28,
                    "num_attention_heads": 28, "num_key_value_heads": 4, "intermediate_size": 18944},
     "qwen2.5-32b": {**_QWEN25, "hidden_size": 5120, "num_hidden_layers": 64,
@@ -122,7 +125,10 @@ class SyntheticModel:
 
 def _shape(shape: str | dict[str, Any] | Path) -> tuple[str, dict[str, Any]]:
     if isinstance(shape, dict):
-        return str(shape.get("name", "custom")), {k: v for k, v in shape.items() if k != "name"}
+        name = str(shape.get("name", "custom"))
+        # a file and folder name: "org/tiny" is "org_tiny"
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "custom", \
+            {k: v for k, v in shape.items() if k != "name"}
     p = Path(str(shape)).expanduser()
     if p.name == "config.json" or p.is_dir():
         f = p if p.name == "config.json" else p / "config.json"
@@ -223,8 +229,20 @@ def _tokenizer(source: str | Path | None) -> dict[str, Any]:
     """Tokenizer metadata: a JSON file written by :func:`tokenizer_metadata` (the GPU check
     carries one), a GGUF, ``LABKIT_SYNTHETIC_TOKENIZER``, or the bundled model's (cached)."""
     source = source or os.environ.get("LABKIT_SYNTHETIC_TOKENIZER")
+    if source and not Path(source).is_file():
+        raise InvalidInput(f"tokenizer={str(source)!r} is not a file: give a GGUF whose tokenizer to "
+                           "use, or a JSON written by labkit.synthetic.tokenizer_metadata().")
     if source and str(source).endswith(".json"):
-        return json.loads(Path(source).read_text())
+        try:
+            meta = json.loads(Path(source).read_text())
+        except ValueError as e:
+            raise InvalidInput(f"{source} is not valid JSON ({e}).") from e
+        missing = [k for k in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "source_sha256")
+                   if not isinstance(meta, dict) or k not in meta]
+        if missing:
+            raise InvalidInput(f"{source} lacks {', '.join(missing)}: write it with "
+                               "labkit.synthetic.tokenizer_metadata(GGUF).")
+        return meta
     if source:
         return tokenizer_metadata(source)
     cached = cache_dir("synthetic") / "tokenizer-bundled.json"
@@ -250,9 +268,13 @@ def _padded(tok: dict[str, Any], vocab: int) -> tuple[list[str], list[int]]:
 # --- writing --------------------------------------------------------------------------------
 def _write_hf_folder(out: Path, name: str, config: dict[str, Any], a: arch.Arch,
                      tok: dict[str, Any], *, quant: str | None, weight_bytes: int) -> None:
-    cfg = {"architectures": [arch.ARCHES[a.model_type][1]], "torch_dtype": "bfloat16",
-           "head_dim": a.head_dim, "tie_word_embeddings": a.tied, **config,
-           "model_type": a.model_type}
+    # The text model's own config, flattened as labkit read it: a multimodal config (Gemma 3
+    # 27B-it: model_type "gemma3", sizes in text_config) written as it is, under the text
+    # model's type, would have transformers fill every size from its defaults (a 2B).
+    text = {**config.get("text_config", {}),
+            **{k: v for k, v in config.items() if k not in ("text_config", "vision_config")}}
+    cfg = {**text, "architectures": [arch.ARCHES[a.model_type][1]], "torch_dtype": "bfloat16",
+           "head_dim": a.head_dim, "tie_word_embeddings": a.tied, "model_type": a.model_type}
     cfg.setdefault("bos_token_id", tok.get("tokenizer.ggml.bos_token_id"))
     cfg.setdefault("eos_token_id", tok.get("tokenizer.ggml.eos_token_id"))
     (out / "config.json").write_text(json.dumps(cfg, indent=1))

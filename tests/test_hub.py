@@ -79,3 +79,28 @@ def test_a_pair_that_tokenizes_differently_is_refused_unless_allowed(hub, tmp_pa
     with pytest.raises(ModelError, match="the Hugging Face tokenizer adds BOS; llama.cpp does not"):
         models.paired(pair, "hf")
     assert models.paired(pair, "hf", allow_token_mismatch=True) == str(other)
+
+
+def test_a_quant_missing_from_a_partly_cached_repo_is_fetched_when_online(hub, monkeypatch):
+    from labkit import hub as hub_mod
+
+    asked = []
+
+    def download(repo, pick, fetch):
+        asked.append((repo, pick))
+        raise ModelNotFound("no network here")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hub_mod, "_download", download)
+    with pytest.raises(ModelNotFound, match=r"no GGUF matching 'Q2_K'.*none was downloaded.*hf download acme/smol-gguf"):
+        models.resolve("acme/smol-gguf:Q2_K")
+    assert asked == [("acme/smol-gguf", "Q2_K")]  # tried, not refused from the cache alone
+    assert models.resolve("acme/smol-gguf:Q8_0").name == "smol-Q8_0.gguf" and len(asked) == 1  # cached: no fetch
+
+
+def test_a_split_gguf_is_picked_by_its_first_part(tmp_path):
+    from labkit.hub import _pick
+
+    parts = [tmp_path / f"m-Q4_K_M-{i:05d}-of-00002.gguf" for i in (1, 2)]
+    assert _pick([*parts, tmp_path / "m-Q8_0.gguf"], "Q4_K_M") == parts[0]
+    assert _pick(parts, "Q8_0") is None

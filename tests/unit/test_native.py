@@ -189,3 +189,16 @@ def test_vllm_server_refuses_a_parallel_layout_given_twice():
         _parallel_args(["-tp=2"], 2, 1, 1, None)
     with pytest.raises(InvalidInput, match="distributed_executor_backend"):
         _parallel_args(["--pipeline-parallel-size", "2"], 1, 1, 1, "ray")
+
+
+def test_arm_cores_of_one_flag_list_are_told_apart_by_their_part():
+    from labkit.native.cpu import fingerprint, read_cpuinfo
+
+    def arm(part: str, features: str) -> str:
+        return fingerprint(read_cpuinfo(f"processor\t: 0\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+                                        f"CPU architecture: 8\nCPU variant\t: 0x1\nCPU part\t: {part}\n"))
+
+    base = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
+    assert arm("0xd0c", base) != arm("0xd08", base)  # Graviton2 (Neoverse N1) is not a Raspberry Pi 4 (A72)
+    assert arm("0xd40", base + " sve i8mm bf16") != arm("0xd4f", base + " sve i8mm bf16")  # Graviton3, 4
+    assert "asimddp" in read_cpuinfo(f"Features\t: {base}\n")["flags"]  # Linux's name for dotprod
