@@ -264,6 +264,7 @@ def convert(src: Path, out: Path) -> None:
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    _carry_llama3_rope(src, meta, config)
     config.torch_dtype = torch.bfloat16
     plain = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
     plain.load_state_dict(loaded.state_dict())
@@ -295,6 +296,26 @@ def _probe(eng: Any, tok: Any, other: str, prompt_ids: Any) -> tuple[int, list[d
                                 "diagnosis": diagnose(name, a, b, None if bos < 0 else bos,
                                                       None if eos < 0 else eos, other)})
     return run, differences
+
+
+def _carry_llama3_rope(src: Path, meta: dict[str, Any], config: Any) -> None:
+    """Llama 3.1/3.2's rope scaling, which transformers' GGUF loader drops (llama.cpp keeps it
+    as factors in ``rope_freqs.weight``), back into the config; the check then compares it."""
+    from .positions import infer_llama3, rope_freqs
+
+    freqs = rope_freqs(src)
+    arch = str(meta.get("general.architecture", "llama"))
+    if freqs is None or config.model_type != "llama":
+        return
+    theta = float(meta.get(f"{arch}.rope.freq_base", 10000.0))
+    dim = int(meta.get(f"{arch}.rope.dimension_count") or config.head_dim)
+    scaling = infer_llama3(freqs, theta, dim)
+    if scaling is None:
+        return  # unknown parameters: the check names the difference
+    if hasattr(config, "rope_parameters"):  # transformers 5
+        config.rope_parameters = {**(config.rope_parameters or {}), "rope_theta": theta, **scaling}
+    else:
+        config.rope_scaling = scaling
 
 
 def _measure(gguf: Path, hf_dir: Path, other: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .gguf_header import GGUFHeader, read_header
 
-__all__ = ["differences", "hf_window"]
+__all__ = ["differences", "hf_window", "infer_llama3", "llama3_factors", "rope_freqs"]
 
 _NONE = ("default", "none", None)
 
@@ -68,6 +68,26 @@ def llama3_factors(scaling: dict[str, Any], theta: float, dim: int) -> np.ndarra
             smooth = (old / wavelen - low) / (high - low)
             out.append(1 / ((1 - smooth) / factor + smooth))
     return np.asarray(out)
+
+
+def infer_llama3(freqs: np.ndarray, theta: float, dim: int) -> dict[str, Any] | None:
+    """The Llama 3 rope scaling whose factors are ``freqs`` (a GGUF's ``rope_freqs.weight``),
+    for the HF config a conversion writes: the GGUF keeps only the factors, and transformers'
+    GGUF loader drops them. The released models' parameters are tried (3.1: factor 8, 3.2: 32;
+    low/high frequency factors 1 and 4 over 8192 positions); None if none gives ``freqs``."""
+    factor = float(np.max(freqs))
+    for low, high, old in ((1.0, 4.0, 8192), (1.0, 4.0, 4096), (1.0, 4.0, 16384)):
+        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+                   "high_freq_factor": high, "original_max_position_embeddings": old}
+        want = llama3_factors(scaling, theta, dim)
+        if want.shape == freqs.shape and np.allclose(freqs, want, rtol=1e-3):
+            return scaling
+    return None
+
+
+def rope_freqs(gguf: Path) -> np.ndarray | None:
+    """A GGUF's ``rope_freqs.weight`` (Llama 3 scaling), if it has one."""
+    return _tensor(read_header(gguf), "rope_freqs.weight")
 
 
 def _tensor(h: GGUFHeader, name: str) -> np.ndarray | None:

@@ -91,3 +91,11 @@ def test_llama3_scaling_needs_the_gguf_rope_freqs_with_the_same_values(tmp_path)
 def test_linear_yarn_and_dynamic_scaling(tmp_path, gguf_kw, scaling, same):
     hf = _hf(tmp_path / "hf", rope_theta=500000.0, **({"rope_scaling": scaling} if scaling else {}))
     assert (_probes(_gguf(tmp_path / "m.gguf", **gguf_kw), hf) == []) == same
+
+
+@pytest.mark.parametrize("factor", [8.0, 32.0])  # Llama 3.1, Llama 3.2
+def test_a_conversion_can_rebuild_llama3_scaling_from_the_gguf_factors(factor):
+    scaling = {**LLAMA31, "factor": factor}
+    freqs = positions.llama3_factors(scaling, 500000.0, 128).astype(np.float32)
+    assert positions.infer_llama3(freqs, 500000.0, 128) == scaling
+    assert positions.infer_llama3(freqs * 1.5, 500000.0, 128) is None  # not a layout it knows: left to the check
