@@ -5,10 +5,17 @@ FD is the read end of a pipe whose write end only the owner holds. EOF means the
 it (the engine shut down: anything still alive is a straggler) or died (SIGKILL of a kernel,
 SIGTERM of a script). Either way the listed processes and their descendants are stopped.
 START is each process's creation time, so a recycled pid is never touched.
+
+``python -m labkit._guard FD --watch OWNER:START KNOWN...`` guards a load still under way: it
+notes every child of OWNER that appears (none of the KNOWN pids, which were there before),
+until the owner writes the final list on the pipe (``PID:START ...`` and a newline). A kernel
+killed while vLLM loads leaves no engine core behind either.
 """
 
 from __future__ import annotations
 
+import os
+import select
 import sys
 
 import psutil
@@ -16,9 +23,47 @@ import psutil
 from labkit._reaper import still_running, wait_for_owner_exit
 
 
+def _watch(fd: int, owner: str, known: set[int]) -> list[tuple[str, str]]:
+    """Note the owner's new children until the final list arrives (returned) or EOF (what
+    was noted is returned)."""
+    pid, start = owner.split(":")
+    seen: dict[int, tuple[str, str]] = {}
+    buf = b""
+    try:
+        parent = psutil.Process(int(pid))
+        if f"{parent.create_time():.3f}" != start:
+            parent = None
+    except psutil.Error:
+        parent = None
+    while True:
+        if parent is not None:
+            try:
+                for c in parent.children():
+                    if c.pid not in known and c.pid != os.getpid() and c.pid not in seen:
+                        seen[c.pid] = (str(c.pid), f"{c.create_time():.3f}")
+            except psutil.Error:
+                parent = None  # the owner is gone: EOF follows
+        ready, _, _ = select.select([fd], [], [], 0.2)  # a child appears within 0.2 s of this
+        if not ready:
+            continue
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            return list(seen.values())
+        buf += data
+        if b"\n" in buf:  # the load finished: these, and only these, are the engine's
+            line = buf.split(b"\n", 1)[0].decode()
+            return [tuple(arg.split(":")) for arg in line.split()]
+
+
 def main() -> int:
     fd = int(sys.argv[1])
-    wanted = [tuple(arg.split(":")) for arg in sys.argv[2:]]
+    if sys.argv[2:3] == ["--watch"]:
+        wanted = _watch(fd, sys.argv[3], {int(p) for p in sys.argv[4:]})
+    else:
+        wanted = [tuple(arg.split(":")) for arg in sys.argv[2:]]
     wait_for_owner_exit(fd)
     victims: dict[int, psutil.Process] = {}
     for pid, start in wanted:

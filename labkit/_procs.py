@@ -17,6 +17,8 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -170,15 +172,29 @@ class OrphanGuard:
     :meth:`release`: for children that a library spawned inside this process, such as vLLM's
     engine core, which would otherwise survive a killed kernel or script."""
 
-    def __init__(self, processes: list[psutil.Process]):
+    def __init__(self, processes: list[psutil.Process], *, watch_from: set[int] | None = None):
         read_end, self._lifeline = _lifeline()
-        args = [f"{p.pid}:{p.create_time():.3f}" for p in processes]
+        if watch_from is None:
+            args = _ids(processes)
+        else:  # a load under way: the owner's children that appear, until fix() names them
+            me = psutil.Process()
+            args = ["--watch", f"{me.pid}:{me.create_time():.3f}", *map(str, sorted(watch_from))]
         # Its own session, so a Ctrl-C or kill aimed at the owner's group leaves it to act.
         self._proc = subprocess.Popen([sys.executable, "-m", "labkit._guard", str(read_end), *args],
                                       pass_fds=(read_end,), start_new_session=True,
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         os.close(read_end)
         self._released = False
+
+    @classmethod
+    def watching(cls, before: set[int]) -> OrphanGuard:
+        """A guard for a load under way: it ends every child of this process that appears
+        (not in ``before``) if this process dies before :meth:`fix` names the engine's own."""
+        return cls([], watch_from=before)
+
+    def fix(self, processes: list[psutil.Process]) -> None:
+        """The load finished: guard exactly ``processes`` from now on."""
+        os.write(self._lifeline, (" ".join(_ids(processes)) + "\n").encode())
 
     @property
     def pid(self) -> int:
@@ -200,6 +216,61 @@ class OrphanGuard:
             self.release()
         except Exception:
             pass
+
+
+def _ids(processes: list[psutil.Process]) -> list[str]:
+    return [f"{p.pid}:{p.create_time():.3f}" for p in processes]
+
+
+_OWN_GROUP = threading.Event()  # set while own_process_groups() is entered
+
+
+def _own_group_after_fork() -> None:
+    if _OWN_GROUP.is_set():
+        os.setpgid(0, 0)
+
+
+os.register_at_fork(after_in_child=_own_group_after_fork)
+
+
+def _own_group_executable() -> str:
+    """A Python that first leaves its parent's process group, then runs as asked (for
+    multiprocessing's spawn, which execs ``spawn.get_executable()`` with its arguments)."""
+    import hashlib
+
+    from ._cache import cache_dir
+
+    text = (f"#!{sys.executable}\n# labkit: a process group of its own, then Python as asked "
+            "(see labkit/_procs.py, own_process_groups)\nimport os, sys\nos.setpgid(0, 0)\n"
+            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n")
+    path = cache_dir("bin") / f"python-own-group-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    if not path.exists():  # executable before it is in place: another process may run it at once
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
+    return str(path)
+
+
+@contextmanager
+def own_process_groups() -> Iterator[None]:
+    """Processes started meanwhile by a library in this process (vLLM's engine core and its
+    workers) lead process groups of their own. A Ctrl-C in a terminal and Jupyter's
+    "interrupt kernel" are sent to this process's whole group, and vLLM's engine core takes
+    SIGINT as "shut down": the interrupt that stops a bench would abort its last level's
+    requests and leave a dead engine. Spawned children start through a Python that calls
+    setpgid first; forked ones call it after the fork. (What ends them with their owner is
+    the OrphanGuard: a kernel's group kill no longer reaches them.)"""
+    import multiprocessing.spawn as spawn
+
+    before = spawn.get_executable()
+    spawn.set_executable(_own_group_executable())
+    _OWN_GROUP.set()
+    try:
+        yield
+    finally:
+        _OWN_GROUP.clear()
+        spawn.set_executable(before)
 
 
 @atexit.register

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import labkit
@@ -159,10 +161,41 @@ def test_in_process_vllm_engine_core_dies_with_its_owner(vllm_owner):
 
     assert vllm_owner.pids, "the owner printed no engine-core pids"
     procs = [q for p in vllm_owner.pids for q in [psutil.Process(p), *psutil.Process(p).children(recursive=True)]]
+    # out of reach of a Ctrl-C or Jupyter interrupt, which go to the owner's whole group
+    assert all(os.getpgid(p.pid) != os.getpgid(vllm_owner.proc.pid) for p in procs)
     vllm_owner.proc.kill()
     vllm_owner.proc.wait()
     gone, alive = psutil.wait_procs(procs, timeout=60)
     assert not alive, [p.cmdline() for p in alive]
+
+
+def test_in_process_vllm_engine_core_dies_with_an_owner_killed_while_it_loads(tmp_path):
+    """A kernel killed (or OOM-killed) while vLLM still loads: its engine core must not be left."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = "import labkit, sys\nlabkit.load('vllm', model='smollm2-135m')\nsys.stdin.read()"
+    with open(tmp_path / "owner.log", "w") as log:
+        owner = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=log, stderr=log)
+    try:
+        parent, core = psutil.Process(owner.pid), None
+        deadline = time.monotonic() + 300
+        while core is None and owner.poll() is None and time.monotonic() < deadline:
+            core = next((c for c in parent.children() if "EngineCore" in c.name()
+                         or "spawn_main" in " ".join(c.cmdline())), None)
+            # killed once the guard, which looks for new children every 0.2 s, has seen it
+            if core is not None and time.time() - core.create_time() < 1.0:
+                core = None
+            time.sleep(0.05)
+        assert core is not None, (tmp_path / "owner.log").read_text()[-2000:]
+    finally:
+        owner.kill()
+        owner.wait()
+    gone, alive = psutil.wait_procs([core], timeout=60)
+    assert not alive, core.cmdline()
 
 
 def test_llama_cpp_reports_the_context_it_really_uses():

@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from .. import models
-from .._procs import STARTING, OrphanGuard
+from .._procs import STARTING, OrphanGuard, own_process_groups
 from ..errors import EngineError, InvalidInput, LabkitError
 from ..memory import EngineMemory, child_pids, new_children, self_memory
 from ..synthetic import is_synthetic
@@ -137,15 +139,7 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if is_synthetic(directory):
             kwargs.setdefault("load_format", "dummy")  # random weights, nothing read from disk
-        with STARTING:  # no other engine starts meanwhile: the new children are vLLM's
-            before_children = child_pids()
-            self._baseline = self_memory()
-            self._log = log_path("vllm")
-            self._llm = _start_llm(kwargs, env, self._log, directory)
-            # The engine core (and its workers) are the children that appeared while loading.
-            # vLLM spawned them, not labkit: a guard ends them if this process dies without close().
-            self._children = new_children(before_children)
-        self._guard = OrphanGuard(self._children)
+        self._start(kwargs, env, directory)
         self._engine = self._llm.llm_engine
         self._tokenizer = self._llm.get_tokenizer()
         self._context = context
@@ -164,6 +158,25 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             threads=threads_used, device=device, pid=os.getpid(), concurrency="batched",
             log_path=str(self._log),
         )
+
+    def _start(self, kwargs: dict[str, Any], env: dict[str, str], directory: Any) -> None:
+        with STARTING:  # no other engine starts meanwhile: the new children are vLLM's
+            before_children = child_pids()
+            # vLLM spawns them, not labkit: a guard ends them if this process dies without
+            # close(), from the first moment (a kernel killed while a big model loads).
+            guard = OrphanGuard.watching(before_children)
+            try:
+                self._baseline = self_memory()
+                self._log = log_path("vllm")
+                with own_process_groups():
+                    self._llm = _start_llm(kwargs, env, self._log, directory)
+                # The engine core (and its workers) are the children that appeared while loading.
+                self._children = new_children(before_children)
+                guard.fix(self._children)
+            except BaseException:
+                guard.release()  # and it ends whatever the failed load left running
+                raise
+        self._guard = guard
 
     @property
     def info(self) -> EngineInfo:
@@ -363,13 +376,27 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
         return snap
 
     def _close(self) -> None:
-        self._inbox.put(None)
-        self._thread.join(timeout=60)
         try:
-            self._engine.engine_core.shutdown()
-        except Exception:
-            pass
-        self._guard.release()  # and it ends whatever the shutdown left behind
+            self._inbox.put(None)
+            self._thread.join(timeout=60)
+            try:
+                self._engine.engine_core.shutdown()
+            except Exception:
+                pass
+        finally:  # a Ctrl-C during the shutdown too
+            self._guard.release()  # and it ends whatever the shutdown left behind
         self._engine = None
         self._llm = None
         gc.collect()
+
+    def health(self) -> str | None:
+        if self.closed:
+            return "the engine is closed"
+        for p in self._children:  # the engine core: requests would wait on it for ever
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    continue
+            except psutil.NoSuchProcess:
+                pass
+            return f"vLLM's engine core (pid {p.pid}) has exited; see its log: {self._log}"
+        return None

@@ -161,9 +161,10 @@ def by_turn(requests: pd.DataFrame) -> pd.DataFrame:
 
 def _level_row(mode: str, level: float, grp: pd.DataFrame, slo_ms: dict[str, float] | None) -> dict[str, Any]:
     """The figures of one level (one round of it) from its requests."""
-    # Not sent (the sweep stopped first) or cancelled mid-way: unmeasured, not errors.
+    # Not sent (the sweep stopped first), cancelled mid-way, or aborted by the engine (vLLM's,
+    # as it shuts down): unmeasured, not errors, and never timed as if they had finished.
     reason = grp["finish_reason"].astype(str)
-    unmeasured = reason.str.startswith("not sent") | (reason == "cancelled")
+    unmeasured = reason.str.startswith("not sent") | reason.isin(["cancelled", "abort"])
     sent = grp[~unmeasured]
     ok = sent[sent["error"].isna()]
     row: dict[str, Any] = {"mode": mode, "level": level, "requests": len(sent),

@@ -71,3 +71,11 @@ def test_a_requests_tokens_are_what_the_engine_counted_when_chunks_carry_several
     rec = finish_record(RequestRecord("concurrency", 1, 0), chunks, 0.7, None)
     assert rec.output_tokens == 7  # not the 2 chunks that carried them
     assert rec.tpot_s == pytest.approx((0.7 - 0.1) / 6) and rec.itl_s == pytest.approx([0.3])
+
+
+def test_a_request_the_engine_aborted_is_unmeasured_not_timed():
+    rows = [_rec(0, 0.0, 0.1, 1.0, 10), _rec(1, 0.0, 0.05, 0.3, 2)]
+    rows[1]["finish_reason"] = "abort"  # vLLM's, as its engine core shuts down under it
+    s = summarize(pd.DataFrame(rows, columns=REQUEST_COLUMNS)).iloc[0]
+    assert (s["completed"], s["errors"], s["unmeasured"]) == (1, 0, 1)
+    assert s["ttft_p50_ms"] == pytest.approx(100.0)  # the cut-short one is not in the figures
