@@ -23,6 +23,16 @@ import psutil
 from labkit._reaper import still_running, wait_for_owner_exit
 
 
+def _engines(p: psutil.Process) -> bool:
+    """Not multiprocessing's resource tracker (one per Python process, shared by all that it
+    runs; it ignores SIGTERM) nor another guard: labkit.memory.new_children leaves them out too."""
+    try:
+        cmd = " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+    return "resource_tracker" not in cmd and "labkit._guard" not in cmd
+
+
 def _watch(fd: int, owner: str, known: set[int]) -> list[tuple[str, str]]:
     """Note the owner's new children until the final list arrives (returned) or EOF (what
     was noted is returned)."""
@@ -39,7 +49,7 @@ def _watch(fd: int, owner: str, known: set[int]) -> list[tuple[str, str]]:
         if parent is not None:
             try:
                 for c in parent.children():
-                    if c.pid not in known and c.pid != os.getpid() and c.pid not in seen:
+                    if c.pid not in known and c.pid != os.getpid() and c.pid not in seen and _engines(c):
                         seen[c.pid] = (str(c.pid), f"{c.create_time():.3f}")
             except psutil.Error:
                 parent = None  # the owner is gone: EOF follows

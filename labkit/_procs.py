@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -112,6 +113,7 @@ class ManagedProcess:
         os.close(read_end)
         self.pgid = self._proc.pid
         self._stopped = False
+        self._owner = os.getpid()  # a forked child holds a copy of this object, not the process
         with _LOCK:
             _LIVE.add(self)
 
@@ -146,7 +148,7 @@ class ManagedProcess:
 
     def stop(self) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after the grace period."""
-        if self._stopped:
+        if self._stopped or os.getpid() != self._owner:
             return
         try:
             _kill_group(self.pgid, self._proc, self.grace_s)
@@ -185,6 +187,7 @@ class OrphanGuard:
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         os.close(read_end)
         self._released = False
+        self._owner = os.getpid()
 
     @classmethod
     def watching(cls, before: set[int]) -> OrphanGuard:
@@ -194,7 +197,11 @@ class OrphanGuard:
 
     def fix(self, processes: list[psutil.Process]) -> None:
         """The load finished: guard exactly ``processes`` from now on."""
-        os.write(self._lifeline, (" ".join(_ids(processes)) + "\n").encode())
+        try:
+            os.write(self._lifeline, (" ".join(_ids(processes)) + "\n").encode())
+        except OSError:  # the watching guard is gone (killed): one for these instead
+            _close_lifeline(self._lifeline)
+            self.__init__(processes)
 
     @property
     def pid(self) -> int:
@@ -202,7 +209,7 @@ class OrphanGuard:
 
     def release(self, timeout_s: float = 30.0) -> None:
         """Call after shutting the processes down: the guard ends any straggler, then exits."""
-        if self._released:
+        if self._released or os.getpid() != self._owner:
             return
         self._released = True
         _close_lifeline(self._lifeline)
@@ -240,15 +247,18 @@ def _own_group_executable() -> str:
 
     from ._cache import cache_dir
 
-    text = (f"#!{sys.executable}\n# labkit: a process group of its own, then Python as asked "
-            "(see labkit/_procs.py, own_process_groups)\nimport os, sys\nos.setpgid(0, 0)\n"
-            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n")
+    # sh, not a "#!python" line: a shebang cannot hold a space, and old kernels cut it at 128 bytes
+    code = "import os, sys; os.setpgid(0, 0); os.execv(sys.executable, [sys.executable] + sys.argv[1:])"
+    text = (f"#!/bin/sh\n# labkit: a process group of its own, then Python as asked (see "
+            f"labkit/_procs.py, own_process_groups)\nexec {shlex.quote(sys.executable)} -c '{code}' \"$@\"\n")
     path = cache_dir("bin") / f"python-own-group-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
     if not path.exists():  # executable before it is in place: another process may run it at once
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         tmp.write_text(text)
         tmp.chmod(0o755)
         os.replace(tmp, path)
+    if not os.access(path, os.X_OK):  # a cache on a noexec mount
+        raise OSError(f"{path} cannot be run")
     return str(path)
 
 
@@ -264,7 +274,13 @@ def own_process_groups() -> Iterator[None]:
     import multiprocessing.spawn as spawn
 
     before = spawn.get_executable()
-    spawn.set_executable(_own_group_executable())
+    try:
+        spawn.set_executable(_own_group_executable())
+    except OSError as e:  # spawned children stay in this group: a Ctrl-C reaches them
+        import warnings
+
+        warnings.warn(f"labkit could not write its process-group wrapper ({e}): a Ctrl-C or a "
+                      "kernel interrupt will reach vLLM's engine core and stop it.", stacklevel=3)
     _OWN_GROUP.set()
     try:
         yield

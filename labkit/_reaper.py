@@ -36,7 +36,7 @@ def _end_the_rest() -> None:
         try:
             if p.pid != me and os.getpgid(p.pid) == group:
                 left.append(p)
-        except (ProcessLookupError, psutil.Error):
+        except (OSError, psutil.Error):  # gone, or not ours to ask about
             continue
     for p in left:
         try:

@@ -45,19 +45,24 @@ def _socket(host: str) -> socket.socket:
     """A TCP socket of ``host``'s address family (``::1`` is IPv6), bound as the servers bind:
     with SO_REUSEADDR, so a port whose last connections wait out TIME_WAIT (every stream a
     stopped server closed) is free to them, and so to us."""
-    try:
-        family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
-    except socket.gaierror as e:
-        raise InvalidInput(f"host={host!r} is not an address or a name this machine resolves "
-                           f"({e.strerror}); servers bind to 127.0.0.1 unless told otherwise.") from e
-    s = socket.socket(family, socket.SOCK_STREAM)
+    # IPv6 for an address with ":" only, as uvicorn binds: "localhost" is 127.0.0.1 to it even
+    # where the name resolves to ::1 first.
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     return s
 
 
+def _unknown_host(host: str, e: socket.gaierror) -> InvalidInput:
+    return InvalidInput(f"host={host!r} is not an address or a name this machine resolves "
+                        f"({e.strerror}); servers bind to 127.0.0.1 unless told otherwise.")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with _socket(host) as s:
-        s.bind((host, 0))
+        try:
+            s.bind((host, 0))
+        except socket.gaierror as e:
+            raise _unknown_host(host, e) from e
         return s.getsockname()[1]
 
 
@@ -65,6 +70,8 @@ def check_port(host: str, port: int) -> None:
     with _socket(host) as s:
         try:
             s.bind((host, port))
+        except socket.gaierror as e:
+            raise _unknown_host(host, e) from e
         except OSError as e:
             raise InvalidInput(f"Port {port} on {host} is already in use ({e.strerror}). Pass "
                                "another port=, or leave port=None to pick a free one.") from e

@@ -393,8 +393,8 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
         if self.closed:
             return "the engine is closed"
         for p in self._children:  # the engine core: requests would wait on it for ever
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE:
+            try:  # (is_running: the same process, not a new one under a reused pid)
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
                     continue
             except psutil.NoSuchProcess:
                 pass

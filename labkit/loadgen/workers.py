@@ -98,10 +98,13 @@ class ProcessDriver(Driver):
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._ids = itertools.count()
+        from .._procs import STARTING
+
         try:
-            for p, (_, w) in zip(self._procs, pipes, strict=True):
-                p.start()
-                w.close()  # the worker's end: here, it would keep a dead worker's pipe from ending
+            with STARTING:  # not while an engine loads: vLLM takes the children that appear then
+                for p, (_, w) in zip(self._procs, pipes, strict=True):
+                    p.start()
+                    w.close()  # the worker's end: here, it would keep a dead worker's pipe from ending
             self._await_ready()
         except BaseException:
             self._stop_workers()
