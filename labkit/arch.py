@@ -30,6 +30,30 @@ ARCHES: dict[str, tuple[str, str]] = {
 }
 
 
+# llama.cpp sets these architectures' sliding-window layout in code, not in the GGUF
+# (src/models/*.cpp: load_swa_pattern(ml, N, dense_first)): N - 1 sliding layers and one
+# global, or with dense_first the global one first. A window in any other architecture's
+# GGUF (a Mistral v0.1 converted as "llama", Phi-3, whose window llama.cpp switches off) is
+# not applied by llama.cpp at all.
+LLAMACPP_SWA: dict[str, tuple[int, bool]] = {
+    "gemma2": (2, False), "gemma3": (6, False), "gemma3n": (5, False), "gemma-embedding": (6, False),
+    "cohere2": (4, False), "cohere2moe": (4, True), "gpt-oss": (2, False), "afmoe": (4, False),
+    "exaone4": (4, False), "exaone-moe": (4, False), "olmo2": (4, False), "plamo3": (8, False),
+    "smallthinker": (4, True), "laguna": (4, True), "mellum": (4, False), "muse-glimmer": (4, False),
+}
+
+
+def hf_window(cfg: dict[str, Any]) -> int | None:
+    """The sliding window vLLM applies for a Hugging Face config: ``sliding_window`` unless
+    ``use_sliding_window`` says no (Qwen2's configs carry a window they do not use); a Mistral
+    config without the key gets transformers' default, 4096."""
+    cfg = {**cfg.get("text_config", {}), **{k: v for k, v in cfg.items() if k != "text_config"}}
+    if "use_sliding_window" in cfg and not cfg["use_sliding_window"]:
+        return None
+    window = cfg["sliding_window"] if "sliding_window" in cfg else (4096 if cfg.get("model_type") == "mistral" else None)
+    return int(window) if window else None
+
+
 @dataclass
 class TensorSpec:
     name: str
@@ -63,6 +87,7 @@ class Arch:
     sliding_window: int | None = None
     swa_pattern: int = 0  # every Nth layer is global (Gemma 3: 6); 0 with a window: every layer slides
     swa_dense_first: bool = False  # the global layer opens each period (llama.cpp's dense_first)
+    swa_layers: tuple[bool, ...] | None = None  # per layer, True = sliding, where a GGUF says so
     llamacpp_swa: bool = True  # llama.cpp applies the window (only for architectures it knows slide)
     max_context: int = 4096
     rope_theta: float = 10000.0
@@ -76,6 +101,8 @@ class Arch:
         A window without a pattern (Mistral v0.1) applies to every layer."""
         if not self.sliding_window:
             return False
+        if self.swa_layers is not None and i < len(self.swa_layers):
+            return self.swa_layers[i]
         if not self.swa_pattern:
             return True
         return bool(i % self.swa_pattern) if self.swa_dense_first else bool((i + 1) % self.swa_pattern)
@@ -122,9 +149,7 @@ def from_config(cfg: dict[str, Any]) -> Arch:
         raise InvalidInput(f"num_key_value_heads ({kv}) must divide num_attention_heads ({heads}).")
     n_experts = _int(cfg, "num_experts", 0, positive=False) if model_type == "qwen3_moe" else 0
     gemma = model_type == "gemma3_text"
-    # vLLM applies a config's window unless use_sliding_window says no (Qwen2's configs carry
-    # a window they do not use); Mistral v0.1's has no such flag, and slides every layer.
-    swa = None if "use_sliding_window" in cfg and not cfg["use_sliding_window"] else cfg.get("sliding_window")
+    swa = hf_window(cfg)  # (Mistral v0.1's has no use_sliding_window flag, and slides every layer)
     return Arch(
         model_type=model_type, gguf_arch=ARCHES[model_type][0],
         n_layers=_int(cfg, "num_hidden_layers"), hidden=hidden, n_heads=heads, n_kv_heads=kv,

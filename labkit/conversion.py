@@ -78,6 +78,9 @@ class ConversionCheck:
     sliding_window: int | None = None
     past_window_top1: float = float("nan")  # over the forced tokens past the window, if it fit
     past_window_kl: float = float("nan")
+    # The same model on prompts up to this many tokens, different past it (a sliding window
+    # one engine applies and the other cannot): passed, with the limit said at every load.
+    valid_up_to: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -90,12 +93,17 @@ class ConversionCheck:
             return f"checked: {self.probes} prompts tokenized alike"
         out = (f"checked: {self.probes} prompts tokenized alike; top-1 {self.top1_agreement:.3f}, "
                f"mean KL {self.mean_kl:.4f} over {self.forced_tokens} tokens")
+        if self.valid_up_to:
+            out += f"; the same only up to {self.valid_up_to} tokens: {self.limit_reason()}"
         if self.sliding_window and self.past_window_top1 == self.past_window_top1:
             out += (f" (past the {self.sliding_window}-token sliding window: top-1 "
                     f"{self.past_window_top1:.3f}, mean KL {self.past_window_kl:.4f})")
         elif self.sliding_window:
             out += f"; not past its {self.sliding_window}-token sliding window"
         return out
+
+    def limit_reason(self) -> str:
+        return next((d["diagnosis"] for d in self.differences if "limit" in d), "")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed, "version": CHECK_VERSION}
@@ -160,6 +168,12 @@ def ensure_checked(gguf: Path, hf_dir: Path, direction: str, entry: Path,
         write_atomically(entry / CHECK_FILE, json.dumps(result.to_dict(), indent=1))
     if raise_on_failure:
         result.raise_if_failed()
+    if result.passed and result.valid_up_to:
+        import warnings
+
+        warnings.warn(f"{hf_dir} and {gguf.name} are the same model only on prompts up to "
+                      f"{result.valid_up_to} tokens: {result.limit_reason()}. Compare them within that.",
+                      stacklevel=3)
     return result
 
 
@@ -200,8 +214,11 @@ def check(gguf: Path, hf_dir: Path, direction: str) -> ConversionCheck:
 
 
 def _judge(c: ConversionCheck) -> ConversionCheck:
-    if c.differences:
-        c.reason = c.differences[0]["diagnosis"]
+    limits = [d["limit"] for d in c.differences if "limit" in d]
+    c.valid_up_to = min(limits) if limits else None
+    failing = [d for d in c.differences if "limit" not in d]
+    if failing:
+        c.reason = failing[0]["diagnosis"]
     elif c.direction == "pair":
         pass  # two files quantized differently on purpose: logprob parity is reported, not judged
     elif not c.top1_agreement >= MIN_TOP1 or not c.mean_kl <= MAX_MEAN_KL:
@@ -209,7 +226,8 @@ def _judge(c: ConversionCheck) -> ConversionCheck:
                     f"agreement {c.top1_agreement:.3f} (at least {MIN_TOP1} expected), mean KL "
                     f"{c.mean_kl:.4f} (at most {MAX_MEAN_KL}); the weights were not converted "
                     "faithfully")
-    elif not math.isnan(c.past_window_top1) and (c.past_window_top1 < MIN_TOP1 or c.past_window_kl > MAX_MEAN_KL):
+    elif not math.isnan(c.past_window_top1) and c.valid_up_to is None and (
+            c.past_window_top1 < MIN_TOP1 or c.past_window_kl > MAX_MEAN_KL):
         c.reason = (f"past the {c.sliding_window}-token sliding window the two predict differently: "
                     f"top-1 agreement {c.past_window_top1:.3f} (at least {MIN_TOP1} expected), mean "
                     f"KL {c.past_window_kl:.4f} (at most {MAX_MEAN_KL}); one side does not apply the "
@@ -264,7 +282,7 @@ def convert(src: Path, out: Path) -> None:
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    _carry_llama3_rope(src, meta, config)
+    _carry_rope_scaling(src, meta, config)
     config.torch_dtype = torch.bfloat16
     plain = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
     plain.load_state_dict(loaded.state_dict())
@@ -298,24 +316,34 @@ def _probe(eng: Any, tok: Any, other: str, prompt_ids: Any) -> tuple[int, list[d
     return run, differences
 
 
-def _carry_llama3_rope(src: Path, meta: dict[str, Any], config: Any) -> None:
-    """Llama 3.1/3.2's rope scaling, which transformers' GGUF loader drops (llama.cpp keeps it
-    as factors in ``rope_freqs.weight``), back into the config; the check then compares it."""
+def _carry_rope_scaling(src: Path, meta: dict[str, Any], config: Any) -> None:
+    """Rope scaling, which transformers' GGUF loader drops for most architectures, back into
+    the config: linear and YaRN from the GGUF's ``rope.scaling.*`` keys (Gemma 3 4B-27B: linear
+    8), Llama 3.1/3.2's from its ``rope_freqs.weight`` factors. The check then compares them."""
     from .positions import infer_llama3, rope_freqs
 
-    freqs = rope_freqs(src)
     arch = str(meta.get("general.architecture", "llama"))
-    if freqs is None or config.model_type != "llama":
-        return
     theta = float(meta.get(f"{arch}.rope.freq_base", 10000.0))
-    dim = int(meta.get(f"{arch}.rope.dimension_count") or config.head_dim)
-    scaling = infer_llama3(freqs, theta, dim)
+    kind, factor = meta.get(f"{arch}.rope.scaling.type"), meta.get(f"{arch}.rope.scaling.factor")
+    scaling = None
+    if kind in ("linear", "yarn") and factor and float(factor) != 1.0:
+        scaling = {"rope_type": kind, "factor": float(factor)}
+        orig = meta.get(f"{arch}.rope.scaling.original_context_length")
+        if kind == "yarn" and orig:
+            scaling["original_max_position_embeddings"] = int(orig)
+    elif config.model_type == "llama" and (freqs := rope_freqs(src)) is not None:
+        dim = int(meta.get(f"{arch}.rope.dimension_count") or config.head_dim)
+        scaling = infer_llama3(freqs, theta, dim)  # None: unknown parameters, the check says so
     if scaling is None:
-        return  # unknown parameters: the check names the difference
-    if hasattr(config, "rope_parameters"):  # transformers 5
-        config.rope_parameters = {**(config.rope_parameters or {}), "rope_theta": theta, **scaling}
-    else:
+        return
+    params = getattr(config, "rope_parameters", None)
+    if params is None and not hasattr(config, "rope_parameters"):  # transformers 4
         config.rope_scaling = scaling
+    elif isinstance(params, dict) and isinstance(params.get("full_attention"), dict):
+        # per layer type (Gemma 3): the global layers scale, the local ones keep their base
+        config.rope_parameters = {**params, "full_attention": {**params["full_attention"], **scaling}}
+    else:
+        config.rope_parameters = {**(params or {}), "rope_theta": theta, **scaling}
 
 
 def _measure(gguf: Path, hf_dir: Path, other: str) -> dict[str, Any]:
@@ -323,10 +351,10 @@ def _measure(gguf: Path, hf_dir: Path, other: str) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .arch import hf_window
     from .comparison import _license_text, kl_rows, log_softmax
     from .engines.llamacpp import LlamaCppEngine
     from .engines.vllm import prompt_ids
-    from .positions import hf_window
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
     window = hf_window(json.loads((hf_dir / "config.json").read_text()))

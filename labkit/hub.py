@@ -66,7 +66,10 @@ def _pick(ggufs: list[Path], pick: str) -> Path | None:
     # model split in parts ("name-Q4_K_M-00001-of-00003.gguf") is named by its first part.
     pattern = re.compile(rf"(^|[-._]){re.escape(pick)}(-(\d{{5}})-of-\d{{5}})?\.gguf$", re.IGNORECASE)
     found = [p for p in ggufs if (m := pattern.search(p.name)) and m.group(3) in (None, "00001")]
-    return found[0] if len(found) == 1 else None
+    if len(found) > 1:
+        raise ModelNotFound(f"{pick!r} matches {len(found)} GGUF files ({', '.join(p.name for p in found)}): "
+                            "name one as REPO:FILE.gguf.")
+    return found[0] if found else None
 
 
 def _offline() -> bool:
@@ -101,7 +104,9 @@ def _download(repo: str, pick: str, fetch: str) -> Path:
 
     cache = os.environ.get("HF_HUB_CACHE") or HF_HUB_CACHE
     try:
-        patterns = [f"*{pick}*", "*.json", "*.model", "*.txt"] if pick else None
+        # (the hub's patterns are case-sensitive; a pick is not)
+        patterns = [f"*{pick}*", f"*{pick.upper()}*", f"*{pick.lower()}*", "*.json", "*.model", "*.txt"] \
+            if pick else None
         return Path(snapshot_download(repo, allow_patterns=patterns, etag_timeout=10, cache_dir=cache))
     except Exception as e:  # no network, no such repo, gated: all say the same to the user
         raise ModelNotFound(f"{repo} is not in the Hugging Face cache ({cache}) and could "

@@ -139,6 +139,9 @@ def gpu_name() -> str | None:
         count = int(dev._nvml.nvmlDeviceGetCount()) if isinstance(dev, Nvml) else 1
     except Exception:
         count = 1
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:  # NVML counts every card; CUDA programs here see these only
+        count = min(count, len([d for d in visible.split(",") if d.strip()]))
     return dev.name() + (f" x{count}" if count > 1 else "")
 
 

@@ -430,6 +430,7 @@ class ModelSpec:
     swa_pattern: int = 0  # every Nth layer attends globally, the others within the window
     swa_dense_first: bool = False  # the global layer opens each period instead of closing it
     llamacpp_swa: bool = False  # llama.cpp applies the window (it does for some architectures only)
+    swa_layers: tuple[bool, ...] | None = None  # per layer, True = sliding (where the GGUF lists them)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -448,6 +449,7 @@ class ModelSpec:
                     vocab=self.vocab_size, tied="output.weight" not in names and bool(names),
                     sliding_window=self.sliding_window, swa_pattern=self.swa_pattern,
                     swa_dense_first=self.swa_dense_first, llamacpp_swa=self.llamacpp_swa,
+                    swa_layers=self.swa_layers,
                     n_experts=next((t.shape[2] for t in self.tensors if t.name.endswith("_exps.weight")
                                     and len(t.shape) > 2), 0))
 
@@ -505,13 +507,14 @@ def _spec_from_gguf(path: Path) -> ModelSpec:
     vocab = h.arch_get("vocab_size") or len(h.get("tokenizer.ggml.tokens", [])) or next(
         (t.shape[1] for t in tensors if t.name == "token_embd.weight"), 0)
     kv = _gguf_int(h, "attention.head_count_kv", path) if h.arch_get("attention.head_count_kv") else heads
-    window, pattern, dense_first, llamacpp = _gguf_swa(h)
+    window, pattern, dense_first, llamacpp, layers = _gguf_swa(h)
     return ModelSpec(
         name=path.stem, n_layers=n_layers, hidden_size=hidden, n_heads=heads, n_kv_heads=kv,
         head_dim=int(h.arch_get("attention.key_length") or hidden // heads), vocab_size=int(vocab),
         n_params=sum(t.n_elements for t in tensors), intermediate_size=h.arch_get("feed_forward_length"),
         max_context=h.arch_get("context_length"), source="gguf", file_type=h.file_type, tensors=tensors,
         sliding_window=window, swa_pattern=pattern, swa_dense_first=dense_first, llamacpp_swa=llamacpp,
+        swa_layers=layers,
     )
 
 
@@ -536,39 +539,21 @@ def _split_tensors(first: Path, h: Any, count: int) -> list[TensorSpec]:
     return out
 
 
-# llama.cpp sets these architectures' sliding-window layout in code, not in the GGUF
-# (src/models/*.cpp: load_swa_pattern(ml, N, dense_first)): N - 1 sliding layers and one
-# global, or with dense_first the global one first. A window in any other architecture's
-# GGUF (a Mistral v0.1 converted as "llama") is not applied by llama.cpp at all.
-_SWA_PATTERN: dict[str, tuple[int, bool]] = {
-    "gemma2": (2, False), "gemma3": (6, False), "gemma3n": (5, False), "gemma-embedding": (6, False),
-    "cohere2": (4, False), "cohere2moe": (4, True), "gpt-oss": (2, False), "afmoe": (4, False),
-    "exaone4": (4, False), "exaone-moe": (4, False), "llama4": (4, False), "olmo2": (4, False),
-    "plamo3": (8, False), "smallthinker": (4, True), "laguna": (4, True), "mellum": (4, False),
-    "muse-glimmer": (4, False),
-}
-
-
-def _gguf_swa(h: Any) -> tuple[int | None, int, bool, bool]:
-    """(window, pattern, dense_first, whether llama.cpp slides at all) of a GGUF: pattern N
-    means every Nth layer is global; a window without a pattern applies to every layer (as
-    vLLM would; llama.cpp only for the architectures it knows to slide)."""
+def _gguf_swa(h: Any) -> tuple[int | None, int, bool, bool, tuple[bool, ...] | None]:
+    """(window, pattern, dense_first, whether llama.cpp slides at all, per-layer flags) of a
+    GGUF: pattern N means every Nth layer is global; a window without a pattern applies to
+    every layer (as vLLM would; llama.cpp only for the architectures it knows to slide)."""
     window = h.arch_get("attention.sliding_window")
     if not window:
-        return None, 0, False, False
-    pattern, dense_first = _SWA_PATTERN.get(h.architecture, (0, False))
-    known = h.architecture in _SWA_PATTERN
+        return None, 0, False, False, None
+    pattern, dense_first = arches.LLAMACPP_SWA.get(h.architecture, (0, False))
+    known = h.architecture in arches.LLAMACPP_SWA
     flags = h.arch_get("attention.sliding_window_pattern")
-    if isinstance(flags, list) and flags:  # per layer, True = sliding (newer converters)
-        globals_ = [i for i, f in enumerate(flags) if not f]
-        if not globals_:
-            return int(window), 0, False, True
-        dense_first = globals_[0] == 0
-        gap = globals_[1] - globals_[0] if len(globals_) > 1 else len(flags)
-        return int(window), (gap if dense_first else globals_[0] + 1), dense_first, True
+    if isinstance(flags, list) and flags:  # per layer, True = sliding (newer converters): exact
+        return int(window), 0, False, True, tuple(bool(f) for f in flags)
     if isinstance(flags, int) and not isinstance(flags, bool) and flags > 0:  # one period for all
-        return int(window), flags, dense_first, True
-    return int(window), pattern, dense_first, known
+        return int(window), flags, dense_first, True, None
+    return int(window), pattern, dense_first, known, None
 
 
 def _safetensors_tensors(directory: Path) -> list[TensorSpec]:

@@ -115,7 +115,6 @@ def memory_timeline(results, column: str = "rss_bytes") -> go.Figure:
     """
     fig = go.Figure()
     colors = ["rgba(99,110,250,0.08)", "rgba(239,85,59,0.08)"]
-    device_drawn = False
     for k, (label, r) in enumerate(_results(results).items()):
         m = r.memory
         if m.empty:
@@ -127,13 +126,13 @@ def memory_timeline(results, column: str = "rss_bytes") -> go.Figure:
             pss = m.dropna(subset=["pss_bytes"])
             fig.add_scatter(x=pss["t_s"], y=pss["pss_bytes"] / 1024**3, mode="markers", name=f"{label} PSS")
         # An engine's own VRAM is its processes' (NVML per process); the device-wide figure
-        # holds every engine on the card (and the driver's reserve): drawn once, named so.
-        if "vram_process_bytes" in m.columns and m["vram_process_bytes"].notna().any():
+        # holds whatever else is on the card (and the driver's reserve), and is named so. NVML
+        # gives 0 for processes it cannot match (a container's own pid namespace).
+        if "vram_process_bytes" in m.columns and (m["vram_process_bytes"] > 0).any():
             fig.add_scatter(x=m["t_s"], y=m["vram_process_bytes"] / 1024**3, mode="lines", name=f"{label} VRAM")
-        elif "vram_used_bytes" in m.columns and m["vram_used_bytes"].notna().any() and not device_drawn:
-            device_drawn = True
+        elif "vram_used_bytes" in m.columns and m["vram_used_bytes"].notna().any():
             fig.add_scatter(x=m["t_s"], y=m["vram_used_bytes"] / 1024**3, mode="lines",
-                            name="GPU memory used (whole device, every process)")
+                            name=f"{label}: whole GPU (every process)")
         for i, (_run, g) in enumerate(m.groupby((m["phase"] != m["phase"].shift()).cumsum())):
             name = g["phase"].iloc[0]
             if name == "idle" or k > 0:

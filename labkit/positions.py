@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from .arch import LLAMACPP_SWA, hf_window
 from .gguf_header import GGUFHeader, read_header
 
-__all__ = ["differences", "hf_window", "infer_llama3", "llama3_factors", "rope_freqs"]
+__all__ = ["differences", "gguf_window", "hf_window", "infer_llama3", "llama3_factors", "rope_freqs"]
 
 _NONE = ("default", "none", None)
 
@@ -38,17 +39,19 @@ def _rope(cfg: dict[str, Any]) -> tuple[float | None, dict[str, Any]]:
     theta = cfg.get("rope_theta", params.get("rope_theta"))
     scaling = cfg.get("rope_scaling") or params
     kind = scaling.get("rope_type") or scaling.get("type")
+    # Qwen2-VL's "mrope" is the default rope split over sections (llama.cpp: rope.dimension_sections);
+    # early Phi-3-128k configs call longrope "su"
+    kind = {"mrope": None, "su": "longrope"}.get(kind, kind)
     return (None if theta is None else float(theta)), ({**scaling, "rope_type": kind} if kind not in _NONE else {})
 
 
-def hf_window(cfg: dict[str, Any]) -> int | None:
-    """The sliding window a Hugging Face config applies (vLLM reads ``sliding_window`` unless
-    ``use_sliding_window`` says no, as Qwen2's configs do)."""
-    cfg = _flat(cfg)
-    if "use_sliding_window" in cfg and not cfg["use_sliding_window"]:
-        return None
-    window = cfg.get("sliding_window")
-    return int(window) if window else None
+def gguf_window(h: GGUFHeader) -> int | None:
+    """The sliding window llama.cpp applies to a GGUF: only for architectures it slides (a
+    Phi-3 GGUF carries one that llama.cpp switches off; a Mistral v0.1 one, as "llama", too)."""
+    window = h.arch_get("attention.sliding_window")
+    flags = h.arch_get("attention.sliding_window_pattern")
+    slides = h.architecture in LLAMACPP_SWA or (isinstance(flags, list) and any(flags))
+    return int(window) if window and slides else None
 
 
 def llama3_factors(scaling: dict[str, Any], theta: float, dim: int) -> np.ndarray:
@@ -114,13 +117,14 @@ def differences(gguf: Path, hf_dir: Path, other: str = "the converted config") -
                          f"the rope base differs (llama.cpp {g_theta:g}, {other} {theta:g}): every "
                          "position is encoded differently"))
     out += _scaling(h, scaling, theta if theta is not None else g_theta, cfg, other)
-    g_window, window = h.arch_get("attention.sliding_window"), hf_window(cfg)
-    if (int(g_window) if g_window else None) != window:
+    g_window, window = gguf_window(h), hf_window(cfg)
+    if g_window != window:
         first = min(w for w in (g_window, window) if w)
-        out.append(_diff("sliding window", g_window, window,
-                         f"only one side attends within a sliding window, or not the same one "
-                         f"(llama.cpp {g_window or 'none'}, {other} {window or 'none'}): the two "
-                         f"differ on prompts longer than {first} tokens"))
+        d = _diff("sliding window", g_window, window,
+                  f"only one side attends within a sliding window, or not the same one "
+                  f"(llama.cpp {g_window or 'none'}, {other} {window or 'none'}): the two "
+                  f"differ on prompts longer than {first} tokens")
+        out.append({**d, "limit": first})  # the same model up to there: a limit, not a failure
     return out
 
 

@@ -69,3 +69,13 @@ def test_a_check_stored_by_an_older_version_is_run_again(tmp_path):
     del old["version"]
     (tmp_path / CHECK_FILE).write_text(json.dumps(old))
     assert read_check(tmp_path) is None
+
+
+def test_a_window_only_one_side_applies_passes_with_its_limit_said():
+    window = {"probe": "sliding window", "diagnosis": "only one side attends within a sliding window", "limit": 4096}
+    c = _check(top1_agreement=0.98, mean_kl=0.004, differences=[window], sliding_window=512,
+               past_window_top1=0.3, past_window_kl=2.0)  # past a window one side lacks: expected
+    assert c.passed and c.valid_up_to == 4096
+    assert "the same only up to 4096 tokens: only one side attends" in c.summary()
+    rope = {"probe": "rope base", "diagnosis": "the rope base differs"}
+    assert not _check(top1_agreement=0.98, mean_kl=0.004, differences=[window, rope]).passed

@@ -49,8 +49,10 @@ def test_per_layer_flags_of_many_layers_are_read_and_dense_first_is_kept(tmp_pat
     flags = [i % 4 != 0 for i in range(80)]  # global first in every 4 (smallthinker's layout)
     spec = model_spec(_gguf(tmp_path / "m.gguf", "smallthinker", layers=80, window=4096, pattern=flags))
     a = spec.architecture()
-    assert (spec.swa_pattern, spec.swa_dense_first) == (4, True)
     assert [a.is_swa_layer(i) for i in range(80)] == flags
+    irregular = [i not in (0, 1, 5, 9) for i in range(12)]  # no period at all: kept layer by layer
+    a = model_spec(_gguf(tmp_path / "i.gguf", "smallthinker", layers=12, window=128, pattern=irregular)).architecture()
+    assert [a.is_swa_layer(i) for i in range(12)] == irregular
 
 
 def test_a_window_llama_cpp_does_not_apply_is_full_size_there_and_windowed_in_vllm(tmp_path):

@@ -32,6 +32,8 @@ def test_vram_is_each_engines_own_and_the_device_total_is_named_once(monkeypatch
     names = [d.name for d in plots.memory_timeline(own).data]
     assert names == ["a RSS", "a VRAM", "b RSS", "b VRAM"]
     assert list(plots.memory_timeline(own).data[1].y) == [2.0, 2.0]  # its processes', not the device's 5
-    device_only = {"a": _memory(vram_used_bytes=[5 << 30] * 2), "b": _memory(vram_used_bytes=[5 << 30] * 2)}
+    # no per-process figure (NVML gives 0 when it cannot match the pids): the whole GPU, said so
+    device_only = {"a": _memory(vram_process_bytes=[0, 0], vram_used_bytes=[5 << 30] * 2),
+                   "b": _memory(vram_used_bytes=[5 << 30] * 2)}
     names = [d.name for d in plots.memory_timeline(device_only).data]
-    assert names == ["a RSS", "GPU memory used (whole device, every process)", "b RSS"]
+    assert names == ["a RSS", "a: whole GPU (every process)", "b RSS", "b: whole GPU (every process)"]

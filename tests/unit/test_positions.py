@@ -13,10 +13,10 @@ LLAMA31 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_f
            "original_max_position_embeddings": 8192}
 
 
-def _gguf(path, *, theta=500000.0, window=None, scaling=None, factor=None, freqs=None):
+def _gguf(path, *, theta=500000.0, window=None, scaling=None, factor=None, freqs=None, arch="llama"):
     import gguf
 
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(1)
     w.add_rope_freq_base(theta)
     w.add_rope_dimension_count(128)
@@ -47,24 +47,42 @@ def _probes(g, h):
 
 
 def test_the_same_placement_in_either_transformers_layout_passes(tmp_path):
-    g = _gguf(tmp_path / "m.gguf", window=4096)
+    g = _gguf(tmp_path / "m.gguf", window=4096, arch="gemma2")
     assert _probes(g, _hf(tmp_path / "a", rope_theta=500000.0, sliding_window=4096)) == []
     assert _probes(g, _hf(tmp_path / "b", sliding_window=4096,
                           rope_parameters={"rope_theta": 500000.0, "rope_type": "default"})) == []
 
 
 def test_a_dropped_rope_base_or_window_is_named(tmp_path):
-    g = _gguf(tmp_path / "m.gguf", window=512)
+    g = _gguf(tmp_path / "m.gguf", window=512, arch="gemma2")
     found = positions.differences(g, _hf(tmp_path / "a", rope_theta=10000.0))
     assert [d["probe"] for d in found] == ["rope base", "sliding window"]
     assert "llama.cpp 500000, the converted config 10000" in found[0]["diagnosis"]
     assert "prompts longer than 512 tokens" in found[1]["diagnosis"]
+    assert "limit" not in found[0] and found[1]["limit"] == 512  # a window: the same model up to there
+
+
+def test_a_window_llama_cpp_does_not_apply_is_none_on_its_side(tmp_path):
+    # Phi-3's GGUF carries 2047, which llama.cpp switches off; its converted config has none
+    phi = _gguf(tmp_path / "phi.gguf", window=2047, arch="phi3")
+    assert _probes(phi, _hf(tmp_path / "a", rope_theta=500000.0)) == []
+    # Mistral v0.1: "llama" in the GGUF (no window), 4096 in a config that may not even say it
+    mistral = _gguf(tmp_path / "m.gguf")
+    for folder, cfg in (("b", {"sliding_window": 4096}), ("c", {"model_type": "mistral"})):
+        (d,) = positions.differences(mistral, _hf(tmp_path / folder, rope_theta=500000.0, **cfg))
+        assert d["limit"] == 4096 and "llama.cpp none" in d["diagnosis"]
+
+
+def test_rope_type_aliases_are_read_as_transformers_reads_them(tmp_path):
+    g = _gguf(tmp_path / "m.gguf")
+    assert _probes(g, _hf(tmp_path / "vl", rope_theta=500000.0, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})) == []
 
 
 def test_qwen2s_unused_window_is_not_a_window(tmp_path):
     g = _gguf(tmp_path / "m.gguf")
     assert _probes(g, _hf(tmp_path / "a", sliding_window=32768, use_sliding_window=False)) == []
     assert _probes(g, _hf(tmp_path / "b", sliding_window=32768, use_sliding_window=True)) == ["sliding window"]
+    assert _probes(g, _hf(tmp_path / "c", model_type="qwen2")) == []  # (no window key: none)
 
 
 def test_llama3_scaling_needs_the_gguf_rope_freqs_with_the_same_values(tmp_path):
