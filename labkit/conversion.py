@@ -47,8 +47,9 @@ FORCED_TOKENS = 256
 # (the logits of both sides are held: 2 x 2048 x a 262k vocabulary is 4 GiB in float32).
 MAX_FORCED_TOKENS = 2048
 PAST_WINDOW = 128
-# Checks stored by an older labkit are run again: 2 added rope/window parity and the window.
-CHECK_VERSION = 2
+# Checks stored by an older labkit are run again: 2 added rope/window parity and the window;
+# 3 passes a window only one engine can apply, with its limit.
+CHECK_VERSION = 3
 PROBES: tuple[tuple[str, Any, bool], ...] = (
     ("plain text", "The capital of France is", False),
     ("unicode", "Naïve café in Zürich, 東京 and Kraków: ½ price! 🙂", False),
@@ -171,9 +172,11 @@ def ensure_checked(gguf: Path, hf_dir: Path, direction: str, entry: Path,
     if result.passed and result.valid_up_to:
         import warnings
 
-        warnings.warn(f"{hf_dir} and {gguf.name} are the same model only on prompts up to "
-                      f"{result.valid_up_to} tokens: {result.limit_reason()}. Compare them within that.",
-                      stacklevel=3)
+        with warnings.catch_warnings():  # every load, not once per process
+            warnings.simplefilter("always")
+            warnings.warn(f"{hf_dir} and {gguf.name} are the same model only on prompts up to "
+                          f"{result.valid_up_to} tokens: {result.limit_reason()}. Compare them within that.",
+                          stacklevel=3)
     return result
 
 
@@ -320,7 +323,7 @@ def _carry_rope_scaling(src: Path, meta: dict[str, Any], config: Any) -> None:
     """Rope scaling, which transformers' GGUF loader drops for most architectures, back into
     the config: linear and YaRN from the GGUF's ``rope.scaling.*`` keys (Gemma 3 4B-27B: linear
     8), Llama 3.1/3.2's from its ``rope_freqs.weight`` factors. The check then compares them."""
-    from .positions import infer_llama3, rope_freqs
+    from .positions import YARN_KEYS, infer_llama3, rope_freqs
 
     arch = str(meta.get("general.architecture", "llama"))
     theta = float(meta.get(f"{arch}.rope.freq_base", 10000.0))
@@ -328,9 +331,11 @@ def _carry_rope_scaling(src: Path, meta: dict[str, Any], config: Any) -> None:
     scaling = None
     if kind in ("linear", "yarn") and factor and float(factor) != 1.0:
         scaling = {"rope_type": kind, "factor": float(factor)}
-        orig = meta.get(f"{arch}.rope.scaling.original_context_length")
-        if kind == "yarn" and orig:
-            scaling["original_max_position_embeddings"] = int(orig)
+        if kind == "yarn":  # and whichever of YaRN's knobs the GGUF kept, under transformers' names
+            for gguf_key, hf_key in YARN_KEYS:
+                value = meta.get(f"{arch}.rope.scaling.{gguf_key}")
+                if value is not None:
+                    scaling[hf_key] = int(value) if hf_key == "original_max_position_embeddings" else float(value)
     elif config.model_type == "llama" and (freqs := rope_freqs(src)) is not None:
         dim = int(meta.get(f"{arch}.rope.dimension_count") or config.head_dim)
         scaling = infer_llama3(freqs, theta, dim)  # None: unknown parameters, the check says so
@@ -355,10 +360,14 @@ def _measure(gguf: Path, hf_dir: Path, other: str) -> dict[str, Any]:
     from .comparison import _license_text, kl_rows, log_softmax
     from .engines.llamacpp import LlamaCppEngine
     from .engines.vllm import prompt_ids
+    from .gguf_header import read_header
+    from .positions import gguf_window
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
     window = hf_window(json.loads((hf_dir / "config.json").read_text()))
-    n = forced_length(window)
+    g_window = gguf_window(read_header(gguf))
+    # past a window only one side applies the two differ by design: forced up to it, not past
+    n = forced_length(window) if window == g_window else min(FORCED_TOKENS, *(w for w in (window, g_window) if w))
     eng = LlamaCppEngine(str(gguf), context=n + 64, logits_all=True)
     try:
         run, differences = _probe(eng, tok, other, prompt_ids)

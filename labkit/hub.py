@@ -38,9 +38,10 @@ def resolve_repo(model: str) -> Path:
             # a repo cached in part (another quantization fetched before): this one may be online
             try:
                 ggufs = sorted(p for p in _download(repo, pick, "").rglob("*.gguf") if p.is_file())
-                chosen = _pick(ggufs, pick)
             except ModelNotFound:
                 pass  # said below, with the files there are
+            else:
+                chosen = _pick(ggufs, pick)
         if chosen is None:
             names = ", ".join(p.name for p in ggufs) or "none"
             raise ModelNotFound(f"{repo} in the Hugging Face cache has no GGUF matching {pick!r} "

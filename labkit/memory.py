@@ -141,7 +141,12 @@ def gpu_name() -> str | None:
         count = 1
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:  # NVML counts every card; CUDA programs here see these only
-        count = min(count, len([d for d in visible.split(",") if d.strip()]))
+        listed = [d.strip() for d in visible.split(",")]
+        # CUDA reads the list up to its first invalid entry ("" or "-1": no GPU at all)
+        usable = next((i for i, d in enumerate(listed) if not d or d.startswith("-")), len(listed))
+        count = min(count, usable)
+        if count == 0:
+            return None
     return dev.name() + (f" x{count}" if count > 1 else "")
 
 

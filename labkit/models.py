@@ -201,7 +201,7 @@ def gguf_path(model: str | Path) -> Path:
 
 
 # Part of the cache key: conversions made before the tokenizer was carried over are redone.
-_CONVERTER = "c2"
+_CONVERTER = "c3"  # c3: rope scaling carried over
 
 
 def _tool_key(package: str) -> str:

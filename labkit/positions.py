@@ -49,9 +49,7 @@ def gguf_window(h: GGUFHeader) -> int | None:
     """The sliding window llama.cpp applies to a GGUF: only for architectures it slides (a
     Phi-3 GGUF carries one that llama.cpp switches off; a Mistral v0.1 one, as "llama", too)."""
     window = h.arch_get("attention.sliding_window")
-    flags = h.arch_get("attention.sliding_window_pattern")
-    slides = h.architecture in LLAMACPP_SWA or (isinstance(flags, list) and any(flags))
-    return int(window) if window and slides else None
+    return int(window) if window and _slides(h) else None
 
 
 def llama3_factors(scaling: dict[str, Any], theta: float, dim: int) -> np.ndarray:
@@ -124,8 +122,28 @@ def differences(gguf: Path, hf_dir: Path, other: str = "the converted config") -
                   f"only one side attends within a sliding window, or not the same one "
                   f"(llama.cpp {g_window or 'none'}, {other} {window or 'none'}): the two "
                   f"differ on prompts longer than {first} tokens")
-        out.append({**d, "limit": first})  # the same model up to there: a limit, not a failure
+        # llama.cpp cannot slide this architecture: the same model up to there, a limit. Where
+        # it can, a different window is a conversion that lost or changed it: a failure.
+        out.append({**d, "limit": first} if g_window is None and not _slides(h) else d)
     return out
+
+
+def _slides(h: GGUFHeader) -> bool:
+    flags = h.arch_get("attention.sliding_window_pattern")
+    return h.architecture in LLAMACPP_SWA or (isinstance(flags, list) and any(flags))
+
+
+YARN_KEYS = (("original_context_length", "original_max_position_embeddings"), ("attn_factor", "attention_factor"),
+         ("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow"))  # GGUF key, transformers' key
+
+
+def _same_yarn(h: GGUFHeader, scaling: dict[str, Any]) -> bool:
+    """YaRN's knobs agree wherever both sides state one."""
+    for g_key, hf_key in YARN_KEYS:
+        g_val, val = h.arch_get(f"rope.scaling.{g_key}"), scaling.get(hf_key)
+        if g_val is not None and val is not None and not math.isclose(float(g_val), float(val), rel_tol=1e-4):
+            return False
+    return True
 
 
 def _scaling(h: GGUFHeader, scaling: dict[str, Any], theta: float, cfg: dict[str, Any],
@@ -155,10 +173,7 @@ def _scaling(h: GGUFHeader, scaling: dict[str, Any], theta: float, cfg: dict[str
     if kind in ("linear", "yarn"):
         same = (g_kind == kind and g_factor is not None
                 and math.isclose(float(g_factor), float(scaling.get("factor", 0)), rel_tol=1e-4))
-        if kind == "yarn" and same:
-            g_orig = h.arch_get("rope.scaling.original_context_length")
-            orig = scaling.get("original_max_position_embeddings")
-            same = g_orig is None or orig is None or int(g_orig) == int(orig)
+        same = same and (kind != "yarn" or _same_yarn(h, scaling))
         return [] if same else [_diff("rope scaling", g_kind, kind,
                                       f"rope scaling differs ({said}, factor llama.cpp {g_factor}, "
                                       f"{other} {scaling.get('factor')}): positions are encoded differently")]

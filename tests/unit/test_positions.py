@@ -59,7 +59,34 @@ def test_a_dropped_rope_base_or_window_is_named(tmp_path):
     assert [d["probe"] for d in found] == ["rope base", "sliding window"]
     assert "llama.cpp 500000, the converted config 10000" in found[0]["diagnosis"]
     assert "prompts longer than 512 tokens" in found[1]["diagnosis"]
-    assert "limit" not in found[0] and found[1]["limit"] == 512  # a window: the same model up to there
+    assert "limit" not in found[1]  # Gemma 2 slides in llama.cpp too: a lost window is a failure
+
+
+def test_a_window_both_engines_apply_must_be_the_same(tmp_path):
+    # Gemma 3 slides in llama.cpp too: a conversion that changed its window is wrong, not limited
+    (d,) = positions.differences(_gguf(tmp_path / "g.gguf", window=512, arch="gemma3"),
+                                 _hf(tmp_path / "hf", rope_theta=500000.0, sliding_window=4096))
+    assert d["probe"] == "sliding window" and "limit" not in d
+
+
+def test_yarns_knobs_are_compared_where_both_sides_state_them(tmp_path):
+    import gguf
+
+    path = tmp_path / "y.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_rope_freq_base(500000.0)
+    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    w.add_rope_scaling_factor(4.0)
+    w.add_float32("llama.rope.scaling.yarn_beta_fast", 32.0)
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    same = {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0}
+    assert _probes(path, _hf(tmp_path / "a", rope_theta=500000.0, rope_scaling=same)) == []
+    assert _probes(path, _hf(tmp_path / "b", rope_theta=500000.0, rope_scaling={**same, "beta_fast": 16.0})) == [
+        "rope scaling"]
 
 
 def test_a_window_llama_cpp_does_not_apply_is_none_on_its_side(tmp_path):

@@ -234,3 +234,23 @@ def test_cpu_energy_sums_the_packages_only(tmp_path, monkeypatch):
     (tmp_path / "intel-rapl").mkdir()  # the control type's own folder
     monkeypatch.setattr(tel, "RAPL", tmp_path)
     assert [f.parent.name for f in tel._rapl_files()] == ["intel-rapl:0", "intel-rapl:1"]
+
+
+@pytest.mark.parametrize(("visible", "name"), [(None, "GPU x4"), ("0,1", "GPU x2"), ("2", "GPU"), ("", None),
+                                                ("-1", None), ("0,-1,1", "GPU")])
+def test_the_gpu_named_is_the_one_cuda_programs_here_see(monkeypatch, visible, name):
+    from labkit import memory
+
+    class FakeNvml(memory.Nvml):  # NVML's count of every card, whatever CUDA_VISIBLE_DEVICES says
+        def __init__(self):
+            self._nvml = type("N", (), {"nvmlDeviceGetCount": staticmethod(lambda: 4)})
+
+        def name(self):
+            return "GPU"
+
+    monkeypatch.setattr(memory, "nvml", FakeNvml)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert memory.gpu_name() == name
