@@ -114,6 +114,5 @@ def test_a_conversion_that_lost_its_rope_base_is_refused(tmp_path):
         conversion.ensure_checked(gguf, broken, "gguf->hf", broken)
     stored = conversion.read_check(broken)
     assert [d["probe"] for d in stored.differences] == ["rope base", "sliding window"]
-    # the text is forced past the window, and what comes after it is measured apart
-    assert stored.sliding_window == 300 and stored.forced_tokens == 300 + conversion.PAST_WINDOW
-    assert 0 <= stored.past_window_top1 <= 1 and stored.past_window_kl >= 0
+    # llama.cpp cannot slide a "llama" GGUF: a window there is a limit, and the text stops short of it
+    assert stored.valid_up_to == 300 and stored.forced_tokens == conversion.FORCED_TOKENS < 300
