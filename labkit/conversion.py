@@ -172,11 +172,10 @@ def ensure_checked(gguf: Path, hf_dir: Path, direction: str, entry: Path,
     if result.passed and result.valid_up_to:
         import warnings
 
-        with warnings.catch_warnings():  # every load, not once per process
-            warnings.simplefilter("always")
-            warnings.warn(f"{hf_dir} and {gguf.name} are the same model only on prompts up to "
-                          f"{result.valid_up_to} tokens: {result.limit_reason()}. Compare them within that.",
-                          stacklevel=3)
+        # (a user's warning filters decide how often: muted, or an error under -W error)
+        warnings.warn(f"{hf_dir} and {gguf.name} are the same model only on prompts up to "
+                      f"{result.valid_up_to} tokens: {result.limit_reason()}. Compare them within that.",
+                      stacklevel=3)
     return result
 
 

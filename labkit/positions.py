@@ -48,8 +48,12 @@ def _rope(cfg: dict[str, Any]) -> tuple[float | None, dict[str, Any]]:
 def gguf_window(h: GGUFHeader) -> int | None:
     """The sliding window llama.cpp applies to a GGUF: only for architectures it slides (a
     Phi-3 GGUF carries one that llama.cpp switches off; a Mistral v0.1 one, as "llama", too)."""
-    window = h.arch_get("attention.sliding_window")
+    window = h.arch_get("attention.sliding_window") or _DEFAULT_WINDOW.get(h.architecture)
     return int(window) if window and _slides(h) else None
+
+
+# llama.cpp's window where an early GGUF has no key (src/models/gemma2.cpp: 4096)
+_DEFAULT_WINDOW = {"gemma2": 4096}
 
 
 def llama3_factors(scaling: dict[str, Any], theta: float, dim: int) -> np.ndarray:
@@ -133,8 +137,11 @@ def _slides(h: GGUFHeader) -> bool:
     return h.architecture in LLAMACPP_SWA or (isinstance(flags, list) and any(flags))
 
 
-YARN_KEYS = (("original_context_length", "original_max_position_embeddings"), ("attn_factor", "attention_factor"),
-         ("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow"))  # GGUF key, transformers' key
+# GGUF key (rope.scaling.*), transformers' key. llama.cpp's converter writes transformers'
+# attention_factor as yarn_attn_factor; its attn_factor is another multiplier, on top.
+YARN_KEYS = (("original_context_length", "original_max_position_embeddings"),
+             ("yarn_attn_factor", "attention_factor"), ("yarn_beta_fast", "beta_fast"),
+             ("yarn_beta_slow", "beta_slow"))
 
 
 def _same_yarn(h: GGUFHeader, scaling: dict[str, Any]) -> bool:

@@ -62,6 +62,11 @@ def test_a_dropped_rope_base_or_window_is_named(tmp_path):
     assert "limit" not in found[1]  # Gemma 2 slides in llama.cpp too: a lost window is a failure
 
 
+def test_an_early_gemma2_gguf_without_a_window_key_has_llama_cpps_default(tmp_path):
+    assert _probes(_gguf(tmp_path / "g.gguf", arch="gemma2"), _hf(tmp_path / "hf", rope_theta=500000.0,
+                                                                   sliding_window=4096)) == []
+
+
 def test_a_window_both_engines_apply_must_be_the_same(tmp_path):
     # Gemma 3 slides in llama.cpp too: a conversion that changed its window is wrong, not limited
     (d,) = positions.differences(_gguf(tmp_path / "g.gguf", window=512, arch="gemma3"),
@@ -78,15 +83,17 @@ def test_yarns_knobs_are_compared_where_both_sides_state_them(tmp_path):
     w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
     w.add_rope_scaling_factor(4.0)
     w.add_float32("llama.rope.scaling.yarn_beta_fast", 32.0)
+    w.add_float32("llama.rope.scaling.yarn_attn_factor", 0.5)
     w.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    same = {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0}
+    same = {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "attention_factor": 0.5}
     assert _probes(path, _hf(tmp_path / "a", rope_theta=500000.0, rope_scaling=same)) == []
-    assert _probes(path, _hf(tmp_path / "b", rope_theta=500000.0, rope_scaling={**same, "beta_fast": 16.0})) == [
-        "rope scaling"]
+    for changed in ({"beta_fast": 16.0}, {"attention_factor": 1.0}):
+        assert _probes(path, _hf(tmp_path / str(changed), rope_theta=500000.0, rope_scaling={**same, **changed})) == [
+            "rope scaling"]
 
 
 def test_a_window_llama_cpp_does_not_apply_is_none_on_its_side(tmp_path):
