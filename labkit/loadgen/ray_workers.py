@@ -107,8 +107,11 @@ class RayDriver(Driver):
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             _probe(address)
+            from .._procs import STARTING
+
             try:
-                ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, include_dashboard=False)
+                with STARTING:  # a local cluster's processes: not while vLLM takes new children for its own
+                    ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise InvalidInput(f"Cannot reach the Ray cluster at {address or 'auto'!r} ({e}). Start one "
                                    "(`ray start --head`) or give its address: ray_address='HOST:6379'.") from None
