@@ -23,6 +23,14 @@ import psutil
 from labkit._reaper import still_running, wait_for_owner_exit
 
 
+def same_process(p: psutil.Process, start: str) -> bool:
+    """Whether ``p`` is the process that started at ``start`` (its create_time as the owner
+    read it), not a new one under a recycled pid. Within a second, not to the millisecond:
+    psutil adds the kernel's boot time (/proc/stat btime) to each process's start, and btime
+    follows the wall clock, which NTP may step between the owner's reading and ours."""
+    return abs(p.create_time() - float(start)) < 1.0
+
+
 def _engines(p: psutil.Process) -> bool:
     """Not multiprocessing's resource tracker (one per Python process, shared by all that it
     runs; it ignores SIGTERM) nor another guard: labkit.memory.new_children leaves them out too."""
@@ -41,18 +49,26 @@ def _watch(fd: int, owner: str, known: set[int]) -> list[tuple[str, str]]:
     buf = b""
     try:
         parent = psutil.Process(int(pid))
-        if f"{parent.create_time():.3f}" != start:
+        if not same_process(parent, start):
             parent = None
     except psutil.Error:
         parent = None
     while True:
         if parent is not None:
             try:
-                for c in parent.children():
-                    if c.pid not in known and c.pid != os.getpid() and c.pid not in seen and _engines(c):
-                        seen[c.pid] = (str(c.pid), f"{c.create_time():.3f}")
+                children = parent.children()
+            except psutil.NoSuchProcess:
+                parent, children = None, []  # the owner is gone: EOF follows
             except psutil.Error:
-                parent = None  # the owner is gone: EOF follows
+                children = []  # this time only
+            for c in children:
+                if c.pid in known or c.pid == os.getpid() or c.pid in seen:
+                    continue
+                try:  # (a short-lived child, a `lscpu` a library runs, may be gone already)
+                    if _engines(c):
+                        seen[c.pid] = (str(c.pid), f"{c.create_time():.3f}")
+                except psutil.Error:
+                    continue
         ready, _, _ = select.select([fd], [], [], 0.2)  # a child appears within 0.2 s of this
         if not ready:
             continue
@@ -79,7 +95,7 @@ def main() -> int:
     for pid, start in wanted:
         try:
             p = psutil.Process(int(pid))
-            if f"{p.create_time():.3f}" != start:
+            if not same_process(p, start):
                 continue
             # Descendants first, while the tree is still linked to its root.
             for q in [p, *p.children(recursive=True)]:
