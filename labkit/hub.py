@@ -67,6 +67,8 @@ def _pick(ggufs: list[Path], pick: str) -> Path | None:
     # model split in parts ("name-Q4_K_M-00001-of-00003.gguf") is named by its first part.
     pattern = re.compile(rf"(^|[-._]){re.escape(pick)}(-(\d{{5}})-of-\d{{5}})?\.gguf$", re.IGNORECASE)
     found = [p for p in ggufs if (m := pattern.search(p.name)) and m.group(3) in (None, "00001")]
+    if len(found) > 1:  # a multimodal repo's vision projector (mmproj-*-F16.gguf) is not the model
+        found = [p for p in found if not p.name.lower().startswith("mmproj")] or found
     if len(found) > 1:
         raise ModelNotFound(f"{pick!r} matches {len(found)} GGUF files ({', '.join(p.name for p in found)}): "
                             "name one as REPO:FILE.gguf.")

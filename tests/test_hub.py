@@ -104,3 +104,7 @@ def test_a_split_gguf_is_picked_by_its_first_part(tmp_path):
     parts = [tmp_path / f"m-Q4_K_M-{i:05d}-of-00002.gguf" for i in (1, 2)]
     assert _pick([*parts, tmp_path / "m-Q8_0.gguf"], "Q4_K_M") == parts[0]
     assert _pick(parts, "Q8_0") is None
+    model, projector = tmp_path / "gemma-3-4b-it-F16.gguf", tmp_path / "mmproj-gemma-3-4b-it-F16.gguf"
+    assert _pick([model, projector], "F16") == model  # a multimodal repo: the model, not its projector
+    with pytest.raises(ModelNotFound, match="matches 2 GGUF files"):
+        _pick([model, tmp_path / "other-F16.gguf"], "F16")
