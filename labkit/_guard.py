@@ -20,7 +20,7 @@ import sys
 
 import psutil
 
-from labkit._reaper import still_running, wait_for_owner_exit
+from labkit._reaper import end, wait_for_owner_exit
 
 
 def same_process(p: psutil.Process, start: str) -> bool:
@@ -31,9 +31,10 @@ def same_process(p: psutil.Process, start: str) -> bool:
     return abs(p.create_time() - float(start)) < 1.0
 
 
-def _engines(p: psutil.Process) -> bool:
-    """Not multiprocessing's resource tracker (one per Python process, shared by all that it
-    runs; it ignores SIGTERM) nor another guard: labkit.memory.new_children leaves them out too."""
+def engine_child(p: psutil.Process) -> bool:
+    """Whether a child that appeared while an engine loaded can be the engine's: not
+    multiprocessing's resource tracker (one per Python process, shared by all that it runs; it
+    ignores SIGTERM) nor a guard; False for one gone meanwhile. (labkit.memory.new_children)"""
     try:
         cmd = " ".join(p.cmdline())
     except psutil.Error:
@@ -65,7 +66,7 @@ def _watch(fd: int, owner: str, known: set[int]) -> list[tuple[str, str]]:
                 if c.pid in known or c.pid == os.getpid() or c.pid in seen:
                     continue
                 try:  # (a short-lived child, a `lscpu` a library runs, may be gone already)
-                    if _engines(c):
+                    if engine_child(c):
                         seen[c.pid] = (str(c.pid), f"{c.create_time():.3f}")
                 except psutil.Error:
                     continue
@@ -102,16 +103,7 @@ def main() -> int:
                 victims.setdefault(q.pid, q)
         except psutil.Error:
             continue
-    for p in victims.values():
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    for p in still_running(list(victims.values()), timeout_s=10):
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
+    end(list(victims.values()), grace_s=10)
     return 0
 
 

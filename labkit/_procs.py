@@ -56,11 +56,7 @@ def _close_lifeline(fd: int) -> None:
 
 def _close_inherited_lifelines() -> None:
     for fd in list(_LIFELINES):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _LIFELINES.clear()
+        _close_lifeline(fd)
 
 
 os.register_at_fork(after_in_child=_close_inherited_lifelines)
@@ -179,8 +175,7 @@ class OrphanGuard:
         if watch_from is None:
             args = _ids(processes)
         else:  # a load under way: the owner's children that appear, until fix() names them
-            me = psutil.Process()
-            args = ["--watch", f"{me.pid}:{me.create_time():.3f}", *map(str, sorted(watch_from))]
+            args = ["--watch", *_ids([psutil.Process()]), *map(str, sorted(watch_from))]
         # Its own session, so a Ctrl-C or kill aimed at the owner's group leaves it to act.
         self._proc = subprocess.Popen([sys.executable, "-m", "labkit._guard", str(read_end), *args],
                                       pass_fds=(read_end,), start_new_session=True,

@@ -38,12 +38,19 @@ def _end_the_rest() -> None:
                 left.append(p)
         except (OSError, psutil.Error):  # gone, or not ours to ask about
             continue
-    for p in left:
+    end(left, grace_s=5)
+
+
+def end(procs: list, grace_s: float) -> None:
+    """SIGTERM ``procs`` (psutil processes), then SIGKILL those still running ``grace_s`` later."""
+    import psutil
+
+    for p in procs:
         try:
             p.terminate()
         except psutil.Error:
             pass
-    for p in still_running(left, timeout_s=5):
+    for p in still_running(procs, timeout_s=grace_s):
         try:
             p.kill()
         except psutil.Error:

@@ -43,11 +43,17 @@ LLAMACPP_SWA: dict[str, tuple[int, bool]] = {
 }
 
 
+def flat_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config with its ``text_config`` (a multimodal model's language model) read as the
+    top level, the top level's own keys winning."""
+    return {**cfg.get("text_config", {}), **{k: v for k, v in cfg.items() if k != "text_config"}}
+
+
 def hf_window(cfg: dict[str, Any]) -> int | None:
     """The sliding window vLLM applies for a Hugging Face config: ``sliding_window`` unless
     ``use_sliding_window`` says no (Qwen2's configs carry a window they do not use); a Mistral
     config without the key gets transformers' default, 4096."""
-    cfg = {**cfg.get("text_config", {}), **{k: v for k, v in cfg.items() if k != "text_config"}}
+    cfg = flat_config(cfg)
     if "use_sliding_window" in cfg and not cfg["use_sliding_window"]:
         return None
     window = cfg["sliding_window"] if "sliding_window" in cfg else (4096 if cfg.get("model_type") == "mistral" else None)
@@ -130,7 +136,7 @@ def from_config(cfg: dict[str, Any]) -> Arch:
     """An :class:`Arch` from a Hugging Face ``config.json`` dict, checked field by field."""
     if not isinstance(cfg, dict):
         raise InvalidInput(f"A model config must be a dict, got {type(cfg).__name__}.")
-    cfg = {**cfg.get("text_config", {}), **{k: v for k, v in cfg.items() if k != "text_config"}}
+    cfg = flat_config(cfg)
     model_type = cfg.get("model_type", "llama")
     if model_type == "gemma3":
         model_type = "gemma3_text"

@@ -412,12 +412,12 @@ def _run(args: argparse.Namespace) -> int:
         return _run_grid(args, params)
     folder = run(args.notebook, params, out=args.out, timeout_s=args.timeout)
     stem = args.notebook.rsplit("/", 1)[-1].removesuffix(".ipynb")
+    report = folder / (stem + ".html")
     if args.json:
-        print(_json({"folder": str(folder), "report": str(folder / (stem + ".html")),
-                     "notebook": str(folder / (stem + ".ipynb")),
+        print(_json({"folder": str(folder), "report": str(report), "notebook": str(folder / (stem + ".ipynb")),
                      "results": str(folder / "results.json"), "manifest": str(folder / "manifest.json")}))
         return 0
-    print(f"report: {folder / (stem + '.html')}")
+    print(f"report: {report}")
     print(f"executed notebook, results.json and manifest.json: {folder}")
     return 0
 

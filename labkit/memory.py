@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import pandas as pd
 import psutil
 
+from ._guard import engine_child
 from .errors import InvalidInput
 
 GiB = 1024**3
@@ -216,15 +217,8 @@ def new_children(before: set[int]) -> list[psutil.Process]:
     uses multiprocessing, so it belongs to no engine) and labkit's orphan guards."""
     found = []
     for c in psutil.Process().children():
-        if c.pid in before:
-            continue
-        try:
-            cmd = " ".join(c.cmdline())
-            if "resource_tracker" in cmd or "labkit._guard" in cmd:
-                continue
-        except psutil.Error:
-            continue
-        found.append(c)
+        if c.pid not in before and engine_child(c):
+            found.append(c)
     return found
 
 

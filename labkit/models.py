@@ -94,10 +94,16 @@ def _synthetic_path(model: Any) -> Path | None:
     if getattr(model, "synthetic", False) and hasattr(model, "folder"):
         return Path(model.folder)
     if isinstance(model, str) and model.startswith("synthetic:"):
-        parts = model.split(":")
-        quant = parts[2] if len(parts) > 2 else "Q4_K_M"
-        return synthetic(parts[1], None if quant.lower() == "dummy" else quant).folder
+        return synthetic(*_synthetic_name(model)).folder
     return None
+
+
+def _synthetic_name(model: str) -> tuple[str, str | None]:
+    """(shape, quant) of ``synthetic:SHAPE[:QUANT]``: Q4_K_M when not given, None for "dummy"
+    (vLLM's dummy weights, no GGUF)."""
+    parts = model.split(":")
+    quant = parts[2] if len(parts) > 2 else "Q4_K_M"
+    return parts[1], None if quant.lower() == "dummy" else quant
 
 
 def label(model: Any, path: Path | None = None) -> str:
@@ -458,7 +464,7 @@ _REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_s
 
 
 def _spec_from_config(cfg: dict[str, Any], name: str, source: str) -> ModelSpec:
-    flat = {**cfg.get("text_config", {}), **{k: v for k, v in cfg.items() if k != "text_config"}}
+    flat = arches.flat_config(cfg)
     missing = [k for k in _REQUIRED if flat.get(k) is None]
     if missing:
         raise InvalidInput(f"The model config lacks {', '.join(missing)}; a config needs at least "
@@ -522,7 +528,6 @@ def _split_tensors(first: Path, h: Any, count: int) -> list[TensorSpec]:
     """Every shard's tensors for a split GGUF (``m-00001-of-00003.gguf``): the first shard
     holds the metadata and only its own part of the weights."""
     import re
-
 
     m = re.fullmatch(r"(.*)-(\d{5})-of-(\d{5})\.gguf", first.name)
     if not m or int(m.group(2)) != 1:
@@ -603,9 +608,8 @@ def model_spec(model: str | Path | dict[str, Any]) -> ModelSpec:
         # planned from the shape alone: writing a 40 GiB model to plan it would be absurd
         from .synthetic import _shape
 
-        parts = model.split(":")
-        quant = parts[2] if len(parts) > 2 else "Q4_K_M"
-        return _synthetic_spec(_shape(parts[1])[1], model, None if quant.lower() == "dummy" else quant.upper())
+        shape, quant = _synthetic_name(model)
+        return _synthetic_spec(_shape(shape)[1], model, quant.upper() if quant else None)
     path = Path(model)
     if path.name == "config.json" and path.exists():
         path = path.parent

@@ -133,7 +133,7 @@ def memory_timeline(results, column: str = "rss_bytes") -> go.Figure:
         elif "vram_used_bytes" in m.columns and m["vram_used_bytes"].notna().any():
             fig.add_scatter(x=m["t_s"], y=m["vram_used_bytes"] / 1024**3, mode="lines",
                             name=f"{label}: whole GPU (every process)")
-        for i, (_run, g) in enumerate(m.groupby((m["phase"] != m["phase"].shift()).cumsum())):
+        for i, (_run, g) in enumerate(m.groupby(_stretches(m))):
             name = g["phase"].iloc[0]
             if name == "idle" or k > 0:
                 continue
@@ -347,13 +347,18 @@ def timeline(result: BenchResult) -> go.Figure:
     return fig
 
 
+def _stretches(frame: pd.DataFrame) -> pd.Series:
+    """A number per unbroken run of one phase, in row order: a level measured twice (repeats)
+    is two stretches."""
+    return (frame["phase"] != frame["phase"].shift()).cumsum()
+
+
 def _phase_bands(fig: go.Figure, t: pd.DataFrame) -> None:
     """A shaded band per measured level, labelled, across every row: one per stretch of a
     phase (with repeats, a level's rounds are apart, and one band over all of them would
     cover the levels between)."""
     t = t.sort_values("t_s", kind="stable")
-    stretch = (t["phase"] != t["phase"].shift()).cumsum()
-    t = t.assign(_stretch=stretch)[t["phase"] != "idle"]
+    t = t.assign(_stretch=_stretches(t))[t["phase"] != "idle"]
     spans = t.groupby("_stretch", sort=True).agg(phase=("phase", "first"), min=("t_s", "min"), max=("t_s", "max"))
     for i, (_, span) in enumerate(spans.iterrows()):
         phase = span["phase"]

@@ -17,16 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .arch import LLAMACPP_SWA, hf_window
+from .arch import LLAMACPP_SWA, flat_config, hf_window
 from .gguf_header import GGUFHeader, read_header
 
 __all__ = ["differences", "gguf_window", "hf_window", "infer_llama3", "llama3_factors", "rope_freqs"]
 
 _NONE = ("default", "none", None)
-
-
-def _flat(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {**cfg.get("text_config", {}), **{k: v for k, v in cfg.items() if k != "text_config"}}
 
 
 def _rope(cfg: dict[str, Any]) -> tuple[float | None, dict[str, Any]]:
@@ -110,7 +106,7 @@ def differences(gguf: Path, hf_dir: Path, other: str = "the converted config") -
     """Where the GGUF and the HF folder's config.json place tokens differently, each as a
     probe-like dict whose ``diagnosis`` says it in plain words; empty when they agree."""
     h = read_header(gguf)
-    cfg = _flat(json.loads((Path(hf_dir) / "config.json").read_text()))
+    cfg = flat_config(json.loads((Path(hf_dir) / "config.json").read_text()))
     out = []
     theta, scaling = _rope(cfg)
     g_theta = float(h.arch_get("rope.freq_base", 10000.0))

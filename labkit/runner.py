@@ -340,8 +340,9 @@ def run_grid(notebook: str | Path, grid: dict[str, list[Any]], parameters: dict[
     row: dict[str, Any] = {}
     try:
         for i, point in enumerate(points):
-            folder = base / f"{i:03d}-{_slug(_masked(point))}"  # a secret in a grid: not in a name
-            row = {**_masked(point), "folder": str(folder), "error": "running"}
+            shown = _masked(point)  # a secret in a grid: not in a name, nor in the index
+            folder = base / f"{i:03d}-{_slug(shown)}"
+            row = {**shown, "folder": str(folder), "error": "running"}
             rows.append(row)
             try:
                 run(nb_path, {**(parameters or {}), **point}, out=folder, timeout_s=timeout_s)

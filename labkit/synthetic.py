@@ -271,8 +271,7 @@ def _write_hf_folder(out: Path, name: str, config: dict[str, Any], a: arch.Arch,
     # The text model's own config, flattened as labkit read it: a multimodal config (Gemma 3
     # 27B-it: model_type "gemma3", sizes in text_config) written as it is, under the text
     # model's type, would have transformers fill every size from its defaults (a 2B).
-    text = {**config.get("text_config", {}),
-            **{k: v for k, v in config.items() if k not in ("text_config", "vision_config")}}
+    text = {k: v for k, v in arch.flat_config(config).items() if k != "vision_config"}
     cfg = {**text, "architectures": [arch.ARCHES[a.model_type][1]], "torch_dtype": "bfloat16",
            "head_dim": a.head_dim, "tie_word_embeddings": a.tied, "model_type": a.model_type}
     cfg.setdefault("bos_token_id", tok.get("tokenizer.ggml.bos_token_id"))
