@@ -10,17 +10,22 @@ START is each process's creation time, so a recycled pid is never touched.
 notes every child of OWNER that appears (none of the KNOWN pids, which were there before),
 until the owner writes the final list on the pipe (``PID:START ...`` and a newline). A kernel
 killed while vLLM loads leaves no engine core behind either.
+
+The guard leads a process group of its own, which the engine's processes join as they start
+(labkit._procs.own_process_groups): on EOF every other member of that group is ended too,
+including one that appeared between two scans or was reparented before the guard looked.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 
 import psutil
 
-from labkit._reaper import end, wait_for_owner_exit
+from labkit._reaper import end, group_members, wait_for_owner_exit
 
 
 def same_process(p: psutil.Process, start: str) -> bool:
@@ -86,6 +91,10 @@ def _watch(fd: int, owner: str, known: set[int]) -> list[tuple[str, str]]:
 
 
 def main() -> int:
+    # Out of the owner's group, but in its session: a terminal's hangup or Ctrl-C must not end
+    # the guard before it has ended what it guards.
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     fd = int(sys.argv[1])
     if sys.argv[2:3] == ["--watch"]:
         wanted = _watch(fd, sys.argv[3], {int(p) for p in sys.argv[4:]})
@@ -103,6 +112,8 @@ def main() -> int:
                 victims.setdefault(q.pid, q)
         except psutil.Error:
             continue
+    for q in group_members():  # the engine's processes, which joined this guard's group
+        victims.setdefault(q.pid, q)
     end(list(victims.values()), grace_s=10)
     return 0
 

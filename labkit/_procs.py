@@ -117,6 +117,11 @@ class ManagedProcess:
     def pid(self) -> int:
         return self._proc.pid
 
+    @property
+    def group(self) -> int:
+        """The process group the guard leads, for the processes it must end to join."""
+        return self._proc.pid
+
     def poll(self) -> int | None:
         """Exit code, or None while running."""
         return self._proc.poll()
@@ -176,9 +181,12 @@ class OrphanGuard:
             args = _ids(processes)
         else:  # a load under way: the owner's children that appear, until fix() names them
             args = ["--watch", *_ids([psutil.Process()]), *map(str, sorted(watch_from))]
-        # Its own session, so a Ctrl-C or kill aimed at the owner's group leaves it to act.
+        # A process group of its own, so a Ctrl-C or kill aimed at the owner's group leaves it
+        # to act; in the owner's session, so the engine's processes can join that group
+        # (own_process_groups): on EOF the guard finds them all there, even those already
+        # reparented, with no scan period for a kill to fall into.
         self._proc = subprocess.Popen([sys.executable, "-m", "labkit._guard", str(read_end), *args],
-                                      pass_fds=(read_end,), start_new_session=True,
+                                      pass_fds=(read_end,), process_group=0,
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         os.close(read_end)
         self._released = False
@@ -200,6 +208,11 @@ class OrphanGuard:
 
     @property
     def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def group(self) -> int:
+        """The process group the guard leads, for the processes it must end to join."""
         return self._proc.pid
 
     def release(self, timeout_s: float = 30.0) -> None:
@@ -224,28 +237,44 @@ def _ids(processes: list[psutil.Process]) -> list[str]:
     return [f"{p.pid}:{p.create_time():.3f}" for p in processes]
 
 
-_OWN_GROUP = threading.Event()  # set while own_process_groups() is entered
+#: The process group that processes started inside own_process_groups() join (0: a new one
+#: of their own), or None outside it. Read after a fork, and by the spawn wrapper through
+#: GROUP_ENV.
+_OWN_GROUP: int | None = None
+GROUP_ENV = "LABKIT_PROCESS_GROUP"
+
+
+def _join_group(group: int) -> None:
+    try:
+        os.setpgid(0, group)
+    except OSError:  # that group is gone (its guard was killed): one of its own at least
+        os.setpgid(0, 0)
 
 
 def _own_group_after_fork() -> None:
-    if _OWN_GROUP.is_set():
-        os.setpgid(0, 0)
+    if _OWN_GROUP is not None:
+        _join_group(_OWN_GROUP)
 
 
 os.register_at_fork(after_in_child=_own_group_after_fork)
 
 
 def _own_group_executable() -> str:
-    """A Python that first leaves its parent's process group, then runs as asked (for
-    multiprocessing's spawn, which execs ``spawn.get_executable()`` with its arguments)."""
+    """A Python that first leaves its parent's process group (for the one named in
+    GROUP_ENV, else one of its own), then runs as asked (for multiprocessing's spawn, which
+    execs ``spawn.get_executable()`` with its arguments)."""
     import hashlib
 
     from ._cache import cache_dir
 
     # sh, not a "#!python" line: a shebang cannot hold a space, and old kernels cut it at 128 bytes
-    code = "import os, sys; os.setpgid(0, 0); os.execv(sys.executable, [sys.executable] + sys.argv[1:])"
-    text = (f"#!/bin/sh\n# labkit: a process group of its own, then Python as asked (see "
-            f"labkit/_procs.py, own_process_groups)\nexec {shlex.quote(sys.executable)} -c '{code}' \"$@\"\n")
+    code = ("import os, sys\n"
+            "g = int(os.environ.get('" + GROUP_ENV + "') or 0)\n"
+            "try:\n    os.setpgid(0, g)\nexcept OSError:\n    os.setpgid(0, 0)\n"
+            "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+    text = (f"#!/bin/sh\n# labkit: a process group of its own or its guard's, then Python as asked "
+            f"(see labkit/_procs.py, own_process_groups)\nexec {shlex.quote(sys.executable)} -c "
+            f"{shlex.quote(code)} \"$@\"\n")
     path = cache_dir("bin") / f"python-own-group-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
     if not path.exists():  # executable before it is in place: another process may run it at once
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -258,17 +287,18 @@ def _own_group_executable() -> str:
 
 
 @contextmanager
-def own_process_groups() -> Iterator[None]:
+def own_process_groups(group: int = 0) -> Iterator[None]:
     """Processes started meanwhile by a library in this process (vLLM's engine core and its
-    workers) lead process groups of their own. A Ctrl-C in a terminal and Jupyter's
-    "interrupt kernel" are sent to this process's whole group, and vLLM's engine core takes
-    SIGINT as "shut down": the interrupt that stops a bench would abort its last level's
-    requests and leave a dead engine. Spawned children start through a Python that calls
-    setpgid first; forked ones call it after the fork. (What ends them with their owner is
-    the OrphanGuard: a kernel's group kill no longer reaches them.)"""
+    workers) leave this process's group: for ``group`` (an OrphanGuard's, which then ends
+    them with their owner, however it dies, with no window), or 0 for one of their own each.
+    A Ctrl-C in a terminal and Jupyter's "interrupt kernel" are sent to this process's whole
+    group, and vLLM's engine core takes SIGINT as "shut down": the interrupt that stops a
+    bench would abort its last level's requests and leave a dead engine. Spawned children
+    start through a Python that calls setpgid first; forked ones call it after the fork."""
     import multiprocessing.spawn as spawn
 
-    before = spawn.get_executable()
+    global _OWN_GROUP
+    before, env_before = spawn.get_executable(), os.environ.get(GROUP_ENV)
     try:
         spawn.set_executable(_own_group_executable())
     except OSError as e:  # spawned children stay in this group: a Ctrl-C reaches them
@@ -276,11 +306,16 @@ def own_process_groups() -> Iterator[None]:
 
         warnings.warn(f"labkit could not write its process-group wrapper ({e}): a Ctrl-C or a "
                       "kernel interrupt will reach vLLM's engine core and stop it.", stacklevel=3)
-    _OWN_GROUP.set()
+    _OWN_GROUP = group
+    os.environ[GROUP_ENV] = str(group)
     try:
         yield
     finally:
-        _OWN_GROUP.clear()
+        _OWN_GROUP = None
+        if env_before is None:
+            os.environ.pop(GROUP_ENV, None)
+        else:
+            os.environ[GROUP_ENV] = env_before
         spawn.set_executable(before)
 
 

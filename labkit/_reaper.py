@@ -24,21 +24,27 @@ def wait_for_owner_exit(fd: int) -> None:
             return
 
 
+def group_members() -> list:
+    """The other processes of this process's group (psutil processes), wherever they were
+    reparented."""
+    import psutil
+
+    me, group = os.getpid(), os.getpgrp()
+    members = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != me and os.getpgid(p.pid) == group:
+                members.append(p)
+        except (OSError, psutil.Error):  # gone, or not ours to ask about
+            continue
+    return members
+
+
 def _end_the_rest() -> None:
     """End what the command left behind in this group (vLLM's engine core when its API server
     died, a worker a server forked): with the command gone, this reaper is about to exit,
     and nothing else would end them with their owner."""
-    import psutil
-
-    me, group = os.getpid(), os.getpgrp()
-    left = []
-    for p in psutil.process_iter():
-        try:
-            if p.pid != me and os.getpgid(p.pid) == group:
-                left.append(p)
-        except (OSError, psutil.Error):  # gone, or not ours to ask about
-            continue
-    end(left, grace_s=5)
+    end(group_members(), grace_s=5)
 
 
 def end(procs: list, grace_s: float) -> None:

@@ -169,6 +169,44 @@ def test_in_process_vllm_engine_core_dies_with_its_owner(vllm_owner):
     assert not alive, [p.cmdline() for p in alive]
 
 
+def test_in_process_vllm_engine_core_dies_with_an_owner_killed_while_it_loads(tmp_path):
+    """A kernel killed (or OOM-killed) while vLLM still loads: its engine core must not be
+    left, however soon after it started (it joins its guard's process group as it starts)."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = "import labkit, sys\nlabkit.load('vllm', model='smollm2-135m')\nsys.stdin.read()"
+    with open(tmp_path / "owner.log", "w") as log:
+        owner = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=log, stderr=log)
+    try:
+        parent, core = psutil.Process(owner.pid), None
+        deadline = time.monotonic() + 300
+        while core is None and owner.poll() is None and time.monotonic() < deadline:
+            core = next((c for c in parent.children() if "EngineCore" in c.name()
+                         or "spawn_main" in " ".join(c.cmdline())), None)
+            time.sleep(0.05)  # polling a process tree we do not own: nothing to wait on
+        assert core is not None, (tmp_path / "owner.log").read_text()[-2000:]
+    finally:
+        owner.kill()  # at once: no scan period of the guard's to wait out
+        owner.wait()
+    gone, alive = psutil.wait_procs([core], timeout=60)
+    assert not alive, _why_alive(core, tmp_path / "owner.log")
+
+
+def _why_alive(p, log) -> str:
+    import os
+
+    import psutil
+
+    guards = [(g.pid, os.getpgid(g.pid), g.status()) for g in psutil.process_iter()
+              if "labkit._guard" in " ".join(g.cmdline())]
+    return (f"{p.cmdline()} in group {os.getpgid(p.pid)}, status {p.status()}; guards "
+            f"(pid, group, status): {guards}; owner's log: {log.read_text()[-1500:]}")
+
+
 def test_llama_cpp_reports_the_context_it_really_uses():
     with pytest.warns(UserWarning, match="uses a context of 256 tokens, not the 64"):
         eng = labkit.load("llama.cpp", model=MODEL, context=64, threads=1)

@@ -74,3 +74,43 @@ def test_a_forked_child_does_not_hold_a_guards_lifeline(tmp_path):
         forked.kill()
         if guarded.is_running():
             guarded.kill()
+
+
+OWNER_KILLED_AT_ONCE = """
+import multiprocessing, os, signal, sys, time
+import psutil
+from labkit import _procs
+
+if __name__ == "__main__":
+    guard = _procs.OrphanGuard.watching({c.pid for c in psutil.Process().children()})
+    with _procs.own_process_groups(guard.group):
+        spawned = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(300,))
+        spawned.start()
+        forked = multiprocessing.get_context("fork").Process(target=time.sleep, args=(300,))
+        forked.start()
+    print(spawned.pid, forked.pid, guard.group, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # before the guard's next scan for new children
+"""
+
+
+def test_processes_started_in_a_guards_group_end_with_an_owner_killed_at_once(tmp_path):
+    """vLLM's engine core joins its guard's process group as it starts, so an owner killed
+    the moment after (a kernel killed while vLLM loads) leaves nothing, scan or no scan."""
+    import os
+    import subprocess
+
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER_KILLED_AT_ONCE)
+    with open(tmp_path / "out", "w") as out:  # a file, not a pipe: the children hold it too
+        code = subprocess.run([sys.executable, str(script)], stdout=out, stderr=subprocess.STDOUT).returncode
+    assert code == -9, (tmp_path / "out").read_text()
+    spawned, forked, group = (int(x) for x in (tmp_path / "out").read_text().split())
+    left = []
+    for pid in (spawned, forked):
+        try:
+            p = psutil.Process(pid)
+            if not _gone(p):
+                left.append((pid, p.cmdline(), os.getpgid(pid), group))
+        except psutil.NoSuchProcess:
+            continue
+    assert not left

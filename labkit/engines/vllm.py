@@ -168,7 +168,7 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             try:
                 self._baseline = self_memory()
                 self._log = log_path("vllm")
-                with own_process_groups():
+                with own_process_groups(guard.group):  # its group: ended with this process
                     self._llm = _start_llm(kwargs, env, self._log, directory)
                 # The engine core (and its workers) are the children that appeared while loading.
                 self._children = new_children(before_children)
