@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,7 @@ class BenchConfig:
         if not isinstance(self.workload, Workload):
             raise InvalidInput("workload must be a labkit Workload (see labkit.workloads), got "
                                f"{type(self.workload).__name__}.")
+        self._warn_short_levels()
         bad = [k for k in (self.slo_ms or {}) if k not in ("ttft", "tpot", "e2e")]
         if bad:
             raise InvalidInput(f"slo_ms keys are ttft, tpot and e2e (milliseconds), not {bad}.")
@@ -109,6 +111,19 @@ class BenchConfig:
                     f"rate {', '.join(f'{r:g}' for r in empty)} req/s over duration_s={self.duration_s:g} s "
                     f"draws no request at all (seed {self.seed}; {empty[0] * self.duration_s:.2g} expected). "
                     "Raise duration_s (or the rate) so that every rate level sends requests.")
+
+    def _warn_short_levels(self) -> None:
+        """A level of N users sends at least one session per user, so that N are in flight and
+        its rows mean N users: say so where that is more than ``requests_per_level``."""
+        turns = self.workload.turns
+        wanted = self.requests_per_level
+        raised = {c: Concurrency(c, wanted).requests(turns) for c in self.levels}
+        raised = {c: n for c, n in raised.items() if c > -(-wanted // turns)}
+        if raised:
+            each = ", ".join(f"concurrency {c}: {n} requests" for c, n in raised.items())
+            warnings.warn(f"requests_per_level={wanted} is fewer than one {'session' if turns > 1 else 'request'} "
+                          f"per user at some levels; each sends one per user instead ({each}), so that "
+                          f"every user is in flight. Raise requests_per_level to measure more.", stacklevel=5)
 
     @staticmethod
     def _users(c: Any) -> int:

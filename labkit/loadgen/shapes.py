@@ -51,7 +51,7 @@ class LoadShape(ABC):
         """How many requests this level sends in all."""
         return self.sessions(turns) * turns
 
-    def first_wave(self) -> int:
+    def first_wave(self, turns: int = 1) -> int:
         """How many sessions start together when the level starts (in one call to the driver)."""
         return 0
 
@@ -73,16 +73,17 @@ class Concurrency(LoadShape):
         self.level, self._requests = users, requests
 
     def count(self) -> int:
-        return self._requests
+        return max(int(self.level), self._requests)  # one request per user at least (sessions)
 
     def sessions(self, turns: int) -> int:
-        # Whole sessions (the last one is never cut short), and with sessions at least one per
-        # user: fewer would run the level below its number of users.
-        whole = -(-self._requests // turns)
-        return whole if turns == 1 else max(int(self.level), whole)
+        # Whole sessions (the last one is never cut short), and at least one per user: fewer
+        # would run the level below its number of users while its rows say N users
+        # (BenchConfig warns when this sends more than requests_per_level).
+        return max(int(self.level), -(-self._requests // turns))
 
-    def first_wave(self) -> int:
-        return min(self.level, self._requests)
+    def first_wave(self, turns: int = 1) -> int:
+        # Every user starts at once: one session each (sessions() holds at least that many).
+        return min(int(self.level), self.sessions(turns))
 
     def after_completion(self) -> int:
         return 1
@@ -209,7 +210,7 @@ class Pacer:
         are recorded as not sent."""
         level = _Level(self, shape, job, on_record, turns, think_s)
         self._flight = level.flight
-        level.send(shape.first_wave())
+        level.send(shape.first_wave(turns))
         start = time.perf_counter()
         for at in shape.arrivals():
             delay = start + at - time.perf_counter()

@@ -259,3 +259,12 @@ def test_requests_a_driver_cannot_send_end_as_errors_and_the_level_ends():
     assert not level.is_alive()
     assert sorted(r.index for r in records) == [0, 1, 2, 3]
     assert all(r.error == "RuntimeError: can't start new thread" for r in records)
+
+
+def test_a_level_with_more_users_than_requests_sends_one_per_user_and_says_so():
+    with pytest.warns(UserWarning, match="concurrency 4: 4 requests"):
+        res = labkit.bench(FakeEngine(), concurrency=[1, 4], requests_per_level=2, workload=SMALL,
+                           warmup=0, progress=False)
+    s = res.summary.set_index("level")
+    assert s.loc[1, "requests"] == 2 and s.loc[4, "requests"] == 4 and s.loc[4, "completed"] == 4
+    assert len(res.requests) == 6 and res.requests["prompt_sha"].nunique() == 6

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
+import pytest
 
 from labkit.loadgen.config import BenchConfig
 from labkit.loadgen.drivers import Driver, Job
@@ -61,9 +63,30 @@ def test_closed_loop_sends_a_first_wave_then_one_per_completion_never_more_than_
     assert driver.most_in_flight == 3
 
 
-def test_a_closed_level_with_fewer_requests_than_users_sends_only_those():
+def test_a_closed_level_with_fewer_requests_than_users_still_has_every_user_in_flight():
+    # 8 users with requests_per_level=3 once ran 3 users labelled 8.
     driver, seen = _run(Concurrency(8, 3))
-    assert driver.waves == [[0, 1, 2]] and seen == [0, 1, 2]
+    assert driver.waves == [list(range(8))] and seen == list(range(8))
+    assert driver.most_in_flight == 8
+
+
+def test_a_multi_turn_level_starts_one_session_per_user_at_once():
+    # 8 users, 4 requests of 2 turns: 8 sessions, all 8 in flight from the start (was 4).
+    shape = Concurrency(8, 4)
+    assert shape.sessions(2) == 8 and shape.requests(2) == 16 and shape.first_wave(2) == 8
+    driver, seen = RecordingDriver(), []
+    Pacer(driver, threading.Event()).run(shape, _job, lambda r: seen.append(r.index), turns=2)
+    assert driver.waves[0] == [2 * s for s in range(8)] and driver.most_in_flight == 8
+    assert sorted(seen) == list(range(16))
+
+
+def test_config_warns_when_a_level_sends_more_than_requests_per_level():
+    with pytest.warns(UserWarning, match=r"concurrency 64: 64 requests"):
+        cfg = BenchConfig(concurrency=[1, 64], requests_per_level=32)
+    assert [s.requests(1) for s in cfg.shapes()] == [32, 64]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BenchConfig(concurrency=[1, 32], requests_per_level=32)  # nothing raised: no warning
 
 
 def test_stop_ends_sending_and_the_requests_in_flight_still_finish():
