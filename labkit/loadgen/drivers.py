@@ -29,7 +29,7 @@ import psutil
 
 from ..engines.base import Engine, Submission, Token, reported_tokens
 from ..engines.capabilities import AsyncStreams, Submits
-from .metrics import request_metrics
+from .metrics import UNMEASURED_FINISH, request_metrics
 from .result import RequestRecord
 from .workloads import Request
 
@@ -111,17 +111,38 @@ def finish_record(record: RequestRecord, tokens: list[Token], e2e_s: float,
     # What the engine counted, where it said: llama-server streams one chunk for the several
     # tokens of a multi-byte character, so chunks alone under-count emoji or CJK output.
     reported = reported_tokens(tokens)
-    metrics = request_metrics([t.t_s for t in real], e2e_s, reported)
+    finish = next((t.finish_reason for t in reversed(tokens) if t.finish_reason), None)
+    timed = real or _textless_output(tokens, reported)
+    metrics = request_metrics([t.t_s for t in timed], e2e_s, reported)
     record.ttft_s, record.tpot_s = metrics["ttft_s"], metrics["tpot_s"]
     record.itl_s, record.e2e_s = metrics["itl_s"], metrics["e2e_s"]
     record.output_tokens = reported if reported is not None else len(real)
-    record.finish_reason = next((t.finish_reason for t in reversed(tokens) if t.finish_reason), None)
+    record.finish_reason = finish
     record.cached_tokens = next((t.cached_tokens for t in tokens if t.cached_tokens is not None), None)
     if record.input_tokens is None:  # a prompt labkit did not count (a session's later turn)
         record.input_tokens = next((t.prompt_tokens for t in tokens if t.prompt_tokens is not None), None)
     record.reply = "".join(t.text for t in real)
-    record.error = None if error is None else f"{type(error).__name__}: {error}"
+    record.error = f"{type(error).__name__}: {error}" if error is not None else \
+        None if timed or finish in UNMEASURED_FINISH else _no_output(finish)
     return record
+
+
+def _textless_output(tokens: list[Token], reported: int | None) -> list[Token]:
+    """A finish the engine counted tokens for but streamed no text or id with: a server
+    whose first token was the end of generation (an empty delta, completion_tokens 1). Its
+    finish arrived with that token, so it times the first token. In-process engines stream
+    the end-of-generation token with its id, so they never come here with output."""
+    if not reported:
+        return []
+    return [t for t in tokens if t.finish_reason][:1]
+
+
+def _no_output(finish: str | None) -> str:
+    """Why a request that raised nothing yet gave no token is a failure, not a latency sample
+    (as ``vllm bench serve``: "Never received a valid chunk to calculate TTFT")."""
+    if finish is None:
+        return "NoOutput: the stream ended without a token or a finish reason (cut short?)"
+    return f"NoOutput: the engine finished ({finish}) without generating a token"
 
 
 class Driver(ABC):

@@ -9,7 +9,8 @@ For one request, with token arrival times measured from the moment it was sent:
 - **TPOT** (time per output token): ``(E2E - TTFT) / (output_tokens - 1)``; undefined for
   one-token outputs.
 
-For one load level, over the requests that succeeded:
+For one load level, over the requests that succeeded (a request that raised nothing but
+got no token failed, as in ``vllm bench serve``: see ``drivers.finish_record``):
 
 - **duration**: from the first request sent to the last response finished;
 - **req/s** = requests / duration; **output tok/s** = output tokens / duration;
@@ -41,6 +42,9 @@ import pandas as pd
 from .intervals import FIGURES, over_rounds
 
 PERCENTILES = (50, 90, 99)
+#: finish reasons of requests stopped before their end (a halt, an engine shutting down):
+#: unmeasured, never errors
+UNMEASURED_FINISH = ("cancelled", "abort")
 
 
 def request_metrics(token_times_s: list[float], e2e_s: float, n_tokens: int | None = None) -> dict[str, Any]:
@@ -164,7 +168,7 @@ def _level_row(mode: str, level: float, grp: pd.DataFrame, slo_ms: dict[str, flo
     # Not sent (the sweep stopped first), cancelled mid-way, or aborted by the engine (vLLM's,
     # as it shuts down): unmeasured, not errors, and never timed as if they had finished.
     reason = grp["finish_reason"].astype(str)
-    unmeasured = reason.str.startswith("not sent") | reason.isin(["cancelled", "abort"])
+    unmeasured = reason.str.startswith("not sent") | reason.isin(UNMEASURED_FINISH)
     sent = grp[~unmeasured]
     ok = sent[sent["error"].isna()]
     row: dict[str, Any] = {"mode": mode, "level": level, "requests": len(sent),
@@ -197,7 +201,10 @@ def _level_row(mode: str, level: float, grp: pd.DataFrame, slo_ms: dict[str, flo
     if slo_ms:
         good = np.ones(len(ok), dtype=bool)
         for metric, limit in slo_ms.items():
-            col = ok[f"{metric}_s"].astype(float).fillna(0.0).to_numpy() * 1000
-            good &= col <= limit
+            col = ok[f"{metric}_s"].astype(float)
+            # A one-token output has no TPOT and meets any (vLLM's goodput counts it 0); a
+            # missing TTFT or E2E is no latency at all, and NaN <= limit is False.
+            col = col.fillna(0.0) if metric == "tpot" else col
+            good &= col.to_numpy() * 1000 <= limit
         row["goodput_req_per_s"] = float(good.sum()) / duration
     return row

@@ -79,3 +79,43 @@ def test_a_request_the_engine_aborted_is_unmeasured_not_timed():
     s = summarize(pd.DataFrame(rows, columns=REQUEST_COLUMNS)).iloc[0]
     assert (s["completed"], s["errors"], s["unmeasured"]) == (1, 0, 1)
     assert s["ttft_p50_ms"] == pytest.approx(100.0)  # the cut-short one is not in the figures
+
+
+def test_a_request_that_got_no_token_is_an_error_not_a_latency_sample():
+    from labkit.engines.base import Token
+    from labkit.loadgen.drivers import finish_record
+
+    good = [Token(" a", 1, 0.1), Token(" b", 2, 0.2), Token("", None, 0.2, finish_reason="length")]
+    cut = finish_record(RequestRecord("concurrency", 1, 1, start_s=0.0), [], 30.0, None)  # closed, nothing sent
+    empty = finish_record(RequestRecord("concurrency", 1, 2, start_s=0.0),
+                          [Token("", None, 0.5, finish_reason="stop", completion_tokens=0)], 0.5, None)
+    assert cut.error.startswith("NoOutput") and "finish reason" in cut.error
+    assert empty.error == "NoOutput: the engine finished (stop) without generating a token"
+    rows = [finish_record(RequestRecord("concurrency", 1, 0, start_s=0.0), good, 0.2, None).to_row(),
+            cut.to_row(), empty.to_row()]
+    s = summarize(pd.DataFrame(rows, columns=REQUEST_COLUMNS), {"ttft": 500}).iloc[0]
+    assert (s["completed"], s["errors"]) == (1, 2)
+    assert s["req_per_s"] == pytest.approx(1 / 0.2)  # the 30 s empty stream is no request served
+
+
+def test_a_server_whose_first_token_ends_the_output_is_timed_at_its_finish():
+    from labkit.engines.base import Token
+    from labkit.loadgen.drivers import finish_record
+
+    # vLLM's server on an end-of-generation first token: an empty delta with finish "stop",
+    # and its usage counts the one token; in process the EOS token comes with its id.
+    eos = [Token("", None, 0.3, finish_reason="stop"), Token("", None, 0.3, completion_tokens=1)]
+    rec = finish_record(RequestRecord("concurrency", 1, 0), eos, 0.31, None)
+    assert rec.error is None and rec.ttft_s == 0.3 and rec.output_tokens == 1 and rec.tpot_s is None
+    halted = finish_record(RequestRecord("concurrency", 1, 1), [Token("", None, 0.1, finish_reason="cancelled")],
+                           0.1, None)
+    assert halted.error is None  # unmeasured by its finish reason, not an error
+
+
+def test_goodput_counts_a_request_without_ttft_as_missing_the_slo():
+    rows = [_rec(0, 0.0, 0.1, 1.0, 10), _rec(1, 0.0, 0.1, 1.0, 1)]
+    rows[1]["ttft_s"], rows[1]["tpot_s"] = None, None  # a run saved before such requests were errors
+    s = summarize(pd.DataFrame(rows, columns=REQUEST_COLUMNS), {"ttft": 500, "tpot": 1}).iloc[0]
+    assert s["goodput_req_per_s"] == pytest.approx(0.0)  # tpot 100 ms > 1 ms; no TTFT fails
+    s = summarize(pd.DataFrame(rows, columns=REQUEST_COLUMNS), {"ttft": 500}).iloc[0]
+    assert s["goodput_req_per_s"] == pytest.approx(1 / 1.0)  # only the timed one
