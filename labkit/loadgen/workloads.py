@@ -118,6 +118,11 @@ class Workload:
             rng = random.Random(f"{self.seed}:{i}")
             if self.kind == "chat":
                 question = CHAT_QUESTIONS[(i + self.seed) % len(CHAT_QUESTIONS)]
+                if self.input_tokens is None:
+                    # Unpadded, the questions would repeat every 16 requests (a level, the next
+                    # level and the warm-up sharing prompts a prefix cache serves for free):
+                    # the request's number, early in the message, makes each one its own.
+                    question = f"Question {i}: {question}"
                 prompt: str | Conversation = [{"role": "user", "content": question}]
             else:
                 prompt = rng.choice(filler).capitalize()
@@ -197,7 +202,7 @@ def synthetic(input_tokens: int = 128, output_tokens: int = 64, seed: int = 0,
 def chat(input_tokens: int | None = None, output_tokens: int = 64, seed: int = 0,
          ignore_eos: bool = True) -> Workload:
     """The built-in chat questions, optionally padded to exactly ``input_tokens`` (template
-    included)."""
+    included). Unpadded, request i asks "Question i: ..." so that no two are the same."""
     return Workload("chat", output_tokens, input_tokens, seed=seed, ignore_eos=ignore_eos)
 
 

@@ -64,8 +64,10 @@ class _Recording(FakeEngine):
     def __init__(self):
         super().__init__()
         self.prompts: list[str] = []
+        self.chats = 0
 
     def _stream(self, prompt, params, chat, t0):
+        self.chats += not isinstance(prompt, str)
         self.prompts.append(prompt if isinstance(prompt, str) else prompt[-1]["content"])
         return super()._stream(prompt, params, chat, t0)
 
@@ -78,6 +80,14 @@ def test_no_prompt_is_sent_twice_in_a_sweep_warm_up_included():
                  progress=False)
     assert len(eng.prompts) == 2 + 3 * 5
     assert len(set(eng.prompts)) == len(eng.prompts)
+
+
+def test_bench_default_chat_workload_never_repeats_a_prompt_warm_up_included():
+    # Unpadded, the 16 built-in questions once repeated every 16 requests.
+    eng = _Recording()
+    labkit.bench(eng, concurrency=[1, 2], requests_per_level=20, warmup=2, progress=False)
+    assert len(eng.prompts) == 2 + 2 * 20 and len(set(eng.prompts)) == len(eng.prompts)
+    assert eng.chats == len(eng.prompts)  # conversations still, sent through the chat template
 
 
 def test_request_i_is_the_same_whatever_the_batch_it_is_built_in():
