@@ -115,11 +115,15 @@ _COUNTS = ("requests", "completed", "errors", "unmeasured", "input_tokens", "out
 
 
 def _pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """One level's rounds as one row: counts summed, figures averaged with their interval."""
+    """One level's rounds as one row: counts summed, figures averaged with their interval
+    over the rounds that sent requests (``rounds_used``). A round whose requests all failed
+    counts, with its zero throughput; one the sweep stopped before sending measured nothing."""
     frame = pd.DataFrame(rounds)
-    row: dict[str, Any] = {"mode": rounds[0]["mode"], "level": rounds[0]["level"], "rounds": len(rounds)}
+    used = frame[frame["requests"] > 0]
+    row: dict[str, Any] = {"mode": rounds[0]["mode"], "level": rounds[0]["level"], "rounds": len(rounds),
+                           "rounds_used": len(used)}
     for col in frame.columns.drop(["mode", "level"]):
-        values = frame[col]
+        values = frame[col] if col in _COUNTS else used[col]
         if col in _COUNTS:
             row[col] = values.sum()
         elif values.dtype == bool or col == "rate_short":
@@ -127,8 +131,8 @@ def _pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             row[col] = float(pd.to_numeric(values, errors="coerce").mean())
     for fig in FIGURES:
-        if fig in frame:
-            est = over_rounds(pd.to_numeric(frame[fig], errors="coerce").tolist())
+        if fig in used:
+            est = over_rounds(pd.to_numeric(used[fig], errors="coerce").tolist())
             row[f"{fig}_lo"], row[f"{fig}_hi"] = est.lo, est.hi
     return row
 
@@ -175,6 +179,10 @@ def _level_row(mode: str, level: float, grp: pd.DataFrame, slo_ms: dict[str, flo
                            "completed": len(ok), "errors": int(sent["error"].notna().sum()),
                            "unmeasured": int(unmeasured.sum())}
     if ok.empty:
+        if len(sent):  # sent, and every one failed: the level served nothing, at whatever load
+            row.update(req_per_s=0.0, output_tok_per_s=0.0, total_tok_per_s=0.0)
+            if slo_ms:
+                row["goodput_req_per_s"] = 0.0
         return row
     start = ok["start_s"].min()
     end = (ok["start_s"] + ok["e2e_s"]).max()

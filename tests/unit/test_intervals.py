@@ -53,6 +53,28 @@ def test_a_level_in_three_rounds_is_their_mean_with_an_interval_that_contains_it
     assert s["user_tok_per_s"] == pytest.approx(sum(10 / (d - 0.1) for d in (1.0, 1.25, 0.8)) / 3)
 
 
+def test_a_round_where_every_request_failed_counts_as_zero_throughput():
+    rows = [_row(r, i, 10.0 * r + i, 1.0, 11) for r in (0, 2) for i in range(2)]
+    for i in range(2):  # round 1: both sent, both failed
+        failed = RequestRecord("concurrency", 1, i, start_s=10.0 + i, input_tokens=8, round=1, error="boom")
+        rows.append(failed.to_row())
+    s = summarize(pd.DataFrame(rows, columns=REQUEST_COLUMNS), {"e2e": 5000}).iloc[0]
+    assert s["rounds"] == 3 and s["rounds_used"] == 3 and (s["completed"], s["errors"]) == (4, 2)
+    assert s["req_per_s"] == pytest.approx((1.0 + 0.0 + 1.0) / 3)  # two requests in 2 s a round
+    assert s["goodput_req_per_s"] == pytest.approx(2 / 3)
+    assert s["req_per_s_lo"] < s["req_per_s"] < s["req_per_s_hi"]  # the rounds disagree
+    assert s["e2e_p50_ms"] == pytest.approx(1000.0)  # latencies of the requests that completed
+
+
+def test_a_round_the_sweep_never_sent_is_left_out_of_the_figures():
+    rows = [_row(r, i, 10.0 * r + i, 1.0, 11) for r in (0, 1) for i in range(2)]
+    for i in range(2):  # round 2: stopped before it sent anything
+        rows.append(RequestRecord("concurrency", 1, i, round=2, finish_reason="not sent: interrupted").to_row())
+    s = summarize(pd.DataFrame(rows, columns=REQUEST_COLUMNS)).iloc[0]
+    assert s["rounds"] == 3 and s["rounds_used"] == 2 and s["unmeasured"] == 2
+    assert s["req_per_s"] == pytest.approx(1.0)
+
+
 def test_one_round_has_no_interval_columns():
     rows = [_row(0, i, i * 1.0, 1.0, 11) for i in range(2)]
     s = summarize(pd.DataFrame(rows, columns=REQUEST_COLUMNS))
