@@ -267,7 +267,12 @@ def phase_name(mode: str, level: Any) -> str:
     """The memory sampler's phase for one load level: "concurrency 8" or "rate 2.0/s"."""
     if mode == "trace":
         return f"trace x{level}"
-    return f"concurrency {level}" if mode == "concurrency" else f"rate {level}/s"
+    # A frame holding both modes' levels has one float column (8 -> 8.0): the name must be the
+    # one the samplers recorded while the level ran (from an int users, a float rate), or the
+    # memory, client and telemetry columns do not join onto the summary.
+    if mode == "concurrency":
+        return f"concurrency {int(level) if float(level).is_integer() else level}"
+    return f"rate {float(level)}/s"
 
 
 MULTI_TURN_NOTE = ("Multi-turn sessions: from the second turn on, each engine's prompts carry its own "

@@ -119,3 +119,24 @@ def test_goodput_counts_a_request_without_ttft_as_missing_the_slo():
     assert s["goodput_req_per_s"] == pytest.approx(0.0)  # tpot 100 ms > 1 ms; no TTFT fails
     s = summarize(pd.DataFrame(rows, columns=REQUEST_COLUMNS), {"ttft": 500}).iloc[0]
     assert s["goodput_req_per_s"] == pytest.approx(1 / 1.0)  # only the timed one
+
+
+def test_a_run_with_users_and_rates_joins_memory_and_client_onto_both_kinds_of_level():
+    from labkit.loadgen.result import phase_name
+
+    rows = [RequestRecord(mode, level, i, start_s=i * 0.1, ttft_s=0.1, tpot_s=0.01, itl_s=[0.01], e2e_s=1.0,
+                          input_tokens=5, output_tokens=10, finish_reason="length").to_row()
+            for mode, level in (("concurrency", 8), ("rate", 2.0)) for i in range(2)]
+    requests = pd.DataFrame(rows, columns=REQUEST_COLUMNS)
+    assert requests["level"].dtype == float  # 8 became 8.0 next to the rate
+    # the phases as the samplers named them while each level ran (Concurrency: int users)
+    memory = pd.DataFrame({"t_s": [0, 1, 2, 3], "rss_bytes": [1e9, 2e9, 3e9, 4e9],
+                           "phase": ["concurrency 8", "concurrency 8", "rate 2.0/s", "rate 2.0/s"]})
+    client = pd.DataFrame([{"phase": p, "client_processes": 1, "client_cpu_cores": 0.5, "client_busiest_core": 0.5}
+                           for p in ("concurrency 8", "rate 2.0/s")])
+    s = BenchResult(requests, memory, {"engine": {"engine": "x"}}, client=client).summary.set_index("mode")
+    assert s.loc["concurrency", "phase"] == "concurrency 8"
+    assert s.loc["concurrency", "peak_rss_bytes"] == 2e9 and s.loc["rate", "peak_rss_bytes"] == 4e9
+    assert s["client_busiest_core"].tolist() == [0.5, 0.5]
+    assert phase_name("concurrency", 8.0) == phase_name("concurrency", 8) == "concurrency 8"
+    assert phase_name("rate", 2) == phase_name("rate", 2.0) == "rate 2.0/s"
