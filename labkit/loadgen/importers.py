@@ -6,7 +6,10 @@
 - ``llama-bench -o json`` prints a list of tests with ``n_prompt``, ``n_gen`` and ``avg_ts``;
 - GuideLLM (``guidellm run --output kind=json``) writes ``benchmarks``, one per strategy,
   each with its ``duration`` and distributions under ``metrics`` (``successful``: median,
-  mean, percentiles);
+  mean, percentiles). Its per-request "inter token latency" is (last token - first token) /
+  (tokens - 1): vLLM's and labkit's TPOT. Its "time per output token" is (last token - send)
+  / tokens, TTFT included: no labkit figure, so it is left out. It keeps no chunk times (only
+  the first, the last and their count), so ITL, the gaps between chunks, stays empty;
 - AIPerf (``aiperf profile``) writes ``profile_export_aiperf.json``: one run, each metric
   with its ``unit``, ``avg`` and percentiles. Its "inter token latency" is per request,
   (E2E - TTFT) / (tokens - 1): vLLM's and labkit's TPOT; its "inter chunk latency" is ITL.
@@ -105,8 +108,8 @@ def from_guidellm(source: str | Path | dict | list) -> pd.DataFrame:
                                "completed": done, "duration_s": duration,
                                "req_per_s": done / duration if done and duration else None,
                                "output_tok_per_s": out_total / duration if out_total and duration else None}
-        for name, key, scale in (("ttft", "time_to_first_token_ms", 1), ("tpot", "time_per_output_token_ms", 1),
-                                 ("itl", "inter_token_latency_ms", 1), ("e2e", "request_latency", 1000)):
+        for name, key, scale in (("ttft", "time_to_first_token_ms", 1), ("tpot", "inter_token_latency_ms", 1),
+                                 ("e2e", "request_latency", 1000)):
             row |= {f"{name}_{k}_ms": v for k, v in _dist(m, key, scale).items()}
         rows.append(row)
     if not rows:

@@ -115,6 +115,10 @@ def test_guidellm_and_aiperf_reports_become_summary_rows():
     assert g["completed"] == 503 and g["req_per_s"] == pytest.approx(503 / g["duration_s"])
     assert g["output_tok_per_s"] == pytest.approx(503 * 256 / g["duration_s"])
     assert 0 < g["ttft_p50_ms"] < g["ttft_p99_ms"] and g["e2e_p50_ms"] > g["ttft_p50_ms"]
+    # GuideLLM's inter_token_latency_ms is (last - first) / (tokens - 1): labkit's TPOT; its
+    # time_per_output_token_ms counts TTFT in, and it keeps no chunk gaps for an ITL.
+    assert g["tpot_p50_ms"] == pytest.approx(0.04304811066272212)
+    assert not any(c.startswith("itl_") for c in g.index)
     a = from_aiperf(data / "aiperf_profile_export.json").iloc[0]
     assert (a["source"], a["mode"], a["level"], a["completed"]) == ("aiperf", "concurrency", 64, 512)
     assert a["output_tok_per_s"] == pytest.approx(a["req_per_s"] * 256, rel=0.01)
