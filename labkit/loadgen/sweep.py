@@ -135,12 +135,13 @@ def sweep(grid: dict[str, dict[str, Sequence[Any] | Any]], *, concurrency: Seque
     bench_args = {"concurrency": config.concurrency, "rate": config.rate, "repeats": repeats,
                   "requests_per_level": requests_per_level, "duration_s": duration_s,
                   "workload": config.workload, "warmup": warmup, "progress": progress}
-    walk = _Walk(points, bench_args, slo, Path(out) if out else None, stop_event or threading.Event(),
+    stop = stop_event or threading.Event()
+    walk = _Walk(points, bench_args, slo, Path(out) if out else None, stop,
                  common=engine_kwargs, on_point_done=on_point_done)
     front = walk.run()
     quants = _names_quants(points) or ":" in str(engine_kwargs.get("model", ""))
     if (kld if kld is not None else quants) and not front.table.empty and front.stopped == "completed":
-        _add_kld(front, points, engine_kwargs, progress)
+        _add_kld(front, points, engine_kwargs, progress, stop)
         walk.save(front)
     return front
 
@@ -321,17 +322,47 @@ def on_front(table: pd.DataFrame, x: str = "user_tok_per_s", y: str = "output_to
     return pd.Series(result, index=table.index)
 
 
-def _add_kld(front: Front, points: list[Point], common: dict[str, Any], progress: bool) -> None:
-    """KLD against F16 for the GGUF models of the sweep's llama.cpp points."""
-    from ..comparison import KLD_SOURCE_NOTE, kld_to_f16
+def _add_kld(front: Front, points: list[Point], common: dict[str, Any], progress: bool,
+             stop: threading.Event) -> None:
+    """KLD against F16 for the GGUF models of the sweep's llama.cpp points. The front is
+    measured already: a KLD step that fails, or is stopped (Ctrl-C, ``stop``, checked between
+    base models), leaves the KLDs it has, says why in the notes and marks the front stopped,
+    instead of losing the front."""
+    from ..comparison import KLD_SOURCE_NOTE
     from ..models import DEFAULT_MODEL
 
     gguf = {p.label: str(p.settings.get("model", common.get("model", DEFAULT_MODEL))) for p in points
             if engine_class(p.engine).model_format == "gguf" and p.label not in front.failed}
     if not gguf:
         return
-    kld = kld_to_f16(list(gguf.values()), progress=progress)
+    kld, why = _kld_by_base(list(gguf.values()), progress, stop)
     front.table["kld"] = [kld.get(gguf.get(label, ""), math.nan) for label in front.table["point"]]
     sources = sorted({m for m in gguf.values() if math.isnan(kld.get(m, 0.0))})
     if sources:
         front.notes.append(KLD_SOURCE_NOTE.format(names=", ".join(sources)))
+    if why is not None:
+        missing = sorted(set(gguf.values()) - set(kld))
+        front.notes.append(f"KLD against F16 incomplete ({why}): none for {', '.join(missing)}; "
+                           "every point's speed was measured and is kept.")
+        front.stopped = "interrupted" if why == "interrupted" else f"KLD step failed: {why}"
+
+
+def _kld_by_base(models: list[str], progress: bool, stop: threading.Event) -> tuple[dict[str, float], str | None]:
+    """KLD of each model, one base model (and its F16) at a time; what was measured, and why
+    it ended early (None: it did not)."""
+    from ..comparison import kld_to_f16
+
+    bases: dict[str, list[str]] = {}
+    for m in dict.fromkeys(models):
+        bases.setdefault(m.split(":")[0], []).append(m)
+    kld: dict[str, float] = {}
+    try:
+        for names in bases.values():
+            if stop.is_set():
+                return kld, "interrupted"
+            kld.update(kld_to_f16(names, progress=progress))
+    except KeyboardInterrupt:
+        return kld, "interrupted"
+    except Exception as e:  # the front is worth more than one KLD figure
+        return kld, f"{type(e).__name__}: {e}"
+    return kld, None

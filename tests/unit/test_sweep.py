@@ -80,3 +80,63 @@ def test_a_front_with_nothing_measured_has_an_empty_pareto():
     walk.failed = {"llama-server (parallel=99)": "ServerError: it did not start"}
     front = walk._front("completed")
     assert front.pareto.empty and "failed: ServerError" in front._repr_html_()
+
+
+def _measured_front(monkeypatch):
+    """sweep() with its walk replaced by a finished front of one row per point."""
+    import importlib
+
+    sweep_mod = importlib.import_module("labkit.loadgen.sweep")  # the module, not the function
+
+    def run(walk):
+        table = pd.DataFrame({"point": [p.label for p in walk.points], "output_tok_per_s": [10.0] * len(walk.points),
+                              "user_tok_per_s": [5.0] * len(walk.points)})
+        return Front(table, {}, {}, None, "completed", walk.settings)
+
+    monkeypatch.setattr(sweep_mod._Walk, "run", run)
+
+
+GRID = {"llama.cpp": {"model": ["smollm2-135m:Q8_0", "smollm2-135m:Q4_K_M", "other-model:Q8_0"]}}
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("F16 conversion failed"), KeyboardInterrupt()])
+def test_a_kld_step_that_fails_or_is_interrupted_keeps_the_measured_front(monkeypatch, tmp_path, failure):
+    import labkit.comparison
+
+    calls = []
+
+    def kld_to_f16(names, progress=True):
+        calls.append(list(names))
+        if len(calls) == 2:
+            raise failure
+        return {n: 0.01 for n in names}
+
+    _measured_front(monkeypatch)
+    monkeypatch.setattr(labkit.comparison, "kld_to_f16", kld_to_f16)
+    front = labkit.sweep(GRID, concurrency=[1], out=tmp_path / "s", progress=False)
+    assert calls == [["smollm2-135m:Q8_0", "smollm2-135m:Q4_K_M"], ["other-model:Q8_0"]]  # base by base
+    assert front.table["kld"].tolist()[:2] == [0.01, 0.01] and np.isnan(front.table["kld"].iloc[2])
+    why = "interrupted" if isinstance(failure, KeyboardInterrupt) else "RuntimeError: F16 conversion failed"
+    assert front.stopped == ("interrupted" if why == "interrupted" else f"KLD step failed: {why}")
+    assert any(f"incomplete ({why}): none for other-model:Q8_0" in n for n in front.notes)
+    saved = pd.read_csv(tmp_path / "s" / "front.csv")
+    assert len(saved) == 3 and saved["kld"].notna().sum() == 2
+
+
+def test_a_stop_during_the_kld_step_ends_it_between_base_models(monkeypatch):
+    import threading
+
+    import labkit.comparison
+
+    stop, calls = threading.Event(), []
+
+    def kld_to_f16(names, progress=True):
+        calls.append(list(names))
+        stop.set()  # the Stop button, pressed while the first base's KLDs ran
+        return {n: 0.02 for n in names}
+
+    _measured_front(monkeypatch)
+    monkeypatch.setattr(labkit.comparison, "kld_to_f16", kld_to_f16)
+    front = labkit.sweep(GRID, concurrency=[1], progress=False, stop_event=stop)
+    assert len(calls) == 1 and front.stopped == "interrupted"
+    assert front.table["kld"].notna().sum() == 2
