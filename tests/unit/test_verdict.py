@@ -16,20 +16,25 @@ BIG = {"name": "26B", "num_hidden_layers": 46, "hidden_size": 4608, "num_attenti
 
 
 def _run(engine: str, tok_s: dict[int, float | list[float]], prompts: str = "p", ttft: float = 0.1,
-         tpot: float = 0.01, pss_gib: float = 1.0) -> BenchResult:
-    """A canned run: per level one speed, or one per round."""
+         tpot: float = 0.01, pss_gib: float = 1.0, failed: int = 0, device: str = "cpu",
+         vram_gib: float | None = None) -> BenchResult:
+    """A canned run: per level one speed, or one per round; ``failed`` requests of each level
+    (of two) end in an error."""
     rows = []
     for level, speeds in tok_s.items():
         for rnd, speed in enumerate(speeds if isinstance(speeds, list) else [speeds]):
             for i in range(2):  # two requests of 10 tokens, both over the same second of the level
+                err = {"finish_reason": "error", "error": "HTTP 500: engine died"} if i < failed else {}
                 r = RequestRecord("concurrency", level, i, start_s=0.0, started_at=0.0, ttft_s=ttft * (1 + rnd / 50),
                                   tpot_s=tpot * (1 + rnd / 50), itl_s=[0.01], e2e_s=20 / speed, input_tokens=8,
-                                  output_tokens=10, prompt_sha=f"{prompts}{level}-{rnd}-{i}", round=rnd)
+                                  output_tokens=10, prompt_sha=f"{prompts}{level}-{rnd}-{i}", round=rnd, **err)
                 rows.append(r.to_row())
     mem = pd.DataFrame({"t_s": [0.0], "pss_bytes": [pss_gib * 2**30], "phase": ["concurrency 1"]})
+    if vram_gib is not None:
+        mem["vram_process_bytes"] = vram_gib * 2**30
     args = {"parallel": 8} if engine == "llama-server" else \
         {"max_num_seqs": 256, "dtype": "bfloat16", "kv_cache_gb": 1} if engine.startswith("vllm") else {}
-    manifest = {"engine": {"engine": engine, "device": "cpu", "model_path": "", "model": "m-q4",
+    manifest = {"engine": {"engine": engine, "device": device, "model_path": "", "model": "m-q4",
                            "threads": 2, "args": {**args, "context": 2048}},
                 "environment": {"cpu": "test CPU"}}
     return BenchResult(pd.DataFrame(rows, columns=REQUEST_COLUMNS), mem, manifest)
@@ -253,3 +258,55 @@ def test_capacities_must_share_one_slo_and_say_what_each_search_proved():
         verdict(runs, plan, users=8, capacities=other)
     with pytest.raises(labkit.InvalidInput, match="searched by request rate"):
         verdict(runs, plan, users=8, capacities={**caps, "vllm-server": cap("vllm-server", 8.0, by="rate")})
+
+
+def test_an_engine_that_failed_its_level_is_not_ranked_and_the_verdict_warns():
+    runs = {"llama.cpp": _run("llama.cpp", {1: 50.0}), "llama-server": _run("llama-server", {1: 45.0, 8: 150.0}),
+            "vllm": _run("vllm", {1: 30.0, 8: 200.0}), "vllm-server": _run("vllm-server", {1: 28.0, 8: 900.0})}
+    runs["vllm-server"] = _run("vllm-server", {1: 28.0, 8: 900.0}, failed=1)  # 1 of 2 failed at every level
+    runs["vllm-server"].ended = "engine died: killed"
+    v = verdict(runs, labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096), users=8)
+    # Its one survivor at 900 tok/s must not win: no recommendation for 8 users.
+    assert "For 8 concurrent users: no recommendation" in v.recommendation
+    assert "vllm-server failed (1 of 2 requests)" in v.recommendation and "use llama-server" not in v.recommendation
+    assert any(w.startswith("vllm-server ended early (engine died: killed)") for w in v.warnings)
+    assert any("vllm-server: 2 of 4 requests failed (at level 1, 8)" in w for w in v.warnings)
+    row = v.table.set_index(pd.Index(list(CLAIMS))).loc["multi-user"]
+    assert row["claim holds here"] == "n/a" and "vllm-server failed (1 of 2 requests)" in row["measured here"]
+    assert "900" not in v.table.set_index(pd.Index(list(CLAIMS))).loc["throughput", "measured here"]
+    assert (v.table["same prompts"] == "yes").all()  # a failure is no prompt mismatch
+
+
+def test_engines_on_different_devices_are_warned_and_vram_counts_in_the_memory_row():
+    runs = {"llama.cpp": _run("llama.cpp", {1: 50.0}), "llama-server": _run("llama-server", {1: 45.0, 8: 150.0}),
+            "vllm": _run("vllm", {1: 30.0, 8: 200.0}, device="cuda", pss_gib=1.0, vram_gib=20.0),
+            "vllm-server": _run("vllm-server", {1: 28.0, 8: 180.0}, device="cuda", pss_gib=1.0, vram_gib=20.0)}
+    v = verdict(runs, labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096), users=8)
+    assert any(w.startswith("the engines ran on different devices (llama.cpp cpu, llama-server cpu, vllm cuda")
+               for w in v.warnings)
+    t = v.table.set_index(pd.Index(list(CLAIMS)))
+    assert t.loc["memory", "measured here"].startswith("peak PSS + VRAM (NVML, per process)")
+    assert "vllm-server 2.62 GiB (21.00 / 8)" in t.loc["memory", "measured here"]
+    # vLLM on CUDA says nothing of its CPU support
+    assert t.loc["cpu", "claim holds here"] == "n/a" and "says nothing of its CPU support" in t.loc["cpu", "comment"]
+
+
+def test_the_gguf_row_says_when_vllm_loaded_the_gguf_itself():
+    runs = _four(0.1, 0.01, 0.1, 0.01)
+    runs["vllm"].manifest["engine"]["args"]["gguf_loader"] = "used"
+    t = verdict(runs, labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096), users=8).table
+    row = t.set_index(pd.Index(list(CLAIMS))).loc["gguf"]
+    assert row["claim holds here"] == "no" and "both loaded the GGUF" in row["measured here"]
+    assert "converted" not in row["measured here"]
+
+
+def test_the_26b_row_needs_a_plan_for_a_card_and_names_the_real_quant_and_dtype():
+    runs = _four(0.1, 0.01, 0.1, 0.01)
+    row = lambda plan: verdict(runs, plan, users=8).table.set_index(pd.Index(list(CLAIMS))).loc["26b-on-12gb"]  # noqa: E731
+    no_card = row(labkit.fit(BIG, quant="IQ3_S", context=4096, system_memory="64GiB"))
+    assert no_card["claim holds here"] == "n/a" and no_card["measured here"].startswith("not planned for a card")
+    planned = row(labkit.fit(BIG, quant="Q2_K", gpu_memory="12GiB", context=4096, dtype="float16"))
+    assert planned["measured here"].startswith("llama.cpp Q2_K: fits with") and "vLLM float16: does not fit" in \
+        planned["measured here"]
+    tiny = row(labkit.fit(BIG, quant="IQ3_S", gpu_memory="0.5GiB", context=4096, system_memory="64GiB"))
+    assert tiny["claim holds here"] == "no" and "does not fit the 0.5 GiB GPU" in tiny["measured here"]
