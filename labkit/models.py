@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import struct
 import subprocess
 import sys
@@ -437,6 +438,11 @@ class ModelSpec:
     swa_dense_first: bool = False  # the global layer opens each period instead of closing it
     llamacpp_swa: bool = False  # llama.cpp applies the window (it does for some architectures only)
     swa_layers: tuple[bool, ...] | None = None  # per layer, True = sliding (where the GGUF lists them)
+    #: A Hugging Face folder's weights as stored: bytes of every safetensors tensor at its
+    #: dtype (packed int4 in I32, FP8 at one byte), and the checkpoint's quantization method
+    #: (config's quantization_config, or "fp8" for F8 tensors without one); None for others.
+    stored_bytes: int | None = None
+    quant_method: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -561,11 +567,17 @@ def _gguf_swa(h: Any) -> tuple[int | None, int, bool, bool, tuple[bool, ...] | N
     return int(window), pattern, dense_first, known, None
 
 
-def _safetensors_tensors(directory: Path) -> list[TensorSpec]:
-    """Shapes and dtypes from safetensors headers (8-byte length + JSON), no weights read."""
+#: Bytes per element of each safetensors dtype.
+_ST_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+             "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _safetensors_tensors(directory: Path) -> tuple[list[TensorSpec], int, set[str]]:
+    """Shapes and dtypes from safetensors headers (8-byte length + JSON), no weights read:
+    the tensors, their bytes as stored, and the safetensors dtypes seen."""
     names = {"BF16": "BF16", "F16": "F16", "F32": "F32", "F64": "F64", "I8": "I8", "U8": "I8",
              "I32": "I32", "I64": "I64", "F8_E4M3": "I8", "F8_E5M2": "I8"}
-    out = []
+    out, stored, dtypes = [], 0, set()
     for f in sorted(directory.glob("*.safetensors")):
         size = f.stat().st_size
         with open(f, "rb") as fh:
@@ -586,7 +598,17 @@ def _safetensors_tensors(directory: Path) -> list[TensorSpec]:
             # ggml shapes list the contiguous dimension first; safetensors lists it last.
             shape = tuple(reversed(meta["shape"])) or (1,)
             out.append(TensorSpec(name, shape, names.get(meta["dtype"], "F32")))
-    return out
+            stored += math.prod(shape) * _ST_BYTES.get(meta["dtype"], 4)
+            dtypes.add(meta["dtype"])
+    return out, stored, dtypes
+
+
+def _quant_method(cfg: dict[str, Any], dtypes: set[str]) -> str | None:
+    """The checkpoint's own quantization: what vLLM loads it as (AWQ, GPTQ, FP8, ...)."""
+    qc = cfg.get("quantization_config") or (cfg.get("text_config") or {}).get("quantization_config")
+    if isinstance(qc, dict) and qc.get("quant_method"):
+        return str(qc["quant_method"]).lower()
+    return "fp8" if dtypes & {"F8_E4M3", "F8_E5M2"} else None
 
 
 def _synthetic_spec(config: dict[str, Any], name: str, quant: str | None) -> ModelSpec:
@@ -627,8 +649,11 @@ def model_spec(model: str | Path | dict[str, Any]) -> ModelSpec:
             raise ModelError(f"{cfg_file} is not valid JSON (line {getattr(e, 'lineno', '?')}: "
                              f"{getattr(e, 'msg', e)}). Fix or re-download it.") from None
         spec = _spec_from_config(cfg, path.name, "hf")
-        spec.tensors = _safetensors_tensors(path)
+        spec.tensors, stored, dtypes = _safetensors_tensors(path)
+        spec.quant_method = _quant_method(cfg, dtypes)
         if spec.tensors:
-            spec.n_params = sum(t.n_elements for t in spec.tensors)
+            spec.stored_bytes = stored
+            if spec.quant_method is None:  # packed int4 (8 weights per I32) would undercount
+                spec.n_params = sum(t.n_elements for t in spec.tensors)
         return spec
     return _spec_from_gguf(path)

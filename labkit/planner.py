@@ -425,21 +425,9 @@ def _llamacpp_gpu_split(req: PlanRequest, per: dict[str, float], fixed: float,
 
 
 def _plan_vllm(engine: str, req: PlanRequest) -> dict[str, Any]:
-    spec, quant, dtype, gpu = req.spec, req.quant, req.dtype, req.gpu
-    note = "paged KV cache reserved up front"
-    if quant and quant.upper() in _BASE_TYPE and quant.lower() not in _VLLM_DTYPE_BYTES:
-        # A GGUF quantization is llama.cpp's; vLLM would load the model's own weights.
-        note = f"vLLM does not run {quant.upper()} GGUF; planned at {dtype}"
-        quant = None
-    key = (quant or dtype).lower()
-    if key not in _VLLM_DTYPE_BYTES:
-        raise InvalidInput(f"vLLM weight type {quant or dtype!r} unknown to the planner; known: "
-                           f"{', '.join(_VLLM_DTYPE_BYTES)} (GGUF quantizations are llama.cpp's).")
+    spec, gpu, dtype = req.spec, req.gpu, req.dtype
+    key, weights, note = _vllm_weights(req)
     tp = req.tensor_parallel
-    # Per GPU with tensor parallelism: a 1/tp shard of the weights (vLLM shards the
-    # embedding by vocabulary too) and of the KV heads; a head is never split, so with fewer
-    # KV heads than GPUs each GPU holds a whole one (replicated).
-    weights = spec.n_params * _VLLM_DTYPE_BYTES[key] / tp
     kv_share = -(-spec.n_kv_heads // tp) / spec.n_kv_heads
     # vLLM's KV cache takes the model's dtype ("auto"): 4 bytes a value at float32 (labkit's
     # default on a CPU without native bf16), 2 at bf16/fp16 and under quantized weights.
@@ -461,6 +449,28 @@ def _plan_vllm(engine: str, req: PlanRequest) -> dict[str, Any]:
     fixed = weights + activation + overhead
     row.update(_vllm_gpu(req, fixed, kv_tok, weights) if gpu else _vllm_cpu(req, fixed, kv_tok))
     return row
+
+
+def _vllm_weights(req: PlanRequest) -> tuple[str, float, str]:
+    """(weight type, bytes per GPU, note). A quantized checkpoint (AWQ, GPTQ, FP8: its
+    config's quantization_config, or F8 tensors) is loaded as stored, so its safetensors
+    bytes are the weights: counting its packed I32 elements as parameters would plan an 8B
+    AWQ at a fifth of its size. Per GPU with tensor parallelism: a 1/tp shard (vLLM shards
+    the embedding by vocabulary too)."""
+    spec, quant, dtype, tp = req.spec, req.quant, req.dtype, req.tensor_parallel
+    note = "paged KV cache reserved up front"
+    stored = spec.quant_method if spec.stored_bytes else None
+    if quant and quant.upper() in _BASE_TYPE and quant.lower() not in _VLLM_DTYPE_BYTES:
+        # A GGUF quantization is llama.cpp's; vLLM would load the model's own weights.
+        note = f"vLLM does not run {quant.upper()} GGUF; planned at {stored or dtype}"
+        quant = None
+    if stored and (quant is None or quant.lower() in stored):
+        return stored, (spec.stored_bytes or 0) / tp, f"{note}; weights as stored ({stored} checkpoint)"
+    key = (quant or dtype).lower()
+    if key not in _VLLM_DTYPE_BYTES:
+        raise InvalidInput(f"vLLM weight type {quant or dtype!r} unknown to the planner; known: "
+                           f"{', '.join(_VLLM_DTYPE_BYTES)} (GGUF quantizations are llama.cpp's).")
+    return key, spec.n_params * _VLLM_DTYPE_BYTES[key] / tp, note
 
 
 def _vllm_gpu(req: PlanRequest, fixed: float, kv_tok: float, weights: float) -> dict[str, Any]:
