@@ -7,14 +7,15 @@ rules, written out below:
 llama.cpp
     weights = the bytes of every tensor at its ggml type (real block sizes);
     KV cache = 2 (K and V) x layers x KV heads x head dim x cache type size, per token,
-    for ``context x users`` tokens (llama-server's slots share one cache of that size);
+    for ``users`` sequences of ``context`` tokens, each padded to a multiple of 256;
     compute buffers ~ ubatch x (vocab + 4 x hidden) x 4 bytes; plus a runtime overhead.
     With a GPU, whole layers (their weights and KV) are offloaded while they fit; the
     rest stays in system RAM (``-ngl``).
 vLLM
-    weights = parameters x dtype size (bf16 2, fp8 1, AWQ/GPTQ 4-bit ~0.53 with scales);
-    on a GPU vLLM takes ``gpu_memory_utilization`` of the card, subtracts weights, the
-    activation peak of a profiling run and CUDA graphs, and turns the rest into paged KV
+    weights = parameters x dtype size (bf16 2, fp8 1, AWQ/GPTQ 4-bit ~0.53 with scales), or
+    a quantized checkpoint's stored bytes; on a GPU vLLM takes ``gpu_memory_utilization`` of
+    the card, subtracts weights, the activation peak of a profiling run over its default
+    ``max_num_batched_tokens`` and CUDA graphs, and turns the rest into paged KV
     blocks of 16 tokens; max users = KV tokens // context. It refuses to start if one
     sequence of ``context`` tokens does not fit. On CPU the KV cache is exactly
     ``VLLM_CPU_KVCACHE_SPACE`` GiB.
@@ -70,8 +71,13 @@ RUNTIME_OVERHEAD = {
 _VLLM_DTYPE_BYTES = {"bfloat16": 2.0, "bf16": 2.0, "float16": 2.0, "fp16": 2.0, "half": 2.0,
                      "float32": 4.0, "fp32": 4.0, "fp8": 1.0, "awq": 0.53, "gptq": 0.53,
                      "int4": 0.53, "int8": 1.0}
-_CACHE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32,
-                "fp8": 1.0, "auto": 2.0}
+#: KV cache types each engine has, in bytes a value: llama.cpp's ``-ctk/-ctv`` (common/arg.cpp
+#: kv_cache_types) and vLLM's ``kv_cache_dtype`` (config/cache.py). "auto" is each engine's
+#: default: f16 in llama.cpp, the model's dtype in vLLM.
+_LLAMACPP_CACHE = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+                   "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
+_VLLM_CACHE = {"float16": 2.0, "bfloat16": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0}
+_CACHE_BYTES = {**_LLAMACPP_CACHE, **_VLLM_CACHE, "auto": 2.0}
 
 
 def parse_bytes(value: str | float | int | None) -> float | None:
@@ -117,26 +123,39 @@ def kv_bytes_per_token(spec: ModelSpec, cache_type: str = "f16") -> float:
     return 2 * spec.n_layers * spec.n_kv_heads * spec.head_dim * _CACHE_BYTES[cache_type]
 
 
+def _pad256(n: int) -> int:
+    return -(-n // 256) * 256
+
+
+def llamacpp_cells_per_sequence(context: int, users: int) -> int:
+    """KV cells llama.cpp gives each of ``users`` sequences for ``context x users`` (labkit's
+    ``-c``) with ``-np users`` (a cache per sequence, not unified): the total padded to 256,
+    split, and each share padded to 256 again (llama-context.cpp). 300 x 4 gives 512 each."""
+    return _pad256(_pad256(context * users) // users)
+
+
 def kv_bytes(spec: ModelSpec, context: int, users: int, engine: str, cache_type: str = "f16",
-             ubatch: int = 512) -> float:
-    """The KV cache for ``users`` sequences of ``context`` tokens. Sliding-window layers
-    (Gemma 2/3, Mistral v0.1) keep only the window where the engine does so: llama-server
-    gives each sequence window + one ubatch of cells, padded to 256 (read from its log:
-    "SWA KV cache, size = 768 cells" for a 128 window and ubatch 512); vLLM gives each
-    sequence window + one block (16 tokens). In-process llama.cpp keeps them full-size:
+             ubatch: int = 512, *, in_flight: int = 2048, block: int = 16) -> float:
+    """The KV cache for ``users`` sequences of ``context`` tokens. llama.cpp pads each
+    sequence's cells to a multiple of 256. Sliding-window layers (Gemma 2/3, Mistral v0.1)
+    keep only the window where the engine does so: llama-server gives each sequence window
+    + one ubatch of cells, padded to 256 (read from its log: "SWA KV cache, size = 768
+    cells" for a 128 window and ubatch 512); vLLM admits window - 1 + the tokens in flight
+    (``in_flight``: max_num_batched_tokens per concurrent batch), plus one block
+    (v1/kv_cache_interface.py). In-process llama.cpp keeps them full-size:
     llama-cpp-python's context defaults to swa_full ("using full-size SWA cache")."""
     a = spec.architecture()
     per_layer = kv_bytes_per_token(spec, cache_type) / spec.n_layers
-    full = context * users
     window = int(a.sliding_window or 0)
-    if engine == "llama.cpp":
-        window_cells = full
-    elif engine == "llama-server":
-        window_cells = users * min(context, -(-(window + ubatch) // 256) * 256)
+    if engine in ("llama.cpp", "llama-server"):
+        seq = llamacpp_cells_per_sequence(context, users)
+        full = users * seq
+        window_cells = full if engine == "llama.cpp" else users * min(seq, _pad256(window + ubatch))
     else:
-        window_cells = users * min(context, window + 16)
+        full = context * users
+        window_cells = users * block * (-(-min(window - 1 + in_flight, context) // block) + 1)
     slides = engine != "llama-server" or a.llamacpp_swa  # (a Mistral v0.1 GGUF: llama.cpp does not)
-    return float(sum(per_layer * (window_cells if slides and a.is_swa_layer(i) else full)
+    return float(sum(per_layer * (min(full, window_cells) if slides and a.is_swa_layer(i) else full)
                      for i in range(spec.n_layers)))
 
 
@@ -234,7 +253,7 @@ class FitPlan:
         """Planned against measured memory, one row per place (GPU, CPU), with the error.
 
         ``measured`` is a :class:`~labkit.loadgen.BenchResult` (its peak per-process VRAM and
-        peak RSS of the engine's tree) or a dict with ``gpu_bytes`` and/or ``cpu_bytes``.
+        peak PSS of the engine's tree) or a dict with ``gpu_bytes`` and/or ``cpu_bytes``.
         """
         row = self.row(engine or self.rows[0]["engine"])
         if isinstance(measured, dict):
@@ -244,7 +263,11 @@ class FitPlan:
             if mem is None or mem.empty:
                 raise InvalidInput("check() needs a BenchResult with a memory timeline, or a dict "
                                    "with gpu_bytes / cpu_bytes.")
-            got = {"cpu_bytes": float(mem["rss_bytes"].max())}
+            # PSS, as the plan's overheads were measured: RSS counts pages a vLLM tree's
+            # processes share (torch's libraries) once per process (0.41 GiB over PSS in
+            # benchmarks/results/planner_check-20261126.json). RSS only where PSS was not read.
+            pss = mem["pss_bytes"].max() if "pss_bytes" in mem else float("nan")
+            got = {"cpu_bytes": float(mem["rss_bytes"].max() if pss != pss else pss)}
             if "vram_process_bytes" in mem:
                 got["gpu_bytes"] = float(mem["vram_process_bytes"].max())
         out = []
@@ -289,7 +312,7 @@ class PlanRequest:
     gpu: float | None  # the card's bytes; None plans on CPU
     ram: float
     gpu_memory_utilization: float = 0.9
-    kv_cache_type: str = "f16"
+    kv_cache_type: str = "auto"
     cpu_kv_cache_gb: float = 1.0
     ubatch: int = 512
     gpu_layers: int | None = None
@@ -309,6 +332,8 @@ class PlanRequest:
             raise InvalidInput("gpu_memory_utilization must be in (0, 1].")
         if self.gpu is not None and self.gpu <= 0:
             raise InvalidInput(f"gpu_memory must be positive, got {self.gpu!r}.")
+        if self.ram <= 0:
+            raise InvalidInput(f"system_memory must be positive, got {self.ram!r} bytes: give e.g. '64GiB'.")
         n = self.spec.n_layers
         if self.gpu_layers is not None:
             if self.gpu is None:
@@ -323,7 +348,7 @@ class PlanRequest:
 def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, ...] = ("llama.cpp", "vllm"),
         quant: str | None = None, dtype: str = "auto", context: int = 4096, users: int = 1,
         gpu_memory: str | float | None = None, system_memory: str | float | None = None,
-        gpu_memory_utilization: float = 0.9, kv_cache_type: str = "f16",
+        gpu_memory_utilization: float = 0.9, kv_cache_type: str = "auto",
         cpu_kv_cache_gb: float = 1.0, ubatch: int = 512, gpu_layers: int | None = None,
         tensor_parallel_size: int = 1) -> FitPlan:
     """Plan memory for ``model`` in each engine; nothing is loaded.
@@ -334,21 +359,42 @@ def fit(model: str | Path | dict[str, Any], *, engines: list[str] | tuple[str, .
     ``gpu_layers`` plans llama.cpp with that many layers offloaded (as ``-ngl``) instead of
     as many as fit; it needs ``gpu_memory``. ``tensor_parallel_size``: vLLM over that many
     GPUs of ``gpu_memory`` each, planned per GPU (its shard of the weights and KV heads).
+    ``kv_cache_type`` is checked against each engine's own types: "auto" (each engine's
+    default), llama.cpp's f32/f16/bf16/q8_0/q4_0/... or vLLM's float16/bfloat16/fp8.
     """
     unknown = [e for e in engines if e not in ("llama.cpp", "llama-server", "vllm", "vllm-server")]
     if unknown:
         raise InvalidInput(f"The planner knows llama.cpp, llama-server, vllm and vllm-server, not {unknown}.")
+    for e in engines:
+        _cache_type(e, kv_cache_type)
     gpu = parse_bytes(gpu_memory)
+    ram = parse_bytes(system_memory)
     if dtype == "auto":  # what labkit's vLLM engines pick: see engines/defaults.py
         from .engines.defaults import default_dtype
 
         dtype = "bfloat16" if gpu else default_dtype()
     req = PlanRequest(model_spec(model), quant, dtype, context, users, gpu,
-                      parse_bytes(system_memory) or _system_memory(), gpu_memory_utilization,
+                      _system_memory() if ram is None else ram, gpu_memory_utilization,
                       kv_cache_type, cpu_kv_cache_gb, ubatch, gpu_layers, tensor_parallel_size)
     rows = [_plan_llamacpp(e, req) if e in ("llama.cpp", "llama-server") else _plan_vllm(e, req)
             for e in engines]
     return FitPlan(req.spec, rows, context, users, gpu, req.ram)
+
+
+def _cache_type(engine: str, cache_type: str) -> str:
+    """The KV cache type ``engine`` would run (its default for "auto"), or InvalidInput
+    naming the types it has: fp8 is vLLM's, q8_0 llama.cpp's."""
+    llama = engine in ("llama.cpp", "llama-server")
+    known = _LLAMACPP_CACHE if llama else _VLLM_CACHE
+    t = str(cache_type).lower()
+    if t == "auto":
+        return "f16" if llama else "auto"
+    if t not in known:
+        raise InvalidInput(f"{engine} has no KV cache type {cache_type!r}; its types: auto, {', '.join(known)}"
+                           + (" (fp8 is vLLM's: plan it with engines=['vllm'])" if llama and "fp8" in t else
+                              " (q8_0/q4_0 are llama.cpp's: plan them with engines=['llama-server'])"
+                              if not llama and t in _LLAMACPP_CACHE else "") + ".")
+    return t
 
 
 def _plan_llamacpp(engine: str, req: PlanRequest) -> dict[str, Any]:
@@ -356,7 +402,8 @@ def _plan_llamacpp(engine: str, req: PlanRequest) -> dict[str, Any]:
     per, note = _llamacpp_tensor_bytes(spec, req.quant)
     weights = float(sum(per.values()))
     repack_layer = _repacked_bytes(spec, req.quant) / max(1, spec.n_layers)  # per CPU-resident layer
-    kv_total = kv_bytes(spec, req.context, req.users, engine, req.kv_cache_type, req.ubatch)
+    cache = _cache_type(engine, req.kv_cache_type)
+    kv_total = kv_bytes(spec, req.context, req.users, engine, cache, req.ubatch)
     kv_tok = kv_total / (req.context * req.users)  # per token of context, windows included
     # Compute buffers are reserved for the worst-case batch, but only the activations of a
     # ubatch (and one row of logits per sequence) are ever touched, so that is what is resident.
@@ -369,7 +416,9 @@ def _plan_llamacpp(engine: str, req: PlanRequest) -> dict[str, Any]:
     row = {"engine": engine, "quant": req.quant or spec.file_type or "F16", "weights_gib": weights / GiB,
            "kv_per_token_kib": kv_tok / 1024, "kv_total_gib": kv_total / GiB,
            "overhead_gib": (compute + overhead) / GiB, "total_gib": total / GiB,
-           "note": note + (" (synthetic model)" if spec.synthetic else "")}
+           "note": note + (" (synthetic model)" if spec.synthetic else "")
+           + ("; a quantized V cache needs flash_attn=True (labkit's llama.cpp engines default to off)"
+              if cache not in ("f32", "f16", "bf16") else "")}
     # One more user costs its KV cache and its row of logits; max_users is the most that keep
     # the plan where it is (its own total, not a looser sum), so planning at max_users fits.
     per_user = kv_tok * req.context + spec.vocab_size * 4
@@ -391,8 +440,13 @@ def _llamacpp_gpu_split(req: PlanRequest, per: dict[str, float], fixed: float,
     layers = sum(v for k, v in per.items() if k.startswith(("blk.", "model.layers.")))
     per_layer = layers / max(1, n)
     embd = per.get("token_embd.weight", 0)
-    out = per.get("output.weight", embd if "output.weight" not in per else 0) + per.get(
-        "output_norm.weight", 0)
+    norm = per.get("output_norm.weight", 0)
+    # Tied embeddings: the output is a duplicate of token_embd. On the GPU that is a copy; on
+    # the CPU llama.cpp hands back the same tensor (llama-model-loader.cpp, TENSOR_DUPLICATED
+    # in the same buffer context), the same mmap'd bytes, so it costs nothing more there.
+    tied = "output.weight" not in per
+    out = (embd if tied else per["output.weight"]) + norm
+    out_on_cpu = norm if tied else out
     layer = per_layer + kv_tok * req.context * req.users / n
     # The CUDA compute buffer is reserved for a whole ubatch of logits (the output matmul
     # runs on the GPU even when its weights stay on the CPU: ggml offloads large batched ops),
@@ -415,7 +469,7 @@ def _llamacpp_gpu_split(req: PlanRequest, per: dict[str, float], fixed: float,
     # No repacked second copy here: with the CUDA build on the H100's host, the CPU-resident
     # layers of the 8B at -ngl 16 counted once (RSS 3.11 GiB, planned 2.88 without one).
     compute_on_cpu = fixed - RUNTIME_OVERHEAD[("llama.cpp", "cuda")] if ngl == 0 else 0
-    on_cpu = embd + (n - k) * layer + (0 if ngl > n else out) + compute_on_cpu \
+    on_cpu = embd + (n - k) * layer + (0 if ngl > n else out_on_cpu) + compute_on_cpu \
         + RUNTIME_OVERHEAD[("llama.cpp", "cuda-host")]
     where = "gpu" if ngl > n else ("gpu+cpu" if ngl else "cpu")
     room = gpu - (vram(n + 1) - req.users * per_user)  # the card, less all of it but the users
@@ -430,25 +484,46 @@ def _plan_vllm(engine: str, req: PlanRequest) -> dict[str, Any]:
     tp = req.tensor_parallel
     kv_share = -(-spec.n_kv_heads // tp) / spec.n_kv_heads
     # vLLM's KV cache takes the model's dtype ("auto"): 4 bytes a value at float32 (labkit's
-    # default on a CPU without native bf16), 2 at bf16/fp16 and under quantized weights.
-    cache = "f32" if str(dtype).lower() in ("float32", "fp32") else "f16"  # (not the weights' quant)
-    kv_tok = kv_bytes(spec, req.context, 1, engine, cache) / req.context * kv_share  # per token of one sequence
+    # default on a CPU without native bf16), 2 at bf16/fp16 and under quantized weights;
+    # kv_cache_type="fp8" halves that.
+    cache = _cache_type(engine, req.kv_cache_type)
+    if cache == "auto":
+        cache = "f32" if str(dtype).lower() in ("float32", "fp32") else "f16"  # (not the weights' quant)
+    batched = _vllm_batched_tokens(engine, gpu, tp)
+    # GPU runs schedule asynchronously (two batches in flight); vLLM's CPU platform does not.
+    in_flight, block = (2 * batched, 16) if gpu else (batched, 128)
+    kv_tok = kv_bytes(spec, req.context, 1, engine, cache, in_flight=in_flight, block=block) \
+        / req.context * kv_share  # per token of one sequence
     if tp > 1:
         note += f"; per GPU of {tp} (tensor parallel)"
     overhead = RUNTIME_OVERHEAD.get((engine, "cuda" if gpu else "cpu"),
                                     RUNTIME_OVERHEAD[("vllm", "cuda" if gpu else "cpu")])
-    # Activation peak of vLLM's profiling run: max_num_batched_tokens (>= context) through
-    # the widest layer plus the logits of the sampled rows. Only a GPU reserves it up front;
-    # on CPU the measured footprint did not grow from 2k to 16k context.
+    # Activation peak of vLLM's profiling run: max_num_batched_tokens through the widest
+    # layer (chunked prefill splits a longer prompt) plus the logits of the sampled rows
+    # (max_num_seqs, 256 in labkit's engines). Only a GPU reserves it up front; on CPU the
+    # measured footprint did not grow from 2k to 16k context.
     activation = 256 * spec.vocab_size * 4
     if gpu:
-        activation += max(req.context, 2048) * (spec.intermediate_size or 4 * spec.hidden_size) * 2 * 2 / tp
+        activation += batched * (spec.intermediate_size or 4 * spec.hidden_size) * 2 * 2 / tp
     row = {"engine": engine, "quant": key, "weights_gib": weights / GiB, "kv_per_token_kib": kv_tok / 1024,
            "note": note, "overhead_gib": (activation + overhead) / GiB, "gpu_layers": None,
            **({"tensor_parallel": tp} if tp > 1 else {})}
     fixed = weights + activation + overhead
     row.update(_vllm_gpu(req, fixed, kv_tok, weights) if gpu else _vllm_cpu(req, fixed, kv_tok))
     return row
+
+
+def _vllm_batched_tokens(engine: str, gpu: float | None, tp: int) -> int:
+    """vLLM's default max_num_batched_tokens (engine/arg_utils.py get_batch_defaults, chunked
+    prefill on): by usage context (the LLM class in process, the API server) and card size."""
+    server = engine == "vllm-server"
+    if not gpu:
+        return (2048 if server else 4096) * tp
+    if gpu >= 160 * GiB:
+        return 16384
+    if gpu >= 70 * GiB:  # H100/H200-class (an A100 80GB gets the smaller defaults)
+        return 8192 if server else 16384
+    return 2048 if server else 8192
 
 
 def _vllm_weights(req: PlanRequest) -> tuple[str, float, str]:
@@ -493,7 +568,8 @@ def _vllm_cpu(req: PlanRequest, fixed: float, kv_tok: float) -> dict[str, Any]:
     kv_space = req.cpu_kv_cache_gb * GiB
     total = fixed + kv_space
     max_users = int(kv_space // (kv_tok * req.context))
-    return dict(kv_total_gib=kv_space / GiB, total_gib=total / GiB, kv_blocks=int(kv_space // kv_tok // 16),
+    # (vLLM's CPU attention uses blocks of 128 tokens: platforms/cpu.py)
+    return dict(kv_total_gib=kv_space / GiB, total_gib=total / GiB, kv_blocks=int(kv_space // kv_tok // 128),
                 max_users=max_users, fits=total <= req.ram and max_users >= 1, where="cpu",
                 gpu_gib=0.0, cpu_gib=total / GiB)
 

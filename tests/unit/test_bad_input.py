@@ -119,7 +119,11 @@ def test_sliding_window_layers_keep_only_the_window():
     per_layer_token = 2 * 16 * 128 * 2
     swa_cells = -(-(1024 + 512) // 256) * 256  # window + one ubatch, padded to 256 cells
     assert kv_bytes(spec, 32768, 2, "llama-server") == per_layer_token * 2 * (10 * 32768 + 52 * swa_cells)
-    assert kv_bytes(spec, 32768, 2, "vllm") == per_layer_token * 2 * (10 * 32768 + 52 * (1024 + 16))
+    # vLLM: window - 1 + the tokens in flight (v1/kv_cache_interface.py), in blocks of 16, plus one
+    vllm_cells = 16 * (-(-(1023 + 2048) // 16) + 1)
+    assert kv_bytes(spec, 32768, 2, "vllm") == per_layer_token * 2 * (10 * 32768 + 52 * vllm_cells)
+    assert kv_bytes(spec, 32768, 2, "vllm", in_flight=16384) == \
+        per_layer_token * 2 * (10 * 32768 + 52 * 16 * (-(-(1023 + 16384) // 16) + 1))
     assert kv_bytes(spec, 512, 1, "llama-server") == per_layer_token * 62 * 512  # window > context
     assert kv_bytes(spec, 32768, 1, "llama.cpp") == per_layer_token * 62 * 32768  # swa_full in process
     dense = model_spec(SHAPES["llama-3-8b"])
