@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,60 +56,99 @@ class DeviceMemory(Protocol):
     def name(self) -> str: ...
 
 
-class Nvml:
-    """Device memory through NVML (nvidia-ml-py), for GPU ``index``."""
+def visible_entries() -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as CUDA reads it: the entries up to the first invalid one ("" or
+    "-1": no GPU from there on); None when it is not set (every GPU is visible)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None
+    listed = [d.strip() for d in visible.split(",")]
+    return listed[:next((i for i, d in enumerate(listed) if not d or d.startswith("-")), len(listed))]
 
-    def __init__(self, index: int = 0):
+
+class Nvml:
+    """Device memory through NVML (nvidia-ml-py), over the GPUs CUDA programs here see:
+    CUDA_VISIBLE_DEVICES by index or by GPU UUID (or a unique prefix of one), every GPU when
+    it is unset. Memory, energy and power are summed over them; ``index`` picks one GPU
+    instead. (NVML numbers GPUs in PCI order: with CUDA_DEVICE_ORDER=FASTEST_FIRST, CUDA's
+    default, an index can name another card on a machine of mixed GPUs.)"""
+
+    def __init__(self, index: int | None = None):
         import pynvml
 
         pynvml.nvmlInit()
         self._nvml = pynvml
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(index)] if index is not None else self._visible()
+        if not self._handles:
+            raise RuntimeError("CUDA_VISIBLE_DEVICES hides every GPU")
+        self._handle = self._handles[0]
+
+    def _visible(self) -> list[Any]:
+        n = int(self._nvml.nvmlDeviceGetCount())
+        entries = visible_entries()
+        if entries is None:
+            return [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in range(n)]
+        uuids = {}
+        for i in range(n):
+            u = self._nvml.nvmlDeviceGetUUID(self._nvml.nvmlDeviceGetHandleByIndex(i))
+            uuids[i] = u.decode() if isinstance(u, bytes) else str(u)
+        picked: list[int] = []
+        for e in entries:
+            found = [int(e)] if e.isdigit() and int(e) < n else \
+                [i for i, u in uuids.items() if u.startswith(e if e.startswith("GPU-") else "GPU-" + e)]
+            if len(found) != 1 or found[0] in picked:
+                break  # CUDA too stops at an entry it cannot match to one GPU
+            picked.append(found[0])
+        return [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in picked]
+
+    def count(self) -> int:
+        return len(self._handles)
 
     def used_bytes(self) -> int:
-        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+        return sum(int(self._nvml.nvmlDeviceGetMemoryInfo(h).used) for h in self._handles)
 
     def process_bytes(self, pids: set[int]) -> int:
         total = 0
-        for getter in (self._nvml.nvmlDeviceGetComputeRunningProcesses,
-                       self._nvml.nvmlDeviceGetGraphicsRunningProcesses):
-            try:
-                for p in getter(self._handle):
-                    if p.pid in pids and p.usedGpuMemory is not None:
-                        total += int(p.usedGpuMemory)
-            except self._nvml.NVMLError:
-                continue
+        for h in self._handles:
+            for getter in (self._nvml.nvmlDeviceGetComputeRunningProcesses,
+                           self._nvml.nvmlDeviceGetGraphicsRunningProcesses):
+                try:
+                    for p in getter(h):
+                        if p.pid in pids and p.usedGpuMemory is not None:
+                            total += int(p.usedGpuMemory)
+                except self._nvml.NVMLError:
+                    continue
         return total
 
     def name(self) -> str:
         n = self._nvml.nvmlDeviceGetName(self._handle)
         return n.decode() if isinstance(n, bytes) else str(n)
 
-    def energy_j(self) -> float | None:
-        """Energy the GPU used since the driver loaded (a counter: differences are joules)."""
+    def _each(self, read: Any) -> list[float] | None:
+        """``read(handle)`` for every GPU; None when any of them does not say."""
         try:
-            return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1000.0
+            return [float(read(h)) for h in self._handles]
         except self._nvml.NVMLError:
-            return None  # before Volta, or not exposed in this VM
+            return None
+
+    def energy_j(self) -> float | None:
+        """Energy the GPUs used since the driver loaded (a counter: differences are joules)."""
+        got = self._each(self._nvml.nvmlDeviceGetTotalEnergyConsumption)  # None before Volta, or in some VMs
+        return None if got is None else sum(got) / 1000.0
 
     def power_w(self) -> float | None:
-        try:
-            return self._nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0
-        except self._nvml.NVMLError:
-            return None
+        got = self._each(self._nvml.nvmlDeviceGetPowerUsage)
+        return None if got is None else sum(got) / 1000.0
 
     def utilization_pct(self) -> float | None:
-        """How much of the last sample period a kernel was running (NVML's "GPU utilisation")."""
-        try:
-            return float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
-        except self._nvml.NVMLError:
-            return None
+        """How much of the last sample period a kernel was running (NVML's "GPU utilisation"),
+        the mean over the GPUs."""
+        got = self._each(lambda h: self._nvml.nvmlDeviceGetUtilizationRates(h).gpu)
+        return None if got is None else sum(got) / len(got)
 
     def sm_clock_mhz(self) -> float | None:
-        try:
-            return float(self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM))
-        except self._nvml.NVMLError:
-            return None
+        got = self._each(lambda h: self._nvml.nvmlDeviceGetClockInfo(h, self._nvml.NVML_CLOCK_SM))
+        return None if got is None else sum(got) / len(got)
 
 
 def optional_readings(device: DeviceMemory, names: Sequence[str]) -> dict[str, float]:
@@ -131,23 +171,12 @@ def nvml() -> DeviceMemory | None:
 
 
 def gpu_name() -> str | None:
-    """The first GPU's name, with the count where there are several ("NVIDIA H100 x2"): a
-    machine with two cards is not the machine with one."""
+    """The first visible GPU's name, with the count where there are several ("NVIDIA H100
+    x2"): a machine with two cards is not the machine with one."""
     dev = nvml()
     if dev is None:
         return None
-    try:
-        count = int(dev._nvml.nvmlDeviceGetCount()) if isinstance(dev, Nvml) else 1
-    except Exception:
-        count = 1
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:  # NVML counts every card; CUDA programs here see these only
-        listed = [d.strip() for d in visible.split(",")]
-        # CUDA reads the list up to its first invalid entry ("" or "-1": no GPU at all)
-        usable = next((i for i, d in enumerate(listed) if not d or d.startswith("-")), len(listed))
-        count = min(count, usable)
-        if count == 0:
-            return None
+    count = dev.count() if isinstance(dev, Nvml) else 1
     return dev.name() + (f" x{count}" if count > 1 else "")
 
 
@@ -206,9 +235,55 @@ def tree_memory(roots: list[psutil.Process], detail: bool = True,
     return TreeMemory(rss, uss, pss, len(pids), pids)
 
 
+class Baseline(tuple):
+    """(rss, uss, pss) of this process, with ``vram``: its device memory (NVML, per process)
+    at that moment, where there is a GPU. An in-process engine's VRAM is this process's
+    growth since its baseline, as its RSS is: what else this process holds is not the engine's."""
+
+    vram: int = 0
+
+
+_DEVICE: list[DeviceMemory | None] = []  # this process's NVML reader, found once
+
+
+def _own_vram() -> int:
+    if not _DEVICE:
+        _DEVICE.append(nvml())
+    dev = _DEVICE[0]
+    try:
+        return int(dev.process_bytes({os.getpid()})) if dev is not None else 0
+    except Exception:
+        return 0
+
+
 def self_memory(detail: bool = True) -> tuple[int, int | None, int | None]:
-    """(rss, uss, pss) of this process alone."""
-    return _own(psutil.Process(os.getpid()), detail)
+    """(rss, uss, pss) of this process alone; with ``detail`` (as an engine's baseline is
+    taken) a :class:`Baseline` that also carries this process's VRAM."""
+    own = _own(psutil.Process(os.getpid()), detail)
+    if not detail:
+        return own
+    base = Baseline(own)
+    base.vram = _own_vram()
+    return base
+
+
+def in_process_engines() -> list[Any]:
+    """Open labkit engines that run inside this process (their memory is its growth since
+    they loaded). Found by a scan of the garbage collector's objects: taken once per sampler."""
+    import gc
+
+    from .engines.base import Engine
+
+    found = []
+    for o in gc.get_objects():
+        try:
+            if isinstance(o, Engine) and not o.closed:
+                scope = o.memory_scope()
+                if isinstance(scope, EngineMemory) and scope.self_baseline is not None:
+                    found.append(o)
+        except Exception:  # an engine half-built or half-closed says nothing
+            continue
+    return found
 
 
 def new_children(before: set[int]) -> list[psutil.Process]:
@@ -294,6 +369,7 @@ class MemorySampler:
         self._thread: threading.Thread | None = None
         self._t0 = time.perf_counter()
         self._lock = threading.Lock()
+        self.shared_with = ""  # set at start(): the other in-process engines alive, if any
 
     def sample(self, detail: bool | None = None) -> dict[str, Any]:
         """Take one sample now; ``detail`` forces (True) or skips (False) USS and PSS, else
@@ -311,13 +387,37 @@ class MemorySampler:
                                "uss_bytes": nan if m.uss_bytes is None else m.uss_bytes,
                                "pss_bytes": nan if m.pss_bytes is None else m.pss_bytes,
                                "n_processes": m.n_processes}
+        if self.shared_with:
+            row["shared_process"] = self.shared_with
         if self.device is not None:
             row["vram_used_bytes"] = self.device.used_bytes()
-            row["vram_process_bytes"] = self.device.process_bytes(m.pids)
+            row["vram_process_bytes"] = max(0, self.device.process_bytes(m.pids) - self._vram_baseline(m))
             row |= {f"gpu_{k}": v for k, v in optional_readings(self.device, ("energy_j", "power_w")).items()}
         with self._lock:
             self._rows.append(row)
         return row
+
+    def _vram_baseline(self, m: TreeMemory) -> int:
+        """What this process held on the GPU before an in-process engine loaded."""
+        base = self.scope.self_baseline
+        return int(getattr(base, "vram", 0)) if os.getpid() in m.pids else 0
+
+    def _others(self) -> str:
+        """Other in-process engines alive while this scope is measured: its growth since its
+        baseline is theirs too (llama.cpp, then vLLM, in one process: vLLM's front end is
+        billed to llama.cpp)."""
+        if self.scope.self_baseline is None:
+            return ""
+        try:
+            others = [e for e in in_process_engines() if e.memory_scope().self_baseline != self.scope.self_baseline]
+        except Exception:
+            return ""
+        if not others:
+            return ""
+        names = ", ".join(f"{e.name} ({e.info.model})" for e in others)
+        return (f"another in-process engine was alive in this process ({names}): the growth of this "
+                "process since the engine loaded counts its memory too; measure each in-process engine "
+                "in a process of its own (close the other first, or use a server engine)")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -327,6 +427,9 @@ class MemorySampler:
                 continue
 
     def start(self) -> MemorySampler:
+        self.shared_with = self._others()
+        if self.shared_with:
+            warnings.warn(f"labkit: {self.shared_with}.", stacklevel=2)
         self._stop.clear()
         self.sample(detail=True)
         self._thread = threading.Thread(target=self._run, name="labkit-memory", daemon=True)

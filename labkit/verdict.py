@@ -519,6 +519,9 @@ def _run_warnings(runs: dict[str, BenchResult]) -> list[str]:
         if run.interrupted or run.ended != "completed":
             out.append(f"{name} ended early ({run.ended}): a level it did not finish is not measured, "
                        "and nothing is recommended on it")
+        shared = run.memory["shared_process"].dropna() if "shared_process" in run.memory else []
+        if len(shared):
+            out.append(f"{name}'s memory is not its own: {shared.iloc[0]}")
         req = run.requests
         bad = req[req["error"].notna()] if "error" in req else req.iloc[:0]
         if len(bad):

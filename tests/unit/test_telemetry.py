@@ -4,6 +4,7 @@ levels get their means and peaks, a fake NVML's energy becomes joules per token.
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -236,21 +237,109 @@ def test_cpu_energy_sums_the_packages_only(tmp_path, monkeypatch):
     assert [f.parent.name for f in tel._rapl_files()] == ["intel-rapl:0", "intel-rapl:1"]
 
 
-@pytest.mark.parametrize(("visible", "name"), [(None, "GPU x4"), ("0,1", "GPU x2"), ("2", "GPU"), ("", None),
-                                                ("-1", None), ("0,-1,1", "GPU")])
-def test_the_gpu_named_is_the_one_cuda_programs_here_see(monkeypatch, visible, name):
-    from labkit import memory
+class FakePynvml:
+    """NVML's module-level API over four GPUs in PCI order (nvidia-ml-py where there is none):
+    GPU i uses i GiB, and process 100 + i runs on GPU i with (i + 1) MiB."""
 
-    class FakeNvml(memory.Nvml):  # NVML's count of every card, whatever CUDA_VISIBLE_DEVICES says
-        def __init__(self):
-            self._nvml = type("N", (), {"nvmlDeviceGetCount": staticmethod(lambda: 4)})
+    NVML_CLOCK_SM = 1
 
-        def name(self):
-            return "GPU"
+    class NVMLError(Exception):
+        pass
 
-    monkeypatch.setattr(memory, "nvml", FakeNvml)
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 4
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        if not 0 <= i < 4:
+            raise self.NVMLError("Invalid Argument")
+        return i
+
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-{h}{h}{h}{h}abcd-0000"
+
+    def nvmlDeviceGetName(self, h):
+        return f"GPU{h}"
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return type("M", (), {"used": h * 2**30})
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        return [type("P", (), {"pid": 100 + h, "usedGpuMemory": (h + 1) * 2**20})]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, h):
+        return []
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return 1000 * (h + 1)
+
+
+@pytest.mark.parametrize(("visible", "name", "used_gib"), [
+    (None, "GPU0 x4", 6), ("0,1", "GPU0 x2", 1), ("2", "GPU2", 2), ("", None, None), ("-1", None, None),
+    ("0,-1,1", "GPU0", 0), ("3,1", "GPU3 x2", 4), ("GPU-2222abcd-0000", "GPU2", 2), ("GPU-3333,1", "GPU3 x2", 4),
+    ("1,9", "GPU1", 1)])
+def test_nvml_reads_the_gpus_cuda_programs_here_see(monkeypatch, visible, name, used_gib):
+    """CUDA_VISIBLE_DEVICES by index or GPU UUID (a unique prefix too), up to its first entry
+    CUDA cannot use: memory and power summed over those GPUs, not NVML's GPU 0."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakePynvml())
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     assert memory.gpu_name() == name
+    dev = memory.nvml()
+    if name is None:
+        assert dev is None
+        return
+    assert dev.used_bytes() == used_gib * 2**30
+    seen = [int(g) for g in name.removeprefix("GPU").split(" x")[:1]]
+    assert dev.process_bytes({100 + seen[0]}) == (seen[0] + 1) * 2**20
+    assert dev.process_bytes({100 + i for i in range(4)}) == sum((i + 1) * 2**20 for i in range(4)
+                                                                  if i in {h for h in dev._handles})
+    assert memory.Nvml(index=2).used_bytes() == 2 * 2**30  # one GPU, named
+
+
+def test_an_in_process_engine_is_billed_only_its_own_vram_and_a_second_one_is_named(monkeypatch):
+    """The process's VRAM before the engine loaded is not the engine's; another in-process
+    engine alive while one is measured is said in the timeline and warned."""
+    import os
+
+    class Device(FakeNvml):
+        held = 3 * 2**20  # this process on the GPU
+
+        def process_bytes(self, pids):
+            return self.held if os.getpid() in pids else 0
+
+    dev = Device()
+    monkeypatch.setattr(memory, "_DEVICE", [dev])
+    base = memory.self_memory()
+    assert base.vram == 3 * 2**20 and tuple(base)[0] > 0
+    dev.held = 10 * 2**20  # the engine loaded 7 MiB onto the GPU
+    sampler = memory.MemorySampler(memory.EngineMemory([], base), device=dev)
+    monkeypatch.setattr(memory, "in_process_engines", lambda: [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # alone in the process: no warning
+        sampler.start()
+    sampler.stop()
+    frame = sampler.frame()
+    assert (frame["vram_process_bytes"] == 7 * 2**20).all() and "shared_process" not in frame
+    other = FakeKvEngine()
+    other.memory_scope = lambda: memory.EngineMemory([], (1, 2, 3))
+    monkeypatch.setattr(memory, "in_process_engines", lambda: [other])
+    second = memory.MemorySampler(memory.EngineMemory([], base), device=dev)
+    with pytest.warns(UserWarning, match=r"another in-process engine was alive in this process \(fake"):
+        second.start()
+    second.stop()
+    assert second.frame()["shared_process"].str.contains("measure each in-process engine").all()
+
+
+
+def test_open_in_process_engines_are_found_and_closed_ones_are_not():
+    engine = TelemetryKvEngine()
+    assert engine in memory.in_process_engines()
+    engine.close()
+    assert engine not in memory.in_process_engines()

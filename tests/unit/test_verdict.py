@@ -310,3 +310,10 @@ def test_the_26b_row_needs_a_plan_for_a_card_and_names_the_real_quant_and_dtype(
         planned["measured here"]
     tiny = row(labkit.fit(BIG, quant="IQ3_S", gpu_memory="0.5GiB", context=4096, system_memory="64GiB"))
     assert tiny["claim holds here"] == "no" and "does not fit the 0.5 GiB GPU" in tiny["measured here"]
+
+
+def test_memory_shared_with_another_in_process_engine_is_a_warning():
+    runs = _four(0.1, 0.01, 0.1, 0.01)
+    runs["llama.cpp"].memory["shared_process"] = "another in-process engine was alive in this process (vllm (m))"
+    v = verdict(runs, labkit.fit(BIG, quant="IQ3_S", gpu_memory="12GiB", context=4096), users=8)
+    assert any(w.startswith("llama.cpp's memory is not its own: another in-process engine") for w in v.warnings)
