@@ -270,7 +270,7 @@ def convert(src: Path, out: Path) -> None:
 
     from .gguf_header import read_header
 
-    meta = read_header(src).metadata
+    meta = read_header(src, decode=["tokenizer.ggml.tokens"]).metadata
     folder, name = str(src.parent), src.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     # transformers does not carry these over; llama.cpp follows them on every prompt.
@@ -288,11 +288,56 @@ def convert(src: Path, out: Path) -> None:
     config.torch_dtype = torch.bfloat16
     plain = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
     plain.load_state_dict(loaded.state_dict())
-    # vLLM stops on generation_config's eos ids: give it llama.cpp's end-of-turn tokens too.
-    stops = [meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
-    plain.generation_config.eos_token_id = sorted({int(s) for s in stops if s is not None}) or None
+    # vLLM stops on generation_config's eos ids: give it every token llama.cpp stops on, or the
+    # two part where the model emits one only llama.cpp ends on (SmolLM2's <|endoftext|>).
+    tokens = meta.get("tokenizer.ggml.tokens")
+    plain.generation_config.eos_token_id = eog_ids(meta, tokens if isinstance(tokens, list) else []) or None
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+
+
+# llama.cpp's end-of-generation set (llama-vocab.cpp, llama_vocab::impl::load, as vendored in
+# llama-cpp-python 0.3.36): picked out by token text, "obviously not ideal" in its own words,
+# but it is what llama.cpp and llama-server stop on. Kept in step with that file by hand; an
+# engine test compares it with llama_vocab_is_eog on the bundled model.
+_EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~["})
+# FIM tokens that end generation too: the GGUF's key, else the first token with one of these texts.
+_FIM_EOG = {"fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+            "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+            "fim_sep": ("<|file_sep|>",)}
+
+
+def eog_ids(meta: dict[str, Any], tokens: list[str]) -> list[int]:
+    """The token ids llama.cpp ends generation on, from a GGUF's metadata and its token texts
+    (``tokenizer.ggml.tokens``): FIM pad/repo/file-separator tokens, tokens whose text is an
+    end marker, and the eos/eot/eom ids; less ``<|end|>`` where ``<|return|>`` and ``<|call|>``
+    (or ``<|calls|>`` and ``<|flush|>``) are there too, less ``</s>`` beside ``<|tool_response>``
+    or ``<|plamo:eos|>``. Ids out of the vocabulary are ignored, as llama.cpp ignores them."""
+    n = len(tokens)
+
+    def valid(v: Any) -> int | None:
+        return int(v) if v is not None and int(v) >= 0 and (int(v) < n or not n) else None
+
+    first: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        first.setdefault(t, i)
+    ids = {i for i, t in enumerate(tokens) if t in _EOG_TEXTS}
+    for key, texts in _FIM_EOG.items():
+        found = valid(meta.get(f"tokenizer.ggml.{key}_token_id"))
+        if found is None:
+            found = next((first[t] for t in texts if t in first), None)
+        ids |= {found} if found is not None else set()
+    ids |= {v for k in ("eos", "eot", "eom") if (v := valid(meta.get(f"tokenizer.ggml.{k}_token_id"))) is not None}
+    texts = {tokens[i] for i in ids if i < n}
+    if {"<|return|>", "<|call|>", "<|end|>"} <= texts or {"<|calls|>", "<|flush|>", "<|end|>"} <= texts:
+        ids.discard(first["<|end|>"])
+    if "</s>" in texts and texts & {"<|tool_response>", "<|plamo:eos|>"}:
+        ids.discard(first["</s>"])
+    return sorted(ids)
 
 
 def _probe(eng: Any, tok: Any, other: str, prompt_ids: Any) -> tuple[int, list[dict[str, Any]]]:

@@ -208,7 +208,7 @@ def gguf_path(model: str | Path) -> Path:
 
 
 # Part of the cache key: conversions made before the tokenizer was carried over are redone.
-_CONVERTER = "c3"  # c3: rope scaling carried over
+_CONVERTER = "c4"  # c3: rope scaling carried over; c4: llama.cpp's whole end-of-generation set
 
 
 def _tool_key(package: str) -> str:

@@ -116,3 +116,17 @@ def test_a_conversion_that_lost_its_rope_base_is_refused(tmp_path):
     assert [d["probe"] for d in stored.differences] == ["rope base", "sliding window"]
     # llama.cpp cannot slide a "llama" GGUF: a window there is a limit, and the text stops short of it
     assert stored.valid_up_to == 300 and stored.forced_tokens == conversion.FORCED_TOKENS < 300
+
+
+def test_the_converted_stop_tokens_are_what_llama_cpp_stops_on():
+    """conversion.eog_ids copies llama.cpp's rule by hand: it must give llama_vocab_is_eog's set."""
+    import llama_cpp
+
+    from labkit.engines.llamacpp import LlamaCppEngine
+
+    hf = models.hf_dir("smollm2-135m")
+    with LlamaCppEngine(str(models.resolve("smollm2-135m")), context=64) as eng:
+        vocab = eng.llama._model.vocab
+        want = [t for t in range(eng.llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    got = json.loads((hf / "generation_config.json").read_text())["eos_token_id"]
+    assert (got if isinstance(got, list) else [got]) == want

@@ -79,3 +79,18 @@ def test_a_window_only_one_side_applies_passes_with_its_limit_said():
     assert "the same only up to 4096 tokens: only one side attends" in c.summary()
     rope = {"probe": "rope base", "diagnosis": "the rope base differs"}
     assert not _check(top1_agreement=0.98, mean_kl=0.004, differences=[window, rope]).passed
+
+
+def test_the_converted_stop_tokens_are_llama_cpps_end_of_generation_set():
+    """llama.cpp also stops on tokens it picks out by text (SmolLM2's <|endoftext|>, its
+    <reponame> as a FIM repo token), not only on the eos id: vLLM must be given them all."""
+    from labkit.conversion import eog_ids
+
+    smollm = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>", "hello"]
+    assert eog_ids({"tokenizer.ggml.eos_token_id": 2}, smollm) == [0, 2, 4]
+    # a FIM key in the GGUF wins over the texts; an eos id out of the vocabulary is ignored
+    assert eog_ids({"tokenizer.ggml.fim_rep_token_id": 5, "tokenizer.ggml.eos_token_id": 99}, smollm) == [0, 2, 5]
+    harmony = ["<|return|>", "<|call|>", "<|end|>", "x"]  # gpt-oss: <|end|> is no end there
+    assert eog_ids({"tokenizer.ggml.eos_token_id": 0}, harmony) == [0, 1]
+    assert eog_ids({}, ["</s>", "<|tool_response>"]) == [1]  # gemma4: </s> is a normal token
+    assert eog_ids({"tokenizer.ggml.eos_token_id": 3}, []) == [3]  # no token list: the ids alone
