@@ -122,6 +122,9 @@ class Comparison:
     chat: bool = False  # every prompt sent as chat (conversations always are)
     # The reference's top-k log-probabilities per prompt and position (where it can score).
     ref_scores: dict[int, list[dict[int, float]]] = field(default_factory=dict, repr=False)
+    # Engines whose token ids mean something else than the reference's (another vocabulary),
+    # or may (unknown: it or the reference cannot tokenize): compared by characters only.
+    text_only: list[str] = field(default_factory=list)
 
     def _margin(self, i: int, position: int | None, other: list[int]) -> float:
         """How much the reference preferred its own token, where ``other`` parts from it at
@@ -140,42 +143,60 @@ class Comparison:
 
     def _same_prompt(self, i: int, name: str) -> bool | None:
         """Whether ``name`` was fed the reference's token ids for prompt ``i`` (as sent)."""
-        pid = self.prompt_ids
+        pid = self.sent_prompt_ids
         if pid.empty:
             return None
-        kind = "chat" if _form(self.prompts[i], self.chat)[1] else "raw"
-        row = pid[(pid["prompt"] == i) & (pid["kind"] == kind) & (pid["engine"] == name)]
+        row = pid[(pid["prompt"] == i) & (pid["engine"] == name)]
         if row.empty or pd.isna(row["same_as_ref"].iloc[0]):
             return None
         return bool(row["same_as_ref"].iloc[0])
 
     @property
+    def sent_prompt_ids(self) -> pd.DataFrame:
+        """The rows of ``prompt_ids`` for the form each prompt was sent in (raw or chat): the
+        other form's tokens were never fed, so they say nothing about these outputs."""
+        pid = self.prompt_ids
+        if pid.empty:
+            return pid
+        sent = ["chat" if _form(self.prompts[i], self.chat)[1] else "raw" for i in pid["prompt"]]
+        return pid[pid["kind"] == pd.Series(sent, index=pid.index)]
+
+    def _row(self, i: int, name: str) -> dict[str, Any]:
+        """One engine's output for prompt ``i`` against the reference's."""
+        ref, g = self.generations[self.reference][i], self.generations[name][i]
+        by_token = (g.token_ids is not None and ref.token_ids is not None
+                    and name not in self.text_only and self.reference not in self.text_only)
+        stopped = by_token and _stopped_differently(ref, g)
+        if by_token:
+            fd = first_divergence(ref.token_ids, g.token_ids)
+            agree = token_agreement(ref.token_ids, g.token_ids)
+            # no margin where one stopped on a token the other does not end on: the reference
+            # never chose between them
+            margin = float("nan") if stopped else self._margin(i, fd, g.token_ids)
+        else:  # ids unknown, or from another vocabulary: compare characters
+            fd = first_divergence(list(ref.text), list(g.text))
+            agree, margin = float("nan"), float("nan")
+        same_text = g.text == ref.text
+        return {"prompt": _label(self.prompts[i]), "engine": name,
+                "same_prompt_tokens": self._same_prompt(i, name), "text": g.text, "n_tokens": g.n_tokens,
+                "identical_to_ref": same_text and (fd is None or not by_token), "same_text": same_text,
+                "first_divergence": fd, "divergence_unit": "token" if by_token else "char",
+                "stopped_differently": stopped, "margin_at_divergence": margin, "token_agreement": agree}
+
+    @property
     def table(self) -> pd.DataFrame:
-        """prompt, engine, same_prompt_tokens, text, n_tokens, identical_to_ref,
-        first_divergence, margin_at_divergence, token_agreement. ``same_prompt_tokens``
-        False means the engines were not fed the same tokens: their outputs are not
-        comparable as they stand. ``margin_at_divergence``: the reference's log-probability
-        of its own token minus that of the other's where they part (below ``NEAR_TIE_NATS``:
-        a near-tie)."""
-        rows = []
-        for i, prompt in enumerate(self.prompts):
-            ref = self.generations[self.reference][i]
-            for name in self.names:
-                g = self.generations[name][i]
-                ids_known = g.token_ids is not None and ref.token_ids is not None
-                if ids_known:
-                    fd = first_divergence(ref.token_ids, g.token_ids)
-                    agree = token_agreement(ref.token_ids, g.token_ids)
-                    margin = self._margin(i, fd, g.token_ids)
-                else:  # a server that gives no token ids: compare characters
-                    fd = first_divergence(list(ref.text), list(g.text))
-                    agree, margin = float("nan"), float("nan")
-                rows.append({"prompt": _label(prompt), "engine": name,
-                             "same_prompt_tokens": self._same_prompt(i, name), "text": g.text,
-                             "n_tokens": g.n_tokens, "identical_to_ref": g.text == ref.text,
-                             "first_divergence": fd, "divergence_unit": "token" if ids_known else "char",
-                             "margin_at_divergence": margin, "token_agreement": agree})
-        frame = pd.DataFrame(rows)
+        """prompt, engine, same_prompt_tokens, text, n_tokens, identical_to_ref, same_text,
+        first_divergence, divergence_unit, stopped_differently, margin_at_divergence,
+        token_agreement. ``same_prompt_tokens`` False means the engines were not fed the same
+        tokens: their outputs are not comparable as they stand. ``identical_to_ref``: the same
+        token ids (where both are known and from one vocabulary, else the same text).
+        ``first_divergence``: where the outputs part, in tokens or, where token ids are unknown
+        or from different vocabularies, characters (``divergence_unit``).
+        ``stopped_differently``: the outputs part only because one ended on a token the other
+        does not end on (its end-token set differs); not a divergence, no margin.
+        ``margin_at_divergence``: the reference's log-probability of its own token minus that
+        of the other's where they part (below ``NEAR_TIE_NATS``: a near-tie)."""
+        frame = pd.DataFrame([self._row(i, name) for i in range(len(self.prompts)) for name in self.names])
         if not frame.empty:  # positions are whole numbers, "none" where the texts agree
             frame["first_divergence"] = frame["first_divergence"].astype("Int64")
         return frame
@@ -195,10 +216,7 @@ class Comparison:
                 row = t[(t["engine"] == name)].iloc[i]
                 text = self.generations[name][i].text
                 marked = html.escape(text) if name == self.reference else _diff_html(ref, text)
-                fd = row["first_divergence"]
-                status = ("identical" if row["identical_to_ref"] else
-                          "same tokens, different text" if pd.isna(fd) else
-                          f"diverges at {row['divergence_unit']} {int(fd)}{_tie(row['margin_at_divergence'])}")
+                status = _status(row)
                 if row["same_prompt_tokens"] is not None and not row["same_prompt_tokens"]:
                     status = ("<b style='color:#b00'>fed different prompt tokens: not comparable"
                               f"</b> ({status})")
@@ -209,10 +227,10 @@ class Comparison:
         shown = self.parity[self.parity["engine"] != self.reference] if not self.parity.empty else self.parity
         parity = "" if shown.empty else f"<h4>Logprob parity vs the reference ({html.escape(self.reference)})</h4>" \
             + shown.to_html(index=False, float_format=lambda x: f"{x:.4f}")
-        pid = self.prompt_ids
+        pid = self.sent_prompt_ids  # the form not sent was never fed: no verdict on it
         mism = pid[pid["same_as_ref"].eq(False)] if not pid.empty else pid
         unknown = sorted(set(pid[pid["same_as_ref"].isna()]["engine"])) if not pid.empty else []
-        tok = ("<p>Prompt token ids: identical in every engine (raw and chat).</p>" if mism.empty and not unknown else
+        tok = ("<p>Prompt token ids: identical in every engine (as sent).</p>" if mism.empty and not unknown else
                "" if mism.empty else
                "<div style='border:2px solid #b00;padding:6px;margin:6px 0'><b style='color:#b00'>"
                "These engines were not fed the same prompt tokens, so their outputs are not "
@@ -225,6 +243,30 @@ class Comparison:
         notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in self.notes)
         style = "<style>.lk-del{background:#fdd;text-decoration:line-through}.lk-ins{background:#cfc}</style>"
         return (f"{style}{tok}<table><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>{parity}{notes}")
+
+
+def _stopped_differently(ref: Generation, other: Generation) -> bool:
+    """Whether one output is the other cut short where it ended on a token ("stop") that the
+    other generated too and went on past: the two stop on different end-token sets."""
+    a, b = ref.token_ids or [], other.token_ids or []
+    short, long_ = (ref, other) if len(a) < len(b) else (other, ref)
+    ids_s, ids_l = short.token_ids or [], long_.token_ids or []
+    return (0 < len(ids_s) < len(ids_l) and ids_l[:len(ids_s)] == ids_s
+            and short.finish_reason == "stop")
+
+
+def _status(row: pd.Series) -> str:
+    """One output's line above its text: identical, or where and how it parts from the reference."""
+    fd, unit = row["first_divergence"], row["divergence_unit"]
+    if row["identical_to_ref"]:
+        return "identical"
+    if pd.isna(fd):
+        return "same tokens, different text"
+    if row["stopped_differently"]:
+        return f"stopped differently at token {int(fd)} (end-token sets differ)"
+    if row["same_text"]:
+        return f"same text, different tokens from {unit} {int(fd)}"
+    return f"diverges at {unit} {int(fd)}{_tie(row['margin_at_divergence'])}"
 
 
 def _tie(margin: float) -> str:
@@ -345,27 +387,40 @@ def compare(engines: dict[str, Engine], prompts: Sequence[str | Conversation], *
     if reference not in engines:
         raise InvalidInput(f"reference {reference!r} is not one of {names}.")
     gens = {name: _generate_mixed(eng, prompts, chat, max_tokens) for name, eng in engines.items()}
-    notes: list[str] = []
     pid = _prompt_parity(engines, reference, prompts)
+    differing, unknown = _same_vocabulary(engines, reference)
+    notes = _vocabulary_notes(differing, unknown, reference)
     parity, positions, ref_scores = pd.DataFrame(), pd.DataFrame(), {}
     if logprobs:
-        differing, unknown = _same_vocabulary(engines, reference)
         scorable = {n: e for n, e in engines.items()
                     if isinstance(e, Scores) and n not in differing and n not in unknown}
-        if differing:
-            notes.append(f"{', '.join(differing)} tokenize differently from {reference}: logprob parity is not "
-                         "defined across different vocabularies, so only text is compared for them.")
-        if unknown:
-            notes.append(f"{', '.join(unknown)} cannot give token ids here, so whether "
-                         f"{'they share' if len(unknown) > 1 else 'it shares'} {reference}'s vocabulary is unknown: "
-                         "only text is compared for them.")
         skipped = [n for n in engines if not isinstance(engines[n], Scores) and n not in differing + unknown]
-        if skipped:
-            notes.append(f"{', '.join(skipped)} cannot score a fixed continuation (teacher forcing); "
-                         "logprob parity uses the in-process engines.")
-        if reference in scorable and len(scorable) >= 1:
+        if reference in scorable:
+            if skipped:
+                notes.append(f"{', '.join(skipped)} cannot score a fixed continuation (teacher forcing): "
+                             "logprob parity covers only the engines that can.")
             parity, positions, ref_scores = _score_parity(scorable, reference, prompts, gens[reference], k, chat)
-    return Comparison(names, reference, prompts, gens, pid, parity, positions, notes, chat, ref_scores)
+        else:  # every margin and parity figure is the reference's scores: none without them
+            why = "cannot score a fixed continuation (teacher forcing)" if not isinstance(
+                engines[reference], Scores) else "cannot give its token ids here"
+            notes.append(f"No logprob parity and no margins at divergences were computed: both come from "
+                         f"the reference's scores, and the reference {reference} {why}. Make an in-process "
+                         "engine the reference for them.")
+    return Comparison(names, reference, prompts, gens, pid, parity, positions, notes, chat, ref_scores,
+                      text_only=differing + unknown)
+
+
+def _vocabulary_notes(differing: list[str], unknown: list[str], reference: str) -> list[str]:
+    notes = []
+    if differing:
+        notes.append(f"{', '.join(differing)} tokenize differently from {reference}: their token ids are not "
+                     "comparable (and logprob parity is not defined across vocabularies), so only text is "
+                     "compared for them, character by character.")
+    if unknown:
+        notes.append(f"{', '.join(unknown)} cannot give token ids here, so whether "
+                     f"{'they share' if len(unknown) > 1 else 'it shares'} {reference}'s vocabulary is unknown: "
+                     "only text is compared for them, character by character.")
+    return notes
 
 
 # --- quantization ladder ---------------------------------------------------------------------

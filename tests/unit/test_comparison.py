@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pandas as pd
+import pytest
+
 import labkit
 
 from .fake_engine import FakeEngine, FakeScoringEngine
@@ -85,3 +88,85 @@ def test_the_compare_panel_starts_with_its_engines_selected_and_explains_a_lone_
     panel.run_button.click()
     panel.wait(30)
     assert panel.comparison is not None and "identical" in panel.result.value
+
+
+class _Scripted(FakeScoringEngine):
+    """Generates the given (token id, text) pairs, ending with finish "stop" when ``stops``
+    (the end token output as vLLM and llama.cpp give it: an id, no text)."""
+
+    def __init__(self, pieces, stops=False, chat_prefix=(), vocab_shift=0, can_chat=True):
+        super().__init__()
+        self.pieces, self.stops = pieces, stops
+        self.chat_prefix, self.vocab_shift, self.can_chat = list(chat_prefix), vocab_shift, can_chat
+
+    def tokenize(self, text, *, chat: bool = False) -> list[int]:
+        if chat and not self.can_chat:
+            raise ValueError("this model has no chat template")
+        ids = (self.chat_prefix if chat else []) + super().tokenize(text, chat=chat)
+        return [i + self.vocab_shift for i in ids]
+
+    def _tokens(self, params, t0, prompt_tokens=None):
+        from labkit.engines.base import Token
+
+        for tok, text in self.pieces:
+            yield Token(text, tok, 0.0)
+        yield Token("", None, 0.0, finish_reason="stop" if self.stops else "length", prompt_tokens=prompt_tokens)
+
+
+_LLAMA_ENDS = [(5, " a"), (6, " b"), (0, "")]  # stopped on token 0, an end token to llama.cpp only
+_VLLM_GOES_ON = [(5, " a"), (6, " b"), (0, ""), (8, " c"), (2, "")]
+
+
+@pytest.mark.parametrize("reference", ["llama.cpp", "vllm"])
+def test_outputs_that_part_only_where_one_engine_stopped_say_so_with_no_margin(reference):
+    engines = {"llama.cpp": _Scripted(_LLAMA_ENDS, stops=True), "vllm": _Scripted(_VLLM_GOES_ON, stops=True)}
+    cmp = labkit.compare(engines, ["one two"], max_tokens=8, reference=reference)
+    other = cmp.table.set_index("engine").drop(reference).iloc[0]
+    assert other["stopped_differently"] and other["first_divergence"] == 3
+    assert pd.isna(other["margin_at_divergence"])  # the reference never chose between the two
+    page = cmp._repr_html_()
+    assert "stopped differently at token 3 (end-token sets differ)" in page and "diverges at" not in page
+
+
+def test_a_shorter_output_that_ran_out_of_tokens_still_diverges():
+    engines = {"a": _Scripted(_VLLM_GOES_ON), "b": _Scripted(_LLAMA_ENDS)}  # b hit max_tokens, no stop
+    row = labkit.compare(engines, ["one two"], max_tokens=8).table.set_index("engine").loc["b"]
+    assert not row["stopped_differently"] and row["first_divergence"] == 3
+
+
+def test_the_same_text_from_different_tokens_is_not_called_identical():
+    engines = {"a": _Scripted([(11, " Paris")]), "b": _Scripted([(12, " Par"), (13, "is")])}
+    cmp = labkit.compare(engines, ["one two"], max_tokens=8)
+    row = cmp.table.set_index("engine").loc["b"]
+    assert not row["identical_to_ref"] and row["same_text"] and row["first_divergence"] == 0
+    assert "same text, different tokens from token 0" in cmp._repr_html_()
+
+
+def test_an_engine_with_another_vocabulary_is_compared_by_characters_with_no_margin():
+    engines = {"a": _Scripted([(5, " x"), (6, " y")]), "b": _Scripted([(5, " x"), (7, " z")], vocab_shift=1000)}
+    cmp = labkit.compare(engines, ["one two"], max_tokens=8)
+    row = cmp.table.set_index("engine").loc["b"]
+    assert row["divergence_unit"] == "char" and row["first_divergence"] == 3
+    assert pd.isna(row["margin_at_divergence"]) and pd.isna(row["token_agreement"])
+    assert "diverges at char 3" in cmp._repr_html_()
+
+
+def test_prompt_tokens_are_judged_in_the_form_the_prompts_were_sent():
+    out = [(5, " x")]
+    # raw prompts sent: a chat template that differs, or is missing, says nothing about them
+    cmp = labkit.compare({"a": _Scripted(out), "b": _Scripted(out, chat_prefix=(9,))}, ["one two"], max_tokens=4)
+    assert "not fed the same prompt tokens" not in cmp._repr_html_()
+    assert cmp.sent_prompt_ids["same_as_ref"].eq(True).all()
+    cmp = labkit.compare({"a": _Scripted(out), "c": _Scripted(out, can_chat=False)}, ["one two"], max_tokens=4)
+    assert "not checked" not in cmp._repr_html_() and cmp.sent_prompt_ids["same_as_ref"].eq(True).all()
+    # sent as chat, the differing template is what was fed: flagged
+    cmp = labkit.compare({"a": _Scripted(out), "b": _Scripted(out, chat_prefix=(9,))}, ["one two"],
+                         max_tokens=4, chat=True)
+    assert "not fed the same prompt tokens" in cmp._repr_html_()
+
+
+def test_a_reference_that_cannot_score_says_no_parity_or_margins_were_computed():
+    cmp = labkit.compare({"server": FakeEngine(), "b": FakeScoringEngine()}, ["one two"], max_tokens=4)
+    assert cmp.parity.empty and any("No logprob parity and no margins" in n for n in cmp.notes)
+    assert not any("uses the in-process engines" in n for n in cmp.notes)
+
