@@ -641,7 +641,8 @@ def _ladder(quants: Sequence[str], protocol: str) -> list[str]:
                            f"{', '.join(models.quant_types())}.")
     if protocol not in PROTOCOLS:
         raise InvalidInput(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
-    return (["F16"] if "F16" not in quants else []) + quants
+    # F16 first whatever the order given: the first variant measured is the reference
+    return ["F16"] + [q for q in dict.fromkeys(quants) if q != "F16"]
 
 
 def _measure_variant(path: Path, windows: list[list[int]] | None, *, text: str, chunk_tokens: int,

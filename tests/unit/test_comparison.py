@@ -170,3 +170,10 @@ def test_a_reference_that_cannot_score_says_no_parity_or_margins_were_computed()
     assert cmp.parity.empty and any("No logprob parity and no margins" in n for n in cmp.notes)
     assert not any("uses the in-process engines" in n for n in cmp.notes)
 
+
+def test_the_quant_ladder_measures_f16_first_whatever_the_order_given():
+    from labkit.comparison import _ladder
+
+    # the first variant measured is the reference: F16 listed second used to leave Q4_K_M there
+    assert _ladder(["q4_k_m", "F16", "Q8_0"], "quick") == ["F16", "Q4_K_M", "Q8_0"]
+    assert _ladder(["Q8_0"], "quick") == ["F16", "Q8_0"]
