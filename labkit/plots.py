@@ -162,15 +162,26 @@ def quant_ladder(table: pd.DataFrame | Any) -> go.Figure:
 
 
 def divergence_histogram(comparison: Any) -> go.Figure:
-    """Where outputs start to differ from the reference (token index), per engine."""
+    """Where outputs start to differ from the reference, per engine: by token index where
+    token ids are compared, by character index where they are not (ids unknown, or another
+    vocabulary), one panel per unit. Outputs that part only because one engine stopped on a
+    token the other does not end on are not divergences: counted in the legend, not plotted."""
+    from plotly.subplots import make_subplots
+
     t = comparison.table
     t = t[t["engine"] != comparison.reference]
-    fig = go.Figure()
-    for engine, g in t.groupby("engine", sort=False):
-        fd = g["first_divergence"].dropna()
-        fig.add_histogram(x=fd, name=f"{engine} ({len(g) - len(fd)} identical)", nbinsx=16)
-    fig.update_layout(title="First divergence from the reference", xaxis_title="token index",
-                      yaxis_title="prompts", barmode="overlay", template="plotly_white")
+    units = [u for u in ("token", "char") if (t["divergence_unit"] == u).any()] or ["token"]
+    fig = make_subplots(rows=len(units), cols=1)
+    for row, unit in enumerate(units, start=1):
+        for engine, g in t[t["divergence_unit"] == unit].groupby("engine", sort=False):
+            stopped = g["stopped_differently"].fillna(False).astype(bool)
+            fd = g.loc[~stopped, "first_divergence"].dropna()
+            extra = f", {int(stopped.sum())} stopped differently" if stopped.any() else ""
+            fig.add_histogram(x=fd, name=f"{engine} ({len(g) - len(fd) - int(stopped.sum())} identical{extra})",
+                              nbinsx=16, row=row, col=1)
+        fig.update_xaxes(title_text="token index" if unit == "token" else "character index", row=row, col=1)
+        fig.update_yaxes(title_text="prompts", row=row, col=1)
+    fig.update_layout(title="First divergence from the reference", barmode="overlay", template="plotly_white")
     return fig
 
 

@@ -177,3 +177,17 @@ def test_the_quant_ladder_measures_f16_first_whatever_the_order_given():
     # the first variant measured is the reference: F16 listed second used to leave Q4_K_M there
     assert _ladder(["q4_k_m", "F16", "Q8_0"], "quick") == ["F16", "Q4_K_M", "Q8_0"]
     assert _ladder(["Q8_0"], "quick") == ["F16", "Q8_0"]
+
+
+def test_the_divergence_histogram_keeps_characters_and_tokens_on_axes_of_their_own():
+    from labkit.plots import divergence_histogram
+
+    engines = {"a": _Scripted(_VLLM_GOES_ON, stops=True), "ends": _Scripted(_LLAMA_ENDS, stops=True),
+               "other vocab": _Scripted([(5, " a"), (7, " z")], vocab_shift=1000)}
+    fig = divergence_histogram(labkit.compare(engines, ["one two"], max_tokens=8))
+    axes = {tr.name: tr.xaxis for tr in fig.data}
+    assert axes["other vocab (0 identical)"] != axes["ends (0 identical, 1 stopped differently)"]
+    titles = {fig.layout[f"xaxis{'' if ax == 'x' else ax[1:]}"].title.text for ax in axes.values()}
+    assert titles == {"token index", "character index"}
+    ends = next(tr for tr in fig.data if tr.name.startswith("ends"))
+    assert len(ends.x) == 0  # stopping on another end token is not a divergence
