@@ -193,19 +193,33 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
                 body["logprobs"] = params.logprobs
         if params.ignore_eos:
             body["ignore_eos"] = True  # vLLM and llama-server both accept it
-        if self.flavor == "vllm":
-            body["return_token_ids"] = True
-            body["return_tokens_as_token_ids"] = True  # top-k logprobs keyed by id
-        elif self.flavor == "llama-server":
-            if self.cache_prompt is not None:
-                body["cache_prompt"] = self.cache_prompt
-            body["return_tokens"] = True
-            body["verbose"] = True  # puts the token ids of each chunk under "__verbose"
-            if params.temperature == 0:
-                body["top_k"] = 1
-            else:  # sample as the in-process engine does: llama-server's defaults add top_k=40, min_p=0.05
-                body.update(top_k=0, min_p=0.0, repeat_penalty=1.0)
+        body.update(self._server_fields(params))
         return ("/v1/chat/completions" if chat else "/v1/completions"), body
+
+    def _server_fields(self, params: SamplingParams) -> dict[str, Any]:
+        """Fields only vLLM or llama-server know (a strict generic server may refuse them):
+        token ids back, and every sampler labkit does not use switched off. A field left out
+        takes the server's default, which is not labkit's: vLLM fills it from the model's
+        generation_config.json (repetition_penalty 1.05, top_k 50, ...) unless started with
+        --generation-config vllm, and penalties and DRY run before llama-server's top-k even
+        at temperature 0."""
+        if self.flavor == "vllm":
+            # top_k -1: "disabled" to every vLLM (0 too since 0.8, and refused before)
+            return {"return_token_ids": True, "return_tokens_as_token_ids": True,  # logprobs keyed by id
+                    "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                    "top_k": -1, "min_p": 0.0}
+        if self.flavor != "llama-server":
+            return {}
+        fields: dict[str, Any] = {"return_tokens": True, "verbose": True,  # ids of each chunk under "__verbose"
+                                  "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                                  "dry_multiplier": 0.0}
+        if self.cache_prompt is not None:
+            fields["cache_prompt"] = self.cache_prompt
+        if params.temperature == 0:
+            fields["top_k"] = 1
+        else:  # sample as the in-process engine does: llama-server's defaults add top_k=40, min_p=0.05
+            fields.update(top_k=0, min_p=0.0)
+        return fields
 
     def _stream(self, prompt, params: SamplingParams, chat: bool, t0: float) -> Iterator[Token]:
         path, body = self._body(prompt, params, chat)

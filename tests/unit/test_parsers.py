@@ -141,3 +141,27 @@ def test_llama_server_gets_the_in_process_samplers_not_its_own_defaults():
     assert (sampled["top_k"], sampled["min_p"], sampled["repeat_penalty"]) == (0, 0.0, 1.0)
     _, greedy = eng._body("hi", SamplingParams(max_tokens=4, temperature=0.0), chat=False)
     assert greedy["top_k"] == 1
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_every_sampler_labkit_does_not_use_is_switched_off_where_the_server_kind_is_known(temperature):
+    """A field left out takes the server's default: vLLM's comes from the model's
+    generation_config.json (repetition_penalty 1.05 in some), and llama-server runs its
+    penalties and DRY before top-k, greedy or not."""
+    from labkit.engines.base import SamplingParams
+    from labkit.engines.openai import HttpEngine
+
+    eng = object.__new__(HttpEngine)
+    eng.model, eng.cache_prompt = "m", None
+    params = SamplingParams(max_tokens=4, temperature=temperature)
+    eng.flavor = "llama-server"
+    _, body = eng._body("hi", params, chat=False)
+    assert (body["repeat_penalty"], body["presence_penalty"], body["frequency_penalty"],
+            body["dry_multiplier"]) == (1.0, 0.0, 0.0, 0.0)
+    eng.flavor = "vllm"
+    _, body = eng._body([{"role": "user", "content": "hi"}], params, chat=True)
+    assert (body["repetition_penalty"], body["presence_penalty"], body["frequency_penalty"],
+            body["top_k"], body["min_p"]) == (1.0, 0.0, 0.0, -1, 0.0)
+    eng.flavor = "generic"  # a strict server may refuse fields it does not know: none sent
+    _, body = eng._body("hi", params, chat=False)
+    assert not {"repetition_penalty", "repeat_penalty", "top_k", "min_p", "dry_multiplier"} & set(body)
