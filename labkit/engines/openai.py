@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -62,6 +63,30 @@ def served_as(served: list[dict[str, Any]], model: str | None, url: str) -> tupl
     return model, {"llamacpp": "llama-server", "vllm": "vllm"}.get(owner, "generic")
 
 
+def _split_secrets(url: str) -> tuple[str, str | None, list[tuple[str, str]]]:
+    """(the URL without user:password@, query or fragment; the user:password; the query's
+    pairs). Those go with every request (a Basic Authorization header, query parameters) but
+    are never recorded: a result's manifest, the engine's info and error messages name the
+    bare URL. An API key belongs in api_key_env (LABKIT_API_KEY on the command line)."""
+    from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    userinfo = None
+    if "@" in parts.netloc:
+        raw, _, host = parts.netloc.rpartition("@")
+        user, _, password = raw.partition(":")
+        userinfo = f"{unquote(user)}:{unquote(password)}"
+        parts = parts._replace(netloc=host)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    return urlunsplit(parts._replace(query="", fragment="")), userinfo, query
+
+
+def _basic(userinfo: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(userinfo.encode()).decode()
+
+
 def _root(url: str) -> str:
     url = url.rstrip("/")
     return url[: -len("/v1")] if url.endswith("/v1") else url
@@ -86,10 +111,14 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
             shown = {str(k): type(v).__name__ for k, v in headers.items()} if isinstance(headers, dict) \
                 else type(headers).__name__
             raise InvalidInput(f"headers must map header names to strings, got {shown}.")
-        self.url = _root(url) + "/v1"
-        headers = {**(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+        url, userinfo, self._query = _split_secrets(url)
+        self.url = _root(url) + "/v1"  # recorded (info, manifest, messages): no credentials, no query
+        if userinfo and api_key:
+            raise InvalidInput("Give the credentials in the URL (user:password@) or as an API key, not both.")
+        headers = {**(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {}),
+                   **({"Authorization": _basic(userinfo)} if userinfo else {})}
         self._client_options: dict[str, Any] = dict(
-            timeout=httpx.Timeout(timeout_s, connect=10.0), headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=10.0), headers=headers, params=self._query,
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections),
         )
@@ -136,7 +165,8 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
         """What another process needs to reach this server as this engine does (for load
         from several processes): URL, model, headers, limits. It holds the API key, so it is
         handed over in memory only, never written."""
-        return {"url": self.url, "model": self.model, "headers": self.http_headers,
+        query = f"?{urlencode(self._query)}" if self._query else ""
+        return {"url": self.url + query, "model": self.model, "headers": self.http_headers,
                 "timeout_s": self._timeout_s, "max_connections": self._max_connections,
                 "cache_prompt": self.cache_prompt}
 
@@ -256,7 +286,7 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
         url = _root(self.url) + path
         t0 = time.perf_counter()
         try:
-            async with self._async_session().post(url, json=body) as r:
+            async with self._async_session().post(url, json=body, params=self._query or None) as r:
                 if r.status >= 400:
                     _raise_http(url, r.status, await r.text())
                 # Whatever the network hands over at once, read as one piece and timed once

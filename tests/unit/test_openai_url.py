@@ -1,0 +1,91 @@
+"""Credentials and a query in an openai engine's URL go with every request and into no
+record (a fake server on 127.0.0.1 that notes what each request carried)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+import labkit
+from labkit.engines.servers import free_port
+from labkit.errors import InvalidInput
+
+SEEN: list[tuple[str, str | None, dict[str, str]]] = []  # (path, Authorization, query) per request
+
+
+def _note(request: web.Request) -> None:
+    SEEN.append((request.path, request.headers.get("Authorization"), dict(request.query)))
+
+
+async def _models(request: web.Request) -> web.Response:
+    _note(request)
+    return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "someone"}]})
+
+
+async def _completions(request: web.Request) -> web.StreamResponse:
+    _note(request)
+    r = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await r.prepare(request)
+    for text, finish in (("hi", None), ("", "length")):
+        chunk = {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+        await r.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    await r.write(b"data: [DONE]\n\n")
+    return r
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    """The fake on 127.0.0.1 in a thread of its own; yields its host:port."""
+    loop, app = asyncio.new_event_loop(), web.Application()
+    app.add_routes([web.get("/v1/models", _models), web.post("/v1/completions", _completions)])
+    runner, port, started = web.AppRunner(app, shutdown_timeout=0.1), free_port(), threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert started.wait(10)
+    SEEN.clear()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+
+
+async def _astream(eng) -> list:
+    out = [tok async for tok in eng.astream("hello", max_tokens=2)]
+    await eng.aclose()
+    return out
+
+
+def test_credentials_and_query_in_the_url_are_sent_but_never_recorded(server):
+    eng = labkit.load("openai", url=f"http://user:s%40cret@{server}/v1?tenant=t1")
+    try:
+        assert eng.generate(["hello"], max_tokens=2)[0].text == "hi"
+        asyncio.run(_astream(eng))  # the load generator's path (aiohttp)
+        recorded = json.dumps(eng.info.to_dict())
+    finally:
+        eng.close()
+    want = "Basic " + base64.b64encode(b"user:s@cret").decode()
+    assert [p for p, _, _ in SEEN] == ["/v1/models", "/v1/completions", "/v1/completions"]  # (no /version here)
+    assert all(auth == want and query == {"tenant": "t1"} for _, auth, query in SEEN)
+    assert f"http://{server}/v1" in recorded
+    assert "cret" not in recorded and "user" not in recorded and "tenant" not in recorded
+
+
+def test_credentials_in_the_url_and_an_api_key_are_refused_together(server):
+    with pytest.raises(InvalidInput, match="not both"):
+        labkit.load("openai", url=f"http://user:pw@{server}/v1", api_key="k")
