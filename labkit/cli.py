@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from .environment import environment
 from .errors import InvalidInput, LabkitError
@@ -22,6 +22,45 @@ def register(name: str, help_text: str, func: Callable[[argparse.Namespace], int
              add_args: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> None:
     """Make ``func`` the ``labkit NAME`` subcommand; ``add_args`` declares its arguments."""
     _COMMANDS[name] = (func, add_args, help_text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with labkit's error format: one `labkit: error:` line and exit 2, as for any
+    other bad input, instead of a usage block (subparsers are made of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"labkit: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_seconds(value: str) -> int:
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"takes a whole number of seconds above 0, got {value!r}")
+    return seconds
+
+
+def _positive_float_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise argparse.ArgumentTypeError(f"takes a number of seconds above 0, got {value!r}")
+    return seconds
+
+
+def _top_k(value: str) -> int:
+    # 0 would read as "off" and pass silently; the engines take 1 to 20 (GenerationParams)
+    try:
+        k = int(value)
+    except ValueError:
+        k = 0
+    if not 1 <= k <= 20:
+        raise argparse.ArgumentTypeError(f"takes a top-k from 1 to 20 (leave it out for none), got {value!r}")
+    return k
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -39,20 +78,47 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 API_KEY_VARIABLE = "LABKIT_API_KEY"
 
 
+# Which engines each common flag applies to: a flag given to another engine is refused, not
+# dropped (`--engine openai --threads 4` would otherwise run with the server's own threads).
+_LOCAL = frozenset({"llama.cpp", "vllm", "llama-server", "vllm-server"})
+FLAG_ENGINES: dict[str, frozenset[str]] = {
+    "url": frozenset({"openai"}), "threads": _LOCAL, "context": _LOCAL,
+    "parallel": frozenset({"llama-server"}), "gpu_layers": frozenset({"llama.cpp", "llama-server"})}
+
+
+def check_engine_flags(args: argparse.Namespace, engines: list[str]) -> None:
+    """Refuse a common flag that applies to none of ``engines`` (unknown names are left to load())."""
+    from .engines.base import ENGINES
+
+    known = [e for e in engines if e in ENGINES]
+    for flag, fits in FLAG_ENGINES.items():
+        if known and getattr(args, flag, None) is not None and not fits & set(known):
+            which = f"--engine {known[0]}" if len(engines) == 1 else f"any of --engines {','.join(engines)}"
+            raise InvalidInput(f"--{flag.replace('_', '-')} does not apply to {which}: it is for "
+                               f"{', '.join(sorted(fits))}. Remove it.")
+
+
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Engine keyword arguments from the common flags (only those given).
+    """Engine keyword arguments from the common flags (only those given); a flag that does not
+    apply to ``--engine`` is refused.
 
     An API key comes only from the environment (``LABKIT_API_KEY``), never from the command
     line, where ``ps`` would show it: the openai engine sends it, and managed servers are
     started requiring it.
     """
+    check_engine_flags(args, [args.engine])
+    return kwargs_for(args, args.engine)
+
+
+def kwargs_for(args: argparse.Namespace, engine: str) -> dict[str, Any]:
+    """The common flags that apply to ``engine``, as its keyword arguments (unchecked)."""
     import os
 
     if getattr(args, "api_key", None) is not None:
         raise InvalidInput(f"An API key on the command line shows in `ps` and the shell's history: "
                            f"export it as {API_KEY_VARIABLE} instead (labkit sends it from there).")
     key = os.environ.get(API_KEY_VARIABLE)
-    if args.engine == "openai":
+    if engine == "openai":
         if not args.url:
             raise LabkitError("--engine openai needs --url (e.g. http://127.0.0.1:8000/v1).")
         kw: dict[str, Any] = {"url": args.url}
@@ -62,12 +128,11 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             kw["api_key"] = key
         return kw
     kw = {"model": args.model}
-    if key and args.engine in ("llama-server", "vllm-server"):
+    if key and engine in ("llama-server", "vllm-server"):
         kw["api_key"] = key
-    for flag, key in (("threads", "threads"), ("context", "context"), ("parallel", "parallel"),
-                      ("gpu_layers", "gpu_layers")):
-        if getattr(args, flag, None) is not None:
-            kw[key] = getattr(args, flag)
+    for flag in ("threads", "context", "parallel", "gpu_layers"):
+        if getattr(args, flag, None) is not None and engine in FLAG_ENGINES[flag]:
+            kw[flag] = getattr(args, flag)
     return kw
 
 
@@ -97,7 +162,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .engines import load
 
     params = {"max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed}
-    if args.logprobs:
+    if args.logprobs is not None:
         params["logprobs"] = args.logprobs
     with load(args.engine, **engine_kwargs(args)) as engine:
         if args.chat:
@@ -118,7 +183,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--logprobs", type=int, help="top-k logprobs per token")
+    p.add_argument("--logprobs", type=_top_k, help="top-k logprobs per token (1 to 20)")
     p.add_argument("--chat", action="store_true", help="send each prompt as a one-message chat")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt")
 
@@ -135,10 +200,11 @@ def _compare(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--engines takes two or more different engines, comma-separated "
                            f"(e.g. llama.cpp,vllm), got {args.engines!r}.")
     prompts = [[{"role": "user", "content": p}] for p in args.prompts] if args.chat else args.prompts
+    check_engine_flags(args, names)
     engines: dict[str, Any] = {}
     try:
         for name in names:
-            engines[name] = load(name, **engine_kwargs(argparse.Namespace(**{**vars(args), "engine": name})))
+            engines[name] = load(name, **kwargs_for(args, name))
         cmp = compare(engines, prompts, max_tokens=args.max_tokens, logprobs=not args.no_logprobs)
     finally:
         for engine in engines.values():
@@ -204,6 +270,7 @@ def _bench(args: argparse.Namespace) -> int:
     wl = workloads.named(args.workload, args.input_tokens, args.output_tokens)
     kwargs = engine_kwargs(args)
     rates = _float_list(args.rate, "--rate") if args.rate else None
+    _folder_or_new(args.out)  # before the engine loads, not after
     stop = threading.Event()
     # A parent can hand its SIGINT mask down (a blocked signal survives exec); Ctrl-C must work.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -231,7 +298,7 @@ def _bench(args: argparse.Namespace) -> int:
         if args.out:
             print(f"results: {args.out}")
     if res.ended == "completed":
-        return 0
+        return _requests_exit(summary, res.requests, f", kept in {args.out}" if args.out else "")
     sent = int(summary["completed"].sum()) if "completed" in summary else 0
     total = len(res.requests)
     kept = f", kept in {args.out}" if args.out else ""
@@ -242,6 +309,41 @@ def _bench(args: argparse.Namespace) -> int:
     if res.engine_log:
         print("--- last lines of the engine's log ---\n" + res.engine_log, file=sys.stderr)
     return 1
+
+
+def _folder_or_new(out: str | None) -> None:
+    """Refuse an --out that cannot become a folder (a file, or a file above it)."""
+    from pathlib import Path
+
+    if not out:
+        return
+    for path in (Path(out), *Path(out).parents):
+        if path.exists():
+            if not path.is_dir():
+                raise InvalidInput(f"--out {out}: {path} is a file, not a folder. Give a new folder or "
+                                   "an existing one.")
+            return
+
+
+def _first_error(requests: Any) -> str:
+    errors = requests["error"].dropna() if "error" in requests else []
+    return " ".join(str(errors.iloc[0]).split())[:200] if len(errors) else ""
+
+
+def _requests_exit(summary: Any, requests: Any, kept: str) -> int:
+    """A sweep that ran to its end: 1 when no request completed (nothing was measured), else
+    0, with a warning on stderr when some failed (their figures are not in the table)."""
+    completed = int(summary["completed"].sum()) if "completed" in summary else 0
+    errors = int(summary["errors"].sum()) if "errors" in summary else 0
+    first = _first_error(requests)
+    if completed == 0:
+        failed = f": all {errors} failed (first: {first})" if errors else ""
+        print(f"labkit: error: no request completed{failed}{kept}.", file=sys.stderr)
+        return 1
+    if errors:
+        print(f"labkit: warning: {errors} of {completed + errors} requests failed (first: {first}); the "
+              f"figures are those of the {completed} that completed{kept}.", file=sys.stderr)
+    return 0
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
@@ -300,28 +402,48 @@ def _capacity(args: argparse.Namespace) -> int:
 
     slo = SLO.parse(args.slo)
     wl = workloads.chat(args.input_tokens, args.output_tokens)
+    kwargs = engine_kwargs(args)
+    _folder_or_new(args.out)
     stop = threading.Event()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     previous = signal.signal(signal.SIGINT, _stop_then_raise(stop))
     try:
         cap = capacity(args.engine, slo=slo, workload=wl, by=args.by, start=args.start,
                        max_level=args.max_level, budget_s=args.budget, duration_s=args.duration,
-                       out=args.out, progress=not args.json, stop_event=stop, **engine_kwargs(args))
+                       out=args.out, progress=not args.json, stop_event=stop, **kwargs)
     finally:
         signal.signal(signal.SIGINT, previous)
+    completed, errors = (int(cap.levels[c].sum()) if c in cap.levels else 0 for c in ("completed", "errors"))
     if args.json:
         print(_json({**cap.to_dict(), "environment": environment()}))
     else:
         cols = ["step", "level", "met", "completed", "errors", "output_tok_per_s", *slo.bounds,
                 "goodput_req_per_s"]
         print(cap.levels[[c for c in cols if c in cap.levels.columns]].to_string(index=False))
-        print(cap.summary_line())
+        if completed or not errors:  # else no SLO was judged: the error below says why
+            print(cap.summary_line())
     if cap.stopped == "interrupted":
         print("labkit: interrupted; the levels measured are kept", file=sys.stderr)
         return 130
     if cap.stopped.startswith("engine died"):
         print(f"labkit: error: {cap.stopped}", file=sys.stderr)
         return 1
+    return _capacity_failures(cap, completed, errors)
+
+
+def _capacity_failures(cap: Any, completed: int, errors: int) -> int:
+    """Failed requests are failures, not latencies that missed the SLO: 1 when no request
+    completed at any level, else a warning naming the levels where some failed."""
+    first = next((e for e in (_first_error(r.requests) for r in cap.results) if e), "")
+    if errors and not completed:
+        print(f"labkit: error: no request completed at any level: all {errors} failed (first: {first}); "
+              "the SLO was never judged.", file=sys.stderr)
+        return 1
+    if errors:
+        bad = cap.levels[cap.levels["errors"] > 0]
+        where = ", ".join(f"{r.level:g} ({r.errors} of {r.completed + r.errors})" for r in bad.itertuples())
+        print(f"labkit: warning: requests failed at level {where} (first: {first}); those levels count "
+              "as not meeting the SLO because of the failures, whatever their latencies.", file=sys.stderr)
     return 0
 
 
@@ -433,16 +555,6 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="JSON on stdout: the run's files (with --grid: the points)")
     p.add_argument("--timeout", type=_positive_seconds, default=1800,
                    help="seconds one cell may run before it is interrupted (default 1800)")
-
-
-def _positive_seconds(value: str) -> int:
-    try:
-        seconds = int(value)
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"--timeout takes a whole number of seconds above 0, got {value!r}")
-    return seconds
 
 
 def _run_grid(args: argparse.Namespace, params: dict[str, Any]) -> int:
@@ -604,7 +716,7 @@ def _conformance(args: argparse.Namespace) -> int:
 def _conformance_args(p: argparse.ArgumentParser) -> None:
     _engine_args(p)
     p.set_defaults(engine="llama-server")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds each request may take")
+    p.add_argument("--timeout", type=_positive_float_seconds, default=60.0, help="seconds each request may take")
     p.add_argument("--no-tool-flags", action="store_true",
                    help="start the server without the flags the tool checks need (vLLM's parser)")
     p.add_argument("--json", action="store_true", help="one JSON object: flags and every check")
@@ -615,7 +727,7 @@ register("conformance", "grade a server's OpenAI API: endpoints, sampling, JSON,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labkit", description="Compare vLLM and llama.cpp on this machine.")
+    parser = _Parser(prog="labkit", description="Compare vLLM and llama.cpp on this machine.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (func, args_fn, help_text) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
@@ -633,7 +745,11 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import EngineError, NotebookError
 
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except (EngineError, NotebookError) as e:  # the job failed: not the caller's input
         print(f"labkit: error: {e}", file=sys.stderr)
         return 1
@@ -643,6 +759,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("labkit: interrupted", file=sys.stderr)
         return 130
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`labkit models --json | head -1`): stop quietly, as a
+    Unix filter killed by SIGPIPE does, and exit 141 (128 + SIGPIPE) like one, so that a
+    pipeline under `set -o pipefail` sees that not all of the output was read. stdout points
+    at /dev/null so that the interpreter's final flush does not fail again (the recipe of
+    the Python docs, "Note on SIGPIPE")."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 if __name__ == "__main__":
