@@ -92,10 +92,9 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     """Execute ``notebook`` and return its run folder (executed .ipynb, .html, results.json)."""
     import papermill as pm
 
-    nb_path = _checked_notebook(notebook, parameters)
+    nb_path = _checked_notebook(notebook, parameters, kernel)
     folder = Path(out) if out else Path("runs") / f"{nb_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder = folder.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _run_folder(folder.resolve())
     executed = folder / nb_path.name
     from . import __version__
 
@@ -110,7 +109,7 @@ def run(notebook: str | Path, parameters: dict[str, Any] | None = None, out: str
     running = Path(tempfile.mkdtemp(prefix="labkit-run-")) / nb_path.name
     try:
         pm.execute_notebook(str(nb_path), str(running), parameters=parameters or {}, kernel_name=kernel,
-                            cwd=str(nb_path.parent), progress_bar=False, execution_timeout=timeout_s,
+                            language=_language(_read_notebook(nb_path)), cwd=str(nb_path.parent), progress_bar=False, execution_timeout=timeout_s,
                             log_output=False, kernel_manager_class=_kernel_manager(deaths))
     except Exception as e:
         _settle(running, executed, parameters or {})
@@ -156,20 +155,80 @@ def _failure(e: Exception, nb_path: Path, executed: Path, deaths: list[int], tim
     return None
 
 
-def _checked_notebook(notebook: str | Path, parameters: dict[str, Any] | None) -> Path:
-    """The notebook's path, once it exists and has every parameter given."""
-    import papermill as pm
-
+def _checked_notebook(notebook: str | Path, parameters: dict[str, Any] | None, kernel: str = KERNEL) -> Path:
+    """The notebook's path, once it is a notebook, its kernel is installed, and it has every
+    parameter given."""
     nb_path = Path(notebook).resolve()
-    if not nb_path.exists():
-        raise InvalidInput(f"No notebook at {nb_path}.")
-    known = pm.inspect_notebook(str(nb_path))
+    known = _parameters(_read_notebook(nb_path), kernel)
     unknown = sorted(set(parameters or {}) - set(known))
     if unknown:
         listing = ", ".join(f"{k} (default {v.get('default')})" for k, v in known.items()) or "none"
         raise InvalidInput(f"{nb_path.name} has no parameter {', '.join(unknown)}. Its parameters "
                            f"(the cell tagged 'parameters'): {listing}.")
+    _check_kernel(kernel)
     return nb_path
+
+
+def _read_notebook(nb_path: Path) -> Any:
+    # nbformat.read, plus the metadata papermill expects (cell tags) where a notebook lacks it
+    from papermill.iorw import load_notebook_node
+
+    if not nb_path.exists():
+        raise InvalidInput(f"No notebook at {nb_path}.")
+    if nb_path.is_dir():
+        raise InvalidInput(f"{nb_path} is a folder: give the path of a .ipynb file.")
+    try:
+        return load_notebook_node(str(nb_path))
+    except (ValueError, UnicodeDecodeError, KeyError, AttributeError) as e:  # NotJSONError is a ValueError
+        detail = " ".join(str(e).split())[:120]
+        raise InvalidInput(f"{nb_path} is not a Jupyter notebook ({type(e).__name__}: {detail}).") from None
+
+
+def _parameters(nb: Any, kernel: str) -> dict[str, dict[str, Any]]:
+    """The notebook's parameters as papermill reads them, for the kernel labkit runs it on:
+    papermill's inspect_notebook asks the notebook's own kernelspec, which a notebook written
+    by a script may lack ("No kernel name found")."""
+    from papermill.translators import papermill_translators
+    from papermill.utils import find_first_tagged_cell_index
+
+    index = find_first_tagged_cell_index(nb, "parameters")
+    if index < 0:
+        return {}
+    language = _language(nb)
+    translator = papermill_translators.find_translator(kernel, language)
+    return {p.name: p._asdict() for p in translator.inspect(nb.cells[index])}
+
+
+def _language(nb: Any) -> str:
+    """The notebook's language where it says, else Python (labkit's kernel)."""
+    meta = nb.get("metadata", {})
+    return meta.get("kernelspec", {}).get("language") or meta.get("language_info", {}).get("name") or "python"
+
+
+def _check_kernel(kernel: str) -> None:
+    """Refuse a kernel that is not installed before a run folder is made for it."""
+    import sys
+
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(kernel)
+    except NoSuchKernel:
+        how = (f"run `{sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}` (make test and "
+               "make demo do it)") if kernel == KERNEL else "install it, or name one `jupyter kernelspec list` shows"
+        raise InvalidInput(f"No Jupyter kernel named {kernel!r} is installed: {how}.") from None
+
+
+def _run_folder(folder: Path) -> Path:
+    """``folder``, made if needed; a file in its way is bad input, not a traceback."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise InvalidInput(f"The run folder {folder} cannot be made: {path} is a file. Give "
+                                   "another folder (out=, `labkit run --out`).")
+            break
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 # Parameter names whose values are secrets, never written to a run folder: API_KEY,
@@ -330,6 +389,7 @@ def run_grid(notebook: str | Path, grid: dict[str, list[Any]], parameters: dict[
         raise InvalidInput(f"grid maps each parameter to a non-empty list of values, got {grid!r:.120}.")
     nb_path = _checked_notebook(notebook, {**(parameters or {}), **grid})  # before any point runs
     base = Path(out) if out else Path("runs") / f"{nb_path.stem}-grid-{time.strftime('%Y%m%d-%H%M%S')}"
+    _run_folder(base)
     points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     rows: list[dict[str, Any]] = []
     bar = None
