@@ -66,8 +66,23 @@ def refused(r: Reply) -> Outcome | None:
         return Outcome(MISSING, r.error)
     if r.status is not None and r.status >= 500:
         return Outcome(WRONG, f"HTTP {r.status} (a server error, not a client one): {r.message()}")
+    if r.status in (401, 403):  # the request was not looked at: nothing is known of the feature
+        return Outcome(UNCHECKED, f"HTTP {r.status}: the server refused the client ({r.message()}); "
+                                  "give it the key it expects (LABKIT_API_KEY)")
     if not r.ok:
         return Outcome(MISSING, f"HTTP {r.status}: {r.message()}")
+    return None
+
+
+def answered(r: Reply) -> Outcome | None:
+    """``refused``, or a 2xx that is no completion at all (a body that is not JSON, or has no
+    choices[0]): such an answer is wrong, and the check must not grade its missing fields."""
+    if (bad := refused(r)) is not None:
+        return bad
+    if not isinstance(r.body, dict):
+        return Outcome(WRONG, f"HTTP {r.status}, but the body is not a JSON object: {r.text[:80]!r}")
+    if not r.choice():
+        return Outcome(WRONG, f"HTTP {r.status}, but no choices[0]: {r.text[:80]!r}")
     return None
 
 
@@ -109,22 +124,24 @@ def _graded(faults: list[str], ok: str) -> Outcome:
 @check("completions", "endpoints")
 def completions(api: ApiClient) -> Outcome:
     r = _ask(api, "/completions", prompt="The capital of France is", max_tokens=8, temperature=0)
-    if (bad := refused(r)) is not None:
+    if (bad := answered(r)) is not None:
         return bad
     c = r.choice()
-    faults = [] if isinstance(c.get("text"), str) else ["no choices[0].text"]
-    faults += [] if c.get("finish_reason") in ("stop", "length") else [f"finish_reason {c.get('finish_reason')!r}"]
+    if not isinstance(c.get("text"), str):  # no completion at all: not a detail missing from one
+        return Outcome(WRONG, f"no choices[0].text: {r.text[:80]!r}")
+    faults = [] if c.get("finish_reason") in ("stop", "length") else [f"finish_reason {c.get('finish_reason')!r}"]
     return _graded(faults + _usage_problems(r.body.get("usage")), "text, finish_reason and usage as documented")
 
 
 @check("chat completions", "endpoints")
 def chat(api: ApiClient) -> Outcome:
     r = _chat(api, "Say hello.", max_tokens=8, temperature=0)
-    if (bad := refused(r)) is not None:
+    if (bad := answered(r)) is not None:
         return bad
     msg = r.choice().get("message") or {}
-    faults = [] if msg.get("role") == "assistant" and isinstance(msg.get("content"), str) else \
-        ["no assistant message with content"]
+    if not isinstance(msg.get("content"), str):
+        return Outcome(WRONG, f"no choices[0].message.content: {r.text[:80]!r}")
+    faults = [] if msg.get("role") == "assistant" else [f"message role {msg.get('role')!r}, not 'assistant'"]
     return _graded(faults + _usage_problems(r.body.get("usage")), "assistant message and usage as documented")
 
 
@@ -182,7 +199,7 @@ def stream_usage(api: ApiClient) -> Outcome:
 def stop(api: ApiClient) -> Outcome:
     base = dict(prompt="1, 2, 3, 4,", max_tokens=16, temperature=0)
     ref = _ask(api, "/completions", **base)
-    if (bad := refused(ref)) is not None:
+    if (bad := answered(ref)) is not None:
         return bad
     text = ref.choice().get("text") or ""
     cut = len(text) // 2
@@ -191,7 +208,7 @@ def stop(api: ApiClient) -> Outcome:
     seq = text[cut:cut + 2]
     want = text[: text.find(seq)]
     r = _ask(api, "/completions", stop=[seq], **base)
-    if (bad := refused(r)) is not None:
+    if (bad := answered(r)) is not None:
         return bad
     got, reason = r.choice().get("text"), r.choice().get("finish_reason")
     if got != want:
@@ -204,7 +221,7 @@ def stop(api: ApiClient) -> Outcome:
 @check("finish_reason 'length'", "sampling")
 def finish_length(api: ApiClient) -> Outcome:
     r = _ask(api, "/completions", prompt="1, 2, 3, 4, 5,", max_tokens=3, temperature=0)
-    if (bad := refused(r)) is not None:
+    if (bad := answered(r)) is not None:
         return bad
     reason, used = r.choice().get("finish_reason"), (r.body.get("usage") or {}).get("completion_tokens")
     if reason == "length":
@@ -215,7 +232,7 @@ def finish_length(api: ApiClient) -> Outcome:
 @check("n > 1", "sampling")
 def n_choices(api: ApiClient) -> Outcome:
     r = _ask(api, "/completions", prompt="Once upon a time", max_tokens=6, n=2, temperature=1.0)
-    if (bad := refused(r)) is not None:
+    if (bad := answered(r)) is not None:
         return bad
     idx = sorted(c.get("index") for c in r.body.get("choices") or [])
     if idx == [0, 1]:
@@ -228,9 +245,12 @@ def seed(api: ApiClient) -> Outcome:
     texts = []
     for _ in range(2):
         r = _ask(api, "/completions", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=1234)
-        if (bad := refused(r)) is not None:
+        if (bad := answered(r)) is not None:
             return bad
-        texts.append(r.choice().get("text"))
+        text = r.choice().get("text")
+        if not isinstance(text, str):
+            return Outcome(WRONG, f"choices[0] has no text: {r.text[:80]!r}")
+        texts.append(text)
     if texts[0] == texts[1]:
         return Outcome(SUPPORTED, "temperature 1, seed 1234: the same text twice")
     return Outcome(PARTIAL, f"seed accepted, but two runs differed: {texts[0]!r} vs {texts[1]!r}")
@@ -239,7 +259,7 @@ def seed(api: ApiClient) -> Outcome:
 @check("logprobs (completions)", "sampling")
 def logprobs_completions(api: ApiClient) -> Outcome:
     r = _ask(api, "/completions", prompt="Once upon a time", max_tokens=3, logprobs=2, temperature=0)
-    if (bad := refused(r)) is not None:
+    if (bad := answered(r)) is not None:
         return bad
     lp = r.choice().get("logprobs")
     if not isinstance(lp, dict):
@@ -256,7 +276,7 @@ def logprobs_completions(api: ApiClient) -> Outcome:
 @check("logprobs / top_logprobs (chat)", "sampling")
 def logprobs_chat(api: ApiClient) -> Outcome:
     r = _chat(api, "Say hello.", max_tokens=3, logprobs=True, top_logprobs=2, temperature=0)
-    if (bad := refused(r)) is not None:
+    if (bad := answered(r)) is not None:
         return bad
     content = (r.choice().get("logprobs") or {}).get("content")
     if not isinstance(content, list) or not content:
@@ -286,7 +306,7 @@ def _json_reply(r: Reply, schema: dict[str, Any] | None) -> Outcome:
 def json_object(api: ApiClient) -> Outcome:
     r = _chat(api, "Describe a person as JSON with a name and an age.", max_tokens=160, temperature=0,
               response_format={"type": "json_object"})
-    return refused(r) or _json_reply(r, None)
+    return answered(r) or _json_reply(r, None)
 
 
 @check("response_format json_schema", "structured output")
@@ -294,7 +314,7 @@ def json_schema(api: ApiClient) -> Outcome:
     r = _chat(api, "Describe a person as JSON with a name and an age.", max_tokens=160, temperature=0,
               response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON,
                                                                       "strict": True}})
-    return refused(r) or _json_reply(r, PERSON)
+    return answered(r) or _json_reply(r, PERSON)
 
 
 # --- tools --------------------------------------------------------------------------------------
@@ -326,10 +346,12 @@ def _calls(r: Reply, allowed: set[str]) -> tuple[list[str], list[str]]:
 
 
 def _tool_outcome(r: Reply, allowed: set[str], forced: bool) -> Outcome:
-    if (bad := refused(r)) is not None:
+    if (bad := answered(r)) is not None:
         return bad
     calls, faults = _calls(r, allowed)
     if not calls and not forced:  # under "auto" a text answer is the model's choice
+        if not isinstance((r.choice().get("message") or {}).get("content"), str):
+            return Outcome(WRONG, "neither tool_calls nor text content in choices[0].message")
         return Outcome(SUPPORTED, "accepted; well-formed answer", model="answered in text, no tool call")
     if faults:
         return Outcome(WRONG, "; ".join(faults[:3]), model=", ".join(calls)[:120])
@@ -374,7 +396,7 @@ def tool_result(api: ApiClient) -> Outcome:
     r = _chat(api, [*ASK_TOOLS, {"role": "assistant", "content": None, "tool_calls": [call]},
                     {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}],
               tools=TOOLS, max_tokens=24, temperature=0)
-    if (bad := refused(r)) is not None:
+    if (bad := answered(r)) is not None:
         return bad
     content = (r.choice().get("message") or {}).get("content")
     if not isinstance(content, str):
@@ -396,6 +418,21 @@ def _context(api: ApiClient) -> int | None:
     return None
 
 
+#: what a server may answer a request it refuses for its content (bad request, not found,
+#: too large, unprocessable); 401/403/429 say something about the client, not the request
+CLIENT_ERRORS = (400, 404, 413, 422)
+
+
+def _control(api: ApiClient) -> Outcome | None:
+    """A valid request first: a server that refuses it too (a missing key, an outage) proves
+    nothing by refusing the invalid one."""
+    r = _ask(api, "/completions", prompt="hi", max_tokens=2)
+    if r.ok:
+        return None
+    why = r.error or f"HTTP {r.status}: {r.message()}"
+    return Outcome(UNCHECKED, f"a valid request failed too ({why}), so a refusal here would prove nothing")
+
+
 def _client_error(r: Reply, what: str, accepted: str) -> Outcome:
     if r.timed_out or r.error:
         return Outcome(MISSING, f"{what}: {r.error}")
@@ -404,24 +441,36 @@ def _client_error(r: Reply, what: str, accepted: str) -> Outcome:
     if r.ok:
         return Outcome(PARTIAL, f"{what}: {accepted}")
     msg = r.message()
+    if r.status not in CLIENT_ERRORS:
+        return Outcome(PARTIAL, f"{what}: HTTP {r.status}, not a client error about the request "
+                                f"({', '.join(map(str, CLIENT_ERRORS))}): {msg}")
     return Outcome(SUPPORTED if msg else PARTIAL, f"{what}: HTTP {r.status}" + (f": {msg}" if msg else ", no message"))
 
 
 @check("a prompt over the context", "errors")
 def error_context(api: ApiClient) -> Outcome:
-    n = _context(api) or 32768
+    n = _context(api)
+    if n is None:  # a guess could be under the real context, and the prompt then a valid one
+        return Outcome(UNCHECKED, "the server does not say its context length (vLLM: max_model_len in "
+                                  "/v1/models; llama-server: n_ctx in /props)")
+    if (bad := _control(api)) is not None:
+        return bad
     r = _ask(api, "/completions", prompt="hello " * (n + 16), max_tokens=4)
     return _client_error(r, f"{n + 16} words for a {n}-token context", "accepted (truncated?)")
 
 
 @check("an unknown model", "errors")
 def error_model(api: ApiClient) -> Outcome:
+    if (bad := _control(api)) is not None:
+        return bad
     r = api.post("/completions", {"model": "no-such-model-labkit", "prompt": "hi", "max_tokens": 2})
     return _client_error(r, "model 'no-such-model-labkit'", "served the request with its own model")
 
 
 @check("a parameter of the wrong type", "errors")
 def error_param(api: ApiClient) -> Outcome:
+    if (bad := _control(api)) is not None:
+        return bad
     r = _ask(api, "/completions", prompt="hi", max_tokens="many")
     return _client_error(r, "max_tokens='many'", "accepted it")
 

@@ -148,3 +148,64 @@ def test_batch_invariance_refuses_bad_prompts_and_levels_before_generating(promp
 
     with pytest.raises(InvalidInput, match=message):
         labkit.batch_invariance(Untouchable(), prompts, users=users)
+
+
+def _answer(body: object, status: int = 200, text: str | None = None):
+    async def handler(request: web.Request) -> web.Response:
+        if text is not None:
+            return web.Response(status=status, text=text)
+        return web.json_response(body, status=status)
+    return handler
+
+
+def _graded(routes: list[web.RouteDef]) -> dict[str, tuple[str, str]]:
+    for url in _serve([web.get("/v1/models", _models), *routes]):
+        m = labkit.conformance(url, timeout_s=2.0, progress=False)
+    return {r["feature"]: (r["status"], r["evidence"]) for r in m.table.to_dict("records")}
+
+
+ERROR_CHECKS = ("a prompt over the context", "an unknown model", "a parameter of the wrong type")
+
+
+def test_a_server_that_refuses_every_request_supports_nothing():
+    # 401 to everything but /v1/models: no refusal of a bad request proves anything
+    got = _graded([web.route("*", "/{tail:.*}", _answer({"error": {"message": "invalid api key"}}, 401))])
+    assert {f for f, (status, _) in got.items() if status == "supported"} == {"/v1/models"}
+    for feature in ERROR_CHECKS:
+        assert got[feature][0] == "not checked", got[feature]
+    assert "a valid request failed too (HTTP 401" in got["an unknown model"][1]
+    assert got["completions"][0] == "not checked" and "LABKIT_API_KEY" in got["completions"][1]
+
+
+@pytest.mark.parametrize("body", [{}, {"choices": [{"index": 0}]}, {"choices": [{"index": 0, "message": {}}]}])
+def test_an_empty_answer_is_wrong_not_graded_on_what_it_lacks(body):
+    got = _graded([web.post("/v1/completions", _answer(body)), web.post("/v1/chat/completions", _answer(body))])
+    for feature in ("completions", "chat completions", "seed determinism", "tool_choice auto"):
+        assert got[feature][0] == "wrong", (feature, got[feature])
+
+
+def test_a_200_whose_body_is_not_json_is_wrong():
+    got = _graded([web.post("/v1/completions", _answer(None, text="hello")),
+                   web.post("/v1/chat/completions", _answer(None, text="hello"))])
+    assert got["completions"] == ("wrong", "HTTP 200, but the body is not a JSON object: 'hello'")
+    assert got["seed determinism"][0] == "wrong" and got["chat completions"][0] == "wrong"
+
+
+async def _strict_completions(request: web.Request) -> web.Response:
+    """Valid requests answered; an unknown model 404, a wrong type 400, as documented."""
+    body = await request.json()
+    if body.get("model") != "fake":
+        return web.json_response({"error": {"message": f"model {body.get('model')} not found"}}, status=404)
+    if not isinstance(body.get("max_tokens"), int):
+        return web.json_response({"error": {"message": "max_tokens must be an integer"}}, status=400)
+    return web.json_response({"choices": [{"index": 0, "text": " Paris", "finish_reason": "length"}],
+                              "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+
+
+def test_refusals_count_once_a_valid_request_succeeds_and_an_unknown_context_is_not_guessed():
+    got = _graded([web.post("/v1/completions", _strict_completions)])
+    assert got["an unknown model"] == ("supported", "model 'no-such-model-labkit': HTTP 404: model "
+                                                    "no-such-model-labkit not found")
+    assert got["a parameter of the wrong type"][0] == "supported"
+    assert got["a prompt over the context"][0] == "not checked"  # the server does not say its context
+    assert "context length" in got["a prompt over the context"][1]
