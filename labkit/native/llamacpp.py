@@ -312,34 +312,23 @@ def _pinned_version() -> str | None:
     return None
 
 
-def source_tree() -> Path:
+def source_tree(version: str | None = None) -> Path:
     """The llama.cpp tree to build: ``LABKIT_LLAMACPP_SRC`` if set (a trimmed tree, as the
-    GPU check carries), else the installed version's llama-cpp-python sdist, fetched once."""
+    GPU check carries), else the llama-cpp-python sdist of ``version`` (default: the
+    installed one), fetched once."""
     override = os.environ.get("LABKIT_LLAMACPP_SRC")
     if override:
         return Path(override)
-    return _sdist() / "vendor" / "llama.cpp"
+    return _sdist(version) / "vendor" / "llama.cpp"
 
 
-def _sdist() -> Path:
-    version = llama_cpp_python_version()
+def _sdist(version: str | None = None) -> Path:
+    """The unpacked llama-cpp-python sdist of ``version`` (default: the installed one)."""
+    version = version or llama_cpp_python_version()
     target = cache_dir("src") / f"llama-cpp-python-{version}"
 
     def fetch(tmp: Path) -> None:
-        dl = cache_dir("src")
-        sdists = list(dl.glob(f"llama_cpp_python-{version}.tar.gz"))
-        if not sdists and _download_sdist(version, dl) is not None:
-            sdists = list(dl.glob(f"llama_cpp_python-{version}.tar.gz"))
-        if not sdists:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   f"llama-cpp-python=={version}", "-d", str(dl), "-q"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            sdists = list(dl.glob(f"llama_cpp_python-{version}.tar.gz"))
-            if proc.returncode != 0 or not sdists:
-                raise EngineError(
-                    f"Could not download the llama-cpp-python {version} source distribution "
-                    f"to build llama.cpp:\n{proc.stderr[-2000:]}")
-        with tarfile.open(sdists[0]) as tar:
+        with tarfile.open(sdist_archive(version)) as tar:
             tar.extractall(tmp, filter="data")
         (inner,) = [p for p in tmp.iterdir() if p.is_dir()]
         for child in inner.iterdir():
@@ -347,6 +336,22 @@ def _sdist() -> Path:
         inner.rmdir()
 
     return build_atomically(target, fetch)
+
+
+def sdist_archive(version: str) -> Path:
+    """The llama-cpp-python ``version`` sdist in the cache, downloaded if it is not there (make
+    installs the binding's Python code from it)."""
+    dl = cache_dir("src")
+    archive = dl / f"llama_cpp_python-{version}.tar.gz"
+    if archive.exists() or _download_sdist(version, dl) is not None:
+        return archive
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           f"llama-cpp-python=={version}", "-d", str(dl), "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not archive.exists():
+        raise EngineError(f"Could not download the llama-cpp-python {version} source distribution "
+                          f"to build llama.cpp:\n{proc.stderr[-2000:]}")
+    return archive
 
 
 def _download_sdist(version: str, dl: Path) -> Path | None:
@@ -467,7 +472,7 @@ def _run_build(cmd: list[str], log, label: str, progress: bool) -> None:
 
 def _make(version: str, user: list[str], fp: str, work: Path, progress: bool,
           say: Callable[[str], None]) -> Callable[[Variant], Path]:
-    src = source_tree()
+    src = source_tree(version)  # the version the entry is named for, not whichever is installed
 
     def make(v: Variant) -> Path:
         entry = _entry(version, v, user, fp)
@@ -509,13 +514,14 @@ def _say(msg: str) -> None:
 
 
 def current_build(progress: bool = True, recheck: bool = False,
-                  probe_model: Path | None = None) -> Build:
+                  probe_model: Path | None = None, version: str | None = None) -> Build:
     """The checked llama.cpp build for this machine, building and probing it if needed.
 
     ``recheck=True`` probes the chosen build again (``labkit doctor``) instead of trusting
-    the recorded result.
+    the recorded result. ``version``: llama-cpp-python's, whose vendored llama.cpp is built
+    (default: the installed one; make names the pinned one, which pip installs meanwhile).
     """
-    version = llama_cpp_python_version()
+    version = version or llama_cpp_python_version()
     user = _user_args()
     feats = cpu.features()
     fp = cpu.fingerprint()
@@ -573,8 +579,23 @@ def tool(name: str) -> Path:
     return tools_dir() / name
 
 
-if __name__ == "__main__":  # `python -m labkit.native.llamacpp` builds and checks ahead of time
-    if sys.argv[1:] == ["--source"]:  # only fetch the sdist (make installs the binding from it)
-        print(_sdist())
+def _main() -> None:
+    """`python -m labkit.native.llamacpp [--source] [--version V]`: build and check ahead of
+    time, or only fetch and unpack the sdist (--source)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m labkit.native.llamacpp")
+    ap.add_argument("--source", action="store_true", help="only fetch the sdist (make installs the binding from it)")
+    ap.add_argument("--version", help="llama-cpp-python version (default: the installed one; make passes "
+                                      "the one its requirements file pins)")
+    a = ap.parse_args()
+    if a.source:
+        version = a.version or llama_cpp_python_version()
+        sdist_archive(version)  # the archive too: an unpacked tree alone is not enough for pip
+        print(_sdist(version))
     else:
-        print(current_build().explain())
+        print(current_build(version=a.version).explain())
+
+
+if __name__ == "__main__":
+    _main()

@@ -202,3 +202,28 @@ def test_arm_cores_of_one_flag_list_are_told_apart_by_their_part():
     assert arm("0xd0c", base) != arm("0xd08", base)  # Graviton2 (Neoverse N1) is not a Raspberry Pi 4 (A72)
     assert arm("0xd40", base + " sve i8mm bf16") != arm("0xd4f", base + " sve i8mm bf16")  # Graviton3, 4
     assert "asimddp" in read_cpuinfo(f"Features\t: {base}\n")["flags"]  # Linux's name for dotprod
+
+
+def _fake_sdist(cache: Path, version: str) -> None:
+    import io
+    import tarfile
+
+    (cache / "src").mkdir(parents=True, exist_ok=True)
+    with tarfile.open(cache / "src" / f"llama_cpp_python-{version}.tar.gz", "w:gz") as tar:
+        data = f"# llama.cpp of {version}\n".encode()
+        info = tarfile.TarInfo(f"llama_cpp_python-{version}/vendor/llama.cpp/CMakeLists.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def test_the_source_tree_is_the_version_asked_for_not_the_installed_one(tmp_path, monkeypatch):
+    # make passes the version its requirements file pins: after the pin is raised, .venv still
+    # holds the old binding, and the new sdist must be the one fetched and built
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("LABKIT_LLAMACPP_SRC", raising=False)
+    monkeypatch.setattr(ll, "llama_cpp_python_version", lambda: "0.0.1")  # the installed one
+    monkeypatch.setattr(ll, "_download_sdist", lambda *a: pytest.fail("went to the network"))
+    _fake_sdist(tmp_path, "9.9.9")
+    tree = ll.source_tree("9.9.9")
+    assert (tree / "CMakeLists.txt").read_text() == "# llama.cpp of 9.9.9\n"
+    assert ll.sdist_archive("9.9.9") == tmp_path / "src" / "llama_cpp_python-9.9.9.tar.gz"
