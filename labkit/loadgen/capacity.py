@@ -393,7 +393,7 @@ class _Walk:
         summary = res.summary
         base = {"step": kind, "level": int(level) if self.by == "users" else level,
                 "requests": len(res.requests), "wall_s": wall_s}
-        if summary.empty or "output_tok_per_s" not in summary.columns:
+        if summary.empty or not summary.iloc[0].get("completed"):  # nothing served: no figures
             return base | {"met": False if res.ended == "completed" else None, "completed": 0,
                            "errors": int(res.requests["error"].notna().sum()), "slo_ratio": math.inf,
                            "goodput_req_per_s": 0.0}
