@@ -30,6 +30,7 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -235,14 +236,26 @@ def tree_memory(roots: list[psutil.Process], detail: bool = True,
     return TreeMemory(rss, uss, pss, len(pids), pids)
 
 
-class Baseline(tuple):
-    """(rss, uss, pss) of this process, with ``vram``: its device memory (NVML, per process)
-    at that moment, where there is a GPU. An in-process engine's VRAM is this process's
-    growth since its baseline, as its RSS is: what else this process holds is not the engine's."""
+@dataclass(eq=False)
+class Baseline:
+    """This process's memory when an in-process engine began to load (VRAM through NVML, per
+    process, where there is a GPU): the engine's memory is this process's growth since, its
+    child processes added. An engine's baseline is open until the engine closes, so that a
+    measurement can say when another in-process engine shares the process."""
 
+    rss: int
+    uss: int | None
+    pss: int | None
     vram: int = 0
+    engine: str = ""  # who took it, for the warning
+
+    def release(self) -> None:
+        """The engine closed: it no longer shares this process."""
+        _OPEN.discard(self)
 
 
+#: The baselines of in-process engines not closed yet (weak: a collected engine is gone too).
+_OPEN: weakref.WeakSet[Baseline] = weakref.WeakSet()
 _DEVICE: list[DeviceMemory | None] = []  # this process's NVML reader, found once
 
 
@@ -257,33 +270,21 @@ def _own_vram() -> int:
 
 
 def self_memory(detail: bool = True) -> tuple[int, int | None, int | None]:
-    """(rss, uss, pss) of this process alone; with ``detail`` (as an engine's baseline is
-    taken) a :class:`Baseline` that also carries this process's VRAM."""
-    own = _own(psutil.Process(os.getpid()), detail)
-    if not detail:
-        return own
-    base = Baseline(own)
-    base.vram = _own_vram()
+    """(rss, uss, pss) of this process alone."""
+    return _own(psutil.Process(os.getpid()), detail)
+
+
+def engine_baseline(engine: str) -> Baseline:
+    """Take an in-process engine's baseline as it begins to load, and hold it open (until
+    :meth:`Baseline.release`, at its close)."""
+    base = Baseline(*self_memory(), vram=_own_vram(), engine=engine)
+    _OPEN.add(base)
     return base
 
 
-def in_process_engines() -> list[Any]:
-    """Open labkit engines that run inside this process (their memory is its growth since
-    they loaded). Found by a scan of the garbage collector's objects: taken once per sampler."""
-    import gc
-
-    from .engines.base import Engine
-
-    found = []
-    for o in gc.get_objects():
-        try:
-            if isinstance(o, Engine) and not o.closed:
-                scope = o.memory_scope()
-                if isinstance(scope, EngineMemory) and scope.self_baseline is not None:
-                    found.append(o)
-        except Exception:  # an engine half-built or half-closed says nothing
-            continue
-    return found
+def sharing(baseline: Baseline) -> list[str]:
+    """The other in-process engines open in this process beside the one of ``baseline``."""
+    return sorted(b.engine for b in list(_OPEN) if b is not baseline)
 
 
 def new_children(before: set[int]) -> list[psutil.Process]:
@@ -306,7 +307,7 @@ class EngineMemory:
     """How to find an engine's memory; made by the engine (see ``Engine.memory_scope``)."""
 
     roots: list[psutil.Process] = field(default_factory=list)  # child trees that are the engine
-    self_baseline: tuple[int, int, int] | None = None  # this process before the engine loaded
+    self_baseline: Baseline | None = None  # this process before the engine loaded (in-process engines)
     #: How long a found process tree is reused. Finding it scans all of /proc (3 ms per root
     #: here), which every 100 ms would cost more than reading the memory itself.
     tree_max_age_s: float = 1.0
@@ -326,7 +327,8 @@ class EngineMemory:
         if self.self_baseline is None:
             return tree
         r, u, s = self_memory(detail)
-        br, bu, bs = self.self_baseline
+        base = self.self_baseline
+        br, bu, bs = base.rss, base.uss, base.pss
 
         def grown(now: int | None, base: int | None) -> int | None:
             return None if now is None or base is None else max(0, now - base)
@@ -400,7 +402,7 @@ class MemorySampler:
     def _vram_baseline(self, m: TreeMemory) -> int:
         """What this process held on the GPU before an in-process engine loaded."""
         base = self.scope.self_baseline
-        return int(getattr(base, "vram", 0)) if os.getpid() in m.pids else 0
+        return base.vram if base is not None and os.getpid() in m.pids else 0
 
     def _others(self) -> str:
         """Other in-process engines alive while this scope is measured: its growth since its
@@ -408,16 +410,12 @@ class MemorySampler:
         billed to llama.cpp)."""
         if self.scope.self_baseline is None:
             return ""
-        try:
-            others = [e for e in in_process_engines() if e.memory_scope().self_baseline != self.scope.self_baseline]
-        except Exception:
-            return ""
+        others = sharing(self.scope.self_baseline)
         if not others:
             return ""
-        names = ", ".join(f"{e.name} ({e.info.model})" for e in others)
-        return (f"another in-process engine was alive in this process ({names}): the growth of this "
-                "process since the engine loaded counts its memory too; measure each in-process engine "
-                "in a process of its own (close the other first, or use a server engine)")
+        return (f"another in-process engine was alive in this process ({', '.join(others)}): the growth "
+                "of this process since the engine loaded counts its memory too; measure each in-process "
+                "engine in a process of its own (close the other first, or use a server engine)")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -26,7 +26,7 @@ import numpy as np
 from .. import models
 from .._cache import file_sha256
 from ..errors import EngineError, InvalidInput
-from ..memory import EngineMemory, self_memory
+from ..memory import EngineMemory, engine_baseline
 from ._output import log_path, output_to
 from .base import Conversation, Engine, EngineInfo, SamplingParams, Token
 from .capabilities import Scores
@@ -86,23 +86,18 @@ class LlamaCppEngine(Engine, Scores):
                       "flash_attn": flash_attn, **llama_kwargs}
         self._lock = _OneAtATime()
         self._cancelled_at = float("-inf")  # requests started before this stop at their next token
-        self._baseline = self_memory()
+        self._baseline = engine_baseline(f"{self.name} ({self._model_name})")
         self._log = log_path("llama.cpp")
-        with output_to(self._log):
-            self._llm = llama_cpp.Llama(
-                model_path=str(self._path), n_ctx=context, n_batch=batch, n_threads=self._threads,
-                n_threads_batch=self._threads, n_gpu_layers=gpu_layers, seed=seed, verbose=False,
-                flash_attn=flash_attn,
-                **llama_kwargs,
-            )
-        effective = self._llm.n_ctx()
-        if effective != context:
-            # llama.cpp rounds the context up (to 256 and a multiple of the padding): say so,
-            # and report what was used, not what was asked.
-            self._args["context"] = effective
-            self._args["context_requested"] = context
-            warnings.warn(f"labkit: llama.cpp uses a context of {effective} tokens, not the "
-                          f"{context} asked for (it rounds small contexts up).", stacklevel=2)
+        try:
+            with output_to(self._log):
+                self._llm = llama_cpp.Llama(model_path=str(self._path), n_ctx=context, n_batch=batch,
+                                            n_threads=self._threads, n_threads_batch=self._threads,
+                                            n_gpu_layers=gpu_layers, seed=seed, verbose=False,
+                                            flash_attn=flash_attn, **llama_kwargs)
+        except BaseException:
+            self._baseline.release()  # no engine: it shares this process with none
+            raise
+        self._note_context(context)
         self._eog = self._llm._model.token_eos()
         self._vocab = self._llm._model.vocab
         self._formatter = _chat_formatter(self._llm)
@@ -120,6 +115,16 @@ class LlamaCppEngine(Engine, Scores):
             log_path=str(self._log),
             build=f"{build.variant}: {build.probe.reason}",
         )
+
+    def _note_context(self, context: int) -> None:
+        """llama.cpp rounds the context up (to 256 and a multiple of the padding): say so, and
+        report what was used, not what was asked."""
+        effective = self._llm.n_ctx()
+        if effective != context:
+            self._args["context"] = effective
+            self._args["context_requested"] = context
+            warnings.warn(f"labkit: llama.cpp uses a context of {effective} tokens, not the "
+                          f"{context} asked for (it rounds small contexts up).", stacklevel=3)
 
     @property
     def info(self) -> EngineInfo:
@@ -255,6 +260,7 @@ class LlamaCppEngine(Engine, Scores):
             self._free()
 
     def _free(self) -> None:
+        self._baseline.release()
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.close()

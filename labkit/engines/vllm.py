@@ -24,7 +24,7 @@ import psutil
 from .. import models
 from .._procs import STARTING, OrphanGuard, own_process_groups
 from ..errors import EngineError, InvalidInput, LabkitError
-from ..memory import EngineMemory, child_pids, new_children, self_memory
+from ..memory import EngineMemory, child_pids, engine_baseline, new_children
 from ..synthetic import is_synthetic
 from ._output import log_path, output_to, tail
 from .base import (
@@ -139,7 +139,7 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if is_synthetic(directory):
             kwargs.setdefault("load_format", "dummy")  # random weights, nothing read from disk
-        self._start(kwargs, env, directory)
+        self._start(kwargs, env, directory, models.label(model))
         self._engine = self._llm.llm_engine
         self._tokenizer = self._llm.get_tokenizer()
         self._context = context
@@ -159,14 +159,14 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             log_path=str(self._log),
         )
 
-    def _start(self, kwargs: dict[str, Any], env: dict[str, str], directory: Any) -> None:
+    def _start(self, kwargs: dict[str, Any], env: dict[str, str], directory: Any, label: str) -> None:
         with STARTING:  # no other engine starts meanwhile: the new children are vLLM's
             before_children = child_pids()
             # vLLM spawns them, not labkit: a guard ends them if this process dies without
             # close(), from the first moment (a kernel killed while a big model loads).
             guard = OrphanGuard.watching(before_children)
             try:
-                self._baseline = self_memory()
+                self._baseline = engine_baseline(f"{self.name} ({label})")
                 self._log = log_path("vllm")
                 with own_process_groups(guard.group):  # its group: ended with this process
                     self._llm = _start_llm(kwargs, env, self._log, directory)
@@ -175,6 +175,8 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
                 guard.fix(self._children)
             except BaseException:
                 guard.release()  # and it ends whatever the failed load left running
+                if hasattr(self, "_baseline"):
+                    self._baseline.release()
                 raise
         self._guard = guard
 
@@ -385,6 +387,7 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
                 pass
         finally:  # a Ctrl-C during the shutdown too
             self._guard.release()  # and it ends whatever the shutdown left behind
+            self._baseline.release()
         self._engine = None
         self._llm = None
         gc.collect()

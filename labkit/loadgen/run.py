@@ -16,7 +16,7 @@ from typing import Any
 
 from ..engines.base import Engine, load
 from ..errors import InvalidInput
-from ..memory import EngineMemory, child_pids, new_children, self_memory
+from ..memory import Baseline, EngineMemory, child_pids, new_children, self_memory
 from .config import BenchConfig
 from .result import BenchResult
 from .session import Session, memory_sampler
@@ -28,7 +28,7 @@ class _LoadingScope(EngineMemory):
 
     def __init__(self):
         self.before = child_pids()
-        super().__init__([], self_memory())
+        super().__init__([], Baseline(*self_memory()))  # not an engine's: held open by none
 
     def measure(self, detail: bool = True):
         self.roots = new_children(self.before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+import weakref
 from pathlib import Path
 
 import pandas as pd
@@ -54,8 +55,16 @@ def test_each_level_gets_its_queue_means_kv_peak_and_cpu_by_role():
 class TelemetryKvEngine(FakeKvEngine):
     """Reports server metrics, and runs "in process" (its memory is this process's)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._baseline = memory.engine_baseline("telemetry-kv (m)")
+
     def memory_scope(self):
-        return memory.EngineMemory([], memory.self_memory())
+        return memory.EngineMemory([], self._baseline)
+
+    def _close(self):
+        self._baseline.release()
+        super()._close()
 
     def server_snapshot(self):
         return {"running": float(self.started % 3), "generation_tokens": float(4 * self.started)}
@@ -316,30 +325,29 @@ def test_an_in_process_engine_is_billed_only_its_own_vram_and_a_second_one_is_na
 
     dev = Device()
     monkeypatch.setattr(memory, "_DEVICE", [dev])
-    base = memory.self_memory()
-    assert base.vram == 3 * 2**20 and tuple(base)[0] > 0
+    monkeypatch.setattr(memory, "_OPEN", weakref.WeakSet())  # alone in this process
+    base = memory.engine_baseline("fake (m)")
+    assert base.vram == 3 * 2**20 and base.rss > 0
     dev.held = 10 * 2**20  # the engine loaded 7 MiB onto the GPU
     sampler = memory.MemorySampler(memory.EngineMemory([], base), device=dev)
-    monkeypatch.setattr(memory, "in_process_engines", lambda: [])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # alone in the process: no warning
         sampler.start()
     sampler.stop()
     frame = sampler.frame()
     assert (frame["vram_process_bytes"] == 7 * 2**20).all() and "shared_process" not in frame
-    other = FakeKvEngine()
-    other.memory_scope = lambda: memory.EngineMemory([], (1, 2, 3))
-    monkeypatch.setattr(memory, "in_process_engines", lambda: [other])
+    other = memory.engine_baseline("other (m2)")
     second = memory.MemorySampler(memory.EngineMemory([], base), device=dev)
-    with pytest.warns(UserWarning, match=r"another in-process engine was alive in this process \(fake"):
+    with pytest.warns(UserWarning, match=r"another in-process engine was alive in this process \(other \(m2\)"):
         second.start()
     second.stop()
     assert second.frame()["shared_process"].str.contains("measure each in-process engine").all()
+    other.release()  # closed: alone again
+    assert memory.sharing(base) == []
 
 
-
-def test_open_in_process_engines_are_found_and_closed_ones_are_not():
+def test_an_in_process_engine_holds_its_baseline_open_until_it_closes():
     engine = TelemetryKvEngine()
-    assert engine in memory.in_process_engines()
+    assert engine.memory_scope().self_baseline in memory._OPEN
     engine.close()
-    assert engine not in memory.in_process_engines()
+    assert engine.memory_scope().self_baseline not in memory._OPEN
