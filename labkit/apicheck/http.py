@@ -54,12 +54,13 @@ class ApiClient:
     """``base_url`` is the server's OpenAI root (ending in /v1); ``root`` is the server itself."""
 
     def __init__(self, base_url: str, model: str, headers: dict[str, str] | None = None,
-                 timeout_s: float = 60.0):
+                 timeout_s: float = 60.0, params: dict[str, str] | None = None):
         self.url = base_url.rstrip("/")
         self.root = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
         self.model = model
         self.timeout_s = timeout_s
-        self._client = httpx.Client(headers=headers or {}, timeout=httpx.Timeout(timeout_s, connect=10.0))
+        self._client = httpx.Client(headers=headers or {}, params=params or None,
+                                    timeout=httpx.Timeout(timeout_s, connect=10.0))
 
     def close(self) -> None:
         self._client.close()

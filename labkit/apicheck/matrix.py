@@ -83,7 +83,8 @@ def _target(t: Any, timeout_s: float) -> tuple[ApiClient, str]:
 
         eng = OpenAIEngine(t)
         try:
-            return ApiClient(eng.url, eng.model, eng.http_headers, timeout_s), f"attached to {t}"
+            return (ApiClient(eng.url, eng.model, eng.http_headers, timeout_s, eng.http_params),
+                    f"attached to {eng.url}")  # (the URL as given may hold a password)
         finally:
             eng.close()
     url, model = getattr(t, "url", None), getattr(t, "model", None)
@@ -92,7 +93,7 @@ def _target(t: Any, timeout_s: float) -> tuple[ApiClient, str]:
                            f"openai) or a URL; got {type(t).__name__}. In-process engines have no API.")
     args = t.info.args.get("extra_args") or []
     base = "--jinja (labkit's default)" if t.info.engine == "llama-server" else "labkit's defaults"
-    return ApiClient(url, model, t.http_headers, timeout_s), base + (f", plus {' '.join(args)}" if args else "")
+    return ApiClient(url, model, t.http_headers, timeout_s, getattr(t, "http_params", None)), base + (f", plus {' '.join(args)}" if args else "")
 
 
 def conformance(target: Any, *, timeout_s: float = 60.0, progress: bool = True) -> Conformance:

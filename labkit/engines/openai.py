@@ -161,6 +161,12 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
         """The headers every request carries (the API key, where one was given)."""
         return dict(self._client_options["headers"])
 
+    @property
+    def http_params(self) -> dict[str, str]:
+        """The query parameters every request carries (a gateway's ``?api-version=``, taken
+        from the URL given)."""
+        return dict(self._query or {})
+
     def client_spec(self) -> dict[str, Any]:
         """What another process needs to reach this server as this engine does (for load
         from several processes): URL, model, headers, limits. It holds the API key, so it is

@@ -89,3 +89,18 @@ def test_credentials_and_query_in_the_url_are_sent_but_never_recorded(server):
 def test_credentials_in_the_url_and_an_api_key_are_refused_together(server):
     with pytest.raises(InvalidInput, match="not both"):
         labkit.load("openai", url=f"http://user:pw@{server}/v1", api_key="k")
+
+
+def test_conformance_reaches_the_server_as_the_engine_does(server):
+    """The conformance client carries the URL's credentials and query too (a gateway's
+    ?api-version= that it dropped made every check fail), and its report names no secret."""
+    from labkit.apicheck.matrix import _target
+
+    client, how = _target(f"http://user:s%40cret@{server}/v1?tenant=t1", 5.0)
+    try:
+        assert client.get("/models").status == 200
+    finally:
+        client.close()
+    want = "Basic " + base64.b64encode(b"user:s@cret").decode()
+    assert SEEN[-1] == ("/v1/models", want, {"tenant": "t1"})
+    assert "cret" not in how and "tenant" not in how
