@@ -78,6 +78,9 @@ _LLAMACPP_CACHE = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0":
                    "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
 _VLLM_CACHE = {"float16": 2.0, "bfloat16": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0}
 _CACHE_BYTES = {**_LLAMACPP_CACHE, **_VLLM_CACHE, "auto": 2.0}
+#: The same 16-bit types by the other engine's names, so one kv_cache_type plans both.
+_LLAMACPP_ALIAS = {"float16": "f16", "fp16": "f16", "half": "f16", "bfloat16": "bf16", "float32": "f32"}
+_VLLM_ALIAS = {"f16": "float16", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
 def parse_bytes(value: str | float | int | None) -> float | None:
@@ -387,13 +390,19 @@ def _cache_type(engine: str, cache_type: str) -> str:
     llama = engine in ("llama.cpp", "llama-server")
     known = _LLAMACPP_CACHE if llama else _VLLM_CACHE
     t = str(cache_type).lower()
+    t = (_LLAMACPP_ALIAS if llama else _VLLM_ALIAS).get(t, t)
     if t == "auto":
         return "f16" if llama else "auto"
     if t not in known:
-        raise InvalidInput(f"{engine} has no KV cache type {cache_type!r}; its types: auto, {', '.join(known)}"
-                           + (" (fp8 is vLLM's: plan it with engines=['vllm'])" if llama and "fp8" in t else
-                              " (q8_0/q4_0 are llama.cpp's: plan them with engines=['llama-server'])"
-                              if not llama and t in _LLAMACPP_CACHE else "") + ".")
+        if llama and "fp8" in t:
+            hint = " (fp8 is vLLM's: plan it with engines=['vllm'])"
+        elif not llama and t in _LLAMACPP_CACHE:
+            hint = (f" ({t} is llama.cpp's: plan it with engines=['llama-server'])" if t[0] in "qi" else
+                    " (vLLM keeps a float32 model's cache in float32: kv_cache_type='auto' with dtype='float32')")
+        else:
+            hint = ""
+        raise InvalidInput(f"{engine} has no KV cache type {cache_type!r}; its types: auto, "
+                           f"{', '.join(known)}{hint}.")
     return t
 
 

@@ -112,6 +112,16 @@ def test_kv_cache_types_belong_to_their_engine():
     assert "quantized V cache needs flash_attn=True" in q8["note"]
 
 
+def test_a_16_bit_kv_cache_type_plans_both_engines_by_either_name():
+    """f16 (llama.cpp's name) and float16 (vLLM's) are one type: either plans both engines
+    (f16 was the default before kv_cache_type became per engine)."""
+    for name in ("f16", "float16", "bf16"):
+        plan = labkit.fit(LLAMA_8B, kv_cache_type=name, gpu_memory="24GiB", dtype="bfloat16")
+        assert plan.row("vllm")["kv_per_token_kib"] == plan.row("llama.cpp")["kv_per_token_kib"] == 128
+    with pytest.raises(labkit.InvalidInput, match=r"vllm has no KV cache type 'f32'.*dtype='float32'"):
+        labkit.fit(LLAMA_8B, engines=["vllm"], kv_cache_type="f32", gpu_memory="24GiB")
+
+
 def test_vllm_on_a_gpu_profiles_its_default_batch_not_the_context():
     """The activation peak is max_num_batched_tokens' (chunked prefill: the LLM class 8192 on a
     card under 70 GiB, its server 2048; 16384 / 8192 on an H100), whatever the context."""
