@@ -93,14 +93,20 @@ class Nvml:
         for i in range(n):
             u = self._nvml.nvmlDeviceGetUUID(self._nvml.nvmlDeviceGetHandleByIndex(i))
             uuids[i] = u.decode() if isinstance(u, bytes) else str(u)
-        picked: list[int] = []
-        for e in entries:
-            found = [int(e)] if e.isdigit() and int(e) < n else \
-                [i for i, u in uuids.items() if u.startswith(e if e.startswith("GPU-") else "GPU-" + e)]
-            if len(found) != 1 or found[0] in picked:
-                break  # CUDA too stops at an entry it cannot match to one GPU
+        picked: list[Any] = []
+        for e in entries:  # CUDA too stops at an entry it cannot match to one device
+            if e.startswith("MIG-"):  # a MIG instance: its own memory and processes
+                try:
+                    picked.append(self._nvml.nvmlDeviceGetHandleByUUID(e))
+                except self._nvml.NVMLError:
+                    break
+                continue
+            found = [int(e)] if e.isdigit() else [i for i, u in uuids.items() if e.startswith("GPU-")
+                                                  and u.startswith(e)]
+            if len(found) != 1 or not 0 <= found[0] < n or found[0] in picked:
+                break
             picked.append(found[0])
-        return [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in picked]
+        return [h if not isinstance(h, int) else self._nvml.nvmlDeviceGetHandleByIndex(h) for h in picked]
 
     def count(self) -> int:
         return len(self._handles)

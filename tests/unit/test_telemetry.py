@@ -269,6 +269,11 @@ class FakePynvml:
     def nvmlDeviceGetUUID(self, h):
         return f"GPU-{h}{h}{h}{h}abcd-0000"
 
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid != "MIG-1111":  # one MIG instance, on GPU 1, stands for its numbers here
+            raise self.NVMLError("Not Found")
+        return 1
+
     def nvmlDeviceGetName(self, h):
         return f"GPU{h}"
 
@@ -288,10 +293,12 @@ class FakePynvml:
 @pytest.mark.parametrize(("visible", "name", "used_gib"), [
     (None, "GPU0 x4", 6), ("0,1", "GPU0 x2", 1), ("2", "GPU2", 2), ("", None, None), ("-1", None, None),
     ("0,-1,1", "GPU0", 0), ("3,1", "GPU3 x2", 4), ("GPU-2222abcd-0000", "GPU2", 2), ("GPU-3333,1", "GPU3 x2", 4),
-    ("1,9", "GPU1", 1)])
+    ("1,9", "GPU1", 1), ("9,1", None, None), ("1111", None, None), ("MIG-1111", "GPU1", 1),
+    ("MIG-2222", None, None)])
 def test_nvml_reads_the_gpus_cuda_programs_here_see(monkeypatch, visible, name, used_gib):
-    """CUDA_VISIBLE_DEVICES by index or GPU UUID (a unique prefix too), up to its first entry
-    CUDA cannot use: memory and power summed over those GPUs, not NVML's GPU 0."""
+    """CUDA_VISIBLE_DEVICES by index, GPU UUID (a unique prefix of GPU-..., as CUDA takes it)
+    or MIG UUID, up to its first entry CUDA cannot use: memory and power summed over those
+    GPUs, not NVML's GPU 0 (an index past the last GPU is not a UUID prefix)."""
     import sys
 
     monkeypatch.setitem(sys.modules, "pynvml", FakePynvml())
