@@ -414,7 +414,7 @@ class MemorySampler:
         """Other in-process engines alive while this scope is measured: its growth since its
         baseline is theirs too (llama.cpp, then vLLM, in one process: vLLM's front end is
         billed to llama.cpp)."""
-        if self.scope.self_baseline is None:
+        if self.scope.self_baseline not in _OPEN:  # not an open in-process engine's (a server's)
             return ""
         others = sharing(self.scope.self_baseline)
         if not others:
@@ -430,10 +430,19 @@ class MemorySampler:
             except Exception:  # a process vanishing mid-sample must not end the timeline
                 continue
 
-    def start(self) -> MemorySampler:
+    def _judge_sharing(self) -> None:
         self.shared_with = self._others()
         if self.shared_with:
-            warnings.warn(f"labkit: {self.shared_with}.", stacklevel=2)
+            warnings.warn(f"labkit: {self.shared_with}.", stacklevel=3)
+
+    def retarget(self, scope: EngineMemory) -> None:
+        """Measure ``scope`` from now on (an engine that finished loading: from "this process
+        and its new children" to the engine's own processes)."""
+        self.scope = scope
+        self._judge_sharing()
+
+    def start(self) -> MemorySampler:
+        self._judge_sharing()
         self._stop.clear()
         self.sample(detail=True)
         self._thread = threading.Thread(target=self._run, name="labkit-memory", daemon=True)

@@ -278,7 +278,7 @@ class Session:
                 self.sampler = memory_sampler(scope, self.config.memory_interval_s)
                 self.sampler.start()
         elif scope is not None:
-            self.sampler.scope = scope  # from "the process that loaded it" to the engine's own
+            self.sampler.retarget(scope)  # from "the process that loaded it" to the engine's own
         else:  # a remote server: this process's memory (and its load workers') is not the engine's
             self.sampler.stop()
             self.sampler = None

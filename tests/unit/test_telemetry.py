@@ -358,3 +358,23 @@ def test_an_in_process_engine_holds_its_baseline_open_until_it_closes():
     assert engine.memory_scope().self_baseline in memory._OPEN
     engine.close()
     assert engine.memory_scope().self_baseline not in memory._OPEN
+
+
+def test_only_an_in_process_engines_memory_is_said_to_be_shared(monkeypatch):
+    """A server loaded by name beside an open in-process engine: its memory is its own tree
+    (the loading scope and the server's scope say nothing); an in-process one's is shared."""
+    monkeypatch.setattr(memory, "_OPEN", weakref.WeakSet())
+    llama = memory.engine_baseline("llama.cpp (m)")  # open in this process, as in the quickstart
+    sampler = memory.MemorySampler(memory.EngineMemory([], memory.Baseline(*memory.self_memory())),
+                                   device=False, cpu_budget=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler.start()  # loading a server: not an engine's baseline
+        sampler.retarget(memory.EngineMemory([]))  # the server's own tree
+        assert sampler.sample()["n_processes"] == 0 and "shared_process" not in sampler.sample()
+    vllm = memory.engine_baseline("vllm (m)")
+    with pytest.warns(UserWarning, match=r"alive in this process \(llama.cpp \(m\)\)"):
+        sampler.retarget(memory.EngineMemory([], vllm))
+    assert "shared_process" in sampler.sample()
+    sampler.stop()
+    llama.release()
