@@ -311,6 +311,10 @@ _FIM_EOG = {"fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]
             "fim_sep": ("<|file_sep|>",)}
 
 
+#: llama.cpp's eos id for a GGUF without one, by tokenizer.ggml.model (llama-vocab.cpp, load)
+_DEFAULT_EOS = {"llama": 2, "gpt2": 11, "t5": 1, "plamo2": 2}
+
+
 def eog_ids(meta: dict[str, Any], tokens: list[str]) -> list[int]:
     """The token ids llama.cpp ends generation on, from a GGUF's metadata and its token texts
     (``tokenizer.ggml.tokens``): FIM pad/repo/file-separator tokens, tokens whose text is an
@@ -322,16 +326,20 @@ def eog_ids(meta: dict[str, Any], tokens: list[str]) -> list[int]:
     def valid(v: Any) -> int | None:
         return int(v) if v is not None and int(v) >= 0 and (int(v) < n or not n) else None
 
-    first: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        first.setdefault(t, i)
-    ids = {i for i, t in enumerate(tokens) if t in _EOG_TEXTS}
+    # llama.cpp looks tokens up by text in a map where a repeated text keeps its last id
+    first: dict[str, int] = {t: i for i, t in enumerate(tokens)}
+    ids = {first[t] for t in _EOG_TEXTS if t in first}
     for key, texts in _FIM_EOG.items():
         found = valid(meta.get(f"tokenizer.ggml.{key}_token_id"))
         if found is None:
             found = next((first[t] for t in texts if t in first), None)
         ids |= {found} if found is not None else set()
-    ids |= {v for k in ("eos", "eot", "eom") if (v := valid(meta.get(f"tokenizer.ggml.{k}_token_id"))) is not None}
+    eos = valid(meta.get("tokenizer.ggml.eos_token_id"))
+    if eos is None:  # no key (or out of the vocabulary): the tokenizer type's default
+        eos = _DEFAULT_EOS.get(str(meta.get("tokenizer.ggml.model", "")))
+        eos = eos if eos is not None and eos < n else None
+    ids |= {v for v in (eos, *(valid(meta.get(f"tokenizer.ggml.{k}_token_id")) for k in ("eot", "eom")))
+            if v is not None}
     texts = {tokens[i] for i in ids if i < n}
     if {"<|return|>", "<|call|>", "<|end|>"} <= texts or {"<|calls|>", "<|flush|>", "<|end|>"} <= texts:
         ids.discard(first["<|end|>"])

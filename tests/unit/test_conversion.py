@@ -94,3 +94,9 @@ def test_the_converted_stop_tokens_are_llama_cpps_end_of_generation_set():
     assert eog_ids({"tokenizer.ggml.eos_token_id": 0}, harmony) == [0, 1]
     assert eog_ids({}, ["</s>", "<|tool_response>"]) == [1]  # gemma4: </s> is a normal token
     assert eog_ids({"tokenizer.ggml.eos_token_id": 3}, []) == [3]  # no token list: the ids alone
+    # a repeated text counts once, at its last id (llama.cpp's text-to-id map keeps that one)
+    assert eog_ids({"tokenizer.ggml.eos_token_id": 0}, harmony + ["<|end|>"]) == [0, 1]
+    assert eog_ids({}, ["a", "<|im_end|>", "b", "<|im_end|>"]) == [3]
+    # no eos key: the tokenizer type's default, as llama.cpp sets it
+    assert eog_ids({"tokenizer.ggml.model": "llama"}, ["<unk>", "<s>", "end", "x"]) == [2]
+    assert eog_ids({"tokenizer.ggml.model": "gpt2"}, [f"t{i}" for i in range(12)]) == [11]
