@@ -117,11 +117,6 @@ class ManagedProcess:
     def pid(self) -> int:
         return self._proc.pid
 
-    @property
-    def group(self) -> int:
-        """The process group the guard leads, for the processes it must end to join."""
-        return self._proc.pid
-
     def poll(self) -> int | None:
         """Exit code, or None while running."""
         return self._proc.poll()

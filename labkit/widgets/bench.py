@@ -126,8 +126,8 @@ class BenchPanel(RunStopPanel):
     def _split(res: Any) -> tuple[Any, Any]:
         """(whole levels, levels cut short by Stop or failed requests); unstarted ones in neither."""
         s = res.summary
-        if s.empty or "output_tok_per_s" not in s:  # nothing completed: nothing to draw or list
-            return s.iloc[0:0], s.iloc[0:0]
+        if s.empty or not (s["completed"] > 0).any():  # nothing completed: nothing to draw or list
+            return s.iloc[0:0], s.iloc[0:0]  # (a level that served nothing has no latency columns)
         started = s[s["completed"] > 0]
         bad = (started["unmeasured"] > 0) | (started["errors"] > 0)
         return started[~bad], started[bad]
@@ -143,7 +143,7 @@ class BenchPanel(RunStopPanel):
         """One engine's traces: complete levels on the line, a level cut short as a hollow
         marker saying how much of it ran, levels never started not at all."""
         whole, cut = self._split(res)
-        if "output_tok_per_s" not in whole:
+        if whole.empty and cut.empty:
             return
         names = list(self.results)
         color = qualitative.Plotly[names.index(label) % len(qualitative.Plotly)] if label in names else None

@@ -65,6 +65,26 @@ def test_levels_that_never_started_are_not_listed_as_partial():
     assert "of 6" not in panel.status.value and all(len(t.x) == 0 for t in panel.figure.data)
 
 
+class _RefusesAll(FakeEngine):
+    """A server that answers every request with an error (a 401 for a missing key)."""
+
+    def _stream(self, prompt, params, chat, t0):
+        from labkit.errors import EngineError
+
+        raise EngineError("401 Unauthorized")
+
+
+def test_a_run_where_every_request_failed_ends_with_nothing_drawn_not_an_error():
+    panel = BenchPanel(_RefusesAll())
+    panel.levels.value, panel.requests.value = "1,2", 2
+    panel.input_tokens.value, panel.output_tokens.value = 8, 4
+    panel.run_button.click()
+    panel.wait(60)
+    assert "Error" not in panel.status.value and "KeyError" not in panel.status.value, panel.status.value
+    assert all(len(t.x) == 0 for t in panel.figure.data)
+    assert (panel.result.summary["completed"] == 0).all() and (panel.result.summary["errors"] > 0).all()
+
+
 def test_an_engine_unloaded_after_it_was_picked_is_named_not_swallowed():
     from labkit.widgets import ComparePanel
 
