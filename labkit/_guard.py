@@ -96,6 +96,8 @@ def main() -> int:
     for sig in (signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     fd = int(sys.argv[1])
+    print("ready", flush=True)  # the owner waits for this before it begins a load
+    sys.stdout.close()
     if sys.argv[2:3] == ["--watch"]:
         wanted = _watch(fd, sys.argv[3], {int(p) for p in sys.argv[4:]})
     else:
@@ -113,7 +115,8 @@ def main() -> int:
         except psutil.Error:
             continue
     for q in group_members():  # the engine's processes, which joined this guard's group
-        victims.setdefault(q.pid, q)
+        if engine_child(q):  # (multiprocessing's shared resource tracker is no engine's)
+            victims.setdefault(q.pid, q)
     end(list(victims.values()), grace_s=10)
     return 0
 

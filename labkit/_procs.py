@@ -182,10 +182,23 @@ class OrphanGuard:
         # reparented, with no scan period for a kill to fall into.
         self._proc = subprocess.Popen([sys.executable, "-m", "labkit._guard", str(read_end), *args],
                                       pass_fds=(read_end,), process_group=0,
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         os.close(read_end)
         self._released = False
         self._owner = os.getpid()
+        self._wait_ready()
+
+    def _wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until the guard watches (it says so on stdout): a load begun before would have a
+        moment in which this process's death went unseen. A guard that died says nothing."""
+        import select
+
+        out = self._proc.stdout
+        try:
+            if select.select([out], [], [], timeout_s)[0]:
+                out.readline()
+        finally:
+            out.close()
 
     @classmethod
     def watching(cls, before: set[int]) -> OrphanGuard:
@@ -239,16 +252,22 @@ _OWN_GROUP: int | None = None
 GROUP_ENV = "LABKIT_PROCESS_GROUP"
 
 
-def _join_group(group: int) -> None:
-    try:
-        os.setpgid(0, group)
-    except OSError:  # that group is gone (its guard was killed): one of its own at least
-        os.setpgid(0, 0)
+_OWNER = os.getpid()  # (this process, after its own fork: see _own_group_after_fork)
+OWNER_ENV = "LABKIT_PROCESS_OWNER"
 
 
 def _own_group_after_fork() -> None:
+    """In a child forked inside own_process_groups(): join the group, then exit at once if
+    the owner died meanwhile (its guard may have ended the group before this joined it)."""
+    global _OWN_GROUP
     if _OWN_GROUP is not None:
-        _join_group(_OWN_GROUP)
+        try:
+            os.setpgid(0, _OWN_GROUP)
+        except OSError:  # that group is gone (its guard ended): one of its own at least
+            os.setpgid(0, 0)
+        if os.getppid() != _OWNER:
+            os._exit(1)
+        _OWN_GROUP = None  # its own forks (vLLM's workers) simply stay in the group with it
 
 
 os.register_at_fork(after_in_child=_own_group_after_fork)
@@ -263,9 +282,13 @@ def _own_group_executable() -> str:
     from ._cache import cache_dir
 
     # sh, not a "#!python" line: a shebang cannot hold a space, and old kernels cut it at 128 bytes
+    # The owner's pid comes along: a child that joins after its owner died (and its guard
+    # ended the group) exits rather than run on, ended by no one.
     code = ("import os, sys\n"
             "g = int(os.environ.get('" + GROUP_ENV + "') or 0)\n"
+            "owner = int(os.environ.get('" + OWNER_ENV + "') or 0)\n"
             "try:\n    os.setpgid(0, g)\nexcept OSError:\n    os.setpgid(0, 0)\n"
+            "if owner and os.getppid() != owner:\n    sys.exit(1)\n"
             "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
     text = (f"#!/bin/sh\n# labkit: a process group of its own or its guard's, then Python as asked "
             f"(see labkit/_procs.py, own_process_groups)\nexec {shlex.quote(sys.executable)} -c "
@@ -290,10 +313,15 @@ def own_process_groups(group: int = 0) -> Iterator[None]:
     group, and vLLM's engine core takes SIGINT as "shut down": the interrupt that stops a
     bench would abort its last level's requests and leave a dead engine. Spawned children
     start through a Python that calls setpgid first; forked ones call it after the fork."""
+    import multiprocessing.resource_tracker as tracker
     import multiprocessing.spawn as spawn
 
-    global _OWN_GROUP
-    before, env_before = spawn.get_executable(), os.environ.get(GROUP_ENV)
+    global _OWN_GROUP, _OWNER
+    # multiprocessing's resource tracker, shared by everything this process runs, starts with
+    # spawn's executable on first use: started now, it stays out of the engine's group.
+    tracker.ensure_running()
+    before = spawn.get_executable()
+    env_before = {k: os.environ.get(k) for k in (GROUP_ENV, OWNER_ENV)}
     try:
         spawn.set_executable(_own_group_executable())
     except OSError as e:  # spawned children stay in this group: a Ctrl-C reaches them
@@ -301,16 +329,17 @@ def own_process_groups(group: int = 0) -> Iterator[None]:
 
         warnings.warn(f"labkit could not write its process-group wrapper ({e}): a Ctrl-C or a "
                       "kernel interrupt will reach vLLM's engine core and stop it.", stacklevel=3)
-    _OWN_GROUP = group
-    os.environ[GROUP_ENV] = str(group)
+    _OWN_GROUP, _OWNER = group, os.getpid()
+    os.environ.update({GROUP_ENV: str(group), OWNER_ENV: str(_OWNER)})
     try:
         yield
     finally:
         _OWN_GROUP = None
-        if env_before is None:
-            os.environ.pop(GROUP_ENV, None)
-        else:
-            os.environ[GROUP_ENV] = env_before
+        for k, v in env_before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         spawn.set_executable(before)
 
 
