@@ -123,8 +123,16 @@ def finish_record(record: RequestRecord, tokens: list[Token], e2e_s: float,
         record.input_tokens = next((t.prompt_tokens for t in tokens if t.prompt_tokens is not None), None)
     record.reply = "".join(t.text for t in real)
     record.error = f"{type(error).__name__}: {error}" if error is not None else \
+        _cut_off(len(real)) if timed and finish is None else \
         None if timed or finish in UNMEASURED_FINISH else _no_output(finish)
     return record
+
+
+def _cut_off(n: int) -> str:
+    """Why tokens that never came to a finish are a failure: every engine labkit drives, and
+    every OpenAI-compatible server, ends a whole output with a finish reason; a stream that
+    just stops was cut (a server that died, a proxy's timeout) and is not the output asked for."""
+    return f"Truncated: the stream ended after {n} token(s) without a finish reason (cut off?)"
 
 
 def _textless_output(tokens: list[Token], reported: int | None) -> list[Token]:

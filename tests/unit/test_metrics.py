@@ -98,6 +98,16 @@ def test_a_request_that_got_no_token_is_an_error_not_a_latency_sample():
     assert s["req_per_s"] == pytest.approx(1 / 0.2)  # the 30 s empty stream is no request served
 
 
+def test_a_stream_cut_off_before_its_finish_is_an_error_not_a_short_output():
+    from labkit.engines.base import Token
+    from labkit.loadgen.drivers import finish_record
+
+    # a proxy closed the stream after two tokens of 64: no finish reason, no [DONE]
+    cut = finish_record(RequestRecord("concurrency", 1, 0, start_s=0.0), [Token(" a", 1, 0.1), Token(" b", 2, 0.2)],
+                        0.2, None)
+    assert cut.error == "Truncated: the stream ended after 2 token(s) without a finish reason (cut off?)"
+
+
 def test_a_server_whose_first_token_ends_the_output_is_timed_at_its_finish():
     from labkit.engines.base import Token
     from labkit.loadgen.drivers import finish_record
