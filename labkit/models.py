@@ -560,10 +560,11 @@ def _gguf_swa(h: Any) -> tuple[int | None, int, bool, bool, tuple[bool, ...] | N
     pattern, dense_first = arches.LLAMACPP_SWA.get(h.architecture, (0, False))
     known = h.architecture in arches.LLAMACPP_SWA
     flags = h.arch_get("attention.sliding_window_pattern")
+    # (llama.cpp reads these keys only for the architectures it slides: `known` either way)
     if isinstance(flags, list) and flags:  # per layer, True = sliding (newer converters): exact
-        return int(window), 0, False, True, tuple(bool(f) for f in flags)
+        return int(window), 0, False, known, tuple(bool(f) for f in flags)
     if isinstance(flags, int) and not isinstance(flags, bool) and flags > 0:  # one period for all
-        return int(window), flags, dense_first, True, None
+        return int(window), flags, dense_first, known, None
     return int(window), pattern, dense_first, known, None
 
 

@@ -55,6 +55,15 @@ def test_per_layer_flags_of_many_layers_are_read_and_dense_first_is_kept(tmp_pat
     assert [a.is_swa_layer(i) for i in range(12)] == irregular
 
 
+def test_a_window_pattern_on_an_architecture_llama_cpp_does_not_slide_is_not_applied_there(tmp_path):
+    """llama.cpp reads a window and its pattern only for the architectures it slides: a
+    "llama" GGUF carrying them keeps every layer full-size in llama-server."""
+    for pattern in (4, [True, True, True, False]):
+        spec = model_spec(_gguf(tmp_path / "m.gguf", "llama", window=512, pattern=pattern))
+        assert not spec.llamacpp_swa
+        assert kv_bytes(spec, 8192, 1, "llama-server") == kv_bytes(spec, 8192, 1, "llama.cpp")
+
+
 def test_a_window_llama_cpp_does_not_apply_is_full_size_there_and_windowed_in_vllm(tmp_path):
     # a Mistral v0.1 GGUF is a "llama" one with a window: llama.cpp ignores it, vLLM slides
     spec = model_spec(_gguf(tmp_path / "m.gguf", "llama", window=512))
