@@ -32,24 +32,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"labkit: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _positive_seconds(value: str) -> int:
-    try:
-        seconds = int(value)
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"takes a whole number of seconds above 0, got {value!r}")
-    return seconds
+def _seconds(whole: bool):
+    """An argparse type: a number of seconds above 0 (``whole``: an int), else one error line."""
+    def parse(value: str) -> float:
+        try:
+            seconds = int(value) if whole else float(value)
+        except ValueError:
+            seconds = math.nan
+        if not seconds > 0 or math.isinf(seconds):
+            raise argparse.ArgumentTypeError(f"takes a {'whole ' if whole else ''}number of seconds above 0, "
+                                             f"got {value!r}")
+        return seconds
 
-
-def _positive_float_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not seconds > 0 or math.isinf(seconds):
-        raise argparse.ArgumentTypeError(f"takes a number of seconds above 0, got {value!r}")
-    return seconds
+    return parse
 
 
 def _top_k(value: str) -> int:
@@ -553,7 +548,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="run once per value of a parameter (VALUES: a JSON list); several --grid "
                         "flags run every combination, each into OUT/NNN-NAME=VALUE")
     p.add_argument("--json", action="store_true", help="JSON on stdout: the run's files (with --grid: the points)")
-    p.add_argument("--timeout", type=_positive_seconds, default=1800,
+    p.add_argument("--timeout", type=_seconds(whole=True), default=1800,
                    help="seconds one cell may run before it is interrupted (default 1800)")
 
 
@@ -716,7 +711,7 @@ def _conformance(args: argparse.Namespace) -> int:
 def _conformance_args(p: argparse.ArgumentParser) -> None:
     _engine_args(p)
     p.set_defaults(engine="llama-server")
-    p.add_argument("--timeout", type=_positive_float_seconds, default=60.0, help="seconds each request may take")
+    p.add_argument("--timeout", type=_seconds(whole=False), default=60.0, help="seconds each request may take")
     p.add_argument("--no-tool-flags", action="store_true",
                    help="start the server without the flags the tool checks need (vLLM's parser)")
     p.add_argument("--json", action="store_true", help="one JSON object: flags and every check")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,8 +12,9 @@ from aiohttp import web
 
 import labkit
 from labkit.apicheck.schema import problems
-from labkit.engines.servers import free_port
 from labkit.errors import InvalidInput
+
+from .fake_server import serve
 
 HANG = asyncio.Event()  # never set: a request that waits on it hangs until the server stops
 
@@ -47,36 +47,11 @@ async def _not_found(request: web.Request) -> web.Response:
     return web.Response(status=404, text="Not Found")
 
 
-def _serve(routes: list[web.RouteDef]) -> Iterator[str]:
-    """An aiohttp app on 127.0.0.1 in a thread of its own; yields its /v1 URL."""
-    loop = asyncio.new_event_loop()
-    app = web.Application()
-    app.add_routes(routes)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)  # a hanging handler is cancelled, not awaited
-    port = free_port()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert started.wait(10)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(10)
 
 
 @pytest.fixture
 def wrong_server() -> Iterator[str]:
-    yield from _serve([web.get("/v1/models", _models), web.post("/v1/chat/completions", _chat),
+    yield from serve([web.get("/v1/models", _models), web.post("/v1/chat/completions", _chat),
                        web.post("/v1/completions", _boom)])
 
 
@@ -99,7 +74,7 @@ def test_malformed_answers_are_graded_wrong_and_a_hang_missing(wrong_server):
 
 
 def test_a_url_that_is_not_an_openai_server_is_refused_clearly():
-    for url in _serve([web.get("/v1/models", _not_found)]):
+    for url in serve([web.get("/v1/models", _not_found)]):
         with pytest.raises(InvalidInput, match=r"does not serve the OpenAI API \(GET /v1/models: HTTP 404"):
             labkit.conformance(url, progress=False)
 
@@ -159,7 +134,7 @@ def _answer(body: object, status: int = 200, text: str | None = None):
 
 
 def _graded(routes: list[web.RouteDef]) -> dict[str, tuple[str, str]]:
-    for url in _serve([web.get("/v1/models", _models), *routes]):
+    for url in serve([web.get("/v1/models", _models), *routes]):
         m = labkit.conformance(url, timeout_s=2.0, progress=False)
     return {r["feature"]: (r["status"], r["evidence"]) for r in m.table.to_dict("records")}
 

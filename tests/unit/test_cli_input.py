@@ -16,7 +16,8 @@ from aiohttp import web
 from labkit.cli import build_parser, check_engine_flags, engine_kwargs, main
 from labkit.errors import InvalidInput
 
-from .test_apicheck import _models, _serve
+from .fake_server import serve
+from .test_apicheck import _models
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +55,7 @@ def _error_lines(text: str) -> list[str]:
 
 
 def test_a_bench_where_no_request_completed_fails_with_one_error_line(capsys):
-    for url in _serve([web.get("/v1/models", _models), web.post("/v1/chat/completions", _unauthorized)]):
+    for url in serve([web.get("/v1/models", _models), web.post("/v1/chat/completions", _unauthorized)]):
         code = main(["bench", "--engine", "openai", "--url", url, "--concurrency", "1", "--requests", "3"])
     err = capsys.readouterr().err
     assert code == 1, err
@@ -64,7 +65,7 @@ def test_a_bench_where_no_request_completed_fails_with_one_error_line(capsys):
 
 
 def test_a_bench_where_some_requests_failed_warns_and_exits_0(capsys):
-    for url in _serve([web.get("/v1/models", _models), _every_other_fails()]):
+    for url in serve([web.get("/v1/models", _models), _every_other_fails()]):
         code = main(["bench", "--engine", "openai", "--url", url, "--concurrency", "1", "--requests", "4"])
     err = capsys.readouterr().err
     assert code == 0, err
@@ -72,7 +73,7 @@ def test_a_bench_where_some_requests_failed_warns_and_exits_0(capsys):
 
 
 def test_capacity_where_every_request_failed_is_an_error_not_a_missed_slo(capsys):
-    for url in _serve([web.get("/v1/models", _models), web.post("/v1/chat/completions", _unauthorized)]):
+    for url in serve([web.get("/v1/models", _models), web.post("/v1/chat/completions", _unauthorized)]):
         code = main(["capacity", "--engine", "openai", "--url", url, "--slo", "ttft_p99_ms=2000",
                      "--max-level", "2"])
     out, err = capsys.readouterr()

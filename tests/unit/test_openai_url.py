@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
 
 import labkit
-from labkit.engines.servers import free_port
 from labkit.errors import InvalidInput
+
+from .fake_server import serve
 
 SEEN: list[tuple[str, str | None, dict[str, str]]] = []  # (path, Authorization, query) per request
 
@@ -41,28 +41,10 @@ async def _completions(request: web.Request) -> web.StreamResponse:
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    """The fake on 127.0.0.1 in a thread of its own; yields its host:port."""
-    loop, app = asyncio.new_event_loop(), web.Application()
-    app.add_routes([web.get("/v1/models", _models), web.post("/v1/completions", _completions)])
-    runner, port, started = web.AppRunner(app, shutdown_timeout=0.1), free_port(), threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert started.wait(10)
-    SEEN.clear()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(10)
+    """The fake on 127.0.0.1; yields its host:port."""
+    for url in serve([web.get("/v1/models", _models), web.post("/v1/completions", _completions)]):
+        SEEN.clear()
+        yield url.removeprefix("http://").removesuffix("/v1")
 
 
 async def _astream(eng) -> list:
