@@ -34,16 +34,31 @@ _LLAMACPP = {"llamacpp:kv_cache_usage_ratio": "kv_used_fraction",
              "llamacpp:requests_deferred": "waiting", "llamacpp:n_tokens_max": "n_tokens_max"}
 
 
+# Under data parallelism vLLM gives one series per engine (label "engine"). Counts add up
+# over them (requests running, waiting, KV capacity, counters); the KV fraction is the
+# fullest engine's, a max: a sum could pass 1, and a mean would hide the one engine that is
+# full and preempting.
+_MAXED = frozenset({"kv_used_fraction"})
+
+
+def _combine(out: dict[str, float], key: str, value: float) -> None:
+    if key in _MAXED and key in out:
+        out[key] = max(out[key], value)
+    else:
+        out[key] = out.get(key, 0) + value
+
+
 def vllm_kv(samples: list[Sample]) -> dict[str, float]:
-    """vLLM's metrics (server /metrics or ``LLM.get_metrics``) as a KV account."""
+    """vLLM's metrics (server /metrics or ``LLM.get_metrics``) as a KV account, every
+    engine's series combined (see ``_MAXED``)."""
     snap: dict[str, float] = {}
     for metric, labels, value in samples:
         if metric in _VLLM:
-            snap[_VLLM[metric]] = value
+            _combine(snap, _VLLM[metric], value)
         elif metric == "vllm:cache_config_info":
             blocks, size = labels.get("num_gpu_blocks"), labels.get("block_size")
             if blocks and blocks != "None" and size:
-                snap["kv_capacity_tokens"] = int(blocks) * int(size)
+                _combine(snap, "kv_capacity_tokens", int(blocks) * int(size))
     return snap
 
 
@@ -73,7 +88,8 @@ COUNTERS = frozenset(k for k, (_, _, kind) in SERVER_METRICS.items() if kind == 
 def server_metrics(samples: list[Sample], flavor: str) -> dict[str, float]:
     """``samples`` of vLLM (``flavor`` "vllm") or llama-server ("llama-server") under the
     shared names of :data:`SERVER_METRICS`. Counters are matched with or without the
-    ``_total`` suffix Prometheus adds; labelled series (one per model or engine) are summed."""
+    ``_total`` suffix Prometheus adds; labelled series (one per model or engine) are summed,
+    but for the KV fraction, their max (see ``_MAXED``)."""
     col = 0 if flavor == "vllm" else 1
     wanted = {names[col]: shared for shared, names in SERVER_METRICS.items() if names[col]}
     out: dict[str, float] = {}
@@ -81,5 +97,5 @@ def server_metrics(samples: list[Sample], flavor: str) -> dict[str, float]:
         base = metric[: -len("_total")] if metric.endswith("_total") else metric
         shared = wanted.get(metric) or wanted.get(base)
         if shared is not None:
-            out[shared] = out.get(shared, 0.0) + value
+            _combine(out, shared, value)
     return out
