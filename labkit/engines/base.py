@@ -74,12 +74,18 @@ class Token:
 class Submission:
     """One request for an engine's ``submit`` (engines that take requests with callbacks,
     such as in-process vLLM): a raw prompt or a conversation, sampling keywords (see
-    :class:`SamplingParams`) and two callbacks, ``on_token(Token)`` and ``on_done(error or None)``."""
+    :class:`SamplingParams`) and two callbacks, ``on_token(Token)`` and ``on_done(error or None)``.
+
+    ``t0``: ``time.perf_counter()`` when the caller counts the request as sent; each token's
+    ``t_s`` is measured from it, so a caller timing the whole request from the same moment
+    gets a TTFT and an end-to-end time on one clock. None: the moment the engine starts on
+    this request (before tokenizing it)."""
 
     prompt: str | Conversation
     on_token: Callable[[Token], None]
     on_done: Callable[[Exception | None], None]
     params: dict[str, Any] = field(default_factory=dict)
+    t0: float | None = None
 
 
 @dataclass

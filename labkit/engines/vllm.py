@@ -53,6 +53,8 @@ from .defaults import (
 from .prometheus import server_metrics, vllm_kv
 
 _DONE = object()
+_CANCEL = object()  # in the inbox: end every request admitted before it ("cancelled")
+_CLOSED = "The vllm engine was closed during the request."
 
 
 @dataclass
@@ -135,18 +137,16 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
         kwargs: dict[str, Any] = dict(model=str(directory), max_model_len=context, dtype=dtype,
                                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
                                       seed=seed, enable_prefix_caching=prefix_cache, **source, **llm_kwargs)
+        # LLM turns stats off by default, and get_metrics() then fails: the KV account and
+        # the telemetry's server metrics need them (their periodic log is switched off).
+        kwargs.setdefault("disable_log_stats", False)
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if is_synthetic(directory):
             kwargs.setdefault("load_format", "dummy")  # random weights, nothing read from disk
         self._start(kwargs, env, directory, models.label(model))
-        self._engine = self._llm.llm_engine
-        self._tokenizer = self._llm.get_tokenizer()
-        self._context = context
-        self._ids = itertools.count()
-        self._inbox: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="labkit-vllm-loop", daemon=True)
-        self._thread.start()
+        _quiet_stats(self._llm.llm_engine)
+        self._begin_loop(self._llm.llm_engine, self._llm.get_tokenizer(), context)
         self._info = EngineInfo(
             engine=self.name, engine_version=f"vllm {version}", model=models.label(model),
             model_path=str(directory), model_sha256=None,
@@ -158,6 +158,19 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             threads=threads_used, device=device, pid=os.getpid(), concurrency="batched",
             log_path=str(self._log),
         )
+
+    def _begin_loop(self, engine: Any, tokenizer: Any, context: int) -> None:
+        """Start the step loop over ``engine`` (an ``LLMEngine``)."""
+        self._engine, self._tokenizer, self._context = engine, tokenizer, context
+        self._ids = itertools.count()
+        self._inbox: queue.Queue = queue.Queue()
+        # "Is it open?" and the put into the inbox are one step under this lock, and so is
+        # close()'s stop marker: a request can never land behind the marker, where no loop
+        # would ever answer it.
+        self._gate = threading.Lock()
+        self._dead: str | None = None  # why the loop stopped, if it failed
+        self._thread = threading.Thread(target=self._loop, name="labkit-vllm-loop", daemon=True)
+        self._thread.start()
 
     def _start(self, kwargs: dict[str, Any], env: dict[str, str], directory: Any, label: str) -> None:
         with STARTING:  # no other engine starts meanwhile: the new children are vLLM's
@@ -201,65 +214,89 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
     # --- the step loop -------------------------------------------------------------------------
     def _loop(self) -> None:
         active: dict[str, _Pending] = {}
-        while True:
-            if not self._admit(active):
-                return
-            if not active:
-                continue
-            try:
-                outputs = self._engine.step()
-            except Exception as e:
-                for p in active.values():
-                    p.emit(EngineError(f"vLLM engine failed: {type(e).__name__}: {e}"))
-                active.clear()
-                continue
-            self._emit(outputs, active, time.perf_counter())
+        try:
+            while self._admit(active):
+                if active:
+                    self._step(active)
+        except BaseException as e:  # a bug here must not leave every request waiting for ever
+            self._die(f"labkit's vLLM step loop failed ({type(e).__name__}: {e}); load the "
+                      "engine again.", active)
+
+    def _step(self, active: dict[str, _Pending]) -> None:
+        try:
+            outputs = self._engine.step()
+        except Exception as e:
+            for p in active.values():
+                p.emit(EngineError(f"vLLM engine failed: {type(e).__name__}: {e}"))
+            active.clear()
+            return
+        self._emit(outputs, active, time.perf_counter())
+
+    def _die(self, reason: str, active: dict[str, _Pending]) -> None:
+        """The loop is ending for good: fail what it holds, and whatever comes later."""
+        with self._gate:
+            self._dead = reason  # read under the gate: nothing enters the inbox after this
+        for p in active.values():
+            p.emit(EngineError(reason))
+        active.clear()
+        _fail(_flatten(_take(self._inbox, block=False)), EngineError(reason))
 
     def _admit(self, active: dict[str, _Pending]) -> bool:
         """Add what waits in the inbox to vLLM (blocking while nothing runs); False on close."""
-        try:
-            items = [self._inbox.get()] if not active else []
-            while True:
-                items.append(self._inbox.get_nowait())
-        except queue.Empty:
-            pass
-        for item in [i for entry in items for i in (entry if isinstance(entry, list) else [entry])]:
-            if item is None:
-                for p in active.values():
-                    p.emit(EngineError("The vllm engine was closed during the request."))
+        items = _flatten(_take(self._inbox, block=not active))
+        for i, item in enumerate(items):
+            if item is None:  # close(): everything still held or queued fails, nothing hangs
+                self._die(_CLOSED, active)
+                _fail(items[i + 1:], EngineError(_CLOSED))
                 return False
-            if item.refused is not None:  # failed its checks in submit()
+            if item is _CANCEL:
+                self._cancel_active(active)
+            elif item.refused is not None:  # failed its checks in submit()
                 item.emit(item.refused)
-                continue
-            try:
-                # Outputs carry the id given here (vLLM adds a random suffix internally).
-                rid = str(next(self._ids))
-                self._engine.add_request(rid, {"prompt_token_ids": item.ids}, item.params)
-                active[rid] = item
-            except Exception as e:
-                item.emit(EngineError(f"vLLM refused the request: {e}"))
+            else:
+                self._add(item, active)
         return True
 
-    @staticmethod
-    def _emit(outputs: list[Any], active: dict[str, _Pending], now: float) -> None:
-        """Hand one step's new tokens to their requests, stamped ``now``."""
+    def _add(self, item: _Pending, active: dict[str, _Pending]) -> None:
+        try:
+            # Outputs carry the id given here (vLLM adds a random suffix internally).
+            rid = str(next(self._ids))
+            self._engine.add_request(rid, {"prompt_token_ids": item.ids}, item.params)
+            active[rid] = item
+        except Exception as e:
+            item.emit(EngineError(f"vLLM refused the request: {e}"))
+
+    def _cancel_active(self, active: dict[str, _Pending]) -> None:
+        """End every running request with finish "cancelled", and have vLLM drop them."""
+        self._abort(list(active))
+        now = time.perf_counter()
+        for p in active.values():
+            p.emit(Token("", None, now - p.t0, finish_reason="cancelled"))
+            p.emit(_DONE)
+        active.clear()
+
+    def _abort(self, rids: list[str]) -> None:
+        if not rids:
+            return
+        try:
+            self._engine.abort_request(rids)
+        except Exception:
+            pass  # their outputs, should any come, find no request here and are dropped
+
+    def _emit(self, outputs: list[Any], active: dict[str, _Pending], now: float) -> None:
+        """Hand one step's new tokens to their requests, stamped ``now``. An output that
+        cannot be read fails its own request, not the loop that serves everyone."""
         for o in outputs:
             p = active.get(o.request_id)
             if p is None:
                 continue
-            c = o.outputs[0]
-            lps = c.logprobs or []
-            for i, tid in enumerate(c.token_ids):
-                top = {int(k): float(v.logprob) for k, v in lps[i].items()} if i < len(lps) else None
-                p.emit(Token(c.text if i == 0 else "", int(tid), now - p.t0,
-                             top.get(int(tid)) if top else None, top))
-            if o.finished:
-                if o.prompt_logprobs is not None:
-                    p.emit(("prompt_logprobs", o.prompt_logprobs))
-                p.emit(Token("", None, now - p.t0, finish_reason=c.finish_reason,
-                             cached_tokens=getattr(o, "num_cached_tokens", None),
-                             prompt_tokens=len(o.prompt_token_ids or ()) or None))
-                p.emit(_DONE)
+            try:
+                finished = _emit_one(o, p, now)
+            except Exception as e:
+                p.emit(EngineError(f"labkit could not read vLLM's output ({type(e).__name__}: {e})."))
+                self._abort([o.request_id])
+                finished = True
+            if finished:
                 del active[o.request_id]
 
     def submit(self, requests: Sequence[Submission]) -> None:
@@ -272,7 +309,10 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
         self._check_open()
         pendings = []
         for r in requests:
-            p = _Pending([], None, 0.0, on_token=r.on_token, on_done=r.on_done)
+            # Timed from the caller's send time, else from before this request's tokenizing
+            # (as a server's TTFT includes it): never from after the whole wave's.
+            t0 = r.t0 if r.t0 is not None else time.perf_counter()
+            p = _Pending([], None, t0, on_token=r.on_token, on_done=r.on_done)
             try:
                 chat = not isinstance(r.prompt, str)
                 p.ids = self.tokenize(check_conversation(r.prompt) if chat else r.prompt, chat=chat)
@@ -280,15 +320,28 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             except LabkitError as e:
                 p.refused = e
             pendings.append(p)
-        now = time.perf_counter()
-        for p in pendings:
-            p.t0 = now
-        self._inbox.put(pendings)
+        self._enqueue(pendings)
 
     def _submit(self, ids: list[int], params: Any, t0: float) -> _Pending:
         pending = _Pending(ids, params, t0)
-        self._inbox.put(pending)
+        self._enqueue(pending)
         return pending
+
+    def _enqueue(self, item: Any) -> None:
+        """Into the loop's inbox, if the engine is open and its loop alive (one step: see
+        ``_gate``); else the error says why."""
+        with self._gate:
+            self._check_open()
+            if self._dead is not None:
+                raise EngineError(self._dead)
+            self._inbox.put(item)
+
+    def cancel(self) -> None:
+        """End every request vLLM has been given so far with finish "cancelled" (vLLM aborts
+        them, freeing their KV cache); requests submitted later run normally."""
+        with self._gate:
+            if not self.closed and self._dead is None:
+                self._inbox.put(_CANCEL)
 
     def _sampling(self, params: SamplingParams, n_prompt: int, **extra: Any):
         from vllm import SamplingParams as VSP
@@ -368,7 +421,8 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
             cc = self._engine.vllm_config.cache_config
             if cc.num_gpu_blocks:
                 snap["kv_capacity_tokens"] = int(cc.num_gpu_blocks) * int(cc.block_size)
-            samples = [(m.name, {}, float(m.value)) for m in self._llm.get_metrics()
+            # with their labels: under data parallelism each engine has its own series
+            samples = [(m.name, dict(m.labels or {}), float(m.value)) for m in self._engine.get_metrics()
                        if isinstance(getattr(m, "value", None), int | float)]
             snap.update(vllm_kv(samples))
             if with_metrics:
@@ -379,7 +433,8 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
 
     def _close(self) -> None:
         try:
-            self._inbox.put(None)
+            with self._gate:
+                self._inbox.put(None)
             self._thread.join(timeout=60)
             try:
                 self._engine.engine_core.shutdown()
@@ -395,6 +450,8 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
     def health(self) -> str | None:
         if self.closed:
             return "the engine is closed"
+        if not self._thread.is_alive():  # every request would wait for ever on it
+            return self._dead or "labkit's vLLM step loop has stopped; load the engine again."
         for p in self._children:  # the engine core: requests would wait on it for ever
             try:  # (is_running: the same process, not a new one under a reused pid)
                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
@@ -403,3 +460,56 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
                 pass
             return f"vLLM's engine core (pid {p.pid}) has exited; see its log: {self._log}"
         return None
+
+
+def _emit_one(o: Any, p: _Pending, now: float) -> bool:
+    """One request's new tokens from one step; True when it finished."""
+    c = o.outputs[0]
+    lps = c.logprobs or []
+    for i, tid in enumerate(c.token_ids):
+        top = {int(k): float(v.logprob) for k, v in lps[i].items()} if i < len(lps) else None
+        p.emit(Token(c.text if i == 0 else "", int(tid), now - p.t0,
+                     top.get(int(tid)) if top else None, top))
+    if not o.finished:
+        return False
+    if o.prompt_logprobs is not None:
+        p.emit(("prompt_logprobs", o.prompt_logprobs))
+    p.emit(Token("", None, now - p.t0, finish_reason=c.finish_reason,
+                 cached_tokens=getattr(o, "num_cached_tokens", None),
+                 prompt_tokens=len(o.prompt_token_ids or ()) or None))
+    p.emit(_DONE)
+    return True
+
+
+def _take(inbox: queue.Queue, block: bool) -> list[Any]:
+    """What waits in ``inbox`` (with ``block``, at least one item, waiting for it)."""
+    items = [inbox.get()] if block else []
+    try:
+        while True:
+            items.append(inbox.get_nowait())
+    except queue.Empty:
+        return items
+
+
+def _flatten(entries: list[Any]) -> list[Any]:
+    """Inbox entries as single items (a submit() puts its requests as one list)."""
+    return [i for entry in entries for i in (entry if isinstance(entry, list) else [entry])]
+
+
+def _fail(items: list[Any], error: Exception) -> None:
+    for item in items:
+        if isinstance(item, _Pending):
+            item.emit(error)
+
+
+def _quiet_stats(engine: Any) -> None:
+    """Keep vLLM's stats for get_metrics() (its Prometheus logger) without the line it logs
+    every 10 s while requests run: that would go wherever vLLM's logger writes, a notebook
+    too where vLLM was imported before labkit loaded it."""
+    try:
+        from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+        manager = engine.logger_manager
+        manager.stat_loggers = [s for s in manager.stat_loggers if isinstance(s, PrometheusStatLogger)]
+    except Exception:
+        pass  # another vLLM's internals: its log goes where vLLM's logger writes (labkit's log)

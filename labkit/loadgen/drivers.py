@@ -184,8 +184,10 @@ class SubmitDriver(Driver):
         for job in jobs:
             tokens: list[Token] = []
             t0 = job.begin(self.origin)
+            # t0 goes with the request: its tokens are timed from the moment its end-to-end
+            # time is, not from when the engine had tokenized the whole wave (TPOT absorbed it).
             subs.append(Submission(job.request.prompt, tokens.append,
-                                   lambda e, j=job, ts=tokens, t=t0: j.finish(ts, t, e), job.params))
+                                   lambda e, j=job, ts=tokens, t=t0: j.finish(ts, t, e), job.params, t0))
         try:
             self.engine.submit(subs)
         except Exception as e:  # refused before any started (a closed engine): records say so
