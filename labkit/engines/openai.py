@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -100,11 +101,18 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
     cache_prompt: bool | None = None
 
     def _connect(self, url: str, model: str | None, api_key: str | None,
-                 timeout_s: float = 600.0, max_connections: int = 512,
+                 timeout_s: float = 600.0, max_connections: int | None = None,
                  headers: dict[str, str] | None = None) -> None:
-        """Attach the HTTP clients to ``url`` and read which server it is (``/v1/models``)."""
+        """Attach the HTTP clients to ``url`` and read which server it is (``/v1/models``).
+
+        ``timeout_s``: the longest silence while waiting for a response or between two of its
+        chunks (a long stream, or one queued in the server, is not cut off as long as data
+        flows). ``max_connections``: None (the default, as in ``vllm bench serve``) opens a
+        connection per request in flight; a number caps them, and requests beyond it wait
+        inside labkit's client, a wait their TTFT then includes."""
         if not url or not url.startswith(("http://", "https://")):
             raise InvalidInput(f"url must start with http:// or https://, got {url!r}.")
+        _check_limits(timeout_s, max_connections)
         if headers is not None and not (isinstance(headers, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in headers.items())):
             # names and types only: a value may be a key
@@ -124,6 +132,7 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
         )
         self._client = httpx.Client(**self._client_options)
         self._timeout_s, self._max_connections = timeout_s, max_connections
+        self._in_flight, self._warned_limit = 0, False
         # One aiohttp session per event loop (a session belongs to the loop that made it).
         self._aclient: tuple[asyncio.AbstractEventLoop, Any] | None = None
         try:
@@ -273,8 +282,12 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
                     if tokens is None:
                         break
                     yield from tokens
+        except httpx.TimeoutException as e:
+            raise EngineError(self._timed_out(url, e)) from e
         except httpx.HTTPError as e:
             raise EngineError(f"Request to {url} failed ({type(e).__name__}: {e}).") from e
+        except json.JSONDecodeError as e:  # a stream cut mid-event
+            raise EngineError(f"{url} sent a malformed event ({type(e).__name__}: {e}).") from e
 
     async def astream(self, prompt: str | Conversation, **params: Any) -> AsyncIterator[Token]:
         """``stream`` on asyncio: the same request, tokens and timings, without a thread.
@@ -282,14 +295,34 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
         It uses aiohttp, as vLLM's serving benchmark does: per streamed chunk it costs a
         fraction of httpx's async stack, CPU that on a small machine the server is missing.
         """
-        import aiohttp
-
         chat = not isinstance(prompt, str)
         if chat:
             check_conversation(prompt)
         self._check_open()
         path, body = self._body(prompt, SamplingParams(**_tupled(params)), chat)
         url = _root(self.url) + path
+        self._note_in_flight(+1)
+        try:
+            async for tok in self._apost(url, body, chat):
+                yield tok
+        finally:
+            self._note_in_flight(-1)
+
+    def _note_in_flight(self, step: int) -> None:
+        """Count requests in flight (all on one event loop); warn once when more are in flight
+        than the connection limit lets out, since the rest wait in this client."""
+        self._in_flight += step
+        limit = self._max_connections
+        if limit is not None and self._in_flight > limit and not self._warned_limit:
+            self._warned_limit = True
+            warnings.warn(f"labkit: more than max_connections={limit} requests are in flight to "
+                          f"{self.url}; the rest wait in labkit's client, and their TTFT includes "
+                          "that wait. Load the engine with max_connections=None (no limit).",
+                          stacklevel=2)
+
+    async def _apost(self, url: str, body: dict, chat: bool) -> AsyncIterator[Token]:
+        import aiohttp
+
         t0 = time.perf_counter()
         try:
             async with self._async_session().post(url, json=body, params=self._query or None) as r:
@@ -310,22 +343,31 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
                             yield tok
                 for tok in _sse_data(pending.decode("utf-8").strip(), chat, now, url) or []:
                     yield tok  # a last event the server ended without a newline
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as e:
+            raise EngineError(self._timed_out(url, e)) from e
+        except aiohttp.ClientError as e:
             raise EngineError(f"Request to {url} failed ({type(e).__name__}: {e}).") from e
         except (UnicodeDecodeError, json.JSONDecodeError) as e:  # a stream cut mid-event
             raise EngineError(f"{url} sent a malformed event ({type(e).__name__}: {e}).") from e
+
+    def _timed_out(self, url: str, e: BaseException) -> str:
+        return (f"Request to {url} timed out ({type(e).__name__}{': ' + str(e) if str(e) else ''}): "
+                f"no connection within 10 s, or no data for timeout_s={self._timeout_s:g} s.")
 
     def _async_session(self):
         import aiohttp
 
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aclient[0] is not loop:
-            timeout = aiohttp.ClientTimeout(total=self._timeout_s, connect=10.0)
+            # A limit on silence, as the sync client's read timeout, not on the whole stream:
+            # total= also counted a long answer's stream and its time queued in the server.
+            timeout = aiohttp.ClientTimeout(total=None, sock_read=self._timeout_s, connect=10.0)
             # llama-server ends a streamed response by closing the connection while saying
             # keep-alive, so a reused connection fails the next request ("Can not write request
             # body"). Only vLLM's server gets pooled connections (as from its own benchmark);
             # elsewhere each request opens its own.
-            connector = aiohttp.TCPConnector(limit=self._max_connections, force_close=self.flavor != "vllm")
+            connector = aiohttp.TCPConnector(limit=self._max_connections or 0,  # 0: no limit
+                                             force_close=self.flavor != "vllm")
             self._aclient = (loop, aiohttp.ClientSession(timeout=timeout, connector=connector,
                                                          headers=self._client_options["headers"]))
         return self._aclient[1]
@@ -447,7 +489,7 @@ class OpenAIEngine(HttpEngine):
     summary = "any OpenAI-compatible URL (HTTP, streaming)"
 
     def __init__(self, url: str, model: str | None = None, *, api_key: str | None = None,
-                 api_key_env: str | None = None, timeout_s: float = 600.0, max_connections: int = 512,
+                 api_key_env: str | None = None, timeout_s: float = 600.0, max_connections: int | None = None,
                  headers: dict[str, str] | None = None):
         super().__init__()
         self._connect(url, model, _key(api_key, api_key_env), timeout_s, max_connections, headers)
@@ -490,9 +532,20 @@ def _one_line(text: str, limit: int = 300) -> str:
     return flat[:limit] + ("..." if len(flat) > limit else "")
 
 
+def _check_limits(timeout_s: Any, max_connections: Any) -> None:
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not timeout_s > 0:
+        raise InvalidInput(f"timeout_s must be a positive number of seconds, got {timeout_s!r}.")
+    if max_connections is not None and (isinstance(max_connections, bool) or not isinstance(
+            max_connections, int) or max_connections <= 0):
+        raise InvalidInput(f"max_connections must be a positive integer, or None for no limit; "
+                           f"got {max_connections!r}.")
+
+
 def _raise_http(url: str, status: int, text: str) -> None:
     low = text.lower()
-    if status == 400 and ("context" in low or "maximum" in low or "too long" in low or "exceed" in low):
+    # Both servers name the context ("maximum context length", "exceeds the available context
+    # size"): a 400 that merely says "maximum" or "exceed" (a max_tokens or top_k bound) is not one.
+    if status == 400 and ("context" in low or "too long" in low):
         raise InvalidInput(f"The server refused the request as too long for its context: {text[:400]}")
     raise EngineError(f"POST {url} answered HTTP {status}: {_one_line(text)}")
 

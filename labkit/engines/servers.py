@@ -38,7 +38,7 @@ from .defaults import (
     vllm_model_source,
     vllm_version,
 )
-from .openai import HttpEngine
+from .openai import HttpEngine, _check_limits
 
 
 def _socket(host: str) -> socket.socket:
@@ -116,6 +116,7 @@ class Launch:
     api_key: str | None = None
     key_variable: str = ""  # the server's environment variable for the API key
     health_path: str = "/health"
+    max_connections: int | None = None  # labkit's client: None, no limit (see HttpEngine._connect)
 
     def pick_port(self) -> int:
         port = self.port
@@ -136,6 +137,7 @@ class _ManagedServer(HttpEngine):
 
     def __init__(self, cmd: list[str], launch: Launch) -> None:
         super().__init__()
+        _check_limits(600.0, launch.max_connections)  # before a server starts, not after
         self.port = launch.pick_port()
         cmd = [*cmd, "--host", launch.host, "--port", str(self.port)]
         logs = Path(launch.log_dir) if launch.log_dir else cache_dir("logs")
@@ -150,7 +152,8 @@ class _ManagedServer(HttpEngine):
         try:
             wait_healthy(self._proc, base + launch.health_path, launch.startup_timeout_s,
                          self.server_name)
-            self._connect(base + "/v1", launch.label, launch.api_key)
+            self._connect(base + "/v1", launch.label, launch.api_key,
+                          max_connections=launch.max_connections)
         except BaseException:
             self._proc.stop()
             raise
@@ -220,7 +223,8 @@ class LlamaServerEngine(_ManagedServer):
                  host: str = "127.0.0.1",
                  port: int | None = None, startup_timeout_s: float = 120.0,
                  extra_args: list[str] | None = None, log_dir: str | None = None,
-                 api_key: str | None = None, prefix_cache: bool = True):
+                 api_key: str | None = None, prefix_cache: bool = True,
+                 max_connections: int | None = None):
         if parallel <= 0:
             raise InvalidInput(f"parallel must be >= 1, got {parallel}.")
         if threads is not None and threads <= 0:
@@ -245,7 +249,8 @@ class LlamaServerEngine(_ManagedServer):
         sha = None if is_synthetic(path) else file_sha256(path)
         version = f"llama.cpp from llama-cpp-python {llama_cpp_python_version()}"
         super().__init__(cmd, Launch(host, port, startup_timeout_s, label, log_dir=log_dir,
-                                     api_key=api_key, key_variable="LLAMA_API_KEY"))
+                                     api_key=api_key, key_variable="LLAMA_API_KEY",
+                                     max_connections=max_connections))
         self._info = EngineInfo(
             engine=self.name, engine_version=version,
             model=models.label(model), model_path=str(path),
@@ -294,7 +299,8 @@ class VllmServerEngine(_ManagedServer):
                  startup_timeout_s: float = 300.0, extra_args: list[str] | None = None,
                  log_dir: str | None = None, api_key: str | None = None, gguf_loader: bool = False,
                  prefix_cache: bool = True, tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
-                 data_parallel_size: int = 1, distributed_executor_backend: str | None = None):
+                 data_parallel_size: int = 1, distributed_executor_backend: str | None = None,
+                 max_connections: int | None = None):
         directory, source = vllm_model_source(model, gguf_loader)
         label = models.label(model, directory)
         env, threads_used, device = vllm_env(threads, kv_cache_gb)
@@ -323,7 +329,7 @@ class VllmServerEngine(_ManagedServer):
         version = vllm_version()  # (before the server starts: see LlamaServerEngine)
         loader = "used" if gguf_loader else (vllm_gguf_loader() or "available, not used")
         super().__init__(cmd, Launch(host, port, startup_timeout_s, label, {**os.environ, **env},
-                                     log_dir, api_key, "VLLM_API_KEY"))
+                                     log_dir, api_key, "VLLM_API_KEY", max_connections=max_connections))
         self._info = EngineInfo(
             engine=self.name, engine_version=f"vllm {version}", model=models.label(model),
             model_path=str(directory), model_sha256=None,
