@@ -10,7 +10,9 @@ is possible for fixed-length benchmarks.
 from __future__ import annotations
 
 import ctypes
+import difflib
 import gc
+import inspect
 import os
 import sys
 import threading
@@ -73,17 +75,22 @@ class LlamaCppEngine(Engine, Scores):
 
     def __init__(self, model: str = models.DEFAULT_MODEL, *, threads: int | None = None,
                  context: int = 2048, gpu_layers: int = 0, batch: int = 512, seed: int = 0,
-                 flash_attn: bool = False, **llama_kwargs: Any):
+                 flash_attn: bool = False, prefix_cache: bool = False, **llama_kwargs: Any):
         super().__init__()
-        llama_cpp, build = import_llama_cpp()
         if threads is not None and threads <= 0:
             raise InvalidInput(f"threads must be positive, got {threads}.")
+        if prefix_cache:
+            raise InvalidInput("In-process llama.cpp re-evaluates every prompt (no prefix cache: a "
+                               "repeated prompt would look faster than a new one); use llama-server "
+                               "for prefix caching, or leave prefix_cache= out.")
+        llama_cpp, build = import_llama_cpp()
+        check_llama_kwargs(llama_cpp.Llama, llama_kwargs)
         self._llama_cpp = llama_cpp
         self._path = models.gguf_path(model)
         self._model_name = models.label(model)
         self._threads = threads or default_threads()
         self._args = {"context": context, "gpu_layers": gpu_layers, "batch": batch, "seed": seed,
-                      "flash_attn": flash_attn, **llama_kwargs}
+                      "flash_attn": flash_attn, "prefix_cache": False, **llama_kwargs}
         self._lock = _OneAtATime()
         self._cancelled_at = float("-inf")  # requests started before this stop at their next token
         self._baseline = engine_baseline(f"{self.name} ({self._model_name})")
@@ -109,7 +116,7 @@ class LlamaCppEngine(Engine, Scores):
             model_sha256=file_sha256(self._path),
             args=self._args,
             threads=self._threads,
-            device="cuda" if gpu_layers else "cpu",
+            device=_device(llama_cpp, gpu_layers),
             pid=os.getpid(),
             concurrency="sequential",
             log_path=str(self._log),
@@ -173,46 +180,54 @@ class LlamaCppEngine(Engine, Scores):
         llm = self._llm
         with self._lock:
             self._check_open()
+            if t0 <= self._cancelled_at:  # cancelled while it queued: not even a prefill
+                yield Token("", None, time.perf_counter() - t0, finish_reason="cancelled",
+                            prompt_tokens=len(ids))
+                return
             llm.set_seed(params.seed)
             # reset=True re-evaluates the prompt every time: the KV prefix reuse of
             # llama-cpp-python would make a repeated prompt look faster than a new one.
             llm.reset()
             gen = llm.generate(ids, temp=params.temperature, top_p=params.top_p, top_k=0 if
                                params.temperature else 40, min_p=0.0, repeat_penalty=1.0)
-            out: list[int] = []
-            text_so_far = b""
-            emitted = 0
-            finish = "length"
-            for tok in gen:
-                now = time.perf_counter() - t0
-                if t0 <= self._cancelled_at:
-                    finish = "cancelled"
-                    break
-                lp, top = self._logprobs(tok, params.logprobs) if params.logprobs else (None, None)
-                if self._llama_cpp.llama_vocab_is_eog(self._vocab, tok) and not params.ignore_eos:
-                    # The end-of-generation token is output, with no text, as vLLM and
-                    # llama-server give it: token ids and counts then agree across engines.
-                    yield Token("", tok, now, lp, top)
-                    finish = "stop"
-                    break
-                out.append(tok)
-                text_so_far = llm.detokenize(out)
-                # Emit only whole UTF-8 characters; a token may end in the middle of one.
-                decoded = text_so_far.decode("utf-8", errors="ignore")
-                piece = decoded[emitted:]
-                emitted = len(decoded)
-                hit = next((s for s in stops if s in decoded), None)
-                if hit:
-                    cut = decoded.index(hit)
-                    piece = piece[: max(0, len(piece) - (len(decoded) - cut))]
-                    yield Token(piece, tok, now, lp, top)
-                    finish = "stop"
-                    break
-                yield Token(piece, tok, now, lp, top)
-                if len(out) >= params.max_tokens:
-                    break
-            gen.close()
+            try:
+                finish = yield from self._decode(gen, params, stops, t0)
+            finally:
+                gen.close()
             yield Token("", None, time.perf_counter() - t0, finish_reason=finish, prompt_tokens=len(ids))
+
+    def _decode(self, gen: Iterator[int], params: SamplingParams, stops: list[str],
+                t0: float) -> Iterator[Token]:
+        """Tokens from ``gen`` until a stop; returns the finish reason. Text that may be the
+        start of a stop string is held back until the next tokens tell (as vLLM does): such a
+        token is yielded at its own time with its id and no text, and its text comes with the
+        token that resolves it, or not at all when a stop string begins there."""
+        out: list[int] = []
+        decoded, emitted = "", 0
+        for tok in gen:
+            now = time.perf_counter() - t0
+            if t0 <= self._cancelled_at:
+                return "cancelled"
+            lp, top = self._logprobs(tok, params.logprobs) if params.logprobs else (None, None)
+            if self._llama_cpp.llama_vocab_is_eog(self._vocab, tok) and not params.ignore_eos:
+                # The end-of-generation token is output, with no text of its own, as vLLM and
+                # llama-server give it: token ids and counts then agree across engines.
+                yield Token(decoded[emitted:], tok, now, lp, top)
+                return "stop"
+            out.append(tok)
+            # Only whole UTF-8 characters: a token may end in the middle of one.
+            decoded = self._llm.detokenize(out).decode("utf-8", errors="ignore")
+            cut = _stop_at(decoded, stops, emitted)
+            last = len(out) >= params.max_tokens
+            end = cut if cut is not None else len(decoded) if last else len(decoded) - _held(decoded, stops)
+            end = max(end, emitted)
+            yield Token(decoded[emitted:end], tok, now, lp, top)
+            emitted = end
+            if cut is not None:
+                return "stop"
+            if last:
+                return "length"
+        return "length"
 
     def _logprobs(self, tok: int, k: int) -> tuple[float, dict[int, float]]:
         """Log-softmax of the logits that produced ``tok`` (the last evaluated position)."""
@@ -266,6 +281,49 @@ class LlamaCppEngine(Engine, Scores):
             llm.close()
             del llm
         gc.collect()
+
+
+def _stop_at(text: str, stops: list[str], start: int) -> int | None:
+    """Where the earliest stop string in ``text`` begins (looking from ``start``), or None."""
+    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _held(text: str, stops: list[str]) -> int:
+    """How many characters at the end of ``text`` could begin a stop string."""
+    for k in range(min(len(text), max((len(s) for s in stops), default=1) - 1), 0, -1):
+        if any(s.startswith(text[-k:]) for s in stops):
+            return k
+    return 0
+
+
+def check_llama_kwargs(llama_cls: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse keywords ``Llama`` would not apply: it takes ``**kwargs`` and ignores unknown
+    ones, so a typo (``n_thread``) or another engine's option (``parallel``) would load
+    without effect and be recorded as if applied."""
+    params = inspect.signature(llama_cls.__init__).parameters
+    named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    ours = {"model_path": "model=", "n_ctx": "context=", "n_batch": "batch=", "n_threads": "threads=",
+            "n_threads_batch": "threads=", "n_gpu_layers": "gpu_layers=", "seed": "seed=",
+            "verbose": None, "flash_attn": "flash_attn="}
+    unknown = sorted(k for k in kwargs if k not in named)
+    if unknown:
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, named, 1)) else k
+                 for k in unknown]
+        raise InvalidInput(f"llama.cpp in process does not take {', '.join(hints)}: llama_cpp.Llama "
+                           "would ignore it. Its own options are the parameters of llama_cpp.Llama; "
+                           "`parallel` is llama-server's.")
+    taken = sorted(k for k in kwargs if k in ours)
+    if taken:
+        raise InvalidInput(f"labkit sets {', '.join(taken)} itself: give "
+                           f"{', '.join(ours[k] or 'nothing' for k in taken)} instead.")
+
+
+def _device(llama_cpp: Any, gpu_layers: int) -> str:
+    """Where the layers run: a CPU-only build ignores gpu_layers."""
+    supports = getattr(llama_cpp, "llama_supports_gpu_offload", None)
+    offloads = bool(supports()) if supports is not None else True
+    return "cuda" if gpu_layers and offloads else "cpu"
 
 
 def _chat_formatter(llm: Any) -> Any:
