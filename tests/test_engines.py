@@ -240,3 +240,60 @@ def test_asking_whether_vllm_has_a_gguf_loader_does_not_import_vllm():
             "print('vllm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout == "False\n", out.stderr
+
+
+def test_in_process_vllm_reports_its_own_metrics(vllm_engine):
+    # LLM turns stats off by default; labkit turns them on, or get_metrics() fails.
+    vllm_engine.generate([PROMPTS[0]], max_tokens=4)
+    snap = vllm_engine.server_snapshot()
+    assert snap.get("generation_tokens", 0) > 0 and "kv_used_fraction" in snap and "running" in snap
+
+
+def test_in_process_vllm_cancel_ends_running_requests(vllm_engine):
+    import threading
+
+    from labkit.engines.base import Submission
+
+    started, done, seen = threading.Event(), threading.Event(), []
+
+    def on_done(err):
+        seen.append(err)
+        if len(seen) == 2:
+            done.set()
+
+    toks: list = []
+    subs = [Submission(p, lambda t: (toks.append(t), started.set()), on_done,
+                       {"max_tokens": 200, "ignore_eos": True}) for p in PROMPTS[:2]]
+    vllm_engine.submit(subs)
+    assert started.wait(120)
+    vllm_engine.cancel()
+    assert done.wait(120) and seen == [None, None]
+    assert sum(t.finish_reason == "cancelled" for t in toks) == 2
+    assert vllm_engine.generate([PROMPTS[0]], max_tokens=4)[0].n_tokens == 4  # later ones run
+
+
+@pytest.mark.parametrize("name", ["llama.cpp", "llama-server"])
+def test_a_stop_string_split_over_tokens_leaves_none_of_itself(engine_by_name, name):
+    engine = engine_by_name(name)
+    toks = [t for t in engine.stream(PROMPTS[0], max_tokens=24) if t.token_id is not None and t.text]
+    full = "".join(t.text for t in toks)
+    at = 0
+    for a, b in zip(toks, toks[1:], strict=False):
+        at += len(a.text)
+        stop = a.text[-1] + b.text[0]
+        if full.find(stop) == at - 1:  # its first occurrence spans this token boundary
+            break
+    else:
+        pytest.skip("no token boundary gives a stop string first seen there")
+    assert engine.generate([PROMPTS[0]], max_tokens=24, stop=[stop])[0].text == full[:at - 1]
+
+
+def test_llama_cpp_refuses_keywords_llama_would_ignore():
+    with pytest.raises(InvalidInput, match="n_thread"):
+        labkit.load("llama.cpp", model=MODEL, n_thread=4)
+    with pytest.raises(InvalidInput, match="parallel"):
+        labkit.load("llama.cpp", model=MODEL, parallel=8)
+
+
+def test_http_engines_have_no_connection_limit_by_default(llama_server):
+    assert llama_server.client_spec()["max_connections"] is None
