@@ -293,8 +293,7 @@ class Session:
     def _phase(self, name: str):
         tel = self.telemetry
         if tel is not None:  # a reading at each edge: a level shorter than the interval has two
-            tel.phase = name
-            tel.sample()
+            tel.begin(name)
         self.client.begin()
         try:
             with self.sampler.phase(name) if self.sampler is not None else nullcontext():
@@ -302,8 +301,7 @@ class Session:
         finally:
             self.client.end(name)
             if tel is not None:
-                tel.sample()
-                tel.phase = "idle"
+                tel.end()
 
     @property
     def _polls_kv(self) -> bool:

@@ -34,6 +34,8 @@ from ..memory import DeviceMemory, EngineMemory, nvml, optional_readings
 #: per-role CPU seconds and the GPU's energy are cumulative too: rates like the server's counters
 _CUMULATIVE = COUNTERS | {"cpu_seconds", "machine_cpu_seconds", "energy_j", "cpu_energy_j"}
 RAPL = Path("/sys/class/powercap")
+#: empty scrapes in a row, with none before them giving metrics, after which a server is taken to have none
+SERVER_TRIES = 3
 
 
 class Telemetry:
@@ -50,7 +52,9 @@ class Telemetry:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="labkit-telemetry", daemon=True)
         self._lock = threading.Lock()
+        self._reading = threading.RLock()
         self._procs: dict[int, tuple[psutil.Process, str | None]] = {}  # pid: (process, role)
+        self._server_misses: int | None = 0  # empty scrapes in a row; None once one gave metrics
         if not isinstance(engine, ReportsKv):
             self.absent["server"] = f"the {engine.name} engine reports no metrics of its own"
         if self.device is None:
@@ -69,32 +73,61 @@ class Telemetry:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         self.sample()
+        if self._server_misses is not None and "server" not in self.absent:
+            self._no_server_metrics()  # fewer readings than SERVER_TRIES, none with metrics
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
-    def sample(self) -> None:
+    def begin(self, phase: str) -> None:
+        """A level starts: a reading at its edge, the first labelled ``phase``. The time
+        before it (building prompts, a health check) is not the level's: rates over the
+        interval that ends here are the idle time's (see :func:`rates`)."""
+        with self._reading:
+            self.phase = phase
+            self.sample(edge="start")
+
+    def end(self) -> None:
+        """The level ends: a reading at its edge, its last; later readings are idle."""
+        with self._reading:
+            self.sample(edge="end")
+            self.phase = "idle"
+
+    def sample(self, edge: str | None = None) -> None:
         """One reading of every source (a failing source is skipped, never raised)."""
-        t = time.perf_counter() - self.origin
-        rows: list[tuple[str, str, float]] = []
-        for source in (self._server, self._host, self._gpu):
-            try:
-                rows += source()
-            except Exception:  # a reading is optional: an NVML or /proc error loses this one only
-                continue
-        with self._lock:
-            self.rows += [{"t_s": t, "phase": self.phase, "source": s, "metric": m, "value": float(v)}
-                          for s, m, v in rows if v is not None]
+        with self._reading:  # one reading at a time, so an edge is never interleaved with another
+            t, phase = time.perf_counter() - self.origin, self.phase
+            rows: list[tuple[str, str, float]] = []
+            for source in (self._server, self._host, self._gpu):
+                try:
+                    rows += source()
+                except Exception:  # a reading is optional: an NVML or /proc error loses this one only
+                    continue
+            with self._lock:
+                self.rows += [{"t_s": t, "phase": phase, "source": s, "metric": m, "value": float(v),
+                               "edge": edge} for s, m, v in rows if v is not None]
 
     def _server(self) -> list[tuple[str, str, float]]:
         if "server" in self.absent:
             return []
-        snap = self.engine.server_snapshot()
-        if not snap and not self.rows:
-            self.absent["server"] = (f"the {self.engine.name} engine gave no metrics (a server "
-                                     "without /metrics, or one labkit does not know)")
+        try:
+            snap = self.engine.server_snapshot()
+        except Exception:  # counted as a reading with nothing in it
+            snap = {}
+        if snap:
+            self._server_misses = None  # it has metrics: a later failed scrape loses one reading only
+        elif self._server_misses is not None:
+            # One failed scrape (a server busy starting up) is not "no metrics": only several
+            # in a row, before any reading came back, stop the scraping.
+            self._server_misses += 1
+            if self._server_misses >= SERVER_TRIES:
+                self._no_server_metrics()
         return [("server", k, v) for k, v in snap.items()]
+
+    def _no_server_metrics(self) -> None:
+        self.absent["server"] = (f"the {self.engine.name} engine gave no metrics (a server "
+                                 "without /metrics, or one labkit does not know)")
 
     def _host(self) -> list[tuple[str, str, float]]:
         out: list[tuple[str, str, float]] = []
@@ -147,7 +180,7 @@ class Telemetry:
     def frame(self) -> pd.DataFrame:
         """The tidy timeline with counters turned into rates (see :func:`rates`)."""
         with self._lock:
-            raw = pd.DataFrame(self.rows, columns=["t_s", "phase", "source", "metric", "value"])
+            raw = pd.DataFrame(self.rows, columns=["t_s", "phase", "source", "metric", "value", "edge"])
         return rates(raw)
 
 
@@ -209,24 +242,43 @@ def kv_readings(telemetry: pd.DataFrame) -> pd.DataFrame:
 def rates(raw: pd.DataFrame) -> pd.DataFrame:
     """Gauges as read; each cumulative metric (server counters, CPU seconds, GPU energy) as
     its per-second rate between consecutive readings (``<metric>_per_s``; CPU seconds become
-    ``cpu_util``, in cores busy). A counter that went backwards (a restart) gives no rate."""
+    ``cpu_util``, in cores busy), at the later reading's time, with the interval it covers in
+    ``dt_s``. A counter that went backwards (a restart) gives no rate.
+
+    A rate belongs to a level only when both its readings are inside it: the interval that
+    crosses a level's edge (``edge`` "start" or "end" in ``raw``, or a change of phase) is
+    the idle time between levels, and is labelled ``idle``."""
     if raw.empty:
-        return raw
+        return raw.drop(columns="edge", errors="ignore")
+    if "edge" not in raw:
+        raw = raw.assign(edge=None)
     cumulative = raw["metric"].isin(_CUMULATIVE)
     out = [raw[~cumulative]]
     for (_source, metric), g in raw[cumulative].groupby(["source", "metric"], sort=False):
-        g = g.sort_values("t_s")
-        d = g["value"].diff() / g["t_s"].diff()
+        g = g.sort_values("t_s", kind="stable")
+        dt = g["t_s"].diff()
+        inside = (g["phase"] == g["phase"].shift()) & (g["edge"] != "start") & (g["edge"].shift() != "end")
         name = {"cpu_seconds": "cpu_util", "machine_cpu_seconds": "machine_cpu_util",
                 "energy_j": "power_from_energy_w", "cpu_energy_j": "cpu_power_w"}.get(metric, f"{metric}_per_s")
-        out.append(g.assign(metric=name, value=d).dropna(subset=["value"]).query("value >= 0"))
+        out.append(g.assign(metric=name, value=g["value"].diff() / dt, dt_s=dt, phase=g["phase"].where(inside, "idle"))
+                   .dropna(subset=["value"]).query("value >= 0"))
         if metric == "energy_j":
             out.append(g)  # the counter itself: energy per level is its difference
-    return pd.concat(out, ignore_index=True).sort_values(["t_s", "source", "metric"], ignore_index=True)
+    frame = pd.concat(out, ignore_index=True).drop(columns="edge")
+    return frame.sort_values(["t_s", "source", "metric"], ignore_index=True)
+
+
+def _time_mean(g: pd.DataFrame) -> float:
+    """The mean of rates over time: each weighted by the interval it covers (a few-ms edge
+    interval counts for its few ms); a plain mean for a timeline saved without ``dt_s``."""
+    if "dt_s" not in g or g["dt_s"].isna().any() or not g["dt_s"].sum() > 0:
+        return float(g["value"].mean())
+    return float((g["value"] * g["dt_s"]).sum() / g["dt_s"].sum())
 
 
 def per_level(telemetry: pd.DataFrame) -> pd.DataFrame:
-    """Per phase: mean running and waiting, peak KV use, mean CPU use per role, preemptions."""
+    """Per phase: mean running and waiting, peak KV use, CPU use per role and preemptions
+    (time-weighted over the intervals inside the phase)."""
     if telemetry.empty:
         return pd.DataFrame()
     t = telemetry
@@ -234,12 +286,13 @@ def per_level(telemetry: pd.DataFrame) -> pd.DataFrame:
     server = t[t["source"] == "server"]
     for metric, how, col in (("running", "mean", "running_mean"), ("waiting", "mean", "waiting_mean"),
                              ("waiting", "max", "waiting_max"), ("kv_used_fraction", "max", "kv_used_frac_max"),
-                             ("preemptions_per_s", "mean", "preemptions_per_s")):
+                             ("preemptions_per_s", _time_mean, "preemptions_per_s")):
         g = server[server["metric"] == metric]
         if not g.empty:
-            out[col] = g.groupby("phase")["value"].agg(how)
+            out[col] = g.groupby("phase")["value"].agg(how) if isinstance(how, str) else \
+                g.groupby("phase")[[c for c in ("value", "dt_s") if c in g]].apply(how)
     cpu = t[t["metric"].isin(["cpu_util", "machine_cpu_util"])]
     for source, g in cpu.groupby("source"):
         role = "machine" if source == "host" else source.split(":", 1)[1]
-        out[f"cpu_util_{role}"] = g.groupby("phase")["value"].mean()
+        out[f"cpu_util_{role}"] = g.groupby("phase")[[c for c in ("value", "dt_s") if c in g]].apply(_time_mean)
     return pd.DataFrame(out).reset_index(names="phase") if out else pd.DataFrame()

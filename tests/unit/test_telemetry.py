@@ -52,6 +52,31 @@ def test_each_level_gets_its_queue_means_kv_peak_and_cpu_by_role():
     assert "preemptions_per_s" not in lv.index  # a concept the engine lacks: absent, not zero
 
 
+def test_a_levels_cpu_use_is_its_own_not_the_idle_time_before_it():
+    """Busy 1.5 s between levels, idle through a 3 s level: the level used no CPU. The
+    interval that ends at the level's first reading is the gap before it, and a few-ms edge
+    interval weighs its few ms, not as much as a 2 s one."""
+    rows = [(0.0, "idle", None, 0.0), (1.5, "concurrency 1", "start", 1.5), (3.5, "concurrency 1", None, 1.5),
+            (4.5, "concurrency 1", "end", 1.5), (4.51, "idle", None, 1.5),
+            # a second round of the same level straight after: the gap is still not the level's
+            (5.0, "concurrency 1", "start", 2.0), (5.01, "concurrency 1", None, 2.01),
+            (7.01, "concurrency 1", "end", 2.01)]
+    raw = pd.DataFrame([{"t_s": t, "phase": p, "source": "host:labkit_client", "metric": "cpu_seconds",
+                         "value": v, "edge": e} for t, p, e, v in rows])
+    t = rates(raw)
+    assert "edge" not in t.columns
+    assert t.loc[t["t_s"] == 1.5, "phase"].item() == "idle" and t.loc[t["t_s"] == 5.0, "phase"].item() == "idle"
+    lv = per_level(t).set_index("phase")["cpu_util_labkit_client"]
+    # inside the level: 0 CPU-s over 3 s, then 0.01 CPU-s over 2.01 s (a plain mean: 0.25)
+    assert lv["concurrency 1"] == pytest.approx(0.01 / 5.01)
+    assert lv["idle"] > 0.9
+
+
+def test_per_level_of_a_timeline_saved_without_intervals_is_a_plain_mean():
+    t = _raw([(1, "concurrency 8", "host:api_server", "cpu_util", 0.2), (2, "concurrency 8", "host:api_server", "cpu_util", 0.4)])
+    assert per_level(t)["cpu_util_api_server"].item() == pytest.approx(0.3)
+
+
 class TelemetryKvEngine(FakeKvEngine):
     """Reports server metrics, and runs "in process" (its memory is this process's)."""
 
@@ -101,7 +126,7 @@ def test_a_bench_with_telemetry_has_a_tidy_timeline_and_summary_columns(monkeypa
     res = labkit.bench(TelemetryKvEngine(), concurrency=[2], requests_per_level=6, workload=SMALL, warmup=0,
                        progress=False, telemetry=True, telemetry_interval_s=0.01, out=tmp_path / "run")
     t = res.telemetry
-    assert list(t.columns) == ["t_s", "phase", "source", "metric", "value"]
+    assert list(t.columns) == ["t_s", "phase", "source", "metric", "value", "dt_s"]
     assert {"server", "host", "host:in_process", "gpu"} <= set(t["source"])
     assert {"running", "generation_tokens_per_s", "cpu_util", "rss_bytes", "util_pct", "power_w"} <= set(t["metric"])
     s = res.summary.iloc[0]
@@ -378,3 +403,42 @@ def test_only_an_in_process_engines_memory_is_said_to_be_shared(monkeypatch):
     assert "shared_process" in sampler.sample()
     sampler.stop()
     llama.release()
+
+
+class _Flaky(FakeKvEngine):
+    """A server whose scrapes give nothing for the first ``misses`` readings (starting up)."""
+
+    def __init__(self, misses: int, **kw):
+        super().__init__(**kw)
+        self.misses, self.scrapes = misses, 0
+
+    def memory_scope(self):
+        return None
+
+    def server_snapshot(self):
+        self.scrapes += 1
+        return {} if self.scrapes <= self.misses else {"running": 1.0}
+
+
+def test_one_failed_first_scrape_does_not_turn_server_telemetry_off():
+    from labkit.loadgen.telemetry import Telemetry
+
+    tel = Telemetry(_Flaky(misses=1), 0.0, interval_s=3600, device=None).start()
+    tel.sample()
+    tel.sample()
+    tel.stop()
+    assert "server" not in tel.absent and (tel.frame()["source"] == "server").sum() == 3
+
+
+def test_a_server_without_metrics_is_given_up_after_a_few_empty_scrapes_and_said_why():
+    from labkit.loadgen.telemetry import SERVER_TRIES, Telemetry
+
+    eng = _Flaky(misses=10**6)
+    tel = Telemetry(eng, 0.0, interval_s=3600, device=None).start()
+    for _ in range(SERVER_TRIES + 2):
+        tel.sample()
+    tel.stop()
+    assert eng.scrapes == SERVER_TRIES and "gave no metrics" in tel.absent["server"]
+    short = Telemetry(_Flaky(misses=10**6), 0.0, interval_s=3600, device=None).start()
+    short.stop()  # two readings, both empty: absent all the same
+    assert "gave no metrics" in short.absent["server"]
