@@ -207,7 +207,7 @@ def capacity(engine: Engine | str, *, slo: SLO | dict[str, float], workload: Wor
              growth: float = 2.0, rounds: int = 2, min_requests: int = 8, duration_s: float = 20.0,
              resolution: float = 0.1, budget_s: float | None = None, confirm: bool = True,
              warmup: int = 2, out: str | Path | None = None, progress: bool = True, seed: int = 0,
-             stop_event: threading.Event | None = None,
+             first_request: int = 0, stop_event: threading.Event | None = None,
              on_level_done: Callable[[Capacity], None] | None = None, **engine_kwargs: Any) -> Capacity:
     """Find the largest load ``engine`` serves within ``slo``.
 
@@ -217,7 +217,10 @@ def capacity(engine: Engine | str, *, slo: SLO | dict[str, float], workload: Wor
     req/s) and the largest level tried (256 users, 1000 req/s). ``budget_s``: no level is
     started that would end past it (the result says when the budget cut the search short).
     ``engine`` may be loaded or a registry name (loaded and closed here; ``engine_kwargs`` go
-    to :func:`labkit.load`). Ctrl-C or ``stop_event`` ends the search with every level kept.
+    to :func:`labkit.load`). ``first_request``: the first measured prompt's number (as in
+    :func:`labkit.bench`): a search again on a loaded server should start past the prompts the
+    last one sent (``first_request=sum(len(r.requests) for r in cap.results)``), or its prefix
+    cache serves them. Ctrl-C or ``stop_event`` ends the search with every level kept.
 
     >>> cap = capacity("llama-server", model="smollm2-135m", parallel=8,
     ...                slo=SLO(ttft_p99_ms=2000, tpot_p99_ms=100))
@@ -229,8 +232,10 @@ def capacity(engine: Engine | str, *, slo: SLO | dict[str, float], workload: Wor
     workload = workload or chat(input_tokens=128, output_tokens=64)
     if not isinstance(workload, Workload):
         raise InvalidInput(f"workload must be a labkit Workload, got {type(workload).__name__}.")
+    if isinstance(first_request, bool) or not isinstance(first_request, int | np.integer) or first_request < 0:
+        raise InvalidInput(f"first_request must be a non-negative integer, got {first_request!r}.")
     walk = {"workload": workload, "out": out, "progress": progress, "seed": seed, "warmup": warmup,
-            "duration_s": duration_s, "stop_event": stop_event,
+            "duration_s": duration_s, "stop_event": stop_event, "first_request": first_request,
             "on_level_done": on_level_done}
     if not isinstance(engine, str):
         if engine_kwargs:
@@ -287,7 +292,7 @@ class _Walk:
     """One capacity search on one loaded engine."""
 
     def __init__(self, engine: Engine, plan: _Plan, *, workload: Workload, out: str | Path | None,
-                 progress: bool, seed: int, warmup: int, duration_s: float,
+                 progress: bool, seed: int, warmup: int, duration_s: float, first_request: int,
                  stop_event: threading.Event | None, on_level_done: Callable[[Capacity], None] | None):
         self.engine, self.plan, self.workload = engine, plan, workload
         self.out = Path(out) if out else None
@@ -297,7 +302,7 @@ class _Walk:
         self.by = self.search.by
         self.rows: list[dict[str, Any]] = []
         self.results: list[BenchResult] = []
-        self.next_request = 0
+        self.next_request = first_request
         self.saturated: float | None = None
         self.t0 = time.monotonic()
 
@@ -341,7 +346,7 @@ class _Walk:
         budget too small for even the first level is refused before the search begins."""
         probe = bench(self.engine, concurrency=[1], requests_per_level=max(1, self.warmup), warmup=0,
                       workload=self.workload, progress=False, seed=self.seed,
-                      first_request=_PROBE_START, kv_interval_s=None, stop_event=self.stop)
+                      first_request=_PROBE_START + self.next_request, kv_interval_s=None, stop_event=self.stop)
         e2e = probe.requests["e2e_s"].dropna()
         per_request = float(e2e.median()) if not e2e.empty else 0.0
         first = self._requests(self.search.start)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import html
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import ipywidgets as w
@@ -21,6 +22,20 @@ def _labels_fit(*fields: w.DescriptionWidget) -> None:
 
 #: Engines loaded through any ModelLoader in this kernel, by label: what ComparePanel offers.
 LOADED: dict[str, Engine] = {}
+
+#: The next unsent prompt number per engine, over every panel run on it in this kernel: a run
+#: sending the prompts an earlier one sent would find them in a server's prefix cache.
+_NEXT_PROMPT: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
+
+
+def next_prompt(engines: Iterable[Engine]) -> int:
+    """The first prompt number none of ``engines`` has been sent by a panel yet."""
+    return max((_NEXT_PROMPT.get(e, 0) for e in engines), default=0)
+
+
+def prompts_sent(engine: Engine, upto: int) -> None:
+    """Prompts up to ``upto`` (exclusive) have been sent to ``engine``."""
+    _NEXT_PROMPT[engine] = max(_NEXT_PROMPT.get(engine, 0), upto)
 
 
 class _Worker:

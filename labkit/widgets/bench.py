@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ from plotly.colors import qualitative
 
 from ..engines.base import Engine
 from ..errors import LabkitError
-from ._base import RunStopPanel, _labels_fit, engine_choices
+from ._base import RunStopPanel, _labels_fit, engine_choices, next_prompt, prompts_sent
 
 _LATENCY = (("ttft_p50_ms", "TTFT p50", "solid"), ("ttft_p99_ms", "TTFT p99", "dot"),
             ("tpot_p50_ms", "TPOT p50", "dash"), ("tpot_p99_ms", "TPOT p99", "dashdot"))
@@ -101,24 +102,37 @@ class BenchPanel(RunStopPanel):
 
     def _bench_all(self, engines: dict[str, Engine], levels: list[int]) -> Any:
         from ..loadgen import bench, workloads
+        from ..loadgen.sweep import _forwarded
 
+        # Prompts no earlier panel run sent these engines (each engine the same ones).
+        first, n = next_prompt(engines.values()), len(levels) * self.requests.value
         for label, engine in engines.items():
             if self._stop.is_set():
                 break
             self.results[label] = None
-            self.result = bench(engine, concurrency=levels, requests_per_level=self.requests.value,
-                                workload=workloads.synthetic(self.input_tokens.value, self.output_tokens.value),
-                                progress=False, stop_event=self._stop,
-                                on_level_done=lambda res, label=label: self._draw(label, res))
+            # The engine's own stop: it dying stops its run, not the next engine's; Stop reaches both.
+            own_stop = threading.Event()
+            with _forwarded(self._stop, own_stop):
+                self.result = bench(engine, concurrency=levels, requests_per_level=self.requests.value,
+                                    workload=workloads.synthetic(self.input_tokens.value, self.output_tokens.value),
+                                    progress=False, stop_event=own_stop, first_request=first,
+                                    on_level_done=lambda res, label=label: self._draw(label, res))
+            prompts_sent(engine, first + n)
             self.results[label] = self.result
             self._draw(label, self.result)
         return self.result
 
     def _done(self, res: Any) -> None:
         partial = [p for label, r in self.results.items() if r is not None for p in self._partial(label, r)]
-        if res is not None and (res.interrupted or self._stop.is_set()):
-            self._worker.show(f"stopped: {self.progress.value} complete level(s) kept"
-                              + (f"; {', '.join(partial)} drawn hollow, as partial" if partial else ""), "#a60")
+        hollow = f"; {', '.join(partial)} drawn hollow, as partial" if partial else ""
+        # An engine that died (or any end but completed or Stop) is named with why.
+        failed = [f"{label}: {r.ended}" for label, r in self.results.items()
+                  if r is not None and r.ended not in ("completed", "interrupted")]
+        if failed:
+            self._worker.show("; ".join(failed) + f" ({self.progress.value} complete level(s) kept{hollow})",
+                              "#c00")
+        elif res is not None and (res.interrupted or self._stop.is_set()):
+            self._worker.show(f"stopped: {self.progress.value} complete level(s) kept{hollow}", "#a60")
         else:
             self._worker.show("done", "#080")
 

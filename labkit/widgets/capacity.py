@@ -8,7 +8,7 @@ import ipywidgets as w
 
 from ..engines.base import Engine
 from ..errors import LabkitError
-from ._base import RunStopPanel, _labels_fit, engine_choices, show_figure
+from ._base import RunStopPanel, _labels_fit, engine_choices, next_prompt, prompts_sent, show_figure
 
 
 class CapacityPanel(RunStopPanel):
@@ -74,14 +74,20 @@ class CapacityPanel(RunStopPanel):
             return
         self.capacity, self.table.value = None, ""
         workload = workloads.chat(input_tokens=self.input_tokens.value, output_tokens=self.output_tokens.value)
+        # Prompts no earlier panel run sent this engine: its prefix cache would serve those.
+        self._searched, self._first = engine, next_prompt([engine])
         self._start(f"searching {self.engine.value} within {slo.describe()}…",
                     lambda: capacity(engine, slo=slo, max_level=self.max_users.value, budget_s=self.budget.value,
                                      workload=workload, progress=False, stop_event=self._stop,
-                                     on_level_done=self._level_done), self._done)
+                                     first_request=self._first, on_level_done=self._level_done), self._done)
+
+    def _note_sent(self, cap: Any) -> None:
+        prompts_sent(self._searched, self._first + sum(len(r.requests) for r in cap.results))
 
     def _level_done(self, cap: Any) -> None:
         from .. import plots
 
+        self._note_sent(cap)
         show_figure(self.figure, plots.capacity({self.engine.value: cap}))
         last = cap.levels.iloc[-1]
         verdict = {True: "met the SLO", False: "missed it", None: "was cut short"}[
@@ -92,6 +98,7 @@ class CapacityPanel(RunStopPanel):
         from .. import plots
 
         self.capacity = cap
+        self._note_sent(cap)
         show_figure(self.figure, plots.capacity({self.engine.value: cap}))
         self.table.value = cap._repr_html_()
         color = "#080" if cap.stopped != "interrupted" and cap.answer > 0 else "#a60"

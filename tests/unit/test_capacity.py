@@ -175,3 +175,30 @@ def test_a_rate_level_shows_the_figures_it_was_judged_on():
     cap = Capacity("fake", slo, "rate", 0.0, levels, "no level met the SLO", False, 1.0)
     assert "closest: 4 req/s, ttft_sched_p99_ms 2,500 ms (bound 2000)" in cap.summary_line()
     assert "ttft_sched_p99_ms" in cap._repr_html_()
+
+
+def test_a_search_again_from_first_request_sends_none_of_the_last_ones_prompts():
+    eng = FakeEngine()
+    args = {"slo": SLO(ttft_p99_ms=10_000), "workload": SMALL, "max_level": 2, "progress": False}
+    cap = labkit.capacity(eng, **args)
+    sent = sum(len(r.requests) for r in cap.results)
+    again = labkit.capacity(eng, first_request=sent, **args)
+    before = {sha for r in cap.results for sha in r.requests["prompt_sha"]}
+    after = {sha for r in again.results for sha in r.requests["prompt_sha"]}
+    assert len(after) == sent and not before & after
+    with pytest.raises(InvalidInput, match="first_request must be a non-negative integer"):
+        labkit.capacity(eng, first_request=-1, **args)
+
+
+def test_the_capacity_panel_searches_a_loaded_engine_again_on_new_prompts():
+    from labkit.widgets import CapacityPanel
+
+    eng = FakeEngine()
+    shas = []
+    for _ in range(2):
+        panel = CapacityPanel(eng)
+        panel.max_users.value, panel.input_tokens.value, panel.output_tokens.value = 2, 32, 4
+        panel.run()
+        panel.wait(60)
+        shas.append({sha for r in panel.capacity.results for sha in r.requests["prompt_sha"]})
+    assert shas[0] and shas[1] and not shas[0] & shas[1]

@@ -122,3 +122,35 @@ def test_a_loader_takes_the_label_of_an_engine_closed_outside_it():
     finally:
         for k in [k for k, e in LOADED.items() if e in (old, new)]:
             del LOADED[k]
+
+
+def test_one_engine_dying_does_not_skip_the_others_and_is_named():
+    dies, healthy = FakeEngine(die_after=9, token_s=0.001), FakeEngine(token_s=0.001)
+    panel = BenchPanel({"A": dies, "B": healthy})
+    panel.levels.value, panel.requests.value = "1,2", 6
+    panel.input_tokens.value, panel.output_tokens.value = 8, 4
+    panel.run()
+    panel.wait(60)
+    assert list(panel.results) == ["A", "B"] and panel.results["B"].ended == "completed"
+    assert healthy.started == 2 + 12  # its warm-up and both levels
+    assert "A: engine died" in panel.status.value and "stopped" not in panel.status.value
+    assert not panel._stop.is_set()  # the panel's Stop was not pressed by A dying
+
+
+def test_a_second_run_on_the_same_engine_sends_prompts_it_has_not_seen():
+    """The same prompts again would be served from a server's prefix cache: a faster TTFT
+    that measures the cache, not the load."""
+    eng = FakeEngine()
+    panel = BenchPanel(eng)
+    panel.levels.value, panel.requests.value = "1,2", 4
+    panel.input_tokens.value, panel.output_tokens.value = 16, 2
+    panel.run()
+    panel.wait(60)
+    first = {str(p) for p in panel.result.requests["prompt_sha"]}
+    again = BenchPanel(eng)  # a new panel (the cell run again) on the same engine
+    again.levels.value, again.requests.value = "1,2", 4
+    again.input_tokens.value, again.output_tokens.value = 16, 2
+    again.run()
+    again.wait(60)
+    second = {str(p) for p in again.result.requests["prompt_sha"]}
+    assert len(first) == len(second) == 8 and not first & second
