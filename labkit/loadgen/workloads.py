@@ -128,20 +128,27 @@ class Workload:
                 prompt = rng.choice(filler).capitalize()
             if self.input_tokens is not None:
                 prompt = _pad_to(engine, prompt, self.input_tokens, filler, rng)
-            count = len(engine.tokenize(prompt, chat=not isinstance(prompt, str)))
-            out.append(Request(prompt, self.output_tokens, count, self.ignore_eos))
+            out.append(Request(prompt, self.output_tokens, _count(engine, prompt), self.ignore_eos))
         return out
 
 
 class _WordCount:
     """Stands in for a server that tokenizes nothing for labkit (a generic OpenAI URL): a
-    whitespace word counts as one token, so input lengths are approximate (the bench's
-    caveats say so)."""
+    whitespace word counts as one token, so prompt lengths are built approximately; the
+    lengths recorded are the server's own usage counts (see :func:`_count`)."""
 
     def tokenize(self, text: str | Conversation, *, chat: bool = False) -> list[str]:
         if not isinstance(text, str):
             text = " ".join(str(m.get("content", "")) for m in text)
         return text.split()
+
+
+def _count(tok: Any, prompt: str | Conversation) -> int | None:
+    """The prompt's length in tokens for its Request; None where only words were counted (a
+    generic OpenAI URL): the server's own usage count is recorded then, not a word count."""
+    if isinstance(tok, _WordCount):
+        return None
+    return len(tok.tokenize(prompt, chat=not isinstance(prompt, str)))
 
 
 def _tokenizer_for(engine: Engine) -> Any:
@@ -334,7 +341,7 @@ class ShareGPT(Workload):
     n: int = 200
     path: str | None = None
     fixed_output: int | None = None  # None: each reply's own length
-    _samples: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict, compare=False, repr=False)
+    _samples: dict[int, list[tuple[str, int | None, int]]] = field(default_factory=dict, compare=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "n": self.n,
@@ -345,8 +352,11 @@ class ShareGPT(Workload):
     def _requests(self, engine: Engine, n: int, start: int) -> list[Request]:
         if id(engine) not in self._samples:  # sampled once per engine: every level cycles the same n
             tok = _tokenizer_for(engine)
-            self._samples[id(engine)] = sample_sharegpt(_sharegpt_pairs(self.path), lambda t: len(tok.tokenize(t)),
-                                                        self.n, self.seed, self.fixed_output)
+            samples = sample_sharegpt(_sharegpt_pairs(self.path), lambda t: len(tok.tokenize(t)),
+                                      self.n, self.seed, self.fixed_output)
+            # Word counts filter the samples, but the server's usage count is the one recorded.
+            self._samples[id(engine)] = [(p, None if isinstance(tok, _WordCount) else p_len, o)
+                                         for p, p_len, o in samples]
         samples = self._samples[id(engine)]
         if not samples:
             raise InvalidInput("No ShareGPT conversation passed the length filters.")
@@ -399,7 +409,7 @@ class SharedPrefix(Workload):
             # Whole words after the prefix: each filler word is one token with its leading
             # space, so the prefix's ids stay a prefix of the request's.
             prompt = _pad_to(tok, prefix, total, filler, rng)
-            out.append(Request(prompt, self.output_tokens, len(tok.tokenize(prompt)), self.ignore_eos))
+            out.append(Request(prompt, self.output_tokens, _count(tok, prompt), self.ignore_eos))
         return out
 
     def _prefix(self, tok: Any, group: int, filler: list[str]) -> str:
@@ -457,7 +467,8 @@ class MultiTurn(Workload):
             prompt = _pad_to(tok, prompt, target, filler, rng)
             # Only a session's first turn is sent as built: later ones' length is what the
             # engine reports (the history holds its own replies).
-            out.append(Request(prompt, self.output_tokens, target if first else None, self.ignore_eos))
+            counted = first and not isinstance(tok, _WordCount)  # words are not tokens: the server counts
+            out.append(Request(prompt, self.output_tokens, target if counted else None, self.ignore_eos))
         self._check_context(engine, tok, out[: self.turns], filler)
         return out
 
@@ -544,7 +555,7 @@ class LongContext(Workload):
         for i in range(start, start + n):
             rng = random.Random(f"{self.seed}:long:{i}")
             prompt = _pad_to(tok, rng.choice(filler).capitalize(), self.lengths[i % len(self.lengths)], filler, rng)
-            out.append(Request(prompt, self.output_tokens, len(tok.tokenize(prompt)), self.ignore_eos))
+            out.append(Request(prompt, self.output_tokens, _count(tok, prompt), self.ignore_eos))
         return out
 
 
@@ -603,7 +614,7 @@ class Trace(Workload):
                 words = text.split(" ")
                 text = " ".join(words[: max(1, n_in - 1)])
             prompt = _pad_to(tok, text, n_in, filler, rng)
-            out.append(Request(prompt, n_out, len(tok.tokenize(prompt)), self.ignore_eos))
+            out.append(Request(prompt, n_out, _count(tok, prompt), self.ignore_eos))
         return out
 
 
