@@ -51,6 +51,7 @@ class BenchPanel(RunStopPanel):
                                                "legend": {"orientation": "h", "y": -0.3}})
         self.result = None
         self.results: dict[str, Any] = {}
+        self._engine_stop = threading.Event()  # the running engine's stop (see _bench_all)
         self._complete: dict[str, int] = {}  # complete levels per engine: the progress bar
         controls = [self.levels, self.requests] if callable(engine) and not isinstance(engine, Engine) \
             else [self.pick, w.VBox([self.levels, self.requests])]
@@ -102,25 +103,28 @@ class BenchPanel(RunStopPanel):
 
     def _bench_all(self, engines: dict[str, Engine], levels: list[int]) -> Any:
         from ..loadgen import bench, workloads
-        from ..loadgen.sweep import _forwarded
 
         # Prompts no earlier panel run sent these engines (each engine the same ones).
         first, n = next_prompt(engines.values()), len(levels) * self.requests.value
         for label, engine in engines.items():
+            # The engine's own stop: it dying stops its run, not the next engine's; Stop sets it
+            # too (stop() sets the panel's, then this one: checked after, so never missed).
+            self._engine_stop = threading.Event()
             if self._stop.is_set():
                 break
             self.results[label] = None
-            # The engine's own stop: it dying stops its run, not the next engine's; Stop reaches both.
-            own_stop = threading.Event()
-            with _forwarded(self._stop, own_stop):
-                self.result = bench(engine, concurrency=levels, requests_per_level=self.requests.value,
-                                    workload=workloads.synthetic(self.input_tokens.value, self.output_tokens.value),
-                                    progress=False, stop_event=own_stop, first_request=first,
-                                    on_level_done=lambda res, label=label: self._draw(label, res))
+            self.result = bench(engine, concurrency=levels, requests_per_level=self.requests.value,
+                                workload=workloads.synthetic(self.input_tokens.value, self.output_tokens.value),
+                                progress=False, stop_event=self._engine_stop, first_request=first,
+                                on_level_done=lambda res, label=label: self._draw(label, res))
             prompts_sent(engine, first + n)
             self.results[label] = self.result
             self._draw(label, self.result)
         return self.result
+
+    def stop(self) -> None:
+        super().stop()
+        self._engine_stop.set()
 
     def _done(self, res: Any) -> None:
         partial = [p for label, r in self.results.items() if r is not None for p in self._partial(label, r)]
