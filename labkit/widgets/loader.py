@@ -20,8 +20,11 @@ class ModelLoader(w.VBox):
         if attached is not None:  # show an engine loaded in code, so the panel can unload it
             engine, model = attached.name, attached.info.model
         choices = [e.name for e in models.list_models() if e.path] or [model]
-        self.engine_name = w.Dropdown(options=[e for e in ENGINES if e not in ("openai", "mock-server")], value=engine,
-                                      description="engine")
+        # The engines Load can start from a model name; an attached one (an openai URL, a
+        # mock server) is offered too, so the panel can show and unload it.
+        names = [e for e in ENGINES if e not in ("openai", "mock-server")]
+        names += [engine] if engine not in names else []
+        self.engine_name = w.Dropdown(options=names, value=engine, description="engine")
         self.model = w.Combobox(value=model, options=choices, description="model",
                                 placeholder="name, NAME:QUANT, .gguf or HF dir")
         self.threads = w.BoundedIntText(value=0, min=0, max=512, description="threads",
@@ -73,7 +76,12 @@ class ModelLoader(w.VBox):
         return kw
 
     def load(self) -> None:
-        self.unload()
+        """Load the engine the fields describe, off the kernel's thread; the one this panel
+        had loaded is closed first, on the same worker."""
+        if self._worker.busy:
+            self._worker.show("busy: wait for the current load or unload", "#a60")
+            return
+        old = self._detach()
         name, kw = self.engine_name.value, self.options()
         self.load_button.disabled = True
         self.progress.bar_style, self.progress.value = "info", 0
@@ -81,6 +89,8 @@ class ModelLoader(w.VBox):
 
         def job() -> Engine:
             try:
+                if old is not None:
+                    old.close()
                 return load(name, **kw)
             finally:
                 self.load_button.disabled = False
@@ -88,15 +98,27 @@ class ModelLoader(w.VBox):
         self._worker.start(job, self._loaded)
 
     def unload(self) -> None:
-        if self.engine is not None:
+        """Close the loaded engine off the kernel's thread (a server group takes seconds to
+        stop); :meth:`wait` waits for it. The panels stop offering it at once."""
+        if self._worker.busy:
+            self._worker.show("busy: wait for the current load or unload", "#a60")
+            return
+        engine = self._detach()
+        if engine is not None:
+            self._worker.show(f"unloading {engine.name}…")
+            self._worker.start(engine.close, lambda _: self._worker.show("unloaded"))
+
+    def _detach(self) -> Engine | None:
+        """Take the engine off this panel and off LOADED (whether or not its close then
+        succeeds, no panel should use it again); returns it to be closed."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
             for label, e in list(LOADED.items()):
-                if e is self.engine:
+                if e is engine:
                     del LOADED[label]
-            self.engine.close()
-            self.engine = None
             self.progress.value = 0
-            self._worker.show("unloaded")
             self.unload_button.disabled = True
+        return engine
 
     def wait(self, timeout: float | None = None) -> ModelLoader:
         self._worker.wait(timeout)

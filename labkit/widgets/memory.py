@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
 import ipywidgets as w
@@ -80,19 +81,36 @@ class MemoryMonitor(w.VBox):
     def start(self) -> None:
         self._stop.set()  # a loop still in a slow sample() from before sees its own stop
         stop = self._stop = threading.Event()  # and this run has one of its own: never two loops
+        monitor, interval = weakref.ref(self), self.interval_s  # the loop keeps no monitor alive
 
         def loop() -> None:
-            while not stop.wait(self.interval_s):
+            while not stop.wait(interval):
+                mon = monitor()
+                if mon is None:
+                    return
                 try:
-                    self.sample()
+                    mon.sample()
                 except Exception:
-                    continue
+                    pass
+                del mon
 
         self._thread = threading.Thread(target=loop, name="labkit-memory-monitor", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop sampling (the chart stays); the loop ends within one interval."""
         self._stop.set()
+
+    def close(self) -> None:
+        """Stop the sampling thread and close the widget (a cell run again makes a new
+        monitor: the old one's thread must not go on sampling)."""
+        self.stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(5.0, 2 * self.interval_s))
+        super().close()
+
+    def __del__(self) -> None:
+        self._stop.set()  # collected: its loop stops at its next wake-up
 
 
 def _whose(scope: Any) -> str:

@@ -154,3 +154,54 @@ def test_a_second_run_on_the_same_engine_sends_prompts_it_has_not_seen():
     again.wait(60)
     second = {str(p) for p in again.result.requests["prompt_sha"]}
     assert len(first) == len(second) == 8 and not first & second
+
+
+def test_a_closed_memory_monitor_leaves_no_thread_sampling():
+    from labkit.widgets import MemoryMonitor
+
+    mon = MemoryMonitor({}, interval_s=0.01)
+    mon.toggle.value = True
+    thread = mon._thread
+    assert thread.is_alive()
+    mon.close()  # the cell run again: the old monitor closed
+    assert not thread.is_alive()
+
+
+class _SlowToClose(FakeEngine):
+    """Closes (a server group stopping) only once the test lets it; or fails to close."""
+
+    def __init__(self, fails: bool = False):
+        super().__init__()
+        import threading
+
+        self.may_close, self.closing_on, self.fails = threading.Event(), None, fails
+
+    def _close(self):
+        import threading
+
+        self.closing_on = threading.current_thread()
+        self.may_close.wait(30)
+        if self.fails:
+            raise RuntimeError("the server group would not stop")
+        super()._close()
+
+
+def test_unloading_closes_the_engine_off_the_kernels_thread_and_any_failure_is_shown():
+    import threading
+
+    from labkit.widgets import LOADED, ModelLoader
+
+    eng = _SlowToClose()
+    ml = ModelLoader(eng)  # an attached engine of any name: "fake" joins the list
+    assert ml.engine_name.value == "fake" and "fake" in ml.engine_name.options
+    ml.unload()  # returns while the engine is still closing
+    assert ml.engine is None and eng not in LOADED.values() and ml._worker.busy
+    eng.may_close.set()
+    ml.wait(30)
+    assert eng.closed and eng.closing_on is not threading.main_thread() and "unloaded" in ml.status.value
+    bad = _SlowToClose(fails=True)
+    bad.may_close.set()
+    ml = ModelLoader(bad)
+    ml.unload()
+    ml.wait(30)
+    assert ml.engine is None and bad not in LOADED.values() and "would not stop" in ml.status.value
