@@ -590,8 +590,10 @@ class Trace(Workload):
         return [t / self.speedup for t, *_ in self.rows]
 
     def _requests(self, engine: Engine, n: int, start: int) -> list[Request]:
-        """Request i is the trace's line ``i % len``: its input length exactly, and the blocks
-        named by its hash ids shared with every other request that names them."""
+        """A level's request j is the trace's line ``j % len``, sent at that line's time (the
+        Replay's arrivals): its input length exactly, and the blocks named by its hash ids
+        shared with every other request that names them. Its own filler words are numbered
+        from ``start`` (``first_request``), which moves no line off its time."""
         context = _context_of(engine)
         worst = max((i + o, k) for k, (_, i, o, _) in enumerate(self.rows, 1))
         if context and worst[0] > context:
@@ -601,8 +603,9 @@ class Trace(Workload):
         filler = _single_token_words(tok)
         blocks: dict[int, str] = {}
         out = []
-        for i in range(start, start + n):
-            _, n_in, n_out, ids = self.rows[i % len(self.rows)]
+        for j in range(n):
+            i = start + j
+            _, n_in, n_out, ids = self.rows[j % len(self.rows)]
             text = "Trace"
             for h in ids:  # the shared part: block h is the same words wherever it appears
                 if h not in blocks:
