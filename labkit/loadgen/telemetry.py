@@ -265,7 +265,11 @@ def rates(raw: pd.DataFrame) -> pd.DataFrame:
         if metric == "energy_j":
             out.append(g)  # the counter itself: energy per level is its difference
     frame = pd.concat(out, ignore_index=True).drop(columns="edge")
-    return frame.sort_values(["t_s", "source", "metric"], ignore_index=True)
+    # At a level's first reading its gauges are the level's and the rates ending there idle:
+    # the idle ones first, so the timeline reads idle, then the level (one stretch each).
+    frame["_in_level"] = frame["phase"] != "idle"
+    frame = frame.sort_values(["t_s", "_in_level", "source", "metric"], ignore_index=True)
+    return frame.drop(columns="_in_level")
 
 
 def _time_mean(g: pd.DataFrame) -> float:

@@ -442,3 +442,17 @@ def test_a_server_without_metrics_is_given_up_after_a_few_empty_scrapes_and_said
     short = Telemetry(_Flaky(misses=10**6), 0.0, interval_s=3600, device=None).start()
     short.stop()  # two readings, both empty: absent all the same
     assert "gave no metrics" in short.absent["server"]
+
+
+def test_a_levels_first_reading_starts_one_stretch_of_it_in_the_timeline():
+    """The rates ending at a level's first reading are idle, its gauges the level's: in
+    time order the idle ones come first, so the level is one unbroken stretch (one band)."""
+    rows = []
+    for t, phase, edge in ((0.0, "idle", None), (1.0, "concurrency 1", "start"), (2.0, "concurrency 1", "end")):
+        for source, metric in (("host", "machine_cpu_seconds"), ("host:server", "cpu_seconds"),
+                               ("host:server", "rss_bytes"), ("server", "running"), ("server", "prompt_tokens")):
+            rows.append({"t_s": t, "phase": phase, "source": source, "metric": metric, "value": t, "edge": edge})
+    t = rates(pd.DataFrame(rows))
+    phases = t["phase"].tolist()
+    changes = sum(a != b for a, b in zip(phases, phases[1:], strict=False))
+    assert changes == 1 and phases[-1] == "concurrency 1"
