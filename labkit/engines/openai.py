@@ -469,8 +469,8 @@ class HttpEngine(Engine, AsyncStreams, ReportsKv):
             return []
         return ["This server may ignore ignore_eos: output lengths can vary.",
                 "Token ids are unknown for this server: output tokens are its own usage count "
-                "where it streams one, else streamed chunks; input lengths are whitespace words "
-                "(approximate), and its KV cache account is absent."]
+                "where it streams one, else streamed chunks; input lengths are the server's usage "
+                "count (absent where it reports none), and its KV cache account is absent."]
 
     def _close(self) -> None:
         self._client.close()

@@ -119,7 +119,7 @@ def finish_record(record: RequestRecord, tokens: list[Token], e2e_s: float,
     record.output_tokens = reported if reported is not None else len(real)
     record.finish_reason = finish
     record.cached_tokens = next((t.cached_tokens for t in tokens if t.cached_tokens is not None), None)
-    if record.input_tokens is None:  # a prompt labkit did not count (a session's later turn)
+    if record.input_tokens is None:  # a prompt labkit did not count (a session's later turn, a generic URL's)
         record.input_tokens = next((t.prompt_tokens for t in tokens if t.prompt_tokens is not None), None)
     record.reply = "".join(t.text for t in real)
     record.error = f"{type(error).__name__}: {error}" if error is not None else \

@@ -145,7 +145,8 @@ class BenchResult:
     #: "engine died: ..." (then ``engine_log`` holds the end of the engine's log)
     ended: str = "completed"
     engine_log: str = ""
-    #: the telemetry timeline (bench(..., telemetry=True)): t_s, phase, source, metric, value
+    #: the telemetry timeline (bench(..., telemetry=True)): t_s, phase, source, metric, value,
+    #: dt_s (the time a rate covers)
     telemetry: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: telemetry sources that gave nothing, and why
     telemetry_absent: dict[str, str] = field(default_factory=dict)
