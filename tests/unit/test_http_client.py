@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,8 +12,9 @@ from aiohttp import web
 
 import labkit
 from labkit.engines.openai import _raise_http
-from labkit.engines.servers import free_port
 from labkit.errors import EngineError, InvalidInput
+
+from .fake_server import serve
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -45,24 +45,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
 
 @pytest.fixture
 def url() -> Iterator[str]:
-    loop, app = asyncio.new_event_loop(), web.Application()
-    app.add_routes([web.get("/v1/models", _models), web.post("/v1/completions", _completions)])
-    runner, port, started = web.AppRunner(app, shutdown_timeout=0.1), free_port(), threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert started.wait(10)
-    yield f"http://127.0.0.1:{port}/v1"
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    t.join(10)
+    yield from serve([web.get("/v1/models", _models), web.post("/v1/completions", _completions)])
 
 
 async def _collect(engine, prompt: str) -> str:
