@@ -175,6 +175,11 @@ class _Runs:
             return ""
         peak = float(used.max())
         of = f" of the {int(cap.iloc[-1]):,} tokens it reserved" if not cap.empty else " of its KV cache"
+        engines = self._kv_series(name, "kv_engines")
+        if not engines.empty and engines.max() > 1:  # data parallel: the fraction is the fullest engine's
+            n = int(engines.max())
+            of = (f" of its share of the KV cache in its fullest of {n} engines"
+                  + (f" ({int(cap.iloc[-1]) // n:,} of {int(cap.iloc[-1]):,} tokens)" if not cap.empty else ""))
         if peak == 0:  # every reading fell between requests: it says nothing of the use under load
             return (f"{name}: no KV reading caught requests running (without telemetry the KV "
                     f"account is read at each level's end; bench(telemetry=True) reads during "

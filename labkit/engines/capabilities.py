@@ -60,7 +60,7 @@ class Scores(ABC):
 
 #: The keys a KV account may hold; each is optional.
 KV_KEYS = ("kv_capacity_tokens", "kv_used_tokens", "kv_used_fraction", "running", "waiting",
-           "n_tokens_max")
+           "n_tokens_max", "kv_engines")  # kv_engines: under data parallelism, how many share it
 
 
 class ReportsKv(ABC):

@@ -52,13 +52,18 @@ def vllm_kv(samples: list[Sample]) -> dict[str, float]:
     """vLLM's metrics (server /metrics or ``LLM.get_metrics``) as a KV account, every
     engine's series combined (see ``_MAXED``)."""
     snap: dict[str, float] = {}
+    engines = set()
     for metric, labels, value in samples:
         if metric in _VLLM:
             _combine(snap, _VLLM[metric], value)
+            if metric == "vllm:kv_cache_usage_perc":
+                engines.add(labels.get("engine"))
         elif metric == "vllm:cache_config_info":
             blocks, size = labels.get("num_gpu_blocks"), labels.get("block_size")
             if blocks and blocks != "None" and size:
                 _combine(snap, "kv_capacity_tokens", int(blocks) * int(size))
+    if len(engines) > 1:  # the fraction is one engine's (the fullest), the capacity all of theirs
+        snap["kv_engines"] = float(len(engines))
     return snap
 
 

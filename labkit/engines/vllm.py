@@ -435,7 +435,8 @@ class VllmEngine(Engine, Submits, Scores, ReportsKv):
         try:
             with self._gate:
                 self._inbox.put(None)
-            self._thread.join(timeout=60)
+            if threading.current_thread() is not self._thread:  # (close() from a request's callback)
+                self._thread.join(timeout=60)  # the loop reads the marker once the callback returns
             try:
                 self._engine.engine_core.shutdown()
             except Exception:

@@ -51,6 +51,7 @@ class BenchPanel(RunStopPanel):
                                                "legend": {"orientation": "h", "y": -0.3}})
         self.result = None
         self.results: dict[str, Any] = {}
+        self._refused: dict[str, str] = {}  # engines that could not run at all, and why
         self._engine_stop = threading.Event()  # the running engine's stop (see _bench_all)
         self._complete: dict[str, int] = {}  # complete levels per engine: the progress bar
         controls = [self.levels, self.requests] if callable(engine) and not isinstance(engine, Engine) \
@@ -94,7 +95,7 @@ class BenchPanel(RunStopPanel):
         if not engines:
             self._worker.show("Select at least one engine in the list (or load one with a ModelLoader).", "#c00")
             return
-        self.results, self._complete = {}, {}
+        self.results, self._complete, self._refused = {}, {}, {}
         self.progress.max, self.progress.value = max(1, len(levels) * len(engines)), 0
         for fig in (self.figure, self.latency):
             fig.data = ()
@@ -105,7 +106,7 @@ class BenchPanel(RunStopPanel):
         from ..loadgen import bench, workloads
 
         # Prompts no earlier panel run sent these engines (each engine the same ones).
-        first, n = next_prompt(engines.values()), len(levels) * self.requests.value
+        first = next_prompt(engines.values())
         for label, engine in engines.items():
             # The engine's own stop: it dying stops its run, not the next engine's; Stop sets it
             # too (stop() sets the panel's, then this one: checked after, so never missed).
@@ -113,11 +114,16 @@ class BenchPanel(RunStopPanel):
             if self._stop.is_set():
                 break
             self.results[label] = None
-            self.result = bench(engine, concurrency=levels, requests_per_level=self.requests.value,
-                                workload=workloads.synthetic(self.input_tokens.value, self.output_tokens.value),
-                                progress=False, stop_event=self._engine_stop, first_request=first,
-                                on_level_done=lambda res, label=label: self._draw(label, res))
-            prompts_sent(engine, first + n)
+            try:
+                self.result = bench(engine, concurrency=levels, requests_per_level=self.requests.value,
+                                    workload=workloads.synthetic(self.input_tokens.value, self.output_tokens.value),
+                                    progress=False, stop_event=self._engine_stop, first_request=first,
+                                    on_level_done=lambda res, label=label: self._draw(label, res))
+            except LabkitError as e:  # dead or closed before it began: the others still run
+                self._refused[label] = str(e)
+                continue
+            # (a level sends at least one request per user, and every number it took is spent)
+            prompts_sent(engine, first + len(self.result.requests))
             self.results[label] = self.result
             self._draw(label, self.result)
         return self.result
@@ -132,6 +138,7 @@ class BenchPanel(RunStopPanel):
         # An engine that died (or any end but completed or Stop) is named with why.
         failed = [f"{label}: {r.ended}" for label, r in self.results.items()
                   if r is not None and r.ended not in ("completed", "interrupted")]
+        failed += [f"{label}: {why}" for label, why in self._refused.items()]
         if failed:
             self._worker.show("; ".join(failed) + f" ({self.progress.value} complete level(s) kept{hollow})",
                               "#c00")

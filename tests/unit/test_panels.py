@@ -154,6 +154,31 @@ def test_a_second_run_on_the_same_engine_sends_prompts_it_has_not_seen():
     again.wait(60)
     second = {str(p) for p in again.result.requests["prompt_sha"]}
     assert len(first) == len(second) == 8 and not first & second
+    # a level of more users than requests per level sends one per user: those count too
+    third = BenchPanel(eng)
+    third.levels.value, third.requests.value = "1,8", 4
+    third.input_tokens.value, third.output_tokens.value = 16, 2
+    third.run()
+    third.wait(60)
+    sent = {str(p) for p in third.result.requests["prompt_sha"]}
+    fourth = BenchPanel(eng)
+    fourth.levels.value, fourth.requests.value = "1", 4
+    fourth.input_tokens.value, fourth.output_tokens.value = 16, 2
+    fourth.run()
+    fourth.wait(60)
+    assert len(sent) == 12 and not {str(p) for p in fourth.result.requests["prompt_sha"]} & (sent | first | second)
+
+
+def test_an_engine_dead_before_its_turn_does_not_skip_the_others():
+    dead, healthy = FakeEngine(), FakeEngine(token_s=0.001)
+    dead.close()  # closed elsewhere since it was picked
+    panel = BenchPanel({"A": dead, "B": healthy})
+    panel.levels.value, panel.requests.value = "1", 2
+    panel.input_tokens.value, panel.output_tokens.value = 8, 4
+    panel.run()
+    panel.wait(60)
+    assert panel.results["B"].ended == "completed" and healthy.started > 0
+    assert "A: " in panel.status.value and "closed" in panel.status.value, panel.status.value
 
 
 def test_a_closed_memory_monitor_leaves_no_thread_sampling():

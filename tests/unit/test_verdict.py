@@ -146,6 +146,12 @@ def test_memory_is_judged_per_user_served_with_kv_used_against_reserved():
     loose = verdict(runs, plan, users=8, slo=labkit.SLO(e2e_p99_ms=1000)).table.set_index("claim").loc[
         "memory efficiency"]
     assert "llama-server 0.05 GiB (0.40 / 8)" in loose["measured here"] and loose["claim holds here"] == "yes"
+    # data parallel: the fraction is the fullest engine's, of its share, not of all engines' tokens
+    runs["vllm-server"].kv["kv_engines"] = 2.0
+    row = verdict(runs, plan, users=8, slo=labkit.SLO(e2e_p99_ms=125)).table.set_index("claim").loc[
+        "memory efficiency"]
+    assert ("vllm-server used at most 3.0% of its share of the KV cache in its fullest of 2 engines "
+            "(23,296 of 46,592 tokens)") in row["comment"]
 
 
 def test_multi_turn_runs_differ_in_later_turns_by_design_and_only_a_real_mismatch_is_flagged():

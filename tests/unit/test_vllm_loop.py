@@ -119,6 +119,28 @@ def test_close_fails_every_request_still_running():
     assert c.done.wait(WAIT_S) and isinstance(c.error, EngineError) and "closed" in str(c.error)
 
 
+def test_close_from_a_requests_own_callback_shuts_the_engine_down():
+    """close() on the loop's thread (a callback that closes on its first token) cannot join
+    that thread: it must still shut vLLM down, and the request still ends."""
+    core = FakeCore(n=None)
+    core.engine_core = NS(shutdown=lambda: core.aborted.append("shutdown"))
+    e = engine(core)
+    c = Collect()
+    errors: list = []
+
+    def close_on_first(t):
+        c.on_token(t)
+        try:
+            e.close()
+        except Exception as ex:  # (the loop would swallow it: note it here)
+            errors.append(ex)
+
+    e.submit([Submission("p", close_on_first, c.on_done, {"max_tokens": 50}, None)])
+    assert c.done.wait(WAIT_S) and "closed" in str(c.error)
+    e._thread.join(WAIT_S)
+    assert not errors and "shutdown" in core.aborted and e._engine is None and not e._thread.is_alive()
+
+
 def test_an_unreadable_output_fails_its_request_not_the_loop():
     core = FakeCore(bad=True)
     e = engine(core)
@@ -184,6 +206,6 @@ def test_data_parallel_engines_series_combine():
                ("vllm:kv_cache_usage_perc", {"engine": "1"}, 0.1),
                ("vllm:cache_config_info", {"engine": "1", "num_gpu_blocks": "10", "block_size": "16"}, 1.0)]
     assert vllm_kv(samples) == {"running": 8.0, "waiting": 2.0, "kv_used_fraction": 0.9,
-                                "kv_capacity_tokens": 320}
+                                "kv_capacity_tokens": 320, "kv_engines": 2.0}
     merged = {**server_metrics(samples, "vllm"), **vllm_kv(samples)}
     assert merged["running"] == 8.0 and merged["kv_used_fraction"] == 0.9
