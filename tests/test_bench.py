@@ -215,7 +215,7 @@ def test_bench_against_a_generic_openai_url(llama_server, tmp_path):
     finally:
         eng.close()
     assert res.summary["completed"].iloc[0] == 2 and res.ended == "completed"
-    assert any("approximate" in c for c in res.manifest["caveats"])
+    assert any("usage count" in c for c in res.manifest["caveats"])
 
 
 def test_a_refused_workload_leaves_no_run_folder(llama, tmp_path):

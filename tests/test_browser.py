@@ -73,9 +73,13 @@ class _Cell:
         loc.first.wait_for(timeout=LONG)
         return loc.first.inner_text()
 
-    def markers(self, figure: int = 0) -> int:
-        """Markers drawn in the cell's n-th plotly figure (filled or hollow)."""
-        return self.root.locator(".js-plotly-plot").nth(figure).locator(".scatterlayer .points path").count()
+    def markers(self, figure: int = 0, at_least: int = 1) -> int:
+        """Markers drawn in the cell's n-th plotly figure (filled or hollow), once there are
+        ``at_least`` (plotly redraws a figure after the status that follows its update has
+        shown: counted at once, a loaded machine saw none)."""
+        points = self.root.locator(".js-plotly-plot").nth(figure).locator(".scatterlayer .points path")
+        points.nth(at_least - 1).wait_for(state="attached", timeout=60_000)  # drawn by then, or never
+        return points.count()
 
     def shot(self, name: str) -> None:
         self.root.scroll_into_view_if_needed()
@@ -102,7 +106,7 @@ def _bench_then_stop(page) -> None:
     bench.button("Run").click()
     text = bench.status("^done")
     assert text == "done"
-    assert bench.markers(0) >= 4 and bench.markers(1) >= 16  # 2 engines x 2 levels; 4 latency lines each
+    assert bench.markers(0, 4) >= 4 and bench.markers(1, 16) >= 16  # 2 engines x 2 levels; 4 latency lines each
     bench.shot("bench")
     bench.fill(users="1,2,4,8", **{"requests/level": "16", "output_tokens": "32"})
     bench.button("Run").click()
@@ -123,7 +127,7 @@ def _capacity(page) -> None:
     cap.button("Find capacity").click()
     text = cap.status("users within E2E p99")
     assert text.startswith("llama.cpp: 2 users within E2E p99 <= 600000 ms")
-    assert cap.markers() >= 2 and "<table" in cap.root.inner_html()
+    assert cap.markers(0, 2) >= 2 and "<table" in cap.root.inner_html()
     cap.shot("capacity")
 
 
@@ -133,7 +137,7 @@ def _sweep(page) -> None:
     sweep.button("Run sweep").click()
     text = sweep.status("^done: ")
     assert text.startswith("done: 3 point(s)")
-    assert sweep.markers() >= 3  # one per point (the front is a line)
+    assert sweep.markers(0, 3) >= 3  # one per point (the front is a line)
     sweep.shot("sweep")
 
 
