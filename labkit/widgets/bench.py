@@ -139,6 +139,7 @@ class BenchPanel(RunStopPanel):
         failed = [f"{label}: {r.ended}" for label, r in self.results.items()
                   if r is not None and r.ended not in ("completed", "interrupted")]
         failed += [f"{label}: {why}" for label, why in self._refused.items()]
+        failed += [f"{label}: {why}" for label, r in self.results.items() if (why := _served_nothing(r))]
         if failed:
             self._worker.show("; ".join(failed) + f" ({self.progress.value} complete level(s) kept{hollow})",
                               "#c00")
@@ -196,3 +197,16 @@ class BenchPanel(RunStopPanel):
         else:
             fig.add_scatter(name=name, **props)
 
+
+def _served_nothing(res: Any) -> str:
+    """Why a run that ended "completed" drew nothing: no request was served (each failed, the
+    first error given), or none was measured; "" when something was."""
+    if res is None or res.ended not in ("completed",) or res.requests.empty:
+        return ""
+    r = res.requests
+    if (r["error"].isna() & r["e2e_s"].notna()).any():
+        return ""
+    errors = r["error"].dropna()
+    if errors.empty:
+        return f"no request of {len(r)} was measured ({r['finish_reason'].iloc[0]})"
+    return f"all {len(errors)} requests failed (first: {errors.iloc[0]})"
