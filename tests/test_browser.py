@@ -77,6 +77,7 @@ class _Cell:
         """Markers drawn in the cell's n-th plotly figure (filled or hollow), once there are
         ``at_least`` (plotly redraws a figure after the status that follows its update has
         shown: counted at once, a loaded machine saw none)."""
+        self.root.scroll_into_view_if_needed()  # (a figure out of view may wait to be drawn)
         points = self.root.locator(".js-plotly-plot").nth(figure).locator(".scatterlayer .points path")
         points.nth(at_least - 1).wait_for(state="attached", timeout=60_000)  # drawn by then, or never
         return points.count()
