@@ -138,36 +138,25 @@ def test_one_engine_dying_does_not_skip_the_others_and_is_named():
     assert not panel._stop.is_set()  # the panel's Stop was not pressed by A dying
 
 
+def _prompts_of_a_run(eng, levels: str, requests: int) -> set[str]:
+    """Run a new panel (the cell run again) on ``eng``; the prompts it sent."""
+    panel = BenchPanel(eng)
+    panel.levels.value, panel.requests.value = levels, requests
+    panel.input_tokens.value, panel.output_tokens.value = 16, 2
+    panel.run()
+    panel.wait(60)
+    return {str(p) for p in panel.result.requests["prompt_sha"]}
+
+
 def test_a_second_run_on_the_same_engine_sends_prompts_it_has_not_seen():
     """The same prompts again would be served from a server's prefix cache: a faster TTFT
     that measures the cache, not the load."""
     eng = FakeEngine()
-    panel = BenchPanel(eng)
-    panel.levels.value, panel.requests.value = "1,2", 4
-    panel.input_tokens.value, panel.output_tokens.value = 16, 2
-    panel.run()
-    panel.wait(60)
-    first = {str(p) for p in panel.result.requests["prompt_sha"]}
-    again = BenchPanel(eng)  # a new panel (the cell run again) on the same engine
-    again.levels.value, again.requests.value = "1,2", 4
-    again.input_tokens.value, again.output_tokens.value = 16, 2
-    again.run()
-    again.wait(60)
-    second = {str(p) for p in again.result.requests["prompt_sha"]}
+    first, second = _prompts_of_a_run(eng, "1,2", 4), _prompts_of_a_run(eng, "1,2", 4)
     assert len(first) == len(second) == 8 and not first & second
     # a level of more users than requests per level sends one per user: those count too
-    third = BenchPanel(eng)
-    third.levels.value, third.requests.value = "1,8", 4
-    third.input_tokens.value, third.output_tokens.value = 16, 2
-    third.run()
-    third.wait(60)
-    sent = {str(p) for p in third.result.requests["prompt_sha"]}
-    fourth = BenchPanel(eng)
-    fourth.levels.value, fourth.requests.value = "1", 4
-    fourth.input_tokens.value, fourth.output_tokens.value = 16, 2
-    fourth.run()
-    fourth.wait(60)
-    assert len(sent) == 12 and not {str(p) for p in fourth.result.requests["prompt_sha"]} & (sent | first | second)
+    sent = _prompts_of_a_run(eng, "1,8", 4)
+    assert len(sent) == 12 and not _prompts_of_a_run(eng, "1", 4) & (sent | first | second)
 
 
 def test_an_engine_dead_before_its_turn_does_not_skip_the_others():
