@@ -320,17 +320,14 @@ def _folder_or_new(out: str | None) -> None:
             return
 
 
-def _first_error(requests: Any) -> str:
-    errors = requests["error"].dropna() if "error" in requests else []
-    return " ".join(str(errors.iloc[0]).split())[:200] if len(errors) else ""
-
-
 def _requests_exit(summary: Any, requests: Any, kept: str) -> int:
     """A sweep that ran to its end: 1 when no request completed (nothing was measured), else
     0, with a warning on stderr when some failed (their figures are not in the table)."""
     completed = int(summary["completed"].sum()) if "completed" in summary else 0
     errors = int(summary["errors"].sum()) if "errors" in summary else 0
-    first = _first_error(requests)
+    from .loadgen.result import first_error  # (loadgen loads lazily: --help stays quick)
+
+    first = first_error(requests)
     if completed == 0:
         failed = f": all {errors} failed (first: {first})" if errors else ""
         print(f"labkit: error: no request completed{failed}{kept}.", file=sys.stderr)
@@ -429,7 +426,9 @@ def _capacity(args: argparse.Namespace) -> int:
 def _capacity_failures(cap: Any, completed: int, errors: int) -> int:
     """Failed requests are failures, not latencies that missed the SLO: 1 when no request
     completed at any level, else a warning naming the levels where some failed."""
-    first = next((e for e in (_first_error(r.requests) for r in cap.results) if e), "")
+    from .loadgen.result import first_error
+
+    first = next((e for e in (first_error(r.requests) for r in cap.results) if e), "")
     if errors and not completed:
         print(f"labkit: error: no request completed at any level: all {errors} failed (first: {first}); "
               "the SLO was never judged.", file=sys.stderr)

@@ -23,6 +23,13 @@ from .metrics import by_turn, summarize
 from .telemetry import per_level
 
 
+def first_error(requests: pd.DataFrame) -> str:
+    """The first failed request's error, on one line ("" when none failed): what the CLI and
+    the panels say a run's failures were."""
+    errors = requests["error"].dropna() if "error" in requests else []
+    return " ".join(str(errors.iloc[0]).split())[:200] if len(errors) else ""
+
+
 @dataclass
 class RequestRecord:
     """One request of a sweep, as written to ``requests.jsonl``: when it left (``start_s``

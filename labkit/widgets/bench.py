@@ -11,6 +11,7 @@ from plotly.colors import qualitative
 
 from ..engines.base import Engine
 from ..errors import LabkitError
+from ..loadgen.result import first_error
 from ._base import RunStopPanel, _labels_fit, engine_choices, next_prompt, prompts_sent
 
 _LATENCY = (("ttft_p50_ms", "TTFT p50", "solid"), ("ttft_p99_ms", "TTFT p99", "dot"),
@@ -206,7 +207,7 @@ def _served_nothing(res: Any) -> str:
     r = res.requests
     if (r["error"].isna() & r["e2e_s"].notna()).any():
         return ""
-    errors = r["error"].dropna()
-    if errors.empty:
+    errors = int(r["error"].notna().sum())
+    if not errors:
         return f"no request of {len(r)} was measured ({r['finish_reason'].iloc[0]})"
-    return f"all {len(errors)} requests failed (first: {errors.iloc[0]})"
+    return f"all {errors} requests failed (first: {first_error(r)})"
